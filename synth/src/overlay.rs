@@ -1,0 +1,505 @@
+//! A copy-on-write overlay: writes land in a sparse page store, reads see
+//! through to the inner device wherever nothing was written. Clients of a
+//! generated disk write here and never touch the host tree.
+//!
+//! The store keeps fixed-size pages in a `BTreeMap` (range queries make
+//! extents and reads of sparse stores cheap), either in memory or in an
+//! unlinked temporary file at the page's own offset (the temp file stays as
+//! sparse as the overlay). A page is `Mem` (bytes here), `Stored` (bytes in
+//! the temp file) or `Zero` (reads zeros, nothing stored). With no inner
+//! device at all the overlay is a blank sparse disk: the `memory` source.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::dev::{BlockDev, BlockSize, Caps, ReadChunk, ZeroFlags};
+use crate::error::{check_range, Error, ErrorKind, Result};
+use crate::extent::{ExtentKind, ExtentList};
+
+/// Where an overlay keeps written pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverlayStore {
+    /// In process memory.
+    #[default]
+    Memory,
+    /// In an unlinked temporary file (in `$TMPDIR`), sparse.
+    TempFile,
+}
+
+/// Settings of a [`CowOverlay`].
+#[derive(Debug, Clone, Copy)]
+pub struct OverlayOptions {
+    /// Where pages live.
+    pub store: OverlayStore,
+    /// Page size in bytes: a power of two between 512 and 1 MiB.
+    pub page_size: u64,
+}
+
+impl Default for OverlayOptions {
+    fn default() -> Self {
+        OverlayOptions { store: OverlayStore::Memory, page_size: 32 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Page {
+    Mem(Bytes),
+    Stored,
+    Zero,
+}
+
+/// A writable copy-on-write view of an inner device (or of zeros).
+#[derive(Debug)]
+pub struct CowOverlay {
+    inner: Option<Arc<dyn BlockDev>>,
+    size: u64,
+    page: u64,
+    file: Option<Arc<File>>,
+    pages: RwLock<BTreeMap<u64, Page>>,
+}
+
+impl CowOverlay {
+    /// Writable view over `inner`; writes never reach `inner`.
+    pub fn new(inner: Arc<dyn BlockDev>, opts: OverlayOptions) -> Result<Self> {
+        let size = inner.size();
+        Self::build(Some(inner), size, opts)
+    }
+
+    /// A blank sparse writable disk of `size` bytes.
+    pub fn blank(size: u64, opts: OverlayOptions) -> Result<Self> {
+        Self::build(None, size, opts)
+    }
+
+    fn build(inner: Option<Arc<dyn BlockDev>>, size: u64, opts: OverlayOptions) -> Result<Self> {
+        let page = opts.page_size;
+        if !page.is_power_of_two() || !(512..=1 << 20).contains(&page) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("overlay page size {page} is not a power of two between 512 and 1 MiB"),
+            ));
+        }
+        let file = match opts.store {
+            OverlayStore::Memory => None,
+            OverlayStore::TempFile => Some(Arc::new(
+                tempfile::tempfile().map_err(|e| Error::io("creating the overlay temp file", e))?,
+            )),
+        };
+        Ok(CowOverlay { inner, size, page, file, pages: RwLock::new(BTreeMap::new()) })
+    }
+
+    /// Number of pages holding written data (for tests and stats).
+    pub fn pages_in_use(&self) -> usize {
+        self.read_pages().values().filter(|p| !matches!(p, Page::Zero)).count()
+    }
+
+    fn read_pages(&self) -> RwLockReadGuard<'_, BTreeMap<u64, Page>> {
+        // A panic while holding the lock cannot leave a page half-updated
+        // (pages are replaced whole), so a poisoned lock is still usable.
+        self.pages.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_pages(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, Page>> {
+        self.pages.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Length of page `p` (the last page may be short).
+    fn page_len(&self, p: u64) -> u64 {
+        self.page.min(self.size - p * self.page)
+    }
+
+    /// Read `buf` from the inner device (or zeros), not looking at pages.
+    fn read_inner(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match &self.inner {
+            Some(inner) => inner.read_at(buf, offset),
+            None => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    fn store_file(&self) -> &File {
+        self.file.as_deref().expect("Stored pages exist only with a temp file")
+    }
+
+    /// Walk `len` bytes at `offset` as runs: `None` for see-through gaps,
+    /// `Some(page)` for a stored page, each with (device offset, length).
+    fn walk<F>(&self, pages: &BTreeMap<u64, Page>, offset: u64, len: u64, mut f: F) -> Result<()>
+    where
+        F: FnMut(Option<(u64, &Page)>, u64, u64) -> Result<()>,
+    {
+        let end = offset + len;
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / self.page;
+        let last = (end - 1) / self.page;
+        let mut pos = offset;
+        for (&p, page) in pages.range(first..=last) {
+            let pstart = p * self.page;
+            if pstart > pos {
+                f(None, pos, pstart - pos)?;
+                pos = pstart;
+            }
+            let n = (pstart + self.page).min(end) - pos;
+            f(Some((p, page)), pos, n)?;
+            pos += n;
+        }
+        if pos < end {
+            f(None, pos, end - pos)?;
+        }
+        Ok(())
+    }
+
+    /// The current bytes of page `p` as an owned buffer (for a partial
+    /// update), taking it out of the map.
+    fn take_page_bytes(&self, pages: &mut BTreeMap<u64, Page>, p: u64) -> Result<BytesMut> {
+        let plen = self.page_len(p) as usize;
+        let start = p * self.page;
+        match pages.remove(&p) {
+            Some(Page::Mem(b)) => Ok(b.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))),
+            Some(Page::Zero) => Ok(BytesMut::zeroed(plen)),
+            Some(Page::Stored) => {
+                let mut v = BytesMut::zeroed(plen);
+                self.store_file()
+                    .read_exact_at(&mut v, start)
+                    .map_err(|e| Error::io("reading the overlay temp file", e).at(start))?;
+                Ok(v)
+            }
+            None => {
+                let mut v = BytesMut::zeroed(plen);
+                self.read_inner(&mut v, start)?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// Store `data` as the whole content of page `p`.
+    fn put_page(&self, pages: &mut BTreeMap<u64, Page>, p: u64, data: Bytes) -> Result<()> {
+        match &self.file {
+            None => {
+                pages.insert(p, Page::Mem(data));
+            }
+            Some(f) => {
+                f.write_all_at(&data, p * self.page)
+                    .map_err(|e| Error::io("writing the overlay temp file", e).at(p * self.page))?;
+                pages.insert(p, Page::Stored);
+            }
+        }
+        Ok(())
+    }
+
+    /// Make page `p` read as zeros without storing anything.
+    fn zero_page(&self, pages: &mut BTreeMap<u64, Page>, p: u64) {
+        if let (Some(f), Some(Page::Stored)) = (&self.file, pages.get(&p)) {
+            // Give the space back; failure only costs disk space.
+            let _ = rustix::fs::fallocate(
+                f,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                p * self.page,
+                self.page_len(p),
+            );
+        }
+        if self.inner.is_none() {
+            pages.remove(&p);
+        } else {
+            pages.insert(p, Page::Zero);
+        }
+    }
+
+    /// Apply `op` to every page overlapped by `len` bytes at `offset`:
+    /// whole pages get `whole(p)`, partial pages `part(buf, at, n)` on
+    /// their current bytes.
+    fn update<W, P>(&self, offset: u64, len: u64, mut whole: W, mut part: P) -> Result<()>
+    where
+        W: FnMut(&mut BTreeMap<u64, Page>, u64, u64) -> Result<()>,
+        P: FnMut(&mut [u8], usize, u64),
+    {
+        check_range(offset, len, self.size)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let mut pages = self.write_pages();
+        let mut pos = offset;
+        while pos < end {
+            let p = pos / self.page;
+            let pstart = p * self.page;
+            let plen = self.page_len(p);
+            let n = (pstart + plen).min(end) - pos;
+            if pos == pstart && n == plen {
+                whole(&mut pages, p, pos)?;
+            } else {
+                let mut buf = self.take_page_bytes(&mut pages, p)?;
+                part(&mut buf, (pos - pstart) as usize, pos);
+                let _ = n;
+                self.put_page(&mut pages, p, buf.freeze())?;
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+impl BlockDev for CowOverlay {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        let pages = self.read_pages();
+        self.walk(&pages, offset, buf.len() as u64, |page, at, n| {
+            let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
+            match page {
+                None => self.read_inner(dst, at),
+                Some((_, Page::Zero)) => {
+                    dst.fill(0);
+                    Ok(())
+                }
+                Some((p, Page::Mem(b))) => {
+                    let i = (at - p * self.page) as usize;
+                    dst.copy_from_slice(&b[i..i + n as usize]);
+                    Ok(())
+                }
+                Some((_, Page::Stored)) => self
+                    .store_file()
+                    .read_exact_at(dst, at)
+                    .map_err(|e| Error::io("reading the overlay temp file", e).at(at)),
+            }
+        })
+    }
+
+    fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
+        check_range(offset, len, self.size)?;
+        let pages = self.read_pages();
+        self.walk(&pages, offset, len, |page, at, n| {
+            match page {
+                None => match &self.inner {
+                    None => out.push(ReadChunk::Zero(n)),
+                    Some(inner) => {
+                        if !inner.read_chunks(at, n, out)? {
+                            let mut v = vec![0u8; n as usize];
+                            inner.read_at(&mut v, at)?;
+                            out.push(ReadChunk::Bytes(v.into()));
+                        }
+                    }
+                },
+                Some((_, Page::Zero)) => out.push(ReadChunk::Zero(n)),
+                Some((p, Page::Mem(b))) => {
+                    let i = (at - p * self.page) as usize;
+                    out.push(ReadChunk::Bytes(b.slice(i..i + n as usize)));
+                }
+                Some((_, Page::Stored)) => {
+                    let file = self.file.clone().expect("Stored pages exist only with a temp file");
+                    out.push(ReadChunk::File { file, offset: at, len: n });
+                }
+            }
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        // One allocation for the whole write, sliced into pages: a big
+        // sequential write costs one copy and no per-page allocation.
+        let shared = if self.file.is_none() { Bytes::copy_from_slice(buf) } else { Bytes::new() };
+        self.update(
+            offset,
+            buf.len() as u64,
+            |pages, p, at| {
+                let i = (at - offset) as usize;
+                let n = self.page_len(p) as usize;
+                let data = if self.file.is_none() {
+                    shared.slice(i..i + n)
+                } else {
+                    Bytes::copy_from_slice(&buf[i..i + n])
+                };
+                self.put_page(pages, p, data)
+            },
+            |page, i, at| {
+                let src_start = (at - offset) as usize;
+                let n = (page.len() - i).min(buf.len() - src_start);
+                page[i..i + n].copy_from_slice(&buf[src_start..src_start + n]);
+            },
+        )
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        // Trim is advisory: only whole pages are dropped.
+        check_range(offset, len, self.size)?;
+        let end = offset + len;
+        let first = offset.div_ceil(self.page);
+        let mut pages = self.write_pages();
+        let mut p = first;
+        while p * self.page < end && p * self.page + self.page_len(p) <= end {
+            self.zero_page(&mut pages, p);
+            p += 1;
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, _flags: ZeroFlags) -> Result<()> {
+        // Zeroing whole pages stores nothing, so it is always fast.
+        self.update(
+            offset,
+            len,
+            |pages, p, _| {
+                self.zero_page(pages, p);
+                Ok(())
+            },
+            |page, i, at| {
+                let n = (page.len() - i).min((offset + len - at) as usize);
+                page[i..i + n].fill(0);
+            },
+        )
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Overlay data is thrown away with the process: nothing to persist.
+        Ok(())
+    }
+
+    fn cache(&self, offset: u64, len: u64) -> Result<()> {
+        match &self.inner {
+            Some(inner) => inner.cache(offset, len),
+            None => Ok(()),
+        }
+    }
+
+    fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
+        check_range(offset, len, self.size)?;
+        let pages = self.read_pages();
+        self.walk(&pages, offset, len, |page, at, n| {
+            if out.is_full() {
+                return Ok(());
+            }
+            match page {
+                None => match &self.inner {
+                    None => out.push(n, ExtentKind::Hole),
+                    Some(inner) => {
+                        let mut sub = ExtentList::new(at);
+                        while sub.covered() < n && !out.is_full() {
+                            let before = sub.covered();
+                            inner.extents(sub.end(), n - before, &mut sub)?;
+                            if sub.covered() == before {
+                                sub.push(n - before, ExtentKind::Data);
+                            }
+                        }
+                        sub.truncate_to(at + n);
+                        for e in sub.as_slice() {
+                            out.push(e.len, e.kind);
+                        }
+                    }
+                },
+                Some((_, Page::Zero)) => out.push(n, ExtentKind::Hole),
+                Some(_) => out.push(n, ExtentKind::Data),
+            }
+            Ok(())
+        })
+    }
+
+    fn caps(&self) -> Caps {
+        let passthrough = self.inner.as_ref().map_or(Caps::empty(), |i| i.caps() & Caps::CACHE);
+        Caps::WRITE | Caps::FLUSH | Caps::TRIM | Caps::ZERO | Caps::FAST_ZERO | Caps::EXTENTS | passthrough
+    }
+
+    fn block_size(&self) -> BlockSize {
+        self.inner.as_ref().map_or_else(BlockSize::default, |i| i.block_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::{Backing, RegionMapBuilder};
+    use crate::testing::check_dev;
+
+    fn base() -> (Arc<dyn BlockDev>, Vec<u8>) {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8 + 1).collect();
+        let mut b = RegionMapBuilder::new();
+        b.push_bytes("data", data.clone()).unwrap();
+        b.push("zeros", 31_000, Backing::Zero).unwrap();
+        let mut expected = data;
+        expected.resize(131_000, 0);
+        (Arc::new(b.finish()), expected)
+    }
+
+    fn opts(store: OverlayStore) -> OverlayOptions {
+        OverlayOptions { store, page_size: 4096 }
+    }
+
+    fn exercise(ov: &CowOverlay, expected: &mut [u8]) {
+        let mut w = |off: usize, data: &[u8]| {
+            ov.write_at(data, off as u64).unwrap();
+            expected[off..off + data.len()].copy_from_slice(data);
+        };
+        w(0, &[0xEE; 10]);
+        w(4090, &[0x11; 20]);
+        w(8192, &[0x22; 8192]);
+        w(130_990, &[0x33; 10]);
+        ov.write_zeroes(20_000, 10_000, ZeroFlags::default()).unwrap();
+        expected[20_000..30_000].fill(0);
+        ov.write_zeroes(5, 3, ZeroFlags { may_trim: true, fast: true }).unwrap();
+        expected[5..8].fill(0);
+    }
+
+    #[test]
+    fn memory_overlay_passes_conformance() {
+        let (inner, mut expected) = base();
+        let ov = CowOverlay::new(inner, opts(OverlayStore::Memory)).unwrap();
+        exercise(&ov, &mut expected);
+        let bounds: Vec<u64> = (0..32).map(|i| i * 4096).collect();
+        check_dev(&ov, &expected, &bounds);
+    }
+
+    #[test]
+    fn tempfile_overlay_passes_conformance() {
+        let (inner, mut expected) = base();
+        let ov = CowOverlay::new(inner, opts(OverlayStore::TempFile)).unwrap();
+        exercise(&ov, &mut expected);
+        let bounds: Vec<u64> = (0..32).map(|i| i * 4096).collect();
+        check_dev(&ov, &expected, &bounds);
+    }
+
+    #[test]
+    fn blank_overlay_reports_holes_and_frees_trimmed_pages() {
+        let ov = CowOverlay::blank(1 << 20, opts(OverlayStore::Memory)).unwrap();
+        ov.write_at(&[1u8; 8192], 65536).unwrap();
+        assert_eq!(ov.pages_in_use(), 2);
+        let mut out = ExtentList::new(0);
+        ov.extents(0, 1 << 20, &mut out).unwrap();
+        let kinds: Vec<(u64, ExtentKind)> = out.iter_offsets().map(|(o, e)| (o, e.kind)).collect();
+        assert_eq!(kinds, vec![(0, ExtentKind::Hole), (65536, ExtentKind::Data), (73728, ExtentKind::Hole)]);
+        ov.trim(65536, 8192).unwrap();
+        assert_eq!(ov.pages_in_use(), 0);
+    }
+
+    #[test]
+    fn overlay_never_writes_the_inner_device() {
+        let (inner, expected) = base();
+        let ov = CowOverlay::new(inner.clone(), opts(OverlayStore::Memory)).unwrap();
+        ov.write_at(&[0u8; 50_000], 1000).unwrap();
+        let mut buf = vec![0u8; expected.len()];
+        inner.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn write_past_end_fails_and_changes_nothing() {
+        let ov = CowOverlay::blank(10_000, opts(OverlayStore::Memory)).unwrap();
+        let err = ov.write_at(&[1u8; 100], 9_950).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::OutOfBounds);
+        assert_eq!(ov.pages_in_use(), 0);
+    }
+
+    #[test]
+    fn bad_page_size_is_rejected() {
+        let o = OverlayOptions { page_size: 3000, ..Default::default() };
+        assert_eq!(CowOverlay::blank(1, o).unwrap_err().kind(), ErrorKind::InvalidInput);
+    }
+}

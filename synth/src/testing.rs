@@ -1,0 +1,121 @@
+//! The conformance check every [`BlockDev`] runs in its tests.
+//!
+//! `check_dev(&dev, &expected, &boundaries)` compares the device with a
+//! flattened reference: random reads, reads straddling each boundary,
+//! zero-copy chunks, extents tiling `[0, size)` exactly with every
+//! zero/hole extent really reading zeros, and out-of-range reads failing.
+
+use crate::dev::{BlockDev, ReadChunk};
+use crate::error::ErrorKind;
+use crate::extent::ExtentList;
+
+/// SplitMix64: a tiny deterministic generator, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+fn check_read(dev: &dyn BlockDev, expected: &[u8], offset: u64, len: u64) {
+    let mut buf = vec![0x5Au8; len as usize];
+    dev.read_at(&mut buf, offset).unwrap_or_else(|e| panic!("read {len}@{offset}: {e}"));
+    let want = &expected[offset as usize..(offset + len) as usize];
+    if buf != want {
+        let first = buf.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+        panic!("read {len}@{offset}: first difference at device offset {}", offset + first as u64);
+    }
+    let mut chunks = Vec::new();
+    if dev.read_chunks(offset, len, &mut chunks).unwrap_or_else(|e| panic!("chunks {len}@{offset}: {e}")) {
+        let mut flat = Vec::with_capacity(len as usize);
+        for c in &chunks {
+            match c {
+                ReadChunk::Zero(n) => flat.resize(flat.len() + *n as usize, 0),
+                ReadChunk::Bytes(b) => flat.extend_from_slice(b),
+                ReadChunk::File { file, offset, len } => {
+                    let mut v = vec![0u8; *len as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(&**file, &mut v, *offset).unwrap();
+                    flat.extend_from_slice(&v);
+                }
+            }
+        }
+        assert_eq!(flat.len() as u64, len, "chunks {len}@{offset}: wrong total length");
+        assert!(flat == want, "chunks {len}@{offset}: bytes differ from the reference");
+    }
+}
+
+/// Check `dev` against `expected` (its whole content). `boundaries` lists
+/// offsets where the device switches backing (region starts, page edges);
+/// reads straddling each are checked.
+pub fn check_dev(dev: &dyn BlockDev, expected: &[u8], boundaries: &[u64]) {
+    let size = dev.size();
+    assert_eq!(size, expected.len() as u64, "device size");
+
+    // Reads straddling every boundary, and the very ends.
+    for &b in boundaries.iter().chain([0, size].iter()) {
+        for (back, fwd) in [(1u64, 1u64), (0, 1), (1, 0), (7, 9), (513, 4096)] {
+            let start = b.saturating_sub(back);
+            let end = (b + fwd).min(size);
+            if end > start {
+                check_read(dev, expected, start, end - start);
+            }
+        }
+    }
+
+    // Random reads, biased towards small ones.
+    let mut rng = Rng(size ^ 0xD15C_5EED);
+    for _ in 0..300 {
+        if size == 0 {
+            break;
+        }
+        let offset = rng.below(size);
+        let max = (size - offset).min(if rng.below(4) == 0 { 1 << 20 } else { 9000 });
+        let len = 1 + rng.below(max);
+        check_read(dev, expected, offset, len);
+    }
+    if size > 0 && size <= 64 << 20 {
+        check_read(dev, expected, 0, size);
+    }
+
+    // Zero-length reads are harmless.
+    dev.read_at(&mut [], size).expect("zero-length read at the end");
+
+    // Out of range reads fail cleanly.
+    let mut buf = [0u8; 2];
+    let err = dev.read_at(&mut buf, size.saturating_sub(1)).expect_err("read past the end must fail");
+    assert_eq!(err.kind(), ErrorKind::OutOfBounds);
+    let err = dev.read_at(&mut buf, u64::MAX - 1).expect_err("read at u64::MAX must fail");
+    assert_eq!(err.kind(), ErrorKind::OutOfBounds);
+
+    // Extents tile [0, size) exactly, from any starting point.
+    for start in [0, size / 3, size.saturating_sub(1)] {
+        let mut covered = start;
+        while covered < size {
+            let mut list = ExtentList::new(covered);
+            dev.extents(covered, size - covered, &mut list).expect("extents");
+            assert!(list.covered() > 0, "extents at {covered} made no progress");
+            assert!(list.end() <= size, "extents at {covered} run past the end");
+            for (off, e) in list.iter_offsets() {
+                assert!(e.len > 0);
+                if e.kind.reads_zero() {
+                    let want = &expected[off as usize..(off + e.len) as usize];
+                    assert!(want.iter().all(|&b| b == 0), "extent {off}+{} says zero but holds data", e.len);
+                }
+            }
+            covered = list.end();
+        }
+        assert_eq!(covered, size);
+    }
+}
