@@ -1,1 +1,154 @@
-fn main() {}
+//! `disksynth`: synthesize a virtual disk from a source and hand it out
+//! over NBD or as a raw image.
+
+mod args;
+mod serve;
+mod size;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use nbd_export::{write_raw, RawOutput, ServerOptions};
+use synth::{BlockDev, Export, SharedExport};
+
+use crate::args::{Cli, ExportArgs, Source};
+use crate::serve::{serve, systemd_listener, tcp_endpoint, Endpoint};
+use crate::size::Size;
+
+/// What to do with the disk, validated from [`ExportArgs`].
+enum Mode {
+    Serve(Endpoint),
+    Output(std::path::PathBuf),
+}
+
+fn mode_of(a: &ExportArgs, systemd: bool) -> Result<Mode> {
+    let tcp = a.serve || a.ip.is_some() || a.port.is_some();
+    let chosen: Vec<&str> = [
+        (tcp, "--serve/-i/-p"),
+        (a.unix.is_some(), "-U"),
+        (a.run.is_some(), "--run"),
+        (a.output.is_some(), "-o"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
+    if chosen.len() > 1 {
+        bail!("choose one way to export the disk, not {}", chosen.join(" and "));
+    }
+    Ok(if tcp {
+        Mode::Serve(tcp_endpoint(a.ip, a.port))
+    } else if let Some(u) = &a.unix {
+        Mode::Serve(Endpoint::Unix(if u.as_os_str() == "-" { None } else { Some(u.clone()) }))
+    } else if let Some(cmd) = &a.run {
+        Mode::Serve(Endpoint::Run(cmd.clone()))
+    } else if let Some(o) = &a.output {
+        Mode::Output(o.clone())
+    } else if systemd {
+        Mode::Serve(Endpoint::Systemd)
+    } else {
+        bail!(
+            "say how to export the disk: --serve (NBD on 127.0.0.1:10809), -U PATH (Unix socket), \
+             --run CMD (captive), or -o FILE (raw image); see --help"
+        )
+    })
+}
+
+/// Open the source: the device and a one-line description.
+fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)> {
+    Ok(match src {
+        Source::File { path, rw, export } => {
+            let dev = sources::FileDev::open(path, *rw && !export.readonly)?;
+            (Arc::new(dev), format!("file {}", path.display()), export)
+        }
+        Source::Memory { size, export } => {
+            (Arc::new(sources::memory(size.0)?), format!("memory {}", Size(size.0)), export)
+        }
+        Source::Zero { size, export } => (Arc::new(sources::ZeroDev::new(size.0)), format!("zero {}", size), export),
+        Source::Pattern { size, export } => {
+            (Arc::new(sources::PatternDev::new(size.0)), format!("pattern {}", size), export)
+        }
+    })
+}
+
+fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {
+    let size = dev.size();
+    let bar = if std::io::stderr().is_terminal() && path.as_os_str() != "-" {
+        let b = indicatif::ProgressBar::new(size);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut progress = |pos: u64| {
+        if let Some(b) = &bar {
+            b.set_position(pos);
+        }
+    };
+    let target = if path.as_os_str() == "-" { RawOutput::Stdout } else { RawOutput::File(path) };
+    let stats = write_raw(dev, target, &mut progress)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if path.as_os_str() != "-" {
+        log::info!("wrote {} ({} of data, {} left sparse) to {}", Size(size), Size(stats.written), Size(stats.skipped), path.display());
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let systemd = systemd_listener()?;
+    let (dev, description, a) = open_source(&cli.source)?;
+    let mode = mode_of(a, systemd.is_some())?;
+    match mode {
+        Mode::Output(path) => {
+            output(&*dev, &path).with_context(|| format!("writing {}", path.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Serve(endpoint) => {
+            let export: Arc<dyn Export> = Arc::new(SharedExport::new(dev, description));
+            let opts = ServerOptions {
+                export_name: a.export_name.clone(),
+                readonly: a.readonly,
+                max_threads: a.threads as usize,
+                sendfile: !a.no_sendfile,
+                ..ServerOptions::default()
+            };
+            serve(export, endpoint, opts, systemd)
+        }
+    }
+}
+
+fn verbosity(src: &Source) -> u8 {
+    match src {
+        Source::File { export, .. }
+        | Source::Memory { export, .. }
+        | Source::Zero { export, .. }
+        | Source::Pattern { export, .. } => export.verbose,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match verbosity(&cli.source) {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new().filter_level(level).format_timestamp(None).format_target(false).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("disksynth: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,32 @@
-//! nbd
+//! Exporters for disksynth: an NBD server and raw image output.
+//!
+//! - [`Server`]: NBD per proto.md: fixed newstyle handshake, structured
+//!   replies with sparse reads, extended headers, `base:allocation`
+//!   block status, many requests in flight and answered out of order.
+//! - [`write_raw`]: the whole device as a sparse raw image (or to stdout).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use nbd_export::{Listener, Server, ServerOptions};
+//! use synth::SharedExport;
+//!
+//! let dev = Arc::new(sources::PatternDev::new(64 << 20));
+//! let export = Arc::new(SharedExport::new(dev, "pattern"));
+//! let server = Server::new(export, ServerOptions::default())?;
+//! let listener = Listener::Tcp(std::net::TcpListener::bind("127.0.0.1:10809")?);
+//! server.run(listener)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod handshake;
+pub mod proto;
+mod raw;
+mod send;
+mod server;
+mod stream;
+mod transmission;
+
+pub use handshake::transmission_flags;
+pub use raw::{write_raw, RawError, RawOutput, RawStats};
+pub use server::{Server, ServerConfig, ServerOptions, ShutdownHandle};
+pub use stream::{Listener, Stream};

@@ -61,10 +61,12 @@ impl ExtentList {
         ExtentList { start, covered: 0, limit: limit.max(1), items: Vec::new() }
     }
 
-    /// Empty the list and restart it at `start`, keeping the allocation.
-    pub fn reset(&mut self, start: u64) {
+    /// Empty the list and restart it at `start` with a new entry cap,
+    /// keeping the allocation.
+    pub fn reset(&mut self, start: u64, limit: usize) {
         self.start = start;
         self.covered = 0;
+        self.limit = limit.max(1);
         self.items.clear();
     }
 

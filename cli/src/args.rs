@@ -1,0 +1,110 @@
+//! Command-line definition. Help text comes from these definitions, so
+//! it cannot drift from what is accepted.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::size::Size;
+
+const EXAMPLES: &str = "\
+Examples:
+  disksynth file disk.img --serve                  NBD on 127.0.0.1:10809 (read-only)
+  disksynth file disk.img --rw -U /tmp/nbd.sock    writable, on a Unix socket
+  disksynth memory 1G -U /tmp/nbd.sock             sparse RAM disk
+  disksynth pattern 64M --run 'qemu-img info \"$uri\"'
+                                                   captive mode: exits with the command's status
+  disksynth file disk.img -o copy.img              sparse raw copy
+  disksynth zero 10G -o - | wc -c                  stream to stdout
+
+In --run commands, $uri and $nbd hold the NBD URI and $unixsocket the socket path.
+Under systemd socket activation (LISTEN_FDS), disksynth serves the passed socket.";
+
+/// Synthesize virtual disks and serve them over NBD or write them as raw images.
+#[derive(Debug, Parser)]
+#[command(name = "disksynth", version, after_help = EXAMPLES, arg_required_else_help = true)]
+pub struct Cli {
+    /// What the disk is made from.
+    #[command(subcommand)]
+    pub source: Source,
+}
+
+/// Sources.
+#[derive(Debug, Subcommand)]
+pub enum Source {
+    /// A host file or block device (read-only unless --rw).
+    #[command(after_help = EXAMPLES)]
+    File {
+        /// The file or block device.
+        path: PathBuf,
+        /// Let clients write to the file.
+        #[arg(long)]
+        rw: bool,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
+    /// A writable, sparse RAM disk of SIZE bytes.
+    #[command(after_help = EXAMPLES)]
+    Memory {
+        /// Size, e.g. 512, 4K, 1M, 1.5G, 1MiB.
+        size: Size,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
+    /// SIZE bytes of zeros (read-only).
+    #[command(after_help = EXAMPLES)]
+    Zero {
+        /// Size, e.g. 512, 4K, 1M, 1.5G, 1MiB.
+        size: Size,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
+    /// SIZE bytes where every 8-byte big-endian word holds its own offset (read-only).
+    #[command(after_help = EXAMPLES)]
+    Pattern {
+        /// Size, e.g. 512, 4K, 1M, 1.5G, 1MiB.
+        size: Size,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
+}
+
+/// How the disk is handed out: serve it (TCP, Unix, captive) or write it.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Export")]
+pub struct ExportArgs {
+    /// Serve NBD over TCP (default 127.0.0.1:10809).
+    #[arg(long)]
+    pub serve: bool,
+    /// Listen on this address (implies --serve).
+    #[arg(short = 'i', long = "ip", value_name = "ADDR")]
+    pub ip: Option<IpAddr>,
+    /// Listen on this TCP port; 0 picks a free one (implies --serve).
+    #[arg(short = 'p', long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Serve NBD on a Unix socket; `-` makes a private temporary socket.
+    #[arg(short = 'U', long = "unix", value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+    /// Serve on a private socket, run CMD under /bin/sh, exit with its status.
+    #[arg(long, value_name = "CMD")]
+    pub run: Option<String>,
+    /// Write the whole disk as a sparse raw image; `-` streams to stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Export name clients ask for (the empty name always works too).
+    #[arg(short = 'e', long = "export-name", value_name = "NAME", default_value = "")]
+    pub export_name: String,
+    /// Refuse writes.
+    #[arg(short = 'r', long)]
+    pub readonly: bool,
+    /// Most worker threads per connection.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+    /// Copy file data through memory instead of sendfile (for measurements).
+    #[arg(long, hide = true)]
+    pub no_sendfile: bool,
+    /// Log to stderr: -v connections, -vv requests.
+    #[arg(short = 'v', long, action = ArgAction::Count)]
+    pub verbose: u8,
+}

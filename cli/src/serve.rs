@@ -1,0 +1,225 @@
+//! The serving modes: TCP, Unix socket, captive `--run`, systemd socket
+//! activation; signals; the start-up banner.
+
+use std::env;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use log::info;
+use nbd_export::{Listener, Server, ServerOptions};
+use synth::Export;
+
+/// Where to listen.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// TCP on this address.
+    Tcp(SocketAddr),
+    /// A Unix socket at this path (`None`: a private temporary one).
+    Unix(Option<PathBuf>),
+    /// A private Unix socket and a command to run against it.
+    Run(String),
+    /// A listening socket passed by systemd.
+    Systemd,
+}
+
+/// Default NBD port (IANA).
+pub const NBD_PORT: u16 = 10809;
+
+pub fn tcp_endpoint(ip: Option<IpAddr>, port: Option<u16>) -> Endpoint {
+    Endpoint::Tcp(SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), port.unwrap_or(NBD_PORT)))
+}
+
+/// Percent-encode an export name for a URI path (RFC 3986 unreserved kept).
+fn encode_name(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn tcp_uri(addr: SocketAddr, name: &str) -> String {
+    let host = match addr.ip() {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    let path = if name.is_empty() { String::new() } else { format!("/{}", encode_name(name)) };
+    format!("nbd://{host}:{}{path}", addr.port())
+}
+
+fn unix_uri(path: &Path, name: &str) -> String {
+    format!("nbd+unix:///{}?socket={}", encode_name(name), path.display())
+}
+
+/// Bind a Unix socket at `path`, replacing a stale socket left by a dead
+/// server but never a live one or a non-socket file.
+fn bind_unix(path: &Path) -> Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket; choose another path for -U", path.display());
+        }
+        if UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another server; choose another path for -U", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
+}
+
+/// Take the listening socket systemd passed as fd 3, if it is ours
+/// (sd_listen_fds(3): `LISTEN_PID` names this process, `LISTEN_FDS` >= 1).
+pub fn systemd_listener() -> Result<Option<Listener>> {
+    let ours = env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    if !ours || count == 0 {
+        return Ok(None);
+    }
+    // Children (the --run command) must not think the socket is theirs.
+    env::remove_var("LISTEN_PID");
+    env::remove_var("LISTEN_FDS");
+    env::remove_var("LISTEN_FDNAMES");
+    if count > 1 {
+        log::warn!("systemd passed {count} sockets; serving the first (fd 3)");
+    }
+    // Check fd 3 is an open socket before taking ownership of it
+    // (stat through /proc needs no unsafe code).
+    let meta = std::fs::metadata("/proc/self/fd/3").context("LISTEN_FDS is set but fd 3 is not open")?;
+    if !meta.file_type().is_socket() {
+        bail!("LISTEN_FDS is set but fd 3 is not a socket");
+    }
+    // SAFETY: sd_listen_fds(3) hands fd 3 to the process named by
+    // LISTEN_PID (checked above to be us) and nothing else in this process
+    // opens or owns fd 3 (we have not opened any file yet besides std's
+    // 0-2, and fstat showed fd 3 is the passed socket). We take ownership
+    // exactly once, since the environment variables are removed above.
+    #[allow(unsafe_code)]
+    let fd = unsafe { OwnedFd::from_raw_fd(3) };
+    let family = rustix::net::getsockname(&fd).context("inspecting the socket systemd passed")?.address_family();
+    Ok(Some(if family == rustix::net::AddressFamily::UNIX {
+        Listener::Unix(UnixListener::from(fd))
+    } else {
+        Listener::Tcp(TcpListener::from(fd))
+    }))
+}
+
+/// Serve `export` on `endpoint` until a signal (or the --run command ends).
+pub fn serve(export: Arc<dyn Export>, endpoint: Endpoint, opts: ServerOptions, listener: Option<Listener>) -> Result<ExitCode> {
+    let name = opts.export_name.clone();
+    let server = Server::new(export, opts).context("starting the server")?;
+    let stop = server.shutdown_handle();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(sig, stop.wake_socket()?).context("installing signal handlers")?;
+    }
+
+    let mut tempdir = None;
+    let mut unlink = None;
+    let run_cmd = match &endpoint {
+        Endpoint::Run(cmd) => Some(cmd.clone()),
+        _ => None,
+    };
+    let (listener, uri, socket) = match endpoint {
+        Endpoint::Systemd => {
+            let l = listener.context("no socket from systemd")?;
+            info!("serving the socket passed by systemd");
+            (l, None, None)
+        }
+        Endpoint::Tcp(addr) => {
+            let l = TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} (is another NBD server running there? choose another with -p PORT)")
+            })?;
+            let real = l.local_addr()?;
+            (Listener::Tcp(l), Some(tcp_uri(real, &name)), None)
+        }
+        Endpoint::Unix(path) => {
+            let path = match path {
+                Some(p) => p,
+                None => {
+                    let d = tempfile::Builder::new().prefix("disksynth-").tempdir()?;
+                    let p = d.path().join("nbd.sock");
+                    tempdir = Some(d);
+                    p
+                }
+            };
+            let l = bind_unix(&path)?;
+            unlink = Some(path.clone());
+            (Listener::Unix(l), Some(unix_uri(&path, &name)), Some(path))
+        }
+        Endpoint::Run(_) => {
+            let d = tempfile::Builder::new().prefix("disksynth-").tempdir()?;
+            let p = d.path().join("nbd.sock");
+            tempdir = Some(d);
+            let l = bind_unix(&p)?;
+            (Listener::Unix(l), Some(unix_uri(&p, &name)), Some(p))
+        }
+    };
+
+    let code = if let Some(cmd) = &run_cmd {
+        run_captive(&server, listener, cmd, uri.as_deref().unwrap_or_default(), socket.as_deref())?
+    } else {
+        if let Some(uri) = &uri {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{uri}");
+            let _ = writeln!(out, "qemu-system-x86_64 -drive file={},format=raw,if=virtio", uri.replace(',', ",,"));
+            let _ = out.flush();
+            info!("serving {uri}");
+        }
+        server.run(listener).context("serving")?;
+        ExitCode::SUCCESS
+    };
+    if let Some(p) = unlink {
+        let _ = std::fs::remove_file(p);
+    }
+    drop(tempdir);
+    Ok(code)
+}
+
+/// Captive mode: run `cmd` against the served socket; stop when it ends.
+fn run_captive(server: &Arc<Server>, listener: Listener, cmd: &str, uri: &str, socket: Option<&Path>) -> Result<ExitCode> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("uri", uri)
+        .env("nbd", uri)
+        .env("unixsocket", socket.map(|p| p.as_os_str().to_owned()).unwrap_or_default())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?} with /bin/sh"))?;
+    let pid = child.id();
+    let status = Arc::new(Mutex::new(None));
+    let waiter = {
+        let status = status.clone();
+        let stop = server.shutdown_handle();
+        std::thread::spawn(move || {
+            let st = child.wait();
+            *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(st);
+            stop.trigger();
+        })
+    };
+    server.run(listener).context("serving")?;
+    if status.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+        // Stopped by a signal while the command still runs: pass it on.
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+    let _ = waiter.join();
+    let st = status.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let st = st.context("the command's status was lost")?.context("waiting for the command")?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = match (st.code(), st.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    };
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}

@@ -1,0 +1,346 @@
+//! The fixed newstyle handshake (proto.md "Newstyle negotiation" and
+//! "Option types"): the server greets, the client haggles options, and
+//! `NBD_OPT_GO` or `NBD_OPT_EXPORT_NAME` moves to transmission.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use log::{debug, info, warn};
+use synth::{BlockDev, Caps};
+
+use crate::proto::*;
+use crate::server::ServerConfig;
+use crate::stream::Stream;
+
+/// Option payloads longer than this are refused (`ERR_TOO_BIG`) and,
+/// past [`DISCARD_LIMIT`], end the connection: strings are at most 4 KiB
+/// and nothing we accept needs more.
+const MAX_OPTION_LEN: u32 = 64 * 1024;
+const DISCARD_LIMIT: u32 = 16 << 20;
+
+/// What the handshake agreed on.
+#[derive(Debug)]
+pub struct Negotiated {
+    /// Reply framing.
+    pub style: ReplyStyle,
+    /// Whether `base:allocation` was selected (block status allowed).
+    pub base_allocation: bool,
+    /// The opened device.
+    pub dev: Arc<dyn BlockDev>,
+    /// Transmission flags sent to the client.
+    pub flags: u16,
+}
+
+/// Transmission flags for an export with `caps`.
+pub fn transmission_flags(caps: Caps, readonly: bool, style: ReplyStyle) -> u16 {
+    let mut f = TF_HAS_FLAGS | TF_SEND_CACHE;
+    if style != ReplyStyle::Simple {
+        // DF only means something with structured replies (proto.md).
+        f |= TF_SEND_DF;
+    }
+    if readonly || !caps.contains(Caps::WRITE) {
+        f |= TF_READ_ONLY;
+    } else {
+        f |= TF_SEND_FLUSH | TF_SEND_FUA | TF_SEND_TRIM | TF_SEND_WRITE_ZEROES;
+        if caps.contains(Caps::FAST_ZERO) {
+            f |= TF_SEND_FAST_ZERO;
+        }
+    }
+    if caps.contains(Caps::MULTI_CONN) {
+        f |= TF_CAN_MULTI_CONN;
+    }
+    f
+}
+
+struct Handshake<'a> {
+    s: &'a mut Stream,
+    cfg: &'a ServerConfig,
+    no_zeroes: bool,
+    style: ReplyStyle,
+    base_allocation: bool,
+    peer: String,
+}
+
+fn read_u32(s: &mut Stream) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+fn read_u64(s: &mut Stream) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    s.read_exact(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// A cursor over an option payload that never reads past its end.
+struct Payload<'a>(&'a [u8]);
+
+impl<'a> Payload<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+    }
+    fn string(&mut self) -> Option<&'a str> {
+        let n = self.u32()? as usize;
+        if n > 4096 {
+            return None;
+        }
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Handshake<'_> {
+    fn reply(&mut self, opt: u32, kind: u32, data: &[u8]) -> io::Result<()> {
+        let mut m = Vec::with_capacity(20 + data.len());
+        m.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+        m.extend_from_slice(&opt.to_be_bytes());
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        m.extend_from_slice(data);
+        self.s.write_all(&m)
+    }
+
+    fn error(&mut self, opt: u32, kind: u32, msg: &str) -> io::Result<()> {
+        debug!("{}: option {opt} refused: {msg}", self.peer);
+        self.reply(opt, kind, msg.as_bytes())
+    }
+
+    fn name_ok(&self, name: &str) -> bool {
+        name.is_empty() || name == self.cfg.export_name
+    }
+
+    fn flags(&self) -> u16 {
+        transmission_flags(self.cfg.export.caps(), self.cfg.readonly, self.style)
+    }
+
+    /// `NBD_OPT_INFO` / `NBD_OPT_GO`. Returns the device on a successful GO.
+    fn info_or_go(&mut self, opt: u32, data: &[u8]) -> io::Result<Option<Arc<dyn BlockDev>>> {
+        let mut p = Payload(data);
+        let parsed = (|| {
+            let name = p.string()?;
+            let n = p.u16()? as usize;
+            let mut reqs = Vec::with_capacity(n.min(16));
+            for _ in 0..n {
+                reqs.push(p.u16()?);
+            }
+            p.is_empty().then_some((name, reqs))
+        })();
+        let Some((name, reqs)) = parsed else {
+            self.error(opt, REP_ERR_INVALID, "malformed NBD_OPT_INFO/GO payload")?;
+            return Ok(None);
+        };
+        if !self.name_ok(name) {
+            let msg = format!("no export named {name:?} (this server has {:?})", self.cfg.export_name);
+            self.error(opt, REP_ERR_UNKNOWN, &msg)?;
+            return Ok(None);
+        }
+        // INFO must have no side effects: everything below comes from the
+        // export's description, not from an opened device.
+        let dev = if opt == OPT_GO {
+            match self.cfg.export.open() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    warn!("{}: opening the export failed: {e}", self.peer);
+                    self.error(opt, REP_ERR_UNKNOWN, &format!("cannot open the export: {e}"))?;
+                    return Ok(None);
+                }
+            }
+        } else {
+            None
+        };
+        let mut export = Vec::with_capacity(12);
+        export.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+        export.extend_from_slice(&self.cfg.export.size().to_be_bytes());
+        export.extend_from_slice(&self.flags().to_be_bytes());
+        self.reply(opt, REP_INFO, &export)?;
+        if reqs.contains(&INFO_NAME) {
+            let mut m = INFO_NAME.to_be_bytes().to_vec();
+            m.extend_from_slice(self.cfg.export_name.as_bytes());
+            self.reply(opt, REP_INFO, &m)?;
+        }
+        if reqs.contains(&INFO_DESCRIPTION) {
+            let mut m = INFO_DESCRIPTION.to_be_bytes().to_vec();
+            let desc = self.cfg.export.description();
+            m.extend_from_slice(&desc.as_bytes()[..desc.len().min(4096)]);
+            self.reply(opt, REP_INFO, &m)?;
+        }
+        // Always sent: clients that did not ask still benefit, and the
+        // spec allows it (proto.md "Block size constraints").
+        let bs = self.cfg.export.block_size();
+        let mut m = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+        for v in [bs.minimum, bs.preferred, bs.maximum] {
+            m.extend_from_slice(&v.to_be_bytes());
+        }
+        self.reply(opt, REP_INFO, &m)?;
+        self.reply(opt, REP_ACK, &[])?;
+        Ok(dev)
+    }
+
+    /// `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
+    fn meta_context(&mut self, opt: u32, data: &[u8]) -> io::Result<()> {
+        if self.style == ReplyStyle::Simple {
+            return self.error(opt, REP_ERR_INVALID, "negotiate structured replies before meta contexts");
+        }
+        let mut p = Payload(data);
+        let parsed = (|| {
+            let name = p.string()?;
+            let n = p.u32()? as usize;
+            let mut queries = Vec::with_capacity(n.min(16));
+            for _ in 0..n {
+                queries.push(p.string()?);
+            }
+            p.is_empty().then_some((name, queries))
+        })();
+        let Some((name, queries)) = parsed else {
+            return self.error(opt, REP_ERR_INVALID, "malformed meta context payload");
+        };
+        if !self.name_ok(name) {
+            return self.error(opt, REP_ERR_UNKNOWN, &format!("no export named {name:?}"));
+        }
+        let set = opt == OPT_SET_META_CONTEXT;
+        let wanted = if set {
+            queries.contains(&META_BASE_ALLOCATION)
+        } else {
+            // LIST: no queries lists everything; "base:" lists the namespace.
+            queries.is_empty() || queries.iter().any(|q| *q == "base:" || *q == META_BASE_ALLOCATION)
+        };
+        if set {
+            self.base_allocation = wanted;
+        }
+        if wanted {
+            let id = if set { META_BASE_ALLOCATION_ID } else { 0 };
+            let mut m = id.to_be_bytes().to_vec();
+            m.extend_from_slice(META_BASE_ALLOCATION.as_bytes());
+            self.reply(opt, REP_META_CONTEXT, &m)?;
+        }
+        self.reply(opt, REP_ACK, &[])
+    }
+
+    /// Haggle until transmission (`Some`) or until the client leaves (`None`).
+    fn run(&mut self) -> io::Result<Option<Negotiated>> {
+        let mut greeting = [0u8; 18];
+        greeting[0..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+        greeting[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+        greeting[16..18].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+        self.s.write_all(&greeting)?;
+        let cflags = read_u32(self.s)?;
+        if cflags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
+            return Err(invalid(format!("unknown client flags {cflags:#x}")));
+        }
+        self.no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
+
+        loop {
+            let magic = read_u64(self.s)?;
+            if magic != IHAVEOPT {
+                return Err(invalid(format!("bad option magic {magic:#x}")));
+            }
+            let opt = read_u32(self.s)?;
+            let len = read_u32(self.s)?;
+            if len > MAX_OPTION_LEN {
+                if opt == OPT_EXPORT_NAME || len > DISCARD_LIMIT {
+                    return Err(invalid(format!("option {opt} with a {len}-byte payload")));
+                }
+                io::copy(&mut (&mut *self.s).take(len as u64), &mut io::sink())?;
+                self.error(opt, REP_ERR_TOO_BIG, "option payload too large")?;
+                continue;
+            }
+            let mut data = vec![0u8; len as usize];
+            self.s.read_exact(&mut data)?;
+            match opt {
+                OPT_EXPORT_NAME => {
+                    let name = String::from_utf8_lossy(&data);
+                    if !self.name_ok(&name) {
+                        // This option cannot fail politely: hang up (proto.md).
+                        return Err(invalid(format!("unknown export {name:?} via NBD_OPT_EXPORT_NAME")));
+                    }
+                    let dev = self.cfg.export.open().map_err(|e| invalid(format!("opening the export: {e}")))?;
+                    let flags = self.flags();
+                    let mut m = Vec::with_capacity(134);
+                    m.extend_from_slice(&self.cfg.export.size().to_be_bytes());
+                    m.extend_from_slice(&flags.to_be_bytes());
+                    if !self.no_zeroes {
+                        m.extend_from_slice(&[0u8; 124]);
+                    }
+                    self.s.write_all(&m)?;
+                    return Ok(Some(self.done(dev, flags)));
+                }
+                OPT_ABORT => {
+                    let _ = self.reply(opt, REP_ACK, &[]);
+                    return Ok(None);
+                }
+                OPT_LIST => {
+                    if !data.is_empty() {
+                        self.error(opt, REP_ERR_INVALID, "NBD_OPT_LIST takes no payload")?;
+                        continue;
+                    }
+                    let name = self.cfg.export_name.clone();
+                    let mut m = (name.len() as u32).to_be_bytes().to_vec();
+                    m.extend_from_slice(name.as_bytes());
+                    m.extend_from_slice(self.cfg.export.description().as_bytes());
+                    self.reply(opt, REP_SERVER, &m)?;
+                    self.reply(opt, REP_ACK, &[])?;
+                }
+                OPT_STARTTLS => self.error(opt, REP_ERR_POLICY, "TLS is not supported by this server yet")?,
+                OPT_INFO | OPT_GO => {
+                    if let Some(dev) = self.info_or_go(opt, &data)? {
+                        let flags = self.flags();
+                        return Ok(Some(self.done(dev, flags)));
+                    }
+                }
+                OPT_STRUCTURED_REPLY | OPT_EXTENDED_HEADERS => {
+                    let ext = opt == OPT_EXTENDED_HEADERS;
+                    if !data.is_empty() {
+                        self.error(opt, REP_ERR_INVALID, "this option takes no payload")?;
+                    } else if self.style == ReplyStyle::Extended || (!ext && self.style == ReplyStyle::Structured) {
+                        self.error(opt, REP_ERR_INVALID, "reply style already negotiated")?;
+                    } else {
+                        self.style = if ext { ReplyStyle::Extended } else { ReplyStyle::Structured };
+                        // Changing the header style forgets meta contexts (proto.md).
+                        self.base_allocation = false;
+                        self.reply(opt, REP_ACK, &[])?;
+                    }
+                }
+                OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => self.meta_context(opt, &data)?,
+                _ => self.error(opt, REP_ERR_UNSUP, "unknown option")?,
+            }
+        }
+    }
+
+    fn done(&self, dev: Arc<dyn BlockDev>, flags: u16) -> Negotiated {
+        let style = match self.style {
+            ReplyStyle::Simple => "simple replies",
+            ReplyStyle::Structured => "structured replies",
+            ReplyStyle::Extended => "extended headers (structured replies, 64-bit)",
+        };
+        info!(
+            "{}: handshake done: {style}{}, flags {flags:#06x}",
+            self.peer,
+            if self.base_allocation { ", base:allocation" } else { "" }
+        );
+        Negotiated { style: self.style, base_allocation: self.base_allocation, dev, flags }
+    }
+}
+
+/// Run the handshake on `s`. `Ok(None)`: the client aborted or left politely.
+pub fn negotiate(s: &mut Stream, cfg: &ServerConfig) -> io::Result<Option<Negotiated>> {
+    let peer = s.peer();
+    Handshake { s, cfg, no_zeroes: false, style: ReplyStyle::Simple, base_allocation: false, peer }.run()
+}

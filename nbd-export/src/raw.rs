@@ -1,0 +1,236 @@
+//! Raw image output (`-o FILE`): the whole device, sparse.
+//!
+//! The region map drives it: holes and zero extents are skipped (the file
+//! is pre-sized, so they stay holes), all-zero blocks inside data are
+//! skipped too, host-file ranges are copied in the kernel
+//! (`copy_file_range`). The image is written under a temporary name in the
+//! target directory and renamed into place only when complete and synced,
+//! so a failed or interrupted run never leaves a partial image behind.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use synth::{BlockDev, ExtentList, ReadChunk};
+
+/// Where the image goes.
+#[derive(Debug, Clone, Copy)]
+pub enum RawOutput<'a> {
+    /// A file, created or replaced atomically.
+    File(&'a Path),
+    /// Standard output, every byte in order (zeros included).
+    Stdout,
+}
+
+/// What was written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RawStats {
+    /// Bytes actually written.
+    pub written: u64,
+    /// Bytes left as holes.
+    pub skipped: u64,
+}
+
+/// Raw output failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RawError {
+    /// The output could not be created.
+    #[error("cannot create {path}: {source}")]
+    Create {
+        /// The target.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Writing the output failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The target (`-` for stdout).
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Reading the device failed.
+    #[error("reading the device: {0}")]
+    Device(#[from] synth::Error),
+}
+
+const PIECE: u64 = 8 << 20;
+const ZERO_BLOCK: usize = 64 * 1024;
+
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// Write `b` at `at`, leaving all-zero 64 KiB blocks as holes.
+fn write_sparse(out: &File, b: &[u8], at: u64, stats: &mut RawStats) -> io::Result<()> {
+    for (i, blk) in b.chunks(ZERO_BLOCK).enumerate() {
+        if is_zero(blk) {
+            stats.skipped += blk.len() as u64;
+        } else {
+            out.write_all_at(blk, at + (i * ZERO_BLOCK) as u64)?;
+            stats.written += blk.len() as u64;
+        }
+    }
+    Ok(())
+}
+
+fn copy_file(src: &File, mut off: u64, len: u64, out: &File, mut at: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    let end = off + len;
+    while off < end {
+        let want = (end - off).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut off), out, Some(&mut at), want) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "host file shrank while copying")),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                // Cross-device or unsupported: copy through memory.
+                let n = (end - off).min(PIECE) as usize;
+                buf.resize(n, 0);
+                src.read_exact_at(buf, off)?;
+                out.write_all_at(buf, at)?;
+                off += n as u64;
+                at += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_to_file(dev: &dyn BlockDev, out: &File, path: &Path, progress: &mut dyn FnMut(u64)) -> Result<RawStats, RawError> {
+    let werr = |source| RawError::Write { path: path.to_owned(), source };
+    let size = dev.size();
+    out.set_len(size).map_err(werr)?;
+    let mut stats = RawStats::default();
+    let mut chunks = Vec::new();
+    let mut buf = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let mut list = ExtentList::new(pos);
+        dev.extents(pos, (size - pos).min(1 << 30), &mut list)?;
+        if list.covered() == 0 {
+            list.push((size - pos).min(PIECE), synth::ExtentKind::Data);
+        }
+        for (off, e) in list.iter_offsets() {
+            if e.kind.reads_zero() {
+                stats.skipped += e.len;
+                continue;
+            }
+            let mut p = off;
+            while p < off + e.len {
+                let n = (off + e.len - p).min(PIECE);
+                chunks.clear();
+                if dev.read_chunks(p, n, &mut chunks)? {
+                    let mut at = p;
+                    for c in &chunks {
+                        match c {
+                            ReadChunk::Zero(z) => stats.skipped += z,
+                            ReadChunk::Bytes(b) => write_sparse(out, b, at, &mut stats).map_err(werr)?,
+                            ReadChunk::File { file, offset, len } => {
+                                copy_file(file, *offset, *len, out, at, &mut buf).map_err(werr)?;
+                                stats.written += len;
+                            }
+                        }
+                        at += c.len();
+                    }
+                } else {
+                    buf.resize(n as usize, 0);
+                    dev.read_at(&mut buf, p)?;
+                    write_sparse(out, &buf, p, &mut stats).map_err(werr)?;
+                }
+                p += n;
+                progress(p);
+            }
+        }
+        pos = list.end();
+        progress(pos);
+    }
+    Ok(stats)
+}
+
+fn write_to_stdout(dev: &dyn BlockDev, progress: &mut dyn FnMut(u64)) -> Result<RawStats, RawError> {
+    let werr = |source| RawError::Write { path: PathBuf::from("-"), source };
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let size = dev.size();
+    let mut buf = vec![0u8; PIECE as usize];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(PIECE) as usize;
+        dev.read_at(&mut buf[..n], pos)?;
+        out.write_all(&buf[..n]).map_err(werr)?;
+        pos += n as u64;
+        progress(pos);
+    }
+    out.flush().map_err(werr)?;
+    Ok(RawStats { written: size, skipped: 0 })
+}
+
+/// Write all of `dev` to `output`. `progress` gets the offset reached.
+pub fn write_raw(dev: &dyn BlockDev, output: RawOutput<'_>, progress: &mut dyn FnMut(u64)) -> Result<RawStats, RawError> {
+    let path = match output {
+        RawOutput::Stdout => return write_to_stdout(dev, progress),
+        RawOutput::File(p) => p,
+    };
+    let cerr = |source| RawError::Create { path: path.to_owned(), source };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(cerr)?;
+    // The temp file is private (0600) until complete; images are ordinary files.
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(cerr)?;
+    let stats = write_to_file(dev, tmp.as_file(), path, progress)?;
+    tmp.as_file().sync_all().map_err(|source| RawError::Write { path: path.to_owned(), source })?;
+    tmp.persist(path).map_err(|e| RawError::Write { path: path.to_owned(), source: e.error })?;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn memory_image_is_sparse_and_exact() {
+        let dev = sources::memory(64 << 20).unwrap();
+        dev.write_at(&[0xAB; 100_000], 10 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.img");
+        let stats = write_raw(&dev, RawOutput::File(&path), &mut |_| {}).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(meta.blocks() * 512 < 1 << 20, "image uses {} blocks", meta.blocks());
+        assert!(stats.written >= 100_000 && stats.written < 1 << 20);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes[10 << 20..(10 << 20) + 100_000].iter().all(|&b| b == 0xAB));
+        assert!(bytes[..10 << 20].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn failed_output_leaves_nothing_behind() {
+        #[derive(Debug)]
+        struct Broken;
+        impl BlockDev for Broken {
+            fn size(&self) -> u64 {
+                1 << 20
+            }
+            fn read_at(&self, _: &mut [u8], off: u64) -> synth::Result<()> {
+                Err(synth::Error::corrupt("broken on purpose").at(off))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.img");
+        let err = write_raw(&Broken, RawOutput::File(&path), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("broken on purpose"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
