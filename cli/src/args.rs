@@ -93,7 +93,12 @@ pub struct ExportArgs {
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Export name clients ask for (the empty name always works too).
-    #[arg(short = 'e', long = "export-name", value_name = "NAME", default_value = "")]
+    #[arg(
+        short = 'e',
+        long = "export-name",
+        value_name = "NAME",
+        default_value = ""
+    )]
     pub export_name: String,
     /// Refuse writes.
     #[arg(short = 'r', long)]

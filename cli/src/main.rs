@@ -38,12 +38,19 @@ fn mode_of(a: &ExportArgs, systemd: bool) -> Result<Mode> {
     .map(|(_, n)| *n)
     .collect();
     if chosen.len() > 1 {
-        bail!("choose one way to export the disk, not {}", chosen.join(" and "));
+        bail!(
+            "choose one way to export the disk, not {}",
+            chosen.join(" and ")
+        );
     }
     Ok(if tcp {
         Mode::Serve(tcp_endpoint(a.ip, a.port))
     } else if let Some(u) = &a.unix {
-        Mode::Serve(Endpoint::Unix(if u.as_os_str() == "-" { None } else { Some(u.clone()) }))
+        Mode::Serve(Endpoint::Unix(if u.as_os_str() == "-" {
+            None
+        } else {
+            Some(u.clone())
+        }))
     } else if let Some(cmd) = &a.run {
         Mode::Serve(Endpoint::Run(cmd.clone()))
     } else if let Some(o) = &a.output {
@@ -65,13 +72,21 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
             let dev = sources::FileDev::open(path, *rw && !export.readonly)?;
             (Arc::new(dev), format!("file {}", path.display()), export)
         }
-        Source::Memory { size, export } => {
-            (Arc::new(sources::memory(size.0)?), format!("memory {}", Size(size.0)), export)
-        }
-        Source::Zero { size, export } => (Arc::new(sources::ZeroDev::new(size.0)), format!("zero {}", size), export),
-        Source::Pattern { size, export } => {
-            (Arc::new(sources::PatternDev::new(size.0)), format!("pattern {}", size), export)
-        }
+        Source::Memory { size, export } => (
+            Arc::new(sources::memory(size.0)?),
+            format!("memory {}", Size(size.0)),
+            export,
+        ),
+        Source::Zero { size, export } => (
+            Arc::new(sources::ZeroDev::new(size.0)),
+            format!("zero {}", size),
+            export,
+        ),
+        Source::Pattern { size, export } => (
+            Arc::new(sources::PatternDev::new(size.0)),
+            format!("pattern {}", size),
+            export,
+        ),
     })
 }
 
@@ -80,8 +95,10 @@ fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {
     let bar = if std::io::stderr().is_terminal() && path.as_os_str() != "-" {
         let b = indicatif::ProgressBar::new(size);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(b)
     } else {
@@ -92,13 +109,23 @@ fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {
             b.set_position(pos);
         }
     };
-    let target = if path.as_os_str() == "-" { RawOutput::Stdout } else { RawOutput::File(path) };
+    let target = if path.as_os_str() == "-" {
+        RawOutput::Stdout
+    } else {
+        RawOutput::File(path)
+    };
     let stats = write_raw(dev, target, &mut progress)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     if path.as_os_str() != "-" {
-        log::info!("wrote {} ({} of data, {} left sparse) to {}", Size(size), Size(stats.written), Size(stats.skipped), path.display());
+        log::info!(
+            "wrote {} ({} of data, {} left sparse) to {}",
+            Size(size),
+            Size(stats.written),
+            Size(stats.skipped),
+            path.display()
+        );
     }
     Ok(())
 }
@@ -143,7 +170,11 @@ fn main() -> ExitCode {
         2 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    env_logger::Builder::new().filter_level(level).format_timestamp(None).format_target(false).init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -33,7 +33,10 @@ pub enum Endpoint {
 pub const NBD_PORT: u16 = 10809;
 
 pub fn tcp_endpoint(ip: Option<IpAddr>, port: Option<u16>) -> Endpoint {
-    Endpoint::Tcp(SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), port.unwrap_or(NBD_PORT)))
+    Endpoint::Tcp(SocketAddr::new(
+        ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        port.unwrap_or(NBD_PORT),
+    ))
 }
 
 /// Percent-encode an export name for a URI path (RFC 3986 unreserved kept).
@@ -54,12 +57,20 @@ fn tcp_uri(addr: SocketAddr, name: &str) -> String {
         IpAddr::V6(ip) => format!("[{ip}]"),
         IpAddr::V4(ip) => ip.to_string(),
     };
-    let path = if name.is_empty() { String::new() } else { format!("/{}", encode_name(name)) };
+    let path = if name.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", encode_name(name))
+    };
     format!("nbd://{host}:{}{path}", addr.port())
 }
 
 fn unix_uri(path: &Path, name: &str) -> String {
-    format!("nbd+unix:///{}?socket={}", encode_name(name), path.display())
+    format!(
+        "nbd+unix:///{}?socket={}",
+        encode_name(name),
+        path.display()
+    )
 }
 
 /// Bind a Unix socket at `path`, replacing a stale socket left by a dead
@@ -67,12 +78,19 @@ fn unix_uri(path: &Path, name: &str) -> String {
 fn bind_unix(path: &Path) -> Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            bail!("{} exists and is not a socket; choose another path for -U", path.display());
+            bail!(
+                "{} exists and is not a socket; choose another path for -U",
+                path.display()
+            );
         }
         if UnixStream::connect(path).is_ok() {
-            bail!("{} is in use by another server; choose another path for -U", path.display());
+            bail!(
+                "{} is in use by another server; choose another path for -U",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
 }
@@ -80,8 +98,14 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
 /// Take the listening socket systemd passed as fd 3, if it is ours
 /// (sd_listen_fds(3): `LISTEN_PID` names this process, `LISTEN_FDS` >= 1).
 pub fn systemd_listener() -> Result<Option<Listener>> {
-    let ours = env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let count = env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    let ours = env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
     if !ours || count == 0 {
         return Ok(None);
     }
@@ -94,7 +118,8 @@ pub fn systemd_listener() -> Result<Option<Listener>> {
     }
     // Check fd 3 is an open socket before taking ownership of it
     // (stat through /proc needs no unsafe code).
-    let meta = std::fs::metadata("/proc/self/fd/3").context("LISTEN_FDS is set but fd 3 is not open")?;
+    let meta =
+        std::fs::metadata("/proc/self/fd/3").context("LISTEN_FDS is set but fd 3 is not open")?;
     if !meta.file_type().is_socket() {
         bail!("LISTEN_FDS is set but fd 3 is not a socket");
     }
@@ -105,7 +130,9 @@ pub fn systemd_listener() -> Result<Option<Listener>> {
     // exactly once, since the environment variables are removed above.
     #[allow(unsafe_code)]
     let fd = unsafe { OwnedFd::from_raw_fd(3) };
-    let family = rustix::net::getsockname(&fd).context("inspecting the socket systemd passed")?.address_family();
+    let family = rustix::net::getsockname(&fd)
+        .context("inspecting the socket systemd passed")?
+        .address_family();
     Ok(Some(if family == rustix::net::AddressFamily::UNIX {
         Listener::Unix(UnixListener::from(fd))
     } else {
@@ -114,12 +141,18 @@ pub fn systemd_listener() -> Result<Option<Listener>> {
 }
 
 /// Serve `export` on `endpoint` until a signal (or the --run command ends).
-pub fn serve(export: Arc<dyn Export>, endpoint: Endpoint, opts: ServerOptions, listener: Option<Listener>) -> Result<ExitCode> {
+pub fn serve(
+    export: Arc<dyn Export>,
+    endpoint: Endpoint,
+    opts: ServerOptions,
+    listener: Option<Listener>,
+) -> Result<ExitCode> {
     let name = opts.export_name.clone();
     let server = Server::new(export, opts).context("starting the server")?;
     let stop = server.shutdown_handle();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::low_level::pipe::register(sig, stop.wake_socket()?).context("installing signal handlers")?;
+        signal_hook::low_level::pipe::register(sig, stop.wake_socket()?)
+            .context("installing signal handlers")?;
     }
 
     let mut tempdir = None;
@@ -165,12 +198,22 @@ pub fn serve(export: Arc<dyn Export>, endpoint: Endpoint, opts: ServerOptions, l
     };
 
     let code = if let Some(cmd) = &run_cmd {
-        run_captive(&server, listener, cmd, uri.as_deref().unwrap_or_default(), socket.as_deref())?
+        run_captive(
+            &server,
+            listener,
+            cmd,
+            uri.as_deref().unwrap_or_default(),
+            socket.as_deref(),
+        )?
     } else {
         if let Some(uri) = &uri {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{uri}");
-            let _ = writeln!(out, "qemu-system-x86_64 -drive file={},format=raw,if=virtio", uri.replace(',', ",,"));
+            let _ = writeln!(
+                out,
+                "qemu-system-x86_64 -drive file={},format=raw,if=virtio",
+                uri.replace(',', ",,")
+            );
             let _ = out.flush();
             info!("serving {uri}");
         }
@@ -185,13 +228,22 @@ pub fn serve(export: Arc<dyn Export>, endpoint: Endpoint, opts: ServerOptions, l
 }
 
 /// Captive mode: run `cmd` against the served socket; stop when it ends.
-fn run_captive(server: &Arc<Server>, listener: Listener, cmd: &str, uri: &str, socket: Option<&Path>) -> Result<ExitCode> {
+fn run_captive(
+    server: &Arc<Server>,
+    listener: Listener,
+    cmd: &str,
+    uri: &str,
+    socket: Option<&Path>,
+) -> Result<ExitCode> {
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
         .env("uri", uri)
         .env("nbd", uri)
-        .env("unixsocket", socket.map(|p| p.as_os_str().to_owned()).unwrap_or_default())
+        .env(
+            "unixsocket",
+            socket.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
+        )
         .spawn()
         .with_context(|| format!("cannot run {cmd:?} with /bin/sh"))?;
     let pid = child.id();
@@ -214,7 +266,9 @@ fn run_captive(server: &Arc<Server>, listener: Listener, cmd: &str, uri: &str, s
     }
     let _ = waiter.join();
     let st = status.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let st = st.context("the command's status was lost")?.context("waiting for the command")?;
+    let st = st
+        .context("the command's status was lost")?
+        .context("waiting for the command")?;
     use std::os::unix::process::ExitStatusExt;
     let code = match (st.code(), st.signal()) {
         (Some(c), _) => c,

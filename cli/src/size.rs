@@ -12,15 +12,26 @@ impl FromStr for Size {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let bad = || format!("{s:?} is not a size: use bytes or a unit, e.g. 512, 4K, 1M, 1.5G, 1MiB, 2T");
-        if num.is_empty() || num.matches('.').count() > 1 || num.starts_with('.') || num.ends_with('.') {
+        let bad = || {
+            format!("{s:?} is not a size: use bytes or a unit, e.g. 512, 4K, 1M, 1.5G, 1MiB, 2T")
+        };
+        if num.is_empty()
+            || num.matches('.').count() > 1
+            || num.starts_with('.')
+            || num.ends_with('.')
+        {
             return Err(bad());
         }
         let unit = unit.trim();
         let upper = unit.to_ascii_uppercase();
-        let prefix = upper.strip_suffix("IB").or_else(|| upper.strip_suffix('B')).unwrap_or(&upper);
+        let prefix = upper
+            .strip_suffix("IB")
+            .or_else(|| upper.strip_suffix('B'))
+            .unwrap_or(&upper);
         let shift = match prefix {
             "" => 0,
             "K" => 10,

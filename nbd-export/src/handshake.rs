@@ -93,7 +93,8 @@ impl<'a> Payload<'a> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+        self.take(4)
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
     }
     fn string(&mut self) -> Option<&'a str> {
         let n = self.u32()? as usize;
@@ -148,7 +149,10 @@ impl Handshake<'_> {
             return Ok(None);
         };
         if !self.name_ok(name) {
-            let msg = format!("no export named {name:?} (this server has {:?})", self.cfg.export_name);
+            let msg = format!(
+                "no export named {name:?} (this server has {:?})",
+                self.cfg.export_name
+            );
             self.error(opt, REP_ERR_UNKNOWN, &msg)?;
             return Ok(None);
         }
@@ -159,7 +163,11 @@ impl Handshake<'_> {
                 Ok(d) => Some(d),
                 Err(e) => {
                     warn!("{}: opening the export failed: {e}", self.peer);
-                    self.error(opt, REP_ERR_UNKNOWN, &format!("cannot open the export: {e}"))?;
+                    self.error(
+                        opt,
+                        REP_ERR_UNKNOWN,
+                        &format!("cannot open the export: {e}"),
+                    )?;
                     return Ok(None);
                 }
             }
@@ -197,7 +205,11 @@ impl Handshake<'_> {
     /// `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
     fn meta_context(&mut self, opt: u32, data: &[u8]) -> io::Result<()> {
         if self.style == ReplyStyle::Simple {
-            return self.error(opt, REP_ERR_INVALID, "negotiate structured replies before meta contexts");
+            return self.error(
+                opt,
+                REP_ERR_INVALID,
+                "negotiate structured replies before meta contexts",
+            );
         }
         let mut p = Payload(data);
         let parsed = (|| {
@@ -220,7 +232,10 @@ impl Handshake<'_> {
             queries.contains(&META_BASE_ALLOCATION)
         } else {
             // LIST: no queries lists everything; "base:" lists the namespace.
-            queries.is_empty() || queries.iter().any(|q| *q == "base:" || *q == META_BASE_ALLOCATION)
+            queries.is_empty()
+                || queries
+                    .iter()
+                    .any(|q| *q == "base:" || *q == META_BASE_ALLOCATION)
         };
         if set {
             self.base_allocation = wanted;
@@ -269,9 +284,15 @@ impl Handshake<'_> {
                     let name = String::from_utf8_lossy(&data);
                     if !self.name_ok(&name) {
                         // This option cannot fail politely: hang up (proto.md).
-                        return Err(invalid(format!("unknown export {name:?} via NBD_OPT_EXPORT_NAME")));
+                        return Err(invalid(format!(
+                            "unknown export {name:?} via NBD_OPT_EXPORT_NAME"
+                        )));
                     }
-                    let dev = self.cfg.export.open().map_err(|e| invalid(format!("opening the export: {e}")))?;
+                    let dev = self
+                        .cfg
+                        .export
+                        .open()
+                        .map_err(|e| invalid(format!("opening the export: {e}")))?;
                     let flags = self.flags();
                     let mut m = Vec::with_capacity(134);
                     m.extend_from_slice(&self.cfg.export.size().to_be_bytes());
@@ -298,7 +319,11 @@ impl Handshake<'_> {
                     self.reply(opt, REP_SERVER, &m)?;
                     self.reply(opt, REP_ACK, &[])?;
                 }
-                OPT_STARTTLS => self.error(opt, REP_ERR_POLICY, "TLS is not supported by this server yet")?,
+                OPT_STARTTLS => self.error(
+                    opt,
+                    REP_ERR_POLICY,
+                    "TLS is not supported by this server yet",
+                )?,
                 OPT_INFO | OPT_GO => {
                     if let Some(dev) = self.info_or_go(opt, &data)? {
                         let flags = self.flags();
@@ -309,10 +334,16 @@ impl Handshake<'_> {
                     let ext = opt == OPT_EXTENDED_HEADERS;
                     if !data.is_empty() {
                         self.error(opt, REP_ERR_INVALID, "this option takes no payload")?;
-                    } else if self.style == ReplyStyle::Extended || (!ext && self.style == ReplyStyle::Structured) {
+                    } else if self.style == ReplyStyle::Extended
+                        || (!ext && self.style == ReplyStyle::Structured)
+                    {
                         self.error(opt, REP_ERR_INVALID, "reply style already negotiated")?;
                     } else {
-                        self.style = if ext { ReplyStyle::Extended } else { ReplyStyle::Structured };
+                        self.style = if ext {
+                            ReplyStyle::Extended
+                        } else {
+                            ReplyStyle::Structured
+                        };
                         // Changing the header style forgets meta contexts (proto.md).
                         self.base_allocation = false;
                         self.reply(opt, REP_ACK, &[])?;
@@ -333,14 +364,31 @@ impl Handshake<'_> {
         info!(
             "{}: handshake done: {style}{}, flags {flags:#06x}",
             self.peer,
-            if self.base_allocation { ", base:allocation" } else { "" }
+            if self.base_allocation {
+                ", base:allocation"
+            } else {
+                ""
+            }
         );
-        Negotiated { style: self.style, base_allocation: self.base_allocation, dev, flags }
+        Negotiated {
+            style: self.style,
+            base_allocation: self.base_allocation,
+            dev,
+            flags,
+        }
     }
 }
 
 /// Run the handshake on `s`. `Ok(None)`: the client aborted or left politely.
 pub fn negotiate(s: &mut Stream, cfg: &ServerConfig) -> io::Result<Option<Negotiated>> {
     let peer = s.peer();
-    Handshake { s, cfg, no_zeroes: false, style: ReplyStyle::Simple, base_allocation: false, peer }.run()
+    Handshake {
+        s,
+        cfg,
+        no_zeroes: false,
+        style: ReplyStyle::Simple,
+        base_allocation: false,
+        peer,
+    }
+    .run()
 }

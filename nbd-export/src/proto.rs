@@ -231,7 +231,16 @@ mod tests {
         b[16..24].copy_from_slice(&4096u64.to_be_bytes());
         b[24..28].copy_from_slice(&512u32.to_be_bytes());
         let r = Request::decode_compact(&b).unwrap();
-        assert_eq!(r, Request { flags: 1, kind: 1, cookie: 7, offset: 4096, len: 512 });
+        assert_eq!(
+            r,
+            Request {
+                flags: 1,
+                kind: 1,
+                cookie: 7,
+                offset: 4096,
+                len: 512
+            }
+        );
         b[0] ^= 1;
         assert!(Request::decode_compact(&b).is_none());
     }
@@ -239,7 +248,15 @@ mod tests {
     #[test]
     fn extended_chunk_header_layout() {
         let mut out = [0u8; MAX_REPLY_HEADER];
-        let n = chunk_header(&mut out, ReplyStyle::Extended, 1, REPLY_TYPE_NONE, 9, 4096, 0);
+        let n = chunk_header(
+            &mut out,
+            ReplyStyle::Extended,
+            1,
+            REPLY_TYPE_NONE,
+            9,
+            4096,
+            0,
+        );
         assert_eq!(n, 32);
         assert_eq!(&out[0..4], &EXTENDED_REPLY_MAGIC.to_be_bytes());
         assert_eq!(u64::from_be_bytes(out[16..24].try_into().unwrap()), 4096);

@@ -77,12 +77,24 @@ fn write_sparse(out: &File, b: &[u8], at: u64, stats: &mut RawStats) -> io::Resu
     Ok(())
 }
 
-fn copy_file(src: &File, mut off: u64, len: u64, out: &File, mut at: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+fn copy_file(
+    src: &File,
+    mut off: u64,
+    len: u64,
+    out: &File,
+    mut at: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     let end = off + len;
     while off < end {
         let want = (end - off).min(1 << 30) as usize;
         match rustix::fs::copy_file_range(src, Some(&mut off), out, Some(&mut at), want) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "host file shrank while copying")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "host file shrank while copying",
+                ))
+            }
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => {}
             Err(_) => {
@@ -99,8 +111,16 @@ fn copy_file(src: &File, mut off: u64, len: u64, out: &File, mut at: u64, buf: &
     Ok(())
 }
 
-fn write_to_file(dev: &dyn BlockDev, out: &File, path: &Path, progress: &mut dyn FnMut(u64)) -> Result<RawStats, RawError> {
-    let werr = |source| RawError::Write { path: path.to_owned(), source };
+fn write_to_file(
+    dev: &dyn BlockDev,
+    out: &File,
+    path: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RawStats, RawError> {
+    let werr = |source| RawError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let size = dev.size();
     out.set_len(size).map_err(werr)?;
     let mut stats = RawStats::default();
@@ -127,7 +147,9 @@ fn write_to_file(dev: &dyn BlockDev, out: &File, path: &Path, progress: &mut dyn
                     for c in &chunks {
                         match c {
                             ReadChunk::Zero(z) => stats.skipped += z,
-                            ReadChunk::Bytes(b) => write_sparse(out, b, at, &mut stats).map_err(werr)?,
+                            ReadChunk::Bytes(b) => {
+                                write_sparse(out, b, at, &mut stats).map_err(werr)?
+                            }
                             ReadChunk::File { file, offset, len } => {
                                 copy_file(file, *offset, *len, out, at, &mut buf).map_err(werr)?;
                                 stats.written += len;
@@ -150,8 +172,14 @@ fn write_to_file(dev: &dyn BlockDev, out: &File, path: &Path, progress: &mut dyn
     Ok(stats)
 }
 
-fn write_to_stdout(dev: &dyn BlockDev, progress: &mut dyn FnMut(u64)) -> Result<RawStats, RawError> {
-    let werr = |source| RawError::Write { path: PathBuf::from("-"), source };
+fn write_to_stdout(
+    dev: &dyn BlockDev,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RawStats, RawError> {
+    let werr = |source| RawError::Write {
+        path: PathBuf::from("-"),
+        source,
+    };
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let size = dev.size();
@@ -165,31 +193,52 @@ fn write_to_stdout(dev: &dyn BlockDev, progress: &mut dyn FnMut(u64)) -> Result<
         progress(pos);
     }
     out.flush().map_err(werr)?;
-    Ok(RawStats { written: size, skipped: 0 })
+    Ok(RawStats {
+        written: size,
+        skipped: 0,
+    })
 }
 
 /// Write all of `dev` to `output`. `progress` gets the offset reached.
-pub fn write_raw(dev: &dyn BlockDev, output: RawOutput<'_>, progress: &mut dyn FnMut(u64)) -> Result<RawStats, RawError> {
+pub fn write_raw(
+    dev: &dyn BlockDev,
+    output: RawOutput<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RawStats, RawError> {
     let path = match output {
         RawOutput::Stdout => return write_to_stdout(dev, progress),
         RawOutput::File(p) => p,
     };
-    let cerr = |source| RawError::Create { path: path.to_owned(), source };
+    let cerr = |source| RawError::Create {
+        path: path.to_owned(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".part")
         .tempfile_in(dir)
         .map_err(cerr)?;
     // The temp file is private (0600) until complete; images are ordinary files.
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(cerr)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(cerr)?;
     let stats = write_to_file(dev, tmp.as_file(), path, progress)?;
-    tmp.as_file().sync_all().map_err(|source| RawError::Write { path: path.to_owned(), source })?;
-    tmp.persist(path).map_err(|e| RawError::Write { path: path.to_owned(), source: e.error })?;
+    tmp.as_file().sync_all().map_err(|source| RawError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    tmp.persist(path).map_err(|e| RawError::Write {
+        path: path.to_owned(),
+        source: e.error,
+    })?;
     Ok(stats)
 }
 
@@ -208,10 +257,16 @@ mod tests {
         let stats = write_raw(&dev, RawOutput::File(&path), &mut |_| {}).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 64 << 20);
-        assert!(meta.blocks() * 512 < 1 << 20, "image uses {} blocks", meta.blocks());
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "image uses {} blocks",
+            meta.blocks()
+        );
         assert!(stats.written >= 100_000 && stats.written < 1 << 20);
         let bytes = std::fs::read(&path).unwrap();
-        assert!(bytes[10 << 20..(10 << 20) + 100_000].iter().all(|&b| b == 0xAB));
+        assert!(bytes[10 << 20..(10 << 20) + 100_000]
+            .iter()
+            .all(|&b| b == 0xAB));
         assert!(bytes[..10 << 20].iter().all(|&b| b == 0));
     }
 

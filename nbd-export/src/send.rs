@@ -81,7 +81,12 @@ fn send_file(s: &Stream, file: &File, mut offset: u64, len: u64) -> io::Result<u
 
 /// Send `pieces` in order. `use_sendfile = false` reads file pieces into
 /// `bounce` instead (for measuring, and for sockets that refuse sendfile).
-pub fn send_pieces(s: &Stream, pieces: &[Piece<'_>], use_sendfile: bool, bounce: &mut Vec<u8>) -> io::Result<SendOutcome> {
+pub fn send_pieces(
+    s: &Stream,
+    pieces: &[Piece<'_>],
+    use_sendfile: bool,
+    bounce: &mut Vec<u8>,
+) -> io::Result<SendOutcome> {
     let mut out = SendOutcome::default();
     let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len().min(MAX_IOV) + 4);
     let mut payload_pos = 0u64;
@@ -116,14 +121,18 @@ pub fn send_pieces(s: &Stream, pieces: &[Piece<'_>], use_sendfile: bool, bounce:
                         let mut z = vec![Piece::Zeros(len - sent)];
                         z.extend_from_slice(&pieces[i + 1..]);
                         let rest = send_pieces(s, &z, use_sendfile, bounce)?;
-                        return Ok(SendOutcome { short_at: out.short_at.or(rest.short_at) });
+                        return Ok(SendOutcome {
+                            short_at: out.short_at.or(rest.short_at),
+                        });
                     }
                 } else {
                     if !iov.is_empty() {
                         send_iov(s, &mut iov, true)?;
                     }
                     bounce.resize(*len as usize, 0);
-                    if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(*file, bounce, *offset) {
+                    if let Err(e) =
+                        std::os::unix::fs::FileExt::read_exact_at(*file, bounce, *offset)
+                    {
                         log::warn!("reading a file piece for a reply: {e}");
                         out.short_at.get_or_insert(payload_pos);
                         bounce.fill(0);

@@ -110,7 +110,11 @@ impl Server {
         let (rx, tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
-        let cfg = ServerConfig { export, export_name: opts.export_name.clone(), readonly: opts.readonly };
+        let cfg = ServerConfig {
+            export,
+            export_name: opts.export_name.clone(),
+            readonly: opts.readonly,
+        };
         Ok(Arc::new(Server {
             cfg,
             opts,
@@ -123,11 +127,17 @@ impl Server {
 
     /// A handle that stops [`Server::run`].
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { tx: self.wake_tx.clone() }
+        ShutdownHandle {
+            tx: self.wake_tx.clone(),
+        }
     }
 
     fn limits(&self) -> ConnLimits {
-        ConnLimits { max_threads: self.opts.max_threads.max(1), budget: self.opts.conn_budget, sendfile: self.opts.sendfile }
+        ConnLimits {
+            max_threads: self.opts.max_threads.max(1),
+            budget: self.opts.conn_budget,
+            sendfile: self.opts.sendfile,
+        }
     }
 
     /// Serve one connected client to the end (handshake + transmission).
@@ -138,7 +148,10 @@ impl Server {
         stream.tune();
         match stream.try_clone() {
             Ok(c) => {
-                self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, c);
+                self.conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, c);
             }
             Err(e) => {
                 warn!("{peer}: {e}");
@@ -158,10 +171,15 @@ impl Server {
                 }
             }
             Ok(None) => debug!("{peer}: left during the handshake"),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => debug!("{peer}: hung up during the handshake"),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                debug!("{peer}: hung up during the handshake")
+            }
             Err(e) => warn!("{peer}: handshake failed: {e}"),
         }
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     fn stop_requested(&self) -> bool {
@@ -207,7 +225,9 @@ impl Server {
                     }
                     handles.retain(|h| !h.is_finished());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE, ECONNABORTED...: log, breathe, keep serving.
                     warn!("accept: {e}");
@@ -223,7 +243,12 @@ impl Server {
     /// Stop reading new requests on every connection; in-flight ones finish
     /// and are answered, then the connections close.
     fn drain(&self, handles: Vec<std::thread::JoinHandle<()>>) {
-        for s in self.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for s in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             let _ = s.shutdown(Shutdown::Read);
         }
         let deadline = Instant::now() + self.opts.drain_timeout;
@@ -235,7 +260,12 @@ impl Server {
                 let _ = h.join();
             }
         }
-        for s in self.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for s in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             let _ = s.shutdown(Shutdown::Both);
         }
     }

@@ -58,7 +58,9 @@ impl Stream {
     /// A printable peer address for logs.
     pub fn peer(&self) -> String {
         match self {
-            Stream::Tcp(s) => s.peer_addr().map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|_| "tcp".into(), |a| a.to_string()),
             Stream::Unix(_) => "unix".into(),
         }
     }

@@ -102,7 +102,13 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Self {
-        Scratch { buf: Vec::new(), bounce: Vec::new(), chunks: Vec::new(), head: Vec::new(), extents: ExtentList::new(0) }
+        Scratch {
+            buf: Vec::new(),
+            bounce: Vec::new(),
+            chunks: Vec::new(),
+            head: Vec::new(),
+            extents: ExtentList::new(0),
+        }
     }
 
     fn trim(&mut self) {
@@ -137,7 +143,12 @@ pub struct Connection {
 
 impl Connection {
     /// Set up transmission on `stream` after a successful handshake.
-    pub fn new(stream: Stream, neg: Negotiated, limits: ConnLimits, peer: String) -> io::Result<Self> {
+    pub fn new(
+        stream: Stream,
+        neg: Negotiated,
+        limits: ConnLimits,
+        peer: String,
+    ) -> io::Result<Self> {
         let writer = stream.try_clone()?;
         let caps = neg.dev.caps();
         Ok(Connection {
@@ -148,12 +159,18 @@ impl Connection {
             dev: neg.dev,
             style: neg.style,
             base_allocation: neg.base_allocation,
-            reader: Mutex::new(ReaderState { r: BufReader::with_capacity(64 * 1024, stream), done: false }),
+            reader: Mutex::new(ReaderState {
+                r: BufReader::with_capacity(64 * 1024, stream),
+                done: false,
+            }),
             writer: Mutex::new(writer),
             waiting: AtomicUsize::new(0),
             threads: AtomicUsize::new(0),
             dead: AtomicBool::new(false),
-            budget: Budget { avail: Mutex::new(limits.budget.max(limits.max_threads as u64)), cv: Condvar::new() },
+            budget: Budget {
+                avail: Mutex::new(limits.budget.max(limits.max_threads as u64)),
+                cv: Condvar::new(),
+            },
             limits,
             peer,
         })
@@ -169,7 +186,9 @@ impl Connection {
 
     fn spawn_worker<'s>(&'s self, s: &'s Scope<'s, '_>) {
         self.threads.fetch_add(1, Ordering::SeqCst);
-        let spawned = std::thread::Builder::new().name("nbd-worker".into()).spawn_scoped(s, move || self.worker(s));
+        let spawned = std::thread::Builder::new()
+            .name("nbd-worker".into())
+            .spawn_scoped(s, move || self.worker(s));
         if let Err(e) = spawned {
             self.threads.fetch_sub(1, Ordering::SeqCst);
             warn!("{}: cannot start a worker thread: {e}", self.peer);
@@ -207,7 +226,11 @@ impl Connection {
     fn kill(&self, why: &str) {
         if !self.dead.swap(true, Ordering::SeqCst) {
             debug!("{}: closing: {why}", self.peer);
-            let _ = self.writer.lock().unwrap_or_else(|p| p.into_inner()).shutdown(Shutdown::Both);
+            let _ = self
+                .writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .shutdown(Shutdown::Both);
         }
     }
 
@@ -233,7 +256,11 @@ impl Connection {
         }
     }
 
-    fn read_one<'a>(&'a self, r: &mut BufReader<Stream>, buf: &mut Vec<u8>) -> io::Result<Next<'a>> {
+    fn read_one<'a>(
+        &'a self,
+        r: &mut BufReader<Stream>,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Next<'a>> {
         let req = if self.style == ReplyStyle::Extended {
             let mut h = [0u8; EXTENDED_REQUEST_LEN];
             r.read_exact(&mut h)?;
@@ -244,7 +271,10 @@ impl Connection {
             Request::decode_compact(&h)
         };
         let Some(req) = req else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request magic"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad request magic",
+            ));
         };
         match req.kind {
             CMD_DISC => Ok(Next::Stop),
@@ -256,7 +286,11 @@ impl Connection {
                     ));
                 }
                 io::copy(&mut r.take(req.len), &mut io::sink())?;
-                Ok(Next::Refused(req, EOVERFLOW, "write larger than the maximum block size"))
+                Ok(Next::Refused(
+                    req,
+                    EOVERFLOW,
+                    "write larger than the maximum block size",
+                ))
             }
             CMD_WRITE => {
                 let guard = self.budget.acquire(req.len);
@@ -293,7 +327,10 @@ impl Connection {
         if req.kind == CMD_FLUSH {
             return Ok(());
         }
-        let in_range = req.offset.checked_add(req.len).is_some_and(|end| end <= self.size);
+        let in_range = req
+            .offset
+            .checked_add(req.len)
+            .is_some_and(|end| end <= self.size);
         if !in_range {
             return Err(if matches!(req.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
                 (ENOSPC, "request reaches past the end of the export")
@@ -351,7 +388,10 @@ impl Connection {
         match result {
             Ok(()) => self.send_ok(req, sc),
             Err(e) => {
-                debug!("{}: command {} at {}+{}: {e}", self.peer, req.kind, req.offset, req.len);
+                debug!(
+                    "{}: command {} at {}+{}: {e}",
+                    self.peer, req.kind, req.offset, req.len
+                );
                 let msg = e.to_string();
                 self.send_error_string(req, errno_of(e.kind()), &msg, sc)
             }
@@ -360,11 +400,17 @@ impl Connection {
 
     fn header(&self, sc: &mut Scratch, flags: u16, kind: u16, req: &Request, payload: u64) {
         let mut h = [0u8; MAX_REPLY_HEADER];
-        let n = chunk_header(&mut h, self.style, flags, kind, req.cookie, req.offset, payload);
+        let n = chunk_header(
+            &mut h, self.style, flags, kind, req.cookie, req.offset, payload,
+        );
         sc.head.extend_from_slice(&h[..n]);
     }
 
-    fn write_pieces(&self, pieces: &[Piece<'_>], bounce: &mut Vec<u8>) -> io::Result<crate::send::SendOutcome> {
+    fn write_pieces(
+        &self,
+        pieces: &[Piece<'_>],
+        bounce: &mut Vec<u8>,
+    ) -> io::Result<crate::send::SendOutcome> {
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if self.dead.load(Ordering::SeqCst) {
             return Err(io::ErrorKind::BrokenPipe.into());
@@ -387,12 +433,27 @@ impl Connection {
         r.map(drop)
     }
 
-    fn send_error(&self, req: &Request, errno: u32, msg: &'static str, sc: &mut Scratch) -> io::Result<()> {
-        debug!("{}: refusing command {} at {}+{}: {msg}", self.peer, req.kind, req.offset, req.len);
+    fn send_error(
+        &self,
+        req: &Request,
+        errno: u32,
+        msg: &'static str,
+        sc: &mut Scratch,
+    ) -> io::Result<()> {
+        debug!(
+            "{}: refusing command {} at {}+{}: {msg}",
+            self.peer, req.kind, req.offset, req.len
+        );
         self.send_error_string(req, errno, msg, sc)
     }
 
-    fn send_error_string(&self, req: &Request, errno: u32, msg: &str, sc: &mut Scratch) -> io::Result<()> {
+    fn send_error_string(
+        &self,
+        req: &Request,
+        errno: u32,
+        msg: &str,
+        sc: &mut Scratch,
+    ) -> io::Result<()> {
         sc.head.clear();
         if self.style == ReplyStyle::Simple {
             let mut h = [0u8; MAX_REPLY_HEADER];
@@ -400,7 +461,13 @@ impl Connection {
             sc.head.extend_from_slice(&h[..n]);
         } else {
             let msg = &msg.as_bytes()[..msg.len().min(4096)];
-            self.header(sc, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, req, 6 + msg.len() as u64);
+            self.header(
+                sc,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_ERROR,
+                req,
+                6 + msg.len() as u64,
+            );
             sc.head.extend_from_slice(&errno.to_be_bytes());
             sc.head.extend_from_slice(&(msg.len() as u16).to_be_bytes());
             sc.head.extend_from_slice(msg);
@@ -433,7 +500,11 @@ impl Connection {
                 body.push(match c {
                     ReadChunk::Zero(n) => Piece::Zeros(*n),
                     ReadChunk::Bytes(b) => Piece::Mem(b),
-                    ReadChunk::File { file, offset, len } => Piece::File { file, offset: *offset, len: *len },
+                    ReadChunk::File { file, offset, len } => Piece::File {
+                        file,
+                        offset: *offset,
+                        len: *len,
+                    },
                 });
             }
         } else {
@@ -465,7 +536,13 @@ impl Connection {
         if let Some(at) = outcome {
             sc.head.clear();
             let msg = b"the backing file shrank during the read";
-            self.header(sc, REPLY_FLAG_DONE, REPLY_TYPE_ERROR_OFFSET, req, 6 + msg.len() as u64 + 8);
+            self.header(
+                sc,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_ERROR_OFFSET,
+                req,
+                6 + msg.len() as u64 + 8,
+            );
             sc.head.extend_from_slice(&EIO.to_be_bytes());
             sc.head.extend_from_slice(&(msg.len() as u16).to_be_bytes());
             sc.head.extend_from_slice(msg);
@@ -492,8 +569,18 @@ impl Connection {
     ) -> io::Result<Option<u64>> {
         if req.len == 0 {
             let mut h = [0u8; MAX_REPLY_HEADER];
-            let n = chunk_header(&mut h, self.style, REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, req.offset, 0);
-            return self.write_pieces(&[Piece::Mem(&h[..n])], bounce).map(|_| None);
+            let n = chunk_header(
+                &mut h,
+                self.style,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_NONE,
+                req.cookie,
+                req.offset,
+                0,
+            );
+            return self
+                .write_pieces(&[Piece::Mem(&h[..n])], bounce)
+                .map(|_| None);
         }
         // Plan the chunks: (is_hole, start index in body, end index, offset, len).
         let is_hole = |p: &Piece<'_>| !df && matches!(p, Piece::Zeros(n) if *n >= HOLE_MIN);
@@ -520,27 +607,58 @@ impl Connection {
         // file pieces can still come up short, so end with a NONE chunk.
         let last = runs.len() - 1;
         for (k, r) in runs.iter().enumerate() {
-            let flags = if k == last && !has_file { REPLY_FLAG_DONE } else { 0 };
+            let flags = if k == last && !has_file {
+                REPLY_FLAG_DONE
+            } else {
+                0
+            };
             let mut h = [0u8; MAX_REPLY_HEADER];
             if r.0 {
-                let n = chunk_header(&mut h, self.style, flags, REPLY_TYPE_OFFSET_HOLE, req.cookie, req.offset, 12);
+                let n = chunk_header(
+                    &mut h,
+                    self.style,
+                    flags,
+                    REPLY_TYPE_OFFSET_HOLE,
+                    req.cookie,
+                    req.offset,
+                    12,
+                );
                 head.extend_from_slice(&h[..n]);
                 head.extend_from_slice(&r.3.to_be_bytes());
                 head.extend_from_slice(&(r.4 as u32).to_be_bytes());
             } else {
-                let n =
-                    chunk_header(&mut h, self.style, flags, REPLY_TYPE_OFFSET_DATA, req.cookie, req.offset, 8 + r.4);
+                let n = chunk_header(
+                    &mut h,
+                    self.style,
+                    flags,
+                    REPLY_TYPE_OFFSET_DATA,
+                    req.cookie,
+                    req.offset,
+                    8 + r.4,
+                );
                 head.extend_from_slice(&h[..n]);
                 head.extend_from_slice(&r.3.to_be_bytes());
             }
         }
         if has_file {
             let mut h = [0u8; MAX_REPLY_HEADER];
-            let n = chunk_header(&mut h, self.style, REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, req.offset, 0);
+            let n = chunk_header(
+                &mut h,
+                self.style,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_NONE,
+                req.cookie,
+                req.offset,
+                0,
+            );
             head.extend_from_slice(&h[..n]);
         }
         // Interleave headers and bodies.
-        let hsize = if self.style == ReplyStyle::Extended { 32 } else { 20 };
+        let hsize = if self.style == ReplyStyle::Extended {
+            32
+        } else {
+            20
+        };
         let mut pieces: Vec<Piece<'_>> = Vec::with_capacity(body.len() + 2 * runs.len() + 1);
         let mut pos = 0usize;
         let mut file_seen_at = None;
@@ -565,7 +683,9 @@ impl Connection {
             pieces.push(Piece::Mem(tail));
         }
         let out = self.write_pieces(&pieces, bounce)?;
-        let Some(wire_at) = out.short_at else { return Ok(None) };
+        let Some(wire_at) = out.short_at else {
+            return Ok(None);
+        };
         // Translate the wire position back into a read offset: find the
         // data run containing it.
         let mut wire = 0u64;
@@ -583,7 +703,11 @@ impl Connection {
     }
 
     fn block_status(&self, req: &Request, sc: &mut Scratch) -> io::Result<()> {
-        let limit = if req.flags & CMD_FLAG_REQ_ONE != 0 { 1 } else { MAX_DESCRIPTORS };
+        let limit = if req.flags & CMD_FLAG_REQ_ONE != 0 {
+            1
+        } else {
+            MAX_DESCRIPTORS
+        };
         let mut list = std::mem::replace(&mut sc.extents, ExtentList::new(0));
         list.reset(req.offset, limit);
         let r = self.dev.extents(req.offset, req.len, &mut list);
@@ -599,9 +723,14 @@ impl Connection {
         let n = list.as_slice().len();
         sc.head.clear();
         let payload = if ext { 8 + 16 * n } else { 4 + 8 * n } as u64;
-        let kind = if ext { REPLY_TYPE_BLOCK_STATUS_EXT } else { REPLY_TYPE_BLOCK_STATUS };
+        let kind = if ext {
+            REPLY_TYPE_BLOCK_STATUS_EXT
+        } else {
+            REPLY_TYPE_BLOCK_STATUS
+        };
         self.header(sc, REPLY_FLAG_DONE, kind, req, payload);
-        sc.head.extend_from_slice(&META_BASE_ALLOCATION_ID.to_be_bytes());
+        sc.head
+            .extend_from_slice(&META_BASE_ALLOCATION_ID.to_be_bytes());
         if ext {
             sc.head.extend_from_slice(&(n as u32).to_be_bytes());
         }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rustix::fs::{fadvise, fallocate, Advice, FallocateFlags};
-use synth::{check_range, BlockDev, Caps, Error, ExtentKind, ExtentList, ReadChunk, Result, ZeroFlags};
+use synth::{
+    check_range, BlockDev, Caps, Error, ExtentKind, ExtentList, ReadChunk, Result, ZeroFlags,
+};
 
 /// Errors opening a host file.
 #[derive(Debug, thiserror::Error)]
@@ -48,35 +50,63 @@ pub struct FileDev {
 impl FileDev {
     /// Open `path`; `writable` opens it read-write.
     pub fn open(path: &Path, writable: bool) -> std::result::Result<Self, FileSourceError> {
-        let file = OpenOptions::new().read(true).write(writable).open(path).map_err(|source| {
-            let hint = match source.kind() {
-                io::ErrorKind::NotFound => " (no such file; check the path)",
-                io::ErrorKind::PermissionDenied if writable => " (permission denied; drop --rw to serve it read-only)",
-                io::ErrorKind::PermissionDenied => " (permission denied)",
-                _ => "",
-            };
-            FileSourceError::Open { path: path.to_owned(), hint, source }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|source| {
+                let hint = match source.kind() {
+                    io::ErrorKind::NotFound => " (no such file; check the path)",
+                    io::ErrorKind::PermissionDenied if writable => {
+                        " (permission denied; drop --rw to serve it read-only)"
+                    }
+                    io::ErrorKind::PermissionDenied => " (permission denied)",
+                    _ => "",
+                };
+                FileSourceError::Open {
+                    path: path.to_owned(),
+                    hint,
+                    source,
+                }
+            })?;
+        let meta = file.metadata().map_err(|source| FileSourceError::Open {
+            path: path.to_owned(),
+            hint: "",
+            source,
         })?;
-        let meta = file
-            .metadata()
-            .map_err(|source| FileSourceError::Open { path: path.to_owned(), hint: "", source })?;
         let ft = meta.file_type();
         let (size, maybe_sparse) = if ft.is_file() {
             (meta.len(), meta.blocks() * 512 < meta.len())
         } else if ft.is_block_device() {
             let size = (&file)
                 .seek(SeekFrom::End(0))
-                .map_err(|source| FileSourceError::Open { path: path.to_owned(), hint: "", source })?;
+                .map_err(|source| FileSourceError::Open {
+                    path: path.to_owned(),
+                    hint: "",
+                    source,
+                })?;
             (size, false)
         } else {
-            return Err(FileSourceError::NotAFile { path: path.to_owned() });
+            return Err(FileSourceError::NotAFile {
+                path: path.to_owned(),
+            });
         };
-        Ok(FileDev { file: Arc::new(file), size, writable, maybe_sparse: AtomicBool::new(maybe_sparse) })
+        Ok(FileDev {
+            file: Arc::new(file),
+            size,
+            writable,
+            maybe_sparse: AtomicBool::new(maybe_sparse),
+        })
     }
 
     /// Wrap an already open file of `size` bytes.
     pub fn from_file(file: File, size: u64, writable: bool) -> Self {
-        FileDev { file: Arc::new(file), size, writable, maybe_sparse: AtomicBool::new(true) }
+        FileDev {
+            file: Arc::new(file),
+            size,
+            writable,
+            maybe_sparse: AtomicBool::new(true),
+        }
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -109,20 +139,25 @@ impl BlockDev for FileDev {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
-        self.file.read_exact_at(buf, offset).map_err(|e| Error::io("reading the host file", e).at(offset))
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io("reading the host file", e).at(offset))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
         check_range(offset, buf.len() as u64, self.size)?;
-        self.file.write_all_at(buf, offset).map_err(|e| Error::io("writing the host file", e).at(offset))
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io("writing the host file", e).at(offset))
     }
 
     fn flush(&self) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
-        rustix::fs::fdatasync(&*self.file).map_err(|e| Error::io("flushing the host file", e.into()))
+        rustix::fs::fdatasync(&*self.file)
+            .map_err(|e| Error::io("flushing the host file", e.into()))
     }
 
     fn trim(&self, offset: u64, len: u64) -> Result<()> {
@@ -130,7 +165,12 @@ impl BlockDev for FileDev {
         check_range(offset, len, self.size)?;
         self.maybe_sparse.store(true, Ordering::Relaxed);
         // Trim is advisory: a filesystem that cannot punch holes loses nothing.
-        let _ = fallocate(&*self.file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len);
+        let _ = fallocate(
+            &*self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        );
         Ok(())
     }
 
@@ -155,7 +195,12 @@ impl BlockDev for FileDev {
 
     fn cache(&self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.size)?;
-        let _ = fadvise(&*self.file, offset, std::num::NonZeroU64::new(len), Advice::WillNeed);
+        let _ = fadvise(
+            &*self.file,
+            offset,
+            std::num::NonZeroU64::new(len),
+            Advice::WillNeed,
+        );
         Ok(())
     }
 
@@ -184,7 +229,11 @@ impl BlockDev for FileDev {
     fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
         check_range(offset, len, self.size)?;
         if !self.maybe_sparse.load(Ordering::Relaxed) {
-            out.push(ReadChunk::File { file: self.file.clone(), offset, len });
+            out.push(ReadChunk::File {
+                file: self.file.clone(),
+                offset,
+                len,
+            });
             return Ok(true);
         }
         let mut list = ExtentList::new(offset);
@@ -196,7 +245,11 @@ impl BlockDev for FileDev {
             if e.kind.reads_zero() {
                 out.push(ReadChunk::Zero(e.len));
             } else {
-                out.push(ReadChunk::File { file: self.file.clone(), offset: at, len: e.len });
+                out.push(ReadChunk::File {
+                    file: self.file.clone(),
+                    offset: at,
+                    len: e.len,
+                });
             }
         }
         Ok(true)
@@ -247,14 +300,20 @@ mod tests {
         dev.extents(0, 3 << 20, &mut out).unwrap();
         let kinds: Vec<ExtentKind> = out.as_slice().iter().map(|e| e.kind).collect();
         // tmpfs and ext4 both report the holes; the data run may be rounded to pages.
-        assert_eq!(kinds, vec![ExtentKind::Hole, ExtentKind::Data, ExtentKind::Hole]);
+        assert_eq!(
+            kinds,
+            vec![ExtentKind::Hole, ExtentKind::Data, ExtentKind::Hole]
+        );
     }
 
     #[test]
     fn read_only_file_refuses_writes() {
         let (f, _) = sparse_file();
         let dev = FileDev::open(f.path(), false).unwrap();
-        assert_eq!(dev.write_at(b"x", 0).unwrap_err().kind(), ErrorKind::ReadOnly);
+        assert_eq!(
+            dev.write_at(b"x", 0).unwrap_err().kind(),
+            ErrorKind::ReadOnly
+        );
         assert_eq!(dev.trim(0, 1).unwrap_err().kind(), ErrorKind::ReadOnly);
     }
 
@@ -264,7 +323,15 @@ mod tests {
         let dev = FileDev::open(f.path(), true).unwrap();
         dev.write_at(&[7u8; 5000], 100).unwrap();
         expected[100..5100].fill(7);
-        dev.write_zeroes(1 << 20, 4096, ZeroFlags { may_trim: true, fast: false }).unwrap();
+        dev.write_zeroes(
+            1 << 20,
+            4096,
+            ZeroFlags {
+                may_trim: true,
+                fast: false,
+            },
+        )
+        .unwrap();
         expected[1 << 20..(1 << 20) + 4096].fill(0);
         dev.flush().unwrap();
         check_dev(&dev, &expected, &[100, 5100, 1 << 20]);

@@ -1,6 +1,9 @@
 //! `zero SIZE`, `pattern SIZE` and `memory SIZE`.
 
-use synth::{check_range, BlockDev, Caps, CowOverlay, ExtentKind, ExtentList, OverlayOptions, ReadChunk, Result};
+use synth::{
+    check_range, BlockDev, Caps, CowOverlay, ExtentKind, ExtentList, OverlayOptions, ReadChunk,
+    Result,
+};
 
 /// `zero SIZE`: reads zeros everywhere; read-only; all one hole.
 #[derive(Debug, Clone)]
@@ -104,7 +107,9 @@ mod tests {
     use super::*;
 
     fn pattern_bytes(size: usize) -> Vec<u8> {
-        (0..size).map(|i| ((i as u64 - i as u64 % 8).to_be_bytes())[i % 8]).collect()
+        (0..size)
+            .map(|i| ((i as u64 - i as u64 % 8).to_be_bytes())[i % 8])
+            .collect()
     }
 
     #[test]

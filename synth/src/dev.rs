@@ -51,7 +51,11 @@ pub struct BlockSize {
 
 impl Default for BlockSize {
     fn default() -> Self {
-        BlockSize { minimum: 1, preferred: 4096, maximum: 32 << 20 }
+        BlockSize {
+            minimum: 1,
+            preferred: 4096,
+            maximum: 32 << 20,
+        }
     }
 }
 
@@ -254,7 +258,10 @@ pub struct SharedExport {
 impl SharedExport {
     /// Share `dev` between all connections.
     pub fn new(dev: Arc<dyn BlockDev>, description: impl Into<String>) -> Self {
-        SharedExport { dev, description: description.into() }
+        SharedExport {
+            dev,
+            description: description.into(),
+        }
     }
 
     /// The shared device.

@@ -47,17 +47,30 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// A new error of `kind` with a human-readable context.
     pub fn new(kind: ErrorKind, context: impl Into<Cow<'static, str>>) -> Self {
-        Error { kind, offset: None, context: context.into(), source: None }
+        Error {
+            kind,
+            offset: None,
+            context: context.into(),
+            source: None,
+        }
     }
 
     /// An I/O failure of the backing store, with what we were doing.
     pub fn io(context: impl Into<Cow<'static, str>>, source: io::Error) -> Self {
-        let nospace = [rustix::io::Errno::NOSPC.raw_os_error(), rustix::io::Errno::DQUOT.raw_os_error()];
+        let nospace = [
+            rustix::io::Errno::NOSPC.raw_os_error(),
+            rustix::io::Errno::DQUOT.raw_os_error(),
+        ];
         let kind = match source.raw_os_error() {
             Some(code) if nospace.contains(&code) => ErrorKind::NoSpace,
             _ => ErrorKind::Io,
         };
-        Error { kind, offset: None, context: context.into(), source: Some(source) }
+        Error {
+            kind,
+            offset: None,
+            context: context.into(),
+            source: Some(source),
+        }
     }
 
     /// A request for `len` bytes at `offset` on a device of `size` bytes.
@@ -81,7 +94,10 @@ impl Error {
 
     /// Zeroing was requested as fast-only and would not be fast here.
     pub fn not_fast() -> Self {
-        Error::new(ErrorKind::NotFast, "zeroing this range would not be faster than writing zeros")
+        Error::new(
+            ErrorKind::NotFast,
+            "zeroing this range would not be faster than writing zeros",
+        )
     }
 
     /// The image behind the device is corrupt.

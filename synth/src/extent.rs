@@ -58,7 +58,12 @@ impl ExtentList {
 
     /// An empty list starting at `start` holding at most `limit` entries.
     pub fn with_limit(start: u64, limit: usize) -> Self {
-        ExtentList { start, covered: 0, limit: limit.max(1), items: Vec::new() }
+        ExtentList {
+            start,
+            covered: 0,
+            limit: limit.max(1),
+            items: Vec::new(),
+        }
     }
 
     /// Empty the list and restart it at `start` with a new entry cap,
@@ -140,7 +145,9 @@ impl ExtentList {
     /// Drop everything past `end` (used to clip an answer to a request).
     pub fn truncate_to(&mut self, end: u64) {
         while self.end() > end {
-            let Some(last) = self.items.last_mut() else { return };
+            let Some(last) = self.items.last_mut() else {
+                return;
+            };
             let excess = self.start + self.covered - end;
             if last.len > excess {
                 last.len -= excess;
@@ -164,7 +171,19 @@ mod tests {
         l.push(5, ExtentKind::Data);
         l.push(0, ExtentKind::Hole);
         l.push(3, ExtentKind::Hole);
-        assert_eq!(l.as_slice(), &[Extent { len: 10, kind: ExtentKind::Data }, Extent { len: 3, kind: ExtentKind::Hole }]);
+        assert_eq!(
+            l.as_slice(),
+            &[
+                Extent {
+                    len: 10,
+                    kind: ExtentKind::Data
+                },
+                Extent {
+                    len: 3,
+                    kind: ExtentKind::Hole
+                }
+            ]
+        );
         assert_eq!(l.end(), 23);
     }
 
@@ -184,8 +203,26 @@ mod tests {
         l.push(10, ExtentKind::Data);
         l.push(10, ExtentKind::Hole);
         l.truncate_to(15);
-        assert_eq!(l.as_slice(), &[Extent { len: 10, kind: ExtentKind::Data }, Extent { len: 5, kind: ExtentKind::Hole }]);
+        assert_eq!(
+            l.as_slice(),
+            &[
+                Extent {
+                    len: 10,
+                    kind: ExtentKind::Data
+                },
+                Extent {
+                    len: 5,
+                    kind: ExtentKind::Hole
+                }
+            ]
+        );
         l.truncate_to(4);
-        assert_eq!(l.as_slice(), &[Extent { len: 4, kind: ExtentKind::Data }]);
+        assert_eq!(
+            l.as_slice(),
+            &[Extent {
+                len: 4,
+                kind: ExtentKind::Data
+            }]
+        );
     }
 }

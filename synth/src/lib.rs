@@ -35,7 +35,9 @@ pub mod region;
 pub mod testing;
 pub mod view;
 
-pub use dev::{write_zero_buffers, BlockDev, BlockSize, Caps, Export, ReadChunk, SharedExport, ZeroFlags};
+pub use dev::{
+    write_zero_buffers, BlockDev, BlockSize, Caps, Export, ReadChunk, SharedExport, ZeroFlags,
+};
 pub use error::{check_range, Error, ErrorKind, Result};
 pub use extent::{Extent, ExtentKind, ExtentList};
 pub use overlay::{CowOverlay, OverlayOptions, OverlayStore};

@@ -41,7 +41,10 @@ pub struct OverlayOptions {
 
 impl Default for OverlayOptions {
     fn default() -> Self {
-        OverlayOptions { store: OverlayStore::Memory, page_size: 32 * 1024 }
+        OverlayOptions {
+            store: OverlayStore::Memory,
+            page_size: 32 * 1024,
+        }
     }
 }
 
@@ -84,16 +87,27 @@ impl CowOverlay {
         }
         let file = match opts.store {
             OverlayStore::Memory => None,
-            OverlayStore::TempFile => Some(Arc::new(
-                tempfile::tempfile().map_err(|e| Error::io("creating the overlay temp file", e))?,
-            )),
+            OverlayStore::TempFile => {
+                Some(Arc::new(tempfile::tempfile().map_err(|e| {
+                    Error::io("creating the overlay temp file", e)
+                })?))
+            }
         };
-        Ok(CowOverlay { inner, size, page, file, pages: RwLock::new(BTreeMap::new()) })
+        Ok(CowOverlay {
+            inner,
+            size,
+            page,
+            file,
+            pages: RwLock::new(BTreeMap::new()),
+        })
     }
 
     /// Number of pages holding written data (for tests and stats).
     pub fn pages_in_use(&self) -> usize {
-        self.read_pages().values().filter(|p| !matches!(p, Page::Zero)).count()
+        self.read_pages()
+            .values()
+            .filter(|p| !matches!(p, Page::Zero))
+            .count()
     }
 
     fn read_pages(&self) -> RwLockReadGuard<'_, BTreeMap<u64, Page>> {
@@ -123,7 +137,9 @@ impl CowOverlay {
     }
 
     fn store_file(&self) -> &File {
-        self.file.as_deref().expect("Stored pages exist only with a temp file")
+        self.file
+            .as_deref()
+            .expect("Stored pages exist only with a temp file")
     }
 
     /// Walk `len` bytes at `offset` as runs: `None` for see-through gaps,
@@ -161,7 +177,9 @@ impl CowOverlay {
         let plen = self.page_len(p) as usize;
         let start = p * self.page;
         match pages.remove(&p) {
-            Some(Page::Mem(b)) => Ok(b.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))),
+            Some(Page::Mem(b)) => Ok(b
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]))),
             Some(Page::Zero) => Ok(BytesMut::zeroed(plen)),
             Some(Page::Stored) => {
                 let mut v = BytesMut::zeroed(plen);
@@ -295,8 +313,15 @@ impl BlockDev for CowOverlay {
                     out.push(ReadChunk::Bytes(b.slice(i..i + n as usize)));
                 }
                 Some((_, Page::Stored)) => {
-                    let file = self.file.clone().expect("Stored pages exist only with a temp file");
-                    out.push(ReadChunk::File { file, offset: at, len: n });
+                    let file = self
+                        .file
+                        .clone()
+                        .expect("Stored pages exist only with a temp file");
+                    out.push(ReadChunk::File {
+                        file,
+                        offset: at,
+                        len: n,
+                    });
                 }
             }
             Ok(())
@@ -307,7 +332,11 @@ impl BlockDev for CowOverlay {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         // One allocation for the whole write, sliced into pages: a big
         // sequential write costs one copy and no per-page allocation.
-        let shared = if self.file.is_none() { Bytes::copy_from_slice(buf) } else { Bytes::new() };
+        let shared = if self.file.is_none() {
+            Bytes::copy_from_slice(buf)
+        } else {
+            Bytes::new()
+        };
         self.update(
             offset,
             buf.len() as u64,
@@ -404,12 +433,23 @@ impl BlockDev for CowOverlay {
     }
 
     fn caps(&self) -> Caps {
-        let passthrough = self.inner.as_ref().map_or(Caps::empty(), |i| i.caps() & Caps::CACHE);
-        Caps::WRITE | Caps::FLUSH | Caps::TRIM | Caps::ZERO | Caps::FAST_ZERO | Caps::EXTENTS | passthrough
+        let passthrough = self
+            .inner
+            .as_ref()
+            .map_or(Caps::empty(), |i| i.caps() & Caps::CACHE);
+        Caps::WRITE
+            | Caps::FLUSH
+            | Caps::TRIM
+            | Caps::ZERO
+            | Caps::FAST_ZERO
+            | Caps::EXTENTS
+            | passthrough
     }
 
     fn block_size(&self) -> BlockSize {
-        self.inner.as_ref().map_or_else(BlockSize::default, |i| i.block_size())
+        self.inner
+            .as_ref()
+            .map_or_else(BlockSize::default, |i| i.block_size())
     }
 }
 
@@ -430,7 +470,10 @@ mod tests {
     }
 
     fn opts(store: OverlayStore) -> OverlayOptions {
-        OverlayOptions { store, page_size: 4096 }
+        OverlayOptions {
+            store,
+            page_size: 4096,
+        }
     }
 
     fn exercise(ov: &CowOverlay, expected: &mut [u8]) {
@@ -442,9 +485,18 @@ mod tests {
         w(4090, &[0x11; 20]);
         w(8192, &[0x22; 8192]);
         w(130_990, &[0x33; 10]);
-        ov.write_zeroes(20_000, 10_000, ZeroFlags::default()).unwrap();
+        ov.write_zeroes(20_000, 10_000, ZeroFlags::default())
+            .unwrap();
         expected[20_000..30_000].fill(0);
-        ov.write_zeroes(5, 3, ZeroFlags { may_trim: true, fast: true }).unwrap();
+        ov.write_zeroes(
+            5,
+            3,
+            ZeroFlags {
+                may_trim: true,
+                fast: true,
+            },
+        )
+        .unwrap();
         expected[5..8].fill(0);
     }
 
@@ -474,7 +526,14 @@ mod tests {
         let mut out = ExtentList::new(0);
         ov.extents(0, 1 << 20, &mut out).unwrap();
         let kinds: Vec<(u64, ExtentKind)> = out.iter_offsets().map(|(o, e)| (o, e.kind)).collect();
-        assert_eq!(kinds, vec![(0, ExtentKind::Hole), (65536, ExtentKind::Data), (73728, ExtentKind::Hole)]);
+        assert_eq!(
+            kinds,
+            vec![
+                (0, ExtentKind::Hole),
+                (65536, ExtentKind::Data),
+                (73728, ExtentKind::Hole)
+            ]
+        );
         ov.trim(65536, 8192).unwrap();
         assert_eq!(ov.pages_in_use(), 0);
     }
@@ -499,7 +558,13 @@ mod tests {
 
     #[test]
     fn bad_page_size_is_rejected() {
-        let o = OverlayOptions { page_size: 3000, ..Default::default() };
-        assert_eq!(CowOverlay::blank(1, o).unwrap_err().kind(), ErrorKind::InvalidInput);
+        let o = OverlayOptions {
+            page_size: 3000,
+            ..Default::default()
+        };
+        assert_eq!(
+            CowOverlay::blank(1, o).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
 }

@@ -90,7 +90,12 @@ pub struct RegionMap {
 
 impl fmt::Debug for RegionMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RegionMap({} regions, {} bytes)", self.regions.len(), self.size)
+        write!(
+            f,
+            "RegionMap({} regions, {} bytes)",
+            self.regions.len(),
+            self.size
+        )
     }
 }
 
@@ -119,7 +124,10 @@ impl RegionMapBuilder {
             if b.len() as u64 != len {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
-                    format!("region {name}: {} bytes given for a {len}-byte region", b.len()),
+                    format!(
+                        "region {name}: {} bytes given for a {len}-byte region",
+                        b.len()
+                    ),
                 ));
             }
         }
@@ -131,9 +139,17 @@ impl RegionMapBuilder {
             return Ok(self);
         }
         let end = self.pos.checked_add(len).ok_or_else(|| {
-            Error::new(ErrorKind::InvalidInput, format!("region {name}: device size overflows 64 bits"))
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("region {name}: device size overflows 64 bits"),
+            )
         })?;
-        self.regions.push(Region { start: self.pos, len, backing, name: name.into() });
+        self.regions.push(Region {
+            start: self.pos,
+            len,
+            backing,
+            name: name.into(),
+        });
         self.pos = end;
         Ok(self)
     }
@@ -182,7 +198,11 @@ impl RegionMap {
                 }
             }
         }
-        RegionMap { regions, size, caps }
+        RegionMap {
+            regions,
+            size,
+            caps,
+        }
     }
 
     /// The regions in order.
@@ -273,10 +293,14 @@ impl BlockDev for RegionMap {
         self.for_each(offset, len, |r, inner, n| {
             match &r.backing {
                 Backing::Zero => out.push(ReadChunk::Zero(n)),
-                Backing::Bytes(b) => out.push(ReadChunk::Bytes(b.slice(inner as usize..(inner + n) as usize))),
-                Backing::File { file, offset: base } => {
-                    out.push(ReadChunk::File { file: file.clone(), offset: base + inner, len: n })
-                }
+                Backing::Bytes(b) => out.push(ReadChunk::Bytes(
+                    b.slice(inner as usize..(inner + n) as usize),
+                )),
+                Backing::File { file, offset: base } => out.push(ReadChunk::File {
+                    file: file.clone(),
+                    offset: base + inner,
+                    len: n,
+                }),
                 Backing::Dev { dev, offset: base } => {
                     if !dev.read_chunks(base + inner, n, out)? {
                         let mut buf = vec![0u8; n as usize];
@@ -324,7 +348,15 @@ mod tests {
         b.push_bytes("header", vec![0xAAu8; 512]).unwrap();
         b.align(1024).unwrap();
         b.push("file", 4000, Backing::file(file, 1000)).unwrap();
-        b.push("dev", 600, Backing::Dev { dev: inner, offset: 100 }).unwrap();
+        b.push(
+            "dev",
+            600,
+            Backing::Dev {
+                dev: inner,
+                offset: 100,
+            },
+        )
+        .unwrap();
         b.push("tail", 3, Backing::Zero).unwrap();
         let map = b.finish();
 
@@ -353,14 +385,22 @@ mod tests {
         let kinds: Vec<(u64, ExtentKind)> = out.iter_offsets().map(|(o, e)| (o, e.kind)).collect();
         assert_eq!(
             kinds,
-            vec![(0, ExtentKind::Data), (512, ExtentKind::Hole), (1024, ExtentKind::Data), (5224, ExtentKind::Hole)]
+            vec![
+                (0, ExtentKind::Data),
+                (512, ExtentKind::Hole),
+                (1024, ExtentKind::Data),
+                (5224, ExtentKind::Hole)
+            ]
         );
     }
 
     #[test]
     fn bytes_length_mismatch_is_rejected() {
         let mut b = RegionMapBuilder::new();
-        let err = b.push("x", 10, Backing::Bytes(Bytes::from_static(b"abc"))).err().unwrap();
+        let err = b
+            .push("x", 10, Backing::Bytes(Bytes::from_static(b"abc")))
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 

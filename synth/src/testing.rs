@@ -31,14 +31,21 @@ impl Rng {
 
 fn check_read(dev: &dyn BlockDev, expected: &[u8], offset: u64, len: u64) {
     let mut buf = vec![0x5Au8; len as usize];
-    dev.read_at(&mut buf, offset).unwrap_or_else(|e| panic!("read {len}@{offset}: {e}"));
+    dev.read_at(&mut buf, offset)
+        .unwrap_or_else(|e| panic!("read {len}@{offset}: {e}"));
     let want = &expected[offset as usize..(offset + len) as usize];
     if buf != want {
         let first = buf.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
-        panic!("read {len}@{offset}: first difference at device offset {}", offset + first as u64);
+        panic!(
+            "read {len}@{offset}: first difference at device offset {}",
+            offset + first as u64
+        );
     }
     let mut chunks = Vec::new();
-    if dev.read_chunks(offset, len, &mut chunks).unwrap_or_else(|e| panic!("chunks {len}@{offset}: {e}")) {
+    if dev
+        .read_chunks(offset, len, &mut chunks)
+        .unwrap_or_else(|e| panic!("chunks {len}@{offset}: {e}"))
+    {
         let mut flat = Vec::with_capacity(len as usize);
         for c in &chunks {
             match c {
@@ -51,8 +58,15 @@ fn check_read(dev: &dyn BlockDev, expected: &[u8], offset: u64, len: u64) {
                 }
             }
         }
-        assert_eq!(flat.len() as u64, len, "chunks {len}@{offset}: wrong total length");
-        assert!(flat == want, "chunks {len}@{offset}: bytes differ from the reference");
+        assert_eq!(
+            flat.len() as u64,
+            len,
+            "chunks {len}@{offset}: wrong total length"
+        );
+        assert!(
+            flat == want,
+            "chunks {len}@{offset}: bytes differ from the reference"
+        );
     }
 }
 
@@ -90,13 +104,18 @@ pub fn check_dev(dev: &dyn BlockDev, expected: &[u8], boundaries: &[u64]) {
     }
 
     // Zero-length reads are harmless.
-    dev.read_at(&mut [], size).expect("zero-length read at the end");
+    dev.read_at(&mut [], size)
+        .expect("zero-length read at the end");
 
     // Out of range reads fail cleanly.
     let mut buf = [0u8; 2];
-    let err = dev.read_at(&mut buf, size.saturating_sub(1)).expect_err("read past the end must fail");
+    let err = dev
+        .read_at(&mut buf, size.saturating_sub(1))
+        .expect_err("read past the end must fail");
     assert_eq!(err.kind(), ErrorKind::OutOfBounds);
-    let err = dev.read_at(&mut buf, u64::MAX - 1).expect_err("read at u64::MAX must fail");
+    let err = dev
+        .read_at(&mut buf, u64::MAX - 1)
+        .expect_err("read at u64::MAX must fail");
     assert_eq!(err.kind(), ErrorKind::OutOfBounds);
 
     // Extents tile [0, size) exactly, from any starting point.
@@ -104,14 +123,19 @@ pub fn check_dev(dev: &dyn BlockDev, expected: &[u8], boundaries: &[u64]) {
         let mut covered = start;
         while covered < size {
             let mut list = ExtentList::new(covered);
-            dev.extents(covered, size - covered, &mut list).expect("extents");
+            dev.extents(covered, size - covered, &mut list)
+                .expect("extents");
             assert!(list.covered() > 0, "extents at {covered} made no progress");
             assert!(list.end() <= size, "extents at {covered} run past the end");
             for (off, e) in list.iter_offsets() {
                 assert!(e.len > 0);
                 if e.kind.reads_zero() {
                     let want = &expected[off as usize..(off + e.len) as usize];
-                    assert!(want.iter().all(|&b| b == 0), "extent {off}+{} says zero but holds data", e.len);
+                    assert!(
+                        want.iter().all(|&b| b == 0),
+                        "extent {off}+{} says zero but holds data",
+                        e.len
+                    );
                 }
             }
             covered = list.end();

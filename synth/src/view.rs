@@ -21,7 +21,10 @@ impl SliceDev {
         check_range(offset, len, inner.size()).map_err(|_| {
             Error::new(
                 ErrorKind::InvalidInput,
-                format!("slice of {len} bytes at {offset} does not fit a {}-byte device", inner.size()),
+                format!(
+                    "slice of {len} bytes at {offset} does not fit a {}-byte device",
+                    inner.size()
+                ),
             )
         })?;
         Ok(SliceDev { inner, offset, len })
