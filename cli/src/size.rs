@@ -52,7 +52,7 @@ impl FromStr for Size {
             let digits: u128 = frac.parse().map_err(|_| bad())?;
             let scale = 10u128.pow(frac.len().min(30) as u32);
             let part = (digits << shift) / scale;
-            if (digits << shift) % scale != 0 {
+            if !(digits << shift).is_multiple_of(scale) {
                 return Err(format!("{s:?} is not a whole number of bytes"));
             }
             bytes += part;

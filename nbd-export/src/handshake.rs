@@ -380,8 +380,8 @@ impl Handshake<'_> {
 }
 
 /// Run the handshake on `s`. `Ok(None)`: the client aborted or left politely.
-pub fn negotiate(s: &mut Stream, cfg: &ServerConfig) -> io::Result<Option<Negotiated>> {
-    let peer = s.peer();
+pub fn negotiate(s: &mut Stream, cfg: &ServerConfig, peer: &str) -> io::Result<Option<Negotiated>> {
+    let peer = peer.to_owned();
     Handshake {
         s,
         cfg,

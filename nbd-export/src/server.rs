@@ -161,7 +161,7 @@ impl Server {
         debug!("{peer}: connected");
         let _ = stream.set_read_timeout(Some(self.opts.handshake_timeout));
         let _ = stream.set_write_timeout(Some(self.opts.handshake_timeout));
-        match negotiate(&mut stream, &self.cfg) {
+        match negotiate(&mut stream, &self.cfg, &peer) {
             Ok(Some(neg)) => {
                 let _ = stream.set_read_timeout(None);
                 let _ = stream.set_write_timeout(None);

@@ -207,9 +207,7 @@ impl Connection {
                     if idle == 0 && self.threads.load(Ordering::SeqCst) < self.limits.max_threads {
                         self.spawn_worker(s);
                     }
-                    let r = self.handle(&req, &mut scratch);
-                    drop(guard);
-                    r
+                    self.handle(&req, &mut scratch, guard)
                 }
                 Next::Refused(req, errno, msg) => self.send_error(&req, errno, msg, &mut scratch),
             };
@@ -339,7 +337,7 @@ impl Connection {
             });
         }
         let min = self.block.minimum as u64;
-        if min > 1 && (req.offset % min != 0 || req.len % min != 0) {
+        if min > 1 && (!req.offset.is_multiple_of(min) || !req.len.is_multiple_of(min)) {
             return Err((EINVAL, "request not aligned to the minimum block size"));
         }
         if req.kind == CMD_BLOCK_STATUS {
@@ -356,7 +354,11 @@ impl Connection {
         Ok(())
     }
 
-    fn handle(&self, req: &Request, sc: &mut Scratch) -> io::Result<()> {
+    /// Serve one request. `payload` is the budget held by a write's
+    /// payload: it is released as soon as the device has the data, before
+    /// the reply is sent (a client slow to read replies must not stall the
+    /// reading of further writes).
+    fn handle(&self, req: &Request, sc: &mut Scratch, payload: Option<BudgetGuard<'_>>) -> io::Result<()> {
         if let Err((errno, msg)) = self.validate(req) {
             return self.send_error(req, errno, msg, sc);
         }
@@ -365,7 +367,11 @@ impl Connection {
             CMD_READ => return self.read(req, sc),
             CMD_BLOCK_STATUS => return self.block_status(req, sc),
             _ if req.len == 0 && req.kind != CMD_FLUSH => Ok(()),
-            CMD_WRITE => self.dev.write_at(&sc.buf[..req.len as usize], req.offset),
+            CMD_WRITE => {
+                let r = self.dev.write_at(&sc.buf[..req.len as usize], req.offset);
+                drop(payload);
+                r
+            }
             CMD_FLUSH => self.dev.flush(),
             CMD_TRIM => self.dev.trim(req.offset, req.len),
             CMD_CACHE => self.dev.cache(req.offset, req.len),
