@@ -11,9 +11,10 @@
 
 use std::io::{self, BufReader, Read};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::thread::Scope;
+use std::time::Instant;
 
 use log::{debug, warn};
 use synth::{BlockDev, BlockSize, Caps, ExtentKind, ExtentList, ReadChunk, ZeroFlags};
@@ -32,6 +33,15 @@ const MAX_DESCRIPTORS: usize = 16 * 1024;
 /// Write payloads beyond the maximum block size are read and dropped up to
 /// this size (so the connection survives); larger ones end the connection.
 const DISCARD_LIMIT: u64 = 1 << 32;
+/// Requests up to this size may be served inline by the reading thread...
+const INLINE_MAX: u64 = 64 * 1024;
+/// ...while the device answers within this time on average (page cache,
+/// memory); slower devices (remote, cold disks) get parallel workers.
+const INLINE_MAX_NS: u64 = 30_000;
+/// Batched replies are sent once they reach this size.
+const BATCH_MAX: usize = 256 * 1024;
+/// Reads up to this size copy host-file data instead of using sendfile.
+const SMALL_READ: u64 = 32 * 1024;
 /// Per-thread buffers larger than this are freed after use.
 const KEEP_BUFFER: usize = 1 << 20;
 
@@ -78,6 +88,9 @@ impl Drop for BudgetGuard<'_> {
 struct ReaderState {
     r: BufReader<Stream>,
     done: bool,
+    /// Why reading stopped, when the client broke the protocol: the
+    /// connection is cut once the replies already due are sent.
+    broken: Option<String>,
 }
 
 /// What a worker got from the reader.
@@ -91,10 +104,18 @@ enum Next<'a> {
     Stop,
 }
 
+/// Where replies go: straight to the socket, or into a batch that is
+/// sent in one syscall when the burst of requests ends.
+struct SendBufs {
+    bounce: Vec<u8>,
+    batching: bool,
+    batch: Vec<u8>,
+}
+
 /// Per-worker scratch space, reused across requests.
 struct Scratch {
     buf: Vec<u8>,
-    bounce: Vec<u8>,
+    io: SendBufs,
     chunks: Vec<ReadChunk>,
     head: Vec<u8>,
     extents: ExtentList,
@@ -104,7 +125,11 @@ impl Scratch {
     fn new() -> Self {
         Scratch {
             buf: Vec::new(),
-            bounce: Vec::new(),
+            io: SendBufs {
+                bounce: Vec::new(),
+                batching: false,
+                batch: Vec::new(),
+            },
             chunks: Vec::new(),
             head: Vec::new(),
             extents: ExtentList::new(0),
@@ -115,8 +140,8 @@ impl Scratch {
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
-        if self.bounce.capacity() > KEEP_BUFFER {
-            self.bounce = Vec::new();
+        if self.io.bounce.capacity() > KEEP_BUFFER {
+            self.io.bounce = Vec::new();
         }
         self.chunks.clear();
     }
@@ -136,6 +161,8 @@ pub struct Connection {
     waiting: AtomicUsize,
     threads: AtomicUsize,
     dead: AtomicBool,
+    /// Moving average of device service time (ns), steering inline work.
+    service_ns: AtomicU64,
     budget: Budget,
     limits: ConnLimits,
     peer: String,
@@ -162,11 +189,13 @@ impl Connection {
             reader: Mutex::new(ReaderState {
                 r: BufReader::with_capacity(64 * 1024, stream),
                 done: false,
+                broken: None,
             }),
             writer: Mutex::new(writer),
             waiting: AtomicUsize::new(0),
             threads: AtomicUsize::new(0),
             dead: AtomicBool::new(false),
+            service_ns: AtomicU64::new(0),
             budget: Budget {
                 avail: Mutex::new(limits.budget.max(limits.max_threads as u64)),
                 cv: Condvar::new(),
@@ -196,10 +225,10 @@ impl Connection {
     }
 
     fn worker<'s>(&'s self, s: &'s Scope<'s, '_>) {
-        let mut scratch = Scratch::new();
+        let mut sc = Scratch::new();
         loop {
             self.waiting.fetch_add(1, Ordering::SeqCst);
-            let next = self.next_request(&mut scratch.buf);
+            let next = self.lead(&mut sc);
             let idle = self.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
             let result = match next {
                 Next::Stop => break,
@@ -207,17 +236,81 @@ impl Connection {
                     if idle == 0 && self.threads.load(Ordering::SeqCst) < self.limits.max_threads {
                         self.spawn_worker(s);
                     }
-                    self.handle(&req, &mut scratch, guard)
+                    self.handle(&req, &mut sc, guard)
                 }
-                Next::Refused(req, errno, msg) => self.send_error(&req, errno, msg, &mut scratch),
+                Next::Refused(req, errno, msg) => self.send_error(&req, errno, msg, &mut sc),
             };
-            scratch.trim();
+            sc.trim();
             if let Err(e) = result {
                 self.kill(&format!("sending a reply failed: {e}"));
                 break;
             }
         }
         self.threads.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Hold the reader: serve small requests inline while the device is
+    /// fast (no hand-off between threads, replies batched into one send
+    /// per burst), and return the first request that should be served
+    /// outside the reader lock, in parallel with further reading.
+    fn lead<'a>(&'a self, sc: &mut Scratch) -> Next<'a> {
+        let mut st = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let header = if self.style == ReplyStyle::Extended {
+            EXTENDED_REQUEST_LEN
+        } else {
+            REQUEST_LEN
+        };
+        sc.io.batching = true;
+        let next = loop {
+            if st.done || self.dead.load(Ordering::SeqCst) {
+                break Next::Stop;
+            }
+            // About to block for more input: send what this burst produced.
+            if st.r.buffer().len() < header || sc.io.batch.len() >= BATCH_MAX {
+                if let Err(e) = self.flush_batch(&mut sc.io) {
+                    self.kill(&format!("sending replies failed: {e}"));
+                    break Next::Stop;
+                }
+            }
+            match self.next_request(&mut st, &mut sc.buf) {
+                Next::Request(req, guard) if self.inline_ok(&req) => {
+                    if let Err(e) = self.handle(&req, sc, guard) {
+                        self.kill(&format!("sending a reply failed: {e}"));
+                        break Next::Stop;
+                    }
+                }
+                other => break other,
+            }
+        };
+        sc.io.batching = false;
+        let flushed = self.flush_batch(&mut sc.io);
+        if let Some(why) = st.broken.take() {
+            self.kill(&why);
+        }
+        drop(st);
+        if let Err(e) = flushed {
+            self.kill(&format!("sending replies failed: {e}"));
+            return Next::Stop;
+        }
+        next
+    }
+
+    /// Whether `req` is cheap enough to serve while holding the reader.
+    fn inline_ok(&self, req: &Request) -> bool {
+        let cheap_kind = match req.kind {
+            CMD_READ | CMD_WRITE => req.len <= INLINE_MAX && req.flags & CMD_FLAG_FUA == 0,
+            CMD_BLOCK_STATUS => true,
+            _ => false,
+        };
+        cheap_kind && self.service_ns.load(Ordering::Relaxed) <= INLINE_MAX_NS
+    }
+
+    /// Fold one device service time into the moving average.
+    fn note_service(&self, t: std::time::Duration) {
+        let sample = t.as_nanos().min(u64::MAX as u128) as u64;
+        let old = self.service_ns.load(Ordering::Relaxed);
+        self.service_ns
+            .store(old - old / 8 + sample / 8, Ordering::Relaxed);
     }
 
     /// Cut the connection: both directions, so every worker unblocks.
@@ -232,11 +325,7 @@ impl Connection {
         }
     }
 
-    fn next_request<'a>(&'a self, buf: &mut Vec<u8>) -> Next<'a> {
-        let mut st = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        if st.done || self.dead.load(Ordering::SeqCst) {
-            return Next::Stop;
-        }
+    fn next_request<'a>(&'a self, st: &mut ReaderState, buf: &mut Vec<u8>) -> Next<'a> {
         match self.read_one(&mut st.r, buf) {
             Ok(Next::Stop) => {
                 st.done = true;
@@ -247,7 +336,7 @@ impl Connection {
                 st.done = true;
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     warn!("{}: {e}; closing the connection", self.peer);
-                    self.kill(&e.to_string());
+                    st.broken = Some(e.to_string());
                 }
                 Next::Stop
             }
@@ -358,7 +447,12 @@ impl Connection {
     /// payload: it is released as soon as the device has the data, before
     /// the reply is sent (a client slow to read replies must not stall the
     /// reading of further writes).
-    fn handle(&self, req: &Request, sc: &mut Scratch, payload: Option<BudgetGuard<'_>>) -> io::Result<()> {
+    fn handle(
+        &self,
+        req: &Request,
+        sc: &mut Scratch,
+        payload: Option<BudgetGuard<'_>>,
+    ) -> io::Result<()> {
         if let Err((errno, msg)) = self.validate(req) {
             return self.send_error(req, errno, msg, sc);
         }
@@ -368,7 +462,9 @@ impl Connection {
             CMD_BLOCK_STATUS => return self.block_status(req, sc),
             _ if req.len == 0 && req.kind != CMD_FLUSH => Ok(()),
             CMD_WRITE => {
+                let t0 = Instant::now();
                 let r = self.dev.write_at(&sc.buf[..req.len as usize], req.offset);
+                self.note_service(t0.elapsed());
                 drop(payload);
                 r
             }
@@ -412,16 +508,59 @@ impl Connection {
         sc.head.extend_from_slice(&h[..n]);
     }
 
+    /// Send a reply now, or append it to the batch when batching.
     fn write_pieces(
         &self,
         pieces: &[Piece<'_>],
-        bounce: &mut Vec<u8>,
+        io: &mut SendBufs,
     ) -> io::Result<crate::send::SendOutcome> {
+        if io.batching {
+            let batch = &mut io.batch;
+            for p in pieces {
+                match p {
+                    Piece::Mem(b) => batch.extend_from_slice(b),
+                    Piece::Zeros(n) => batch.resize(batch.len() + *n as usize, 0),
+                    Piece::File { file, offset, len } => {
+                        let at = batch.len();
+                        batch.resize(at + *len as usize, 0);
+                        if std::os::unix::fs::FileExt::read_exact_at(
+                            *file,
+                            &mut batch[at..],
+                            *offset,
+                        )
+                        .is_err()
+                        {
+                            // Only small reads are batched and those never
+                            // carry file pieces; fail safe all the same.
+                            return Err(io::Error::other("host file read failed while batching"));
+                        }
+                    }
+                }
+            }
+            return Ok(crate::send::SendOutcome::default());
+        }
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if self.dead.load(Ordering::SeqCst) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        send_pieces(&w, pieces, self.limits.sendfile, bounce)
+        send_pieces(&w, pieces, self.limits.sendfile, &mut io.bounce)
+    }
+
+    /// Send the batched replies, if any.
+    fn flush_batch(&self, io: &mut SendBufs) -> io::Result<()> {
+        if io.batch.is_empty() {
+            return Ok(());
+        }
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let r = send_pieces(&w, &[Piece::Mem(&io.batch)], false, &mut io.bounce);
+        io.batch.clear();
+        if io.batch.capacity() > KEEP_BUFFER {
+            io.batch = Vec::new();
+        }
+        r.map(drop)
     }
 
     fn send_ok(&self, req: &Request, sc: &mut Scratch) -> io::Result<()> {
@@ -434,7 +573,7 @@ impl Connection {
             sc.head.extend_from_slice(&h[..n]);
         }
         let head = std::mem::take(&mut sc.head);
-        let r = self.write_pieces(&[Piece::Mem(&head)], &mut sc.bounce);
+        let r = self.write_pieces(&[Piece::Mem(&head)], &mut sc.io);
         sc.head = head;
         r.map(drop)
     }
@@ -479,7 +618,7 @@ impl Connection {
             sc.head.extend_from_slice(msg);
         }
         let head = std::mem::take(&mut sc.head);
-        let r = self.write_pieces(&[Piece::Mem(&head)], &mut sc.bounce);
+        let r = self.write_pieces(&[Piece::Mem(&head)], &mut sc.io);
         sc.head = head;
         r.map(drop)
     }
@@ -488,6 +627,7 @@ impl Connection {
         // Gather the answer before sending anything, so device errors
         // become clean error replies.
         sc.chunks.clear();
+        let t0 = Instant::now();
         let zero_copy = match self.dev.read_chunks(req.offset, req.len, &mut sc.chunks) {
             Ok(z) => z,
             Err(e) => return self.send_error_string(req, errno_of(e.kind()), &e.to_string(), sc),
@@ -500,18 +640,47 @@ impl Connection {
                 return self.send_error_string(req, errno_of(e.kind()), &e.to_string(), sc);
             }
         }
+        // Small host-file reads are cheaper copied than sent with sendfile:
+        // one pread plus one sendmsg carrying header and data, and the data
+        // chunk can be final (no trailing NONE chunk).
+        let inline_files = zero_copy
+            && req.len <= SMALL_READ
+            && sc
+                .chunks
+                .iter()
+                .any(|c| matches!(c, ReadChunk::File { .. }));
+        if inline_files {
+            sc.buf.resize(req.len as usize, 0);
+            let mut rel = 0usize;
+            for c in &sc.chunks {
+                if let ReadChunk::File { file, offset, len } = c {
+                    let dst = &mut sc.buf[rel..rel + *len as usize];
+                    if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(&**file, dst, *offset)
+                    {
+                        let msg = format!("reading the host file: {e}");
+                        return self.send_error_string(req, EIO, &msg, sc);
+                    }
+                }
+                rel += c.len() as usize;
+            }
+        }
+        self.note_service(t0.elapsed());
         let mut body: Vec<Piece<'_>> = Vec::with_capacity(sc.chunks.len() + 1);
         if zero_copy {
+            let mut rel = 0usize;
             for c in &sc.chunks {
+                let n = c.len() as usize;
                 body.push(match c {
                     ReadChunk::Zero(n) => Piece::Zeros(*n),
                     ReadChunk::Bytes(b) => Piece::Mem(b),
+                    ReadChunk::File { .. } if inline_files => Piece::Mem(&sc.buf[rel..rel + n]),
                     ReadChunk::File { file, offset, len } => Piece::File {
                         file,
                         offset: *offset,
                         len: *len,
                     },
                 });
+                rel += n;
             }
         } else {
             body.push(Piece::Mem(&sc.buf[..req.len as usize]));
@@ -526,7 +695,7 @@ impl Connection {
             let mut pieces = Vec::with_capacity(body.len() + 1);
             pieces.push(Piece::Mem(&head));
             pieces.extend_from_slice(&body);
-            let out = self.write_pieces(&pieces, &mut sc.bounce)?;
+            let out = self.write_pieces(&pieces, &mut sc.io)?;
             if out.short_at.is_some() {
                 // A simple reply cannot carry a late error: hang up rather
                 // than let zeros pass for data (proto.md "simple reply").
@@ -536,7 +705,7 @@ impl Connection {
             return Ok(());
         } else {
             let df = req.flags & CMD_FLAG_DF != 0;
-            self.structured_read(req, &body, df, &mut head, &mut sc.bounce)?
+            self.structured_read(req, &body, df, &mut head, &mut sc.io)?
         };
         sc.head = head;
         if let Some(at) = outcome {
@@ -554,7 +723,7 @@ impl Connection {
             sc.head.extend_from_slice(msg);
             sc.head.extend_from_slice(&(req.offset + at).to_be_bytes());
             let head = std::mem::take(&mut sc.head);
-            let r = self.write_pieces(&[Piece::Mem(&head)], &mut sc.bounce);
+            let r = self.write_pieces(&[Piece::Mem(&head)], &mut sc.io);
             sc.head = head;
             r?;
         }
@@ -571,7 +740,7 @@ impl Connection {
         body: &[Piece<'_>],
         df: bool,
         head: &mut Vec<u8>,
-        bounce: &mut Vec<u8>,
+        io: &mut SendBufs,
     ) -> io::Result<Option<u64>> {
         if req.len == 0 {
             let mut h = [0u8; MAX_REPLY_HEADER];
@@ -584,9 +753,7 @@ impl Connection {
                 req.offset,
                 0,
             );
-            return self
-                .write_pieces(&[Piece::Mem(&h[..n])], bounce)
-                .map(|_| None);
+            return self.write_pieces(&[Piece::Mem(&h[..n])], io).map(|_| None);
         }
         // Plan the chunks: (is_hole, start index in body, end index, offset, len).
         let is_hole = |p: &Piece<'_>| !df && matches!(p, Piece::Zeros(n) if *n >= HOLE_MIN);
@@ -688,7 +855,7 @@ impl Connection {
         if !tail.is_empty() {
             pieces.push(Piece::Mem(tail));
         }
-        let out = self.write_pieces(&pieces, bounce)?;
+        let out = self.write_pieces(&pieces, io)?;
         let Some(wire_at) = out.short_at else {
             return Ok(None);
         };
@@ -757,7 +924,7 @@ impl Connection {
         }
         sc.extents = list;
         let head = std::mem::take(&mut sc.head);
-        let r = self.write_pieces(&[Piece::Mem(&head)], &mut sc.bounce);
+        let r = self.write_pieces(&[Piece::Mem(&head)], &mut sc.io);
         sc.head = head;
         r.map(drop)
     }

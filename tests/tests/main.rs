@@ -1,0 +1,18 @@
+//! End-to-end tests of `disksynth` with real NBD clients (qemu-img, qemu-io, nbdinfo, nbdcopy,
+//! libnbd Python scripts) and reference servers (nbdkit, qemu-nbd). One test binary with one
+//! module per client or feature, as in ripgrep; helpers live in `disksynth_tests`.
+
+mod cli_errors;
+mod extended_headers;
+mod fio;
+mod harness;
+mod nbdcopy;
+mod nbdinfo;
+mod nbdinfo_map;
+mod output;
+mod protocol;
+mod python;
+mod qemu;
+mod run_mode;
+mod signals;
+mod socket_activation;
