@@ -254,7 +254,6 @@ impl CowOverlay {
             } else {
                 let mut buf = self.take_page_bytes(&mut pages, p)?;
                 part(&mut buf, (pos - pstart) as usize, pos);
-                let _ = n;
                 self.put_page(&mut pages, p, buf.freeze())?;
             }
             pos += n;

@@ -90,3 +90,54 @@ impl BlockDev for SliceDev {
         self.inner.block_size()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::{Backing, RegionMapBuilder};
+    use crate::testing::check_dev;
+    use crate::{CowOverlay, OverlayOptions, ZeroFlags};
+
+    fn base() -> (Arc<dyn BlockDev>, Vec<u8>) {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let mut b = RegionMapBuilder::new();
+        b.push("zeros", 5_000, Backing::Zero).unwrap();
+        b.push_bytes("data", data.clone()).unwrap();
+        let mut expected = vec![0u8; 5_000];
+        expected.extend_from_slice(&data);
+        (Arc::new(b.finish()), expected)
+    }
+
+    #[test]
+    fn slice_passes_conformance() {
+        let (dev, expected) = base();
+        let slice = SliceDev::new(dev, 4_000, 12_000).unwrap();
+        check_dev(&slice, &expected[4_000..16_000], &[1_000]);
+    }
+
+    #[test]
+    fn slice_writes_land_at_the_shifted_offset() {
+        let (dev, mut expected) = base();
+        let ov: Arc<dyn BlockDev> =
+            Arc::new(CowOverlay::new(dev, OverlayOptions::default()).unwrap());
+        let slice = SliceDev::from_offset(ov.clone(), 10_000).unwrap();
+        slice.write_at(b"abc", 5).unwrap();
+        slice.write_zeroes(100, 50, ZeroFlags::default()).unwrap();
+        expected[10_005..10_008].copy_from_slice(b"abc");
+        expected[10_100..10_150].fill(0);
+        check_dev(&*ov, &expected, &[10_000]);
+        assert_eq!(
+            slice.write_at(b"x", 15_000).unwrap_err().kind(),
+            ErrorKind::OutOfBounds
+        );
+    }
+
+    #[test]
+    fn slice_outside_the_device_is_refused() {
+        let (dev, _) = base();
+        assert_eq!(
+            SliceDev::new(dev, 24_000, 2_000).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+}
