@@ -329,25 +329,41 @@ impl BlockDev for CowOverlay {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        // One allocation for the whole write, sliced into pages: a big
-        // sequential write costs one copy and no per-page allocation.
-        let shared = if self.file.is_none() {
-            Bytes::copy_from_slice(buf)
-        } else {
-            Bytes::new()
-        };
         self.update(
             offset,
             buf.len() as u64,
             |pages, p, at| {
                 let i = (at - offset) as usize;
-                let n = self.page_len(p) as usize;
-                let data = if self.file.is_none() {
-                    shared.slice(i..i + n)
-                } else {
-                    Bytes::copy_from_slice(&buf[i..i + n])
-                };
-                self.put_page(pages, p, data)
+                let src = &buf[i..i + self.page_len(p) as usize];
+                if self.file.is_none() {
+                    // Each page is its own allocation, so overwriting a page
+                    // nobody is reading right now is a copy in place: no
+                    // allocation and no free on the hot path. (Slicing one
+                    // buffer per write into pages made every overwrite an
+                    // mmap/munmap pair for big writes, and kept whole old
+                    // buffers alive while any page of them survived.)
+                    if let Some(Page::Mem(b)) = pages.get_mut(&p) {
+                        match std::mem::take(b).try_into_mut() {
+                            Ok(mut m) if m.len() == src.len() => {
+                                m.copy_from_slice(src);
+                                *b = m.freeze();
+                            }
+                            // A reader still holds the old page: leave it
+                            // to them and store a fresh copy.
+                            _ => *b = Bytes::copy_from_slice(src),
+                        }
+                        return Ok(());
+                    }
+                }
+                if let Some(f) = &self.file {
+                    // Straight from the request buffer to the temp file.
+                    let at = p * self.page;
+                    f.write_all_at(src, at)
+                        .map_err(|e| Error::io("writing the overlay temp file", e).at(at))?;
+                    pages.insert(p, Page::Stored);
+                    return Ok(());
+                }
+                self.put_page(pages, p, Bytes::copy_from_slice(src))
             },
             |page, i, at| {
                 let src_start = (at - offset) as usize;
