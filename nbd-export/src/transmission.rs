@@ -17,7 +17,7 @@ use std::thread::Scope;
 use std::time::Instant;
 
 use log::{debug, warn};
-use synth::{BlockDev, BlockSize, Caps, ExtentKind, ExtentList, ReadChunk, ZeroFlags};
+use synth::{BlockDev, BlockSize, Caps, ErrorKind, ExtentKind, ExtentList, ReadChunk, ZeroFlags};
 
 use crate::handshake::Negotiated;
 use crate::proto::*;
@@ -489,14 +489,7 @@ impl Connection {
         });
         match result {
             Ok(()) => self.send_ok(req, sc),
-            Err(e) => {
-                debug!(
-                    "{}: command {} at {}+{}: {e}",
-                    self.peer, req.kind, req.offset, req.len
-                );
-                let msg = e.to_string();
-                self.send_error_string(req, errno_of(e.kind()), &msg, sc)
-            }
+            Err(e) => self.send_device_error(req, &e, sc),
         }
     }
 
@@ -592,6 +585,29 @@ impl Connection {
         self.send_error_string(req, errno, msg, sc)
     }
 
+    /// Answer a request the device failed, and log it: failures of the
+    /// backing store (a host file that changed, an I/O error) are the
+    /// operator's business and logged as warnings; errors the client caused
+    /// (out of range, read-only) only at debug level.
+    fn send_device_error(
+        &self,
+        req: &Request,
+        e: &synth::Error,
+        sc: &mut Scratch,
+    ) -> io::Result<()> {
+        match e.kind() {
+            ErrorKind::Io | ErrorKind::Corrupt | ErrorKind::NoSpace => warn!(
+                "{}: command {} at {}+{}: {e}",
+                self.peer, req.kind, req.offset, req.len
+            ),
+            _ => debug!(
+                "{}: command {} at {}+{}: {e}",
+                self.peer, req.kind, req.offset, req.len
+            ),
+        }
+        self.send_error_string(req, errno_of(e.kind()), &e.to_string(), sc)
+    }
+
     fn send_error_string(
         &self,
         req: &Request,
@@ -630,14 +646,14 @@ impl Connection {
         let t0 = Instant::now();
         let zero_copy = match self.dev.read_chunks(req.offset, req.len, &mut sc.chunks) {
             Ok(z) => z,
-            Err(e) => return self.send_error_string(req, errno_of(e.kind()), &e.to_string(), sc),
+            Err(e) => return self.send_device_error(req, &e, sc),
         };
         let _guard;
         if !zero_copy {
             _guard = self.budget.acquire(req.len);
             sc.buf.resize(req.len as usize, 0);
             if let Err(e) = self.dev.read_at(&mut sc.buf, req.offset) {
-                return self.send_error_string(req, errno_of(e.kind()), &e.to_string(), sc);
+                return self.send_device_error(req, &e, sc);
             }
         }
         // Small host-file reads are cheaper copied than sent with sendfile:
@@ -886,7 +902,7 @@ impl Connection {
         let r = self.dev.extents(req.offset, req.len, &mut list);
         if let Err(e) = r {
             sc.extents = list;
-            return self.send_error_string(req, errno_of(e.kind()), &e.to_string(), sc);
+            return self.send_device_error(req, &e, sc);
         }
         if list.is_empty() {
             list.push(req.len, ExtentKind::Data);

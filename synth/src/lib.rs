@@ -30,6 +30,7 @@
 pub mod dev;
 pub mod error;
 pub mod extent;
+pub mod host;
 pub mod overlay;
 pub mod region;
 pub mod testing;
@@ -40,6 +41,7 @@ pub use dev::{
 };
 pub use error::{check_range, Error, ErrorKind, Result};
 pub use extent::{Extent, ExtentKind, ExtentList};
+pub use host::{FilePool, HostFile, DEFAULT_POOL_FDS};
 pub use overlay::{CowOverlay, OverlayOptions, OverlayStore};
 pub use region::{Backing, Region, RegionMap, RegionMapBuilder};
 pub use view::SliceDev;

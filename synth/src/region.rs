@@ -19,6 +19,7 @@ use bytes::Bytes;
 use crate::dev::{BlockDev, Caps, ReadChunk};
 use crate::error::{check_range, Error, ErrorKind, Result};
 use crate::extent::{ExtentKind, ExtentList};
+use crate::host::HostFile;
 
 /// Where the bytes of a region come from.
 #[derive(Clone)]
@@ -31,6 +32,15 @@ pub enum Backing {
     File {
         /// The host file (shared; read with `pread`, never seeked).
         file: Arc<File>,
+        /// Offset within the file of the region's first byte.
+        offset: u64,
+    },
+    /// A lazily opened host file from a [`FilePool`](crate::FilePool),
+    /// starting at `offset` in it; every read checks the file still has the
+    /// size and mtime the layout was computed for.
+    Host {
+        /// The host file.
+        file: Arc<HostFile>,
         /// Offset within the file of the region's first byte.
         offset: u64,
     },
@@ -56,6 +66,7 @@ impl fmt::Debug for Backing {
             Backing::Zero => f.write_str("zero"),
             Backing::Bytes(b) => write!(f, "bytes[{}]", b.len()),
             Backing::File { offset, .. } => write!(f, "file@{offset}"),
+            Backing::Host { file, offset } => write!(f, "{}@{offset}", file.path().display()),
             Backing::Dev { dev, offset } => write!(f, "dev@{offset} {dev:?}"),
         }
     }
@@ -239,6 +250,26 @@ impl RegionMap {
     }
 }
 
+/// `pread` all of `dst` from a host file; a short read means the file
+/// shrank under us, which is reported as the file having changed.
+fn read_host(host: &HostFile, f: &std::fs::File, dst: &mut [u8], at: u64) -> Result<()> {
+    let mut done = 0;
+    while done < dst.len() {
+        match f.read_at(&mut dst[done..], at + done as u64) {
+            Ok(0) => return Err(host.changed(format!("it ended before byte {}", at + done as u64))),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading host file {}", host.path().display()),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 impl BlockDev for RegionMap {
     fn size(&self) -> u64 {
         self.size
@@ -256,6 +287,10 @@ impl BlockDev for RegionMap {
                         Error::io(format!("reading region {}", r.name), e).at(r.start + inner)
                     })?;
                 }
+                Backing::Host { file, offset: base } => {
+                    let f = file.open().map_err(|e| e.at(r.start + inner))?;
+                    read_host(file, &f, dst, base + inner).map_err(|e| e.at(r.start + inner))?;
+                }
                 Backing::Dev { dev, offset: base } => dev.read_at(dst, base + inner)?,
             }
             done += n as usize;
@@ -267,7 +302,9 @@ impl BlockDev for RegionMap {
         self.for_each(offset, len, |r, inner, n| {
             match &r.backing {
                 Backing::Zero => out.push(n, ExtentKind::Hole),
-                Backing::Bytes(_) | Backing::File { .. } => out.push(n, ExtentKind::Data),
+                Backing::Bytes(_) | Backing::File { .. } | Backing::Host { .. } => {
+                    out.push(n, ExtentKind::Data)
+                }
                 Backing::Dev { dev, offset: base } => {
                     // The inner device may answer short; ask until covered.
                     let mut sub = ExtentList::new(base + inner);
@@ -298,6 +335,11 @@ impl BlockDev for RegionMap {
                 )),
                 Backing::File { file, offset: base } => out.push(ReadChunk::File {
                     file: file.clone(),
+                    offset: base + inner,
+                    len: n,
+                }),
+                Backing::Host { file, offset: base } => out.push(ReadChunk::File {
+                    file: file.open().map_err(|e| e.at(r.start + inner))?,
                     offset: base + inner,
                     len: n,
                 }),
