@@ -1,0 +1,373 @@
+//! A host directory as the filesystem generators see it: names, kinds and
+//! metadata, gathered with `readdir` and `stat` only — no file is opened
+//! and no data is read, so scanning costs O(metadata).
+//!
+//! FAT, ISO 9660 and ext4 all start from a [`Tree`]. It lives in its own
+//! crate so that `formats` (which may only depend on `synth`) and the CLI can
+//! share it; reading file data later goes through `synth::HostFile`.
+//!
+//! ```no_run
+//! let tree = tree::scan("./dir".as_ref(), &tree::ScanOptions::default()).unwrap();
+//! println!("{} files, {} bytes", tree.stats.files, tree.stats.bytes);
+//! ```
+//!
+//! Children are sorted by name (bytewise), so the same directory always
+//! gives the same tree and the generators give the same bytes.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use log::warn;
+
+/// How to scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Follow symbolic links (FAT has no symlinks, so its generator asks
+    /// for this): a link becomes what it points to; dangling links and
+    /// links back into their own ancestors are skipped with a warning.
+    pub follow_symlinks: bool,
+}
+
+/// A scanned directory tree.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// The top directory (its name is empty).
+    pub root: Node,
+    /// Counts over the whole tree.
+    pub stats: TreeStats,
+}
+
+/// Counts over a tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Regular files.
+    pub files: u64,
+    /// Directories, the root included.
+    pub dirs: u64,
+    /// Symbolic links kept as links.
+    pub symlinks: u64,
+    /// Devices, fifos and sockets.
+    pub specials: u64,
+    /// Bytes in regular files.
+    pub bytes: u64,
+}
+
+/// One entry of a tree.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The entry's name in its directory (empty for the root).
+    pub name: OsString,
+    /// Where it is on the host (through any followed links).
+    pub path: PathBuf,
+    /// What `stat` said at scan time.
+    pub meta: Meta,
+    /// What it is.
+    pub kind: NodeKind,
+}
+
+/// The kind of a [`Node`].
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// A directory and its entries, sorted by name.
+    Dir(Vec<Node>),
+    /// A regular file of `meta.size` bytes.
+    File,
+    /// A symbolic link (only when links are not followed).
+    Symlink {
+        /// The link's target, as stored.
+        target: PathBuf,
+    },
+    /// A device node, fifo or socket (only kept when links are not
+    /// followed, i.e. for formats that can hold them).
+    Special,
+}
+
+/// A point in time, as `stat` gives it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// Seconds since the Unix epoch (may be negative).
+    pub secs: i64,
+    /// Nanoseconds, 0..1e9.
+    pub nanos: u32,
+}
+
+/// The metadata a generator may use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// File type and permission bits (`st_mode`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (regular files and symlinks).
+    pub size: u64,
+    /// Last modification.
+    pub mtime: Timestamp,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last status change.
+    pub ctime: Timestamp,
+    /// Device of the inode (for hard-link and loop detection).
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Hard-link count.
+    pub nlink: u64,
+    /// Device number for device nodes.
+    pub rdev: u64,
+}
+
+impl Meta {
+    fn from_std(m: &Metadata) -> Meta {
+        let ts = |secs: i64, nanos: i64| Timestamp {
+            secs,
+            nanos: nanos.clamp(0, 999_999_999) as u32,
+        };
+        Meta {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: ts(m.mtime(), m.mtime_nsec()),
+            atime: ts(m.atime(), m.atime_nsec()),
+            ctime: ts(m.ctime(), m.ctime_nsec()),
+            dev: m.dev(),
+            ino: m.ino(),
+            nlink: m.nlink(),
+            rdev: m.rdev(),
+        }
+    }
+}
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScanError {
+    /// The top path is not a directory.
+    #[error("{0}: not a directory")]
+    NotADirectory(PathBuf),
+    /// A file the image must hold cannot be read by us.
+    #[error("{0}: permission denied (the image could not serve this file)")]
+    Unreadable(PathBuf),
+    /// `stat`, `readdir` or similar failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// What we were looking at.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ScanError + '_ {
+    move |source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Scan the directory `root`.
+pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Tree, ScanError> {
+    let meta = fs::metadata(root).map_err(io_err(root))?;
+    if !meta.is_dir() {
+        return Err(ScanError::NotADirectory(root.to_path_buf()));
+    }
+    let mut stats = TreeStats {
+        dirs: 1,
+        ..TreeStats::default()
+    };
+    let mut ancestors = HashSet::new();
+    ancestors.insert((meta.dev(), meta.ino()));
+    let children = scan_dir(root, opts, &mut ancestors, &mut stats)?;
+    Ok(Tree {
+        root: Node {
+            name: OsString::new(),
+            path: root.to_path_buf(),
+            meta: Meta::from_std(&meta),
+            kind: NodeKind::Dir(children),
+        },
+        stats,
+    })
+}
+
+fn scan_dir(
+    dir: &Path,
+    opts: &ScanOptions,
+    ancestors: &mut HashSet<(u64, u64)>,
+    stats: &mut TreeStats,
+) -> Result<Vec<Node>, ScanError> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        entries.push((entry.file_name(), entry.path()));
+    }
+    entries.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
+    let mut nodes = Vec::with_capacity(entries.len());
+    for (name, path) in entries {
+        let lmeta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        let is_link = lmeta.file_type().is_symlink();
+        let meta = if is_link && opts.follow_symlinks {
+            match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    let why = if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                        "a symlink loop"
+                    } else {
+                        "a dangling symlink"
+                    };
+                    warn!("{}: skipped, {why} ({e})", path.display());
+                    continue;
+                }
+            }
+        } else {
+            lmeta
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            let key = (meta.dev(), meta.ino());
+            if !ancestors.insert(key) {
+                warn!(
+                    "{}: skipped, a symlink to one of its own parent directories (a loop)",
+                    path.display()
+                );
+                continue;
+            }
+            let children = scan_dir(&path, opts, ancestors, stats);
+            ancestors.remove(&key);
+            stats.dirs += 1;
+            NodeKind::Dir(children?)
+        } else if ft.is_file() {
+            if rustix::fs::access(&path, rustix::fs::Access::READ_OK).is_err() {
+                return Err(ScanError::Unreadable(path));
+            }
+            stats.files += 1;
+            stats.bytes += meta.size();
+            NodeKind::File
+        } else if ft.is_symlink() {
+            stats.symlinks += 1;
+            NodeKind::Symlink {
+                target: fs::read_link(&path).map_err(io_err(&path))?,
+            }
+        } else if opts.follow_symlinks {
+            // Only the FAT-style scan follows links, and those formats
+            // cannot hold device nodes, fifos or sockets either.
+            let what = if ft.is_fifo() {
+                "a fifo"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "a device node"
+            };
+            warn!(
+                "{}: skipped, {what} cannot be stored in this format",
+                path.display()
+            );
+            continue;
+        } else {
+            stats.specials += 1;
+            NodeKind::Special
+        };
+        nodes.push(Node {
+            name,
+            path,
+            meta: Meta::from_std(&meta),
+            kind,
+        });
+    }
+    Ok(nodes)
+}
+
+impl Node {
+    /// The entries of a directory (empty for anything else).
+    pub fn children(&self) -> &[Node] {
+        match &self.kind {
+            NodeKind::Dir(c) => c,
+            _ => &[],
+        }
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn names(n: &Node) -> Vec<String> {
+        n.children()
+            .iter()
+            .map(|c| c.name.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn scan_sorts_entries_and_counts() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("b"), b"12345").unwrap();
+        fs::write(d.path().join("a"), b"").unwrap();
+        fs::create_dir(d.path().join("c")).unwrap();
+        fs::write(d.path().join("c/x"), b"xyz").unwrap();
+        let t = scan(d.path(), &ScanOptions::default()).unwrap();
+        assert_eq!(names(&t.root), ["a", "b", "c"]);
+        assert_eq!(names(&t.root.children()[2]), ["x"]);
+        assert_eq!(
+            t.stats,
+            TreeStats {
+                files: 3,
+                dirs: 2,
+                bytes: 8,
+                ..TreeStats::default()
+            }
+        );
+    }
+
+    #[test]
+    fn scan_follows_links_and_skips_loops_and_dangling_links() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("sub/f"), b"data").unwrap();
+        symlink("sub/f", d.path().join("link-to-file")).unwrap();
+        symlink("..", d.path().join("sub/up")).unwrap();
+        symlink("nowhere", d.path().join("dangling")).unwrap();
+        symlink("self", d.path().join("self")).unwrap();
+        let opts = ScanOptions {
+            follow_symlinks: true,
+        };
+        let t = scan(d.path(), &opts).unwrap();
+        assert_eq!(names(&t.root), ["link-to-file", "sub"]);
+        assert!(matches!(t.root.children()[0].kind, NodeKind::File));
+        assert_eq!(t.root.children()[0].meta.size, 4);
+        assert_eq!(names(&t.root.children()[1]), ["f"]);
+    }
+
+    #[test]
+    fn scan_keeps_links_when_not_following() {
+        let d = tempfile::tempdir().unwrap();
+        symlink("nowhere", d.path().join("dangling")).unwrap();
+        let t = scan(d.path(), &ScanOptions::default()).unwrap();
+        match &t.root.children()[0].kind {
+            NodeKind::Symlink { target } => assert_eq!(target, Path::new("nowhere")),
+            k => panic!("expected a symlink, got {k:?}"),
+        }
+    }
+
+    #[test]
+    fn scan_of_a_file_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, b"").unwrap();
+        let e = scan(&f, &ScanOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+    }
+}
