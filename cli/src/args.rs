@@ -60,6 +60,17 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// A FAT disk holding a host directory, synthesized virtually: metadata in memory,
+    /// file contents read from the host files on demand.
+    #[command(after_help = FLOPPY_EXAMPLES)]
+    Floppy {
+        /// The directory to put on the disk.
+        dir: PathBuf,
+        #[command(flatten)]
+        fat: FatArgs,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
     /// SIZE bytes where every 8-byte big-endian word holds its own offset (read-only).
     #[command(after_help = EXAMPLES)]
     Pattern {
@@ -68,6 +79,53 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+}
+
+const FLOPPY_EXAMPLES: &str = "\
+Examples:
+  disksynth floppy ./dir --serve                     a FAT disk holding ./dir, over NBD
+  disksynth floppy ./dir --floppy 1.44M -o a.img     a 1.44 MB floppy image for qemu -fda
+  disksynth floppy ./dir --rw -U -                   clients may write; ./dir is never changed
+  disksynth floppy ./dir --size 2G --fat 32 --label DATA -o fat.img
+
+The FAT type follows from the cluster count (Microsoft FAT spec): FAT12 below 4085
+clusters, FAT16 below 65525, FAT32 above. Symlinks are followed; times are UTC;
+SOURCE_DATE_EPOCH sets every timestamp; the same tree gives the same bytes.";
+
+/// FAT layout options.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "FAT")]
+pub struct FatArgs {
+    /// Disk size (default: the data, metadata and a little slack, in whole MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<Size>,
+    /// FAT type: 12, 16 or 32 (default: chosen from the size).
+    #[arg(long, value_name = "12|16|32")]
+    pub fat: Option<formats::fat::FatType>,
+    /// Volume label, up to 11 characters.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// `mbr`: one partition starting at 1 MiB; `none`: the volume is the whole disk.
+    #[arg(long, value_name = "mbr|none", value_parser = ["mbr", "none"])]
+    pub partition: Option<String>,
+    /// A standard floppy: 1.44M or 2.88M (FAT12, no partition table).
+    #[arg(long, value_name = "FORMAT")]
+    pub floppy: Option<formats::fat::FloppyFormat>,
+    /// Volume serial number, 8 hex digits (default: derived from the tree).
+    #[arg(long, value_name = "HEX", value_parser = parse_serial)]
+    pub serial: Option<u32>,
+    /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
+    #[arg(long)]
+    pub rw: bool,
+    /// Most host files kept open at once.
+    #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
+    pub max_open_files: usize,
+}
+
+fn parse_serial(s: &str) -> Result<u32, String> {
+    let t = s.trim_start_matches("0x").replace('-', "");
+    u32::from_str_radix(&t, 16)
+        .map_err(|_| format!("{s:?} is not a serial number (8 hex digits, e.g. 1234-ABCD)"))
 }
 
 /// How the disk is handed out: serve it (TCP, Unix, captive) or write it.

@@ -15,7 +15,7 @@ use clap::Parser;
 use nbd_export::{write_raw, RawOutput, ServerOptions};
 use synth::{BlockDev, Export, SharedExport};
 
-use crate::args::{Cli, ExportArgs, Source};
+use crate::args::{Cli, ExportArgs, FatArgs, Source};
 use crate::serve::{serve, systemd_listener, tcp_endpoint, Endpoint};
 use crate::size::Size;
 
@@ -87,7 +87,76 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
             format!("pattern {}", size),
             export,
         ),
+        Source::Floppy { dir, fat, export } => (
+            floppy(dir, fat, export)?,
+            format!("FAT disk of {}", dir.display()),
+            export,
+        ),
     })
+}
+
+/// Scan `dir` and build its FAT image (with an overlay under `--rw`).
+fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc<dyn BlockDev>> {
+    use formats::fat::{FatOptions, Partitioning};
+    let t0 = std::time::Instant::now();
+    let tree = tree::scan(
+        dir,
+        &tree::ScanOptions {
+            follow_symlinks: true,
+        },
+    )
+    .with_context(|| format!("scanning {}", dir.display()))?;
+    let timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Some(
+            v.trim()
+                .parse::<i64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        ),
+        Err(_) => None,
+    };
+    let partition = match (a.partition.as_deref(), a.floppy) {
+        (Some("mbr"), Some(_)) => {
+            bail!("--floppy images have no partition table; leave out --partition mbr")
+        }
+        (Some("none"), _) | (None, Some(_)) => Partitioning::None,
+        _ => Partitioning::Mbr,
+    };
+    let opts = FatOptions {
+        size: a.size.map(|s| s.0),
+        fat_type: a.fat,
+        label: a.label.clone(),
+        partition,
+        floppy: a.floppy,
+        serial: a.serial,
+        timestamp,
+        max_open_files: a.max_open_files,
+    };
+    let image = formats::fat::build(&tree, &opts)
+        .with_context(|| format!("building a FAT disk of {}", dir.display()))?;
+    let g = &image.geometry;
+    log::info!(
+        "{}: {} files, {} directories, {} of data; {} with {} clusters of {} ({} used), volume at {}, disk {} (built in {:.1} ms)",
+        dir.display(),
+        tree.stats.files,
+        tree.stats.dirs,
+        Size(tree.stats.bytes),
+        g.fat_type,
+        g.clusters,
+        Size(g.cluster_bytes()),
+        image.used_clusters,
+        image.volume_offset,
+        Size(image.map.size()),
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    let map: Arc<dyn BlockDev> = Arc::new(image.map);
+    if a.rw && !export.readonly {
+        Ok(Arc::new(synth::CowOverlay::new(
+            map,
+            synth::OverlayOptions::default(),
+        )?))
+    } else {
+        Ok(map)
+    }
 }
 
 fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {
@@ -158,7 +227,8 @@ fn verbosity(src: &Source) -> u8 {
         Source::File { export, .. }
         | Source::Memory { export, .. }
         | Source::Zero { export, .. }
-        | Source::Pattern { export, .. } => export.verbose,
+        | Source::Pattern { export, .. }
+        | Source::Floppy { export, .. } => export.verbose,
     }
 }
 

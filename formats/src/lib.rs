@@ -1,1 +1,12 @@
-//! disksynth on-disk format generators (FAT, ISO 9660, ext4, GPT/MBR, xz index) land here.
+//! disksynth's on-disk format generators. Each turns a description (a host
+//! directory as a [`tree::Tree`], options) into a [`synth::RegionMap`]:
+//! metadata bytes in memory, file contents mapped lazily from host files,
+//! free space as holes. Layout is computed first and is pure; serving bytes
+//! is the region map's job, so no exporter knows any format.
+//!
+//! - [`fat`]: FAT12/16/32 from a directory (`disksynth floppy`).
+//! - [`mbr`]: a DOS partition table around a volume.
+
+pub mod bootstub;
+pub mod fat;
+pub mod mbr;
