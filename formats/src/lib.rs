@@ -10,3 +10,4 @@
 pub mod bootstub;
 pub mod fat;
 pub mod mbr;
+mod par;

@@ -115,6 +115,7 @@ impl fmt::Debug for RegionMap {
 pub struct RegionMapBuilder {
     regions: Vec<Region>,
     pos: u64,
+    recent: Vec<Arc<str>>,
 }
 
 impl RegionMapBuilder {
@@ -155,14 +156,30 @@ impl RegionMapBuilder {
                 format!("region {name}: device size overflows 64 bits"),
             )
         })?;
+        let name = self.intern(name);
         self.regions.push(Region {
             start: self.pos,
             len,
             backing,
-            name: name.into(),
+            name,
         });
         self.pos = end;
         Ok(self)
+    }
+
+    /// The shared name for `name`: generators push the same few names
+    /// (padding, file data) for every file, and 100,000 files should not
+    /// mean 200,000 small allocations.
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.recent.iter().find(|n| &***n == name) {
+            return n.clone();
+        }
+        let n: Arc<str> = name.into();
+        if self.recent.len() == 4 {
+            self.recent.remove(0);
+        }
+        self.recent.push(n.clone());
+        n
     }
 
     /// Append in-memory bytes.

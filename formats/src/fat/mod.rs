@@ -187,3 +187,202 @@ pub(crate) fn human(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+
+    use synth::BlockDev;
+
+    use super::*;
+
+    fn tree_of(dir: &Path) -> tree::Tree {
+        tree::scan(
+            dir,
+            &tree::ScanOptions {
+                follow_symlinks: true,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A directory with one sparse file of `size` bytes.
+    fn with_file(size: u64) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::File::create(d.path().join("data.bin"))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        d
+    }
+
+    fn read_all(map: &synth::RegionMap) -> Vec<u8> {
+        let mut v = vec![0u8; map.size() as usize];
+        map.read_at(&mut v, 0).unwrap();
+        v
+    }
+
+    #[test]
+    fn automatic_type_follows_the_amount_of_data() {
+        for (size, want) in [
+            (100_000u64, FatType::Fat12),
+            (20 << 20, FatType::Fat16),
+            (1 << 30, FatType::Fat32),
+        ] {
+            let d = with_file(size);
+            let img = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+            assert_eq!(img.geometry.fat_type, want, "{size} bytes of data");
+            let (lo, hi) = want.cluster_range();
+            assert!((lo..=hi).contains(&img.geometry.clusters));
+            assert_eq!(
+                img.map.size() % (1 << 20),
+                0,
+                "automatic sizes are whole MiB"
+            );
+        }
+    }
+
+    #[test]
+    fn too_small_size_says_what_is_needed() {
+        let d = with_file(5 << 20);
+        let opts = FatOptions {
+            size: Some(4 << 20),
+            ..FatOptions::default()
+        };
+        let e = build(&tree_of(d.path()), &opts).unwrap_err();
+        assert!(e.to_string().contains("needs at least"), "{e}");
+    }
+
+    #[test]
+    fn file_of_4_gib_is_refused_and_4_gib_minus_1_is_not() {
+        let d = with_file(1 << 32);
+        let e = build(&tree_of(d.path()), &FatOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("data.bin"), "{e}");
+        let d = with_file((1 << 32) - 1);
+        let img = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+        assert_eq!(img.geometry.fat_type, FatType::Fat32);
+    }
+
+    #[test]
+    fn forced_type_that_cannot_hold_the_data_is_an_error() {
+        let d = with_file(200 << 20);
+        let opts = FatOptions {
+            fat_type: Some(FatType::Fat12),
+            ..FatOptions::default()
+        };
+        assert!(build(&tree_of(d.path()), &opts).is_err());
+    }
+
+    #[test]
+    fn floppy_has_the_standard_size_and_no_partition_table() {
+        let d = with_file(1000);
+        let opts = FatOptions {
+            floppy: Some(FloppyFormat::F1440),
+            ..FatOptions::default()
+        };
+        let img = build(&tree_of(d.path()), &opts).unwrap();
+        assert_eq!(img.map.size(), 1_474_560);
+        let bytes = read_all(&img.map);
+        assert_eq!(bytes[21], 0xF0, "media byte");
+        assert_eq!(u16::from_le_bytes([bytes[24], bytes[25]]), 18);
+        assert_eq!(&bytes[54..62], b"FAT12   ");
+        let big = with_file(2 << 20);
+        let e = build(&tree_of(big.path()), &opts).unwrap_err();
+        assert!(e.to_string().contains("1.44M floppy is too small"), "{e}");
+    }
+
+    #[test]
+    fn same_tree_same_bytes_and_serial_follows_content() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a.txt"), b"hello").unwrap();
+        fs::create_dir(d.path().join("Sub Dir")).unwrap();
+        fs::write(d.path().join("Sub Dir/b"), b"").unwrap();
+        let a = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+        let b = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+        assert!(read_all(&a.map) == read_all(&b.map));
+        fs::write(d.path().join("c.txt"), b"more").unwrap();
+        let c = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+        assert_ne!(a.serial, c.serial);
+    }
+
+    #[test]
+    fn empty_file_has_cluster_0_and_dotdot_of_a_top_dir_is_0() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("SUB")).unwrap();
+        fs::write(d.path().join("SUB/EMPTY"), b"").unwrap();
+        let opts = FatOptions {
+            fat_type: Some(FatType::Fat32),
+            partition: Partitioning::None,
+            ..FatOptions::default()
+        };
+        let img = build(&tree_of(d.path()), &opts).unwrap();
+        let g = img.geometry;
+        let bytes = read_all(&img.map);
+        // Root (cluster 2) holds SUB at entry 0; SUB is the next cluster.
+        let root = g.cluster_offset(2) as usize;
+        assert_eq!(&bytes[root..root + 11], b"SUB        ");
+        let sub_cluster = u16::from_le_bytes([bytes[root + 26], bytes[root + 27]]) as u32;
+        let sub = g.cluster_offset(sub_cluster) as usize;
+        assert_eq!(&bytes[sub..sub + 11], b".          ");
+        assert_eq!(&bytes[sub + 32..sub + 43], b"..         ");
+        assert_eq!(
+            &bytes[sub + 32 + 26..sub + 32 + 28],
+            &[0, 0],
+            "'..' to the root is 0"
+        );
+        assert_eq!(&bytes[sub + 64..sub + 75], b"EMPTY      ");
+        assert_eq!(&bytes[sub + 64 + 20..sub + 64 + 22], &[0, 0]);
+        assert_eq!(
+            &bytes[sub + 64 + 26..sub + 64 + 32],
+            &[0; 6],
+            "empty file: cluster 0, size 0"
+        );
+        // FSInfo: free = clusters - 2 used (root, SUB); next free = 4.
+        assert_eq!(
+            u32::from_le_bytes(bytes[512 + 488..512 + 492].try_into().unwrap()),
+            g.clusters - 2
+        );
+        assert_eq!(
+            u32::from_le_bytes(bytes[512 + 492..512 + 496].try_into().unwrap()),
+            4
+        );
+        // Backup boot sector at sector 6.
+        assert!(bytes[..512] == bytes[6 * 512..7 * 512]);
+    }
+
+    #[test]
+    fn case_collision_names_both() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("Foo"), b"").unwrap();
+        fs::write(d.path().join("foo"), b"").unwrap();
+        let e = build(&tree_of(d.path()), &FatOptions::default()).unwrap_err();
+        let msg = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(msg.contains("Foo") && msg.contains("foo"), "{msg}");
+    }
+
+    #[test]
+    fn free_space_is_reported_as_holes() {
+        let d = with_file(0);
+        let img = build(
+            &tree_of(d.path()),
+            &FatOptions {
+                size: Some(64 << 20),
+                ..FatOptions::default()
+            },
+        )
+        .unwrap();
+        let mut ex = synth::ExtentList::new(0);
+        img.map.extents(0, img.map.size(), &mut ex).unwrap();
+        let data: u64 = ex
+            .as_slice()
+            .iter()
+            .filter(|e| e.kind == synth::ExtentKind::Data)
+            .map(|e| e.len)
+            .sum();
+        assert!(
+            data < 1 << 20,
+            "{data} bytes reported as data in a nearly empty 64 MiB disk"
+        );
+    }
+}

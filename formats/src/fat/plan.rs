@@ -22,6 +22,15 @@ pub const MAX_DIR_ENTRIES: u64 = 65536;
 /// partitioner aligns.
 pub const PARTITION_START: u64 = 1 << 20;
 
+/// The children of `dir` that FAT can hold (a FAT scan follows links and
+/// drops specials, so this is all of them; the filter keeps names and
+/// [`DirPlan::children`] aligned whatever the tree holds).
+fn fat_children(dir: &Node) -> impl Iterator<Item = &Node> {
+    dir.children()
+        .iter()
+        .filter(|k| matches!(k.kind, NodeKind::Dir(_) | NodeKind::File))
+}
+
 /// A child of a directory in the plan.
 #[derive(Debug, Clone, Copy)]
 pub enum Child {
@@ -99,63 +108,31 @@ impl<'a> Plan<'a> {
             next_free: 2,
             replaced: Vec::new(),
         };
-        plan.walk(&tree.root, 0, opts.label.is_some())?;
+        plan.walk(&tree.root, 0);
+        plan.name_all(opts.label.is_some())?;
         plan.choose_geometry(opts)?;
         plan.allocate();
         Ok(plan)
     }
 
-    fn walk(&mut self, node: &'a Node, parent: usize, label: bool) -> Result<usize, FatError> {
+    /// Collect directories and files in pre-order (no names yet).
+    fn walk(&mut self, node: &'a Node, parent: usize) -> usize {
         let idx = self.dirs.len();
-        let is_root = idx == 0;
         let kids = node.children();
-        let mut host_names = Vec::with_capacity(kids.len());
-        for k in kids {
-            host_names.push(
-                k.name
-                    .to_str()
-                    .ok_or_else(|| FatError::NonUtf8(k.path.clone()))?,
-            );
-        }
-        let names = names::assign(&host_names).map_err(|source| FatError::Name {
-            dir: node.path.clone(),
-            source,
-        })?;
-        let mut entries: u64 = if is_root { u64::from(label) } else { 2 };
-        for n in &names {
-            entries += 1 + n.long.as_ref().map_or(0, |l| l.len().div_ceil(13)) as u64;
-        }
-        if entries > MAX_DIR_ENTRIES {
-            return Err(FatError::DirTooLarge {
-                path: node.path.clone(),
-                entries,
-            });
-        }
-        for (k, n) in kids.iter().zip(&names) {
-            if n.replaced {
-                self.replaced.push(k.path.clone());
-            }
-        }
         self.dirs.push(DirPlan {
             node,
             parent,
-            names,
-            children: Vec::with_capacity(kids.len()),
-            entries,
+            names: Vec::new(),
+            children: Vec::new(),
+            entries: 0,
             cluster: 0,
             clusters: 0,
         });
         let mut children = Vec::with_capacity(kids.len());
         for k in kids {
             match &k.kind {
-                NodeKind::Dir(_) => children.push(Child::Dir(self.walk(k, idx, label)?)),
+                NodeKind::Dir(_) => children.push(Child::Dir(self.walk(k, idx))),
                 NodeKind::File => {
-                    if k.meta.size > MAX_FILE {
-                        return Err(FatError::FileTooLarge {
-                            path: k.path.clone(),
-                            size: k.meta.size,
-                        });
-                    }
                     children.push(Child::File(self.files.len()));
                     self.files.push(FilePlan {
                         node: k,
@@ -169,7 +146,57 @@ impl<'a> Plan<'a> {
             }
         }
         self.dirs[idx].children = children;
-        Ok(idx)
+        idx
+    }
+
+    /// Give every directory's children their FAT names (in parallel: names
+    /// are the bulk of layout time for big trees) and count entries.
+    fn name_all(&mut self, label: bool) -> Result<(), FatError> {
+        let named = crate::par::par_map(&self.dirs, |_, d| -> Result<Vec<FatName>, FatError> {
+            let mut host = Vec::with_capacity(d.children.len());
+            for k in fat_children(d.node) {
+                host.push(
+                    k.name
+                        .to_str()
+                        .ok_or_else(|| FatError::NonUtf8(k.path.clone()))?,
+                );
+            }
+            names::assign(&host).map_err(|source| FatError::Name {
+                dir: d.node.path.clone(),
+                source,
+            })
+        });
+        for (i, names) in named.into_iter().enumerate() {
+            let names = names?;
+            let d = &mut self.dirs[i];
+            debug_assert_eq!(names.len(), d.children.len());
+            let mut entries: u64 = if i == 0 { u64::from(label) } else { 2 };
+            for n in &names {
+                entries += 1 + n.long.as_ref().map_or(0, |l| l.len().div_ceil(13)) as u64;
+            }
+            if entries > MAX_DIR_ENTRIES {
+                return Err(FatError::DirTooLarge {
+                    path: d.node.path.clone(),
+                    entries,
+                });
+            }
+            for (k, n) in fat_children(d.node).zip(&names) {
+                if n.replaced {
+                    self.replaced.push(k.path.clone());
+                }
+            }
+            d.names = names;
+            d.entries = entries;
+        }
+        for f in &self.files {
+            if f.node.meta.size > MAX_FILE {
+                return Err(FatError::FileTooLarge {
+                    path: f.node.path.clone(),
+                    size: f.node.meta.size,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Data clusters needed with clusters of `cs` bytes (the FAT12/16 root
@@ -245,7 +272,8 @@ impl<'a> Plan<'a> {
     /// Cluster sizes (in sectors) to try for each type, preferred first:
     /// the Microsoft table's choices (FAT16 up to 8 KiB clusters, FAT32
     /// 4 KiB up to 8 GiB then doubling), then the unusual ones a forced
-    /// type or an odd size may need.
+    /// type or an odd size may need. Clusters stay at most 32 KiB: the
+    /// spec's limit, and larger ones break many readers.
     fn candidates(
         &self,
         forced: Option<FatType>,
@@ -266,18 +294,12 @@ impl<'a> Plan<'a> {
                 .filter(|&s| s >= fat32_first)
                 .map(|s| (FatType::Fat32, s)),
         );
-        list.extend([16, 32, 64, 128].map(|s| (FatType::Fat12, s)));
-        list.extend([1, 2, 32, 64, 128].map(|s| (FatType::Fat16, s)));
+        list.extend([16, 32, 64].map(|s| (FatType::Fat12, s)));
+        list.extend([1, 2, 32, 64].map(|s| (FatType::Fat16, s)));
         list.extend(
-            [1, 2, 4, 8, 16, 32, 64, 128]
+            [1, 2, 4, 8, 16, 32, 64]
                 .into_iter()
                 .filter(|&s| s < fat32_first)
-                .map(|s| (FatType::Fat32, s)),
-        );
-        list.extend(
-            [128]
-                .into_iter()
-                .filter(|&s| s >= fat32_first)
                 .map(|s| (FatType::Fat32, s)),
         );
         list.into_iter()
