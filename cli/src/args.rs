@@ -71,6 +71,17 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// An ext4 filesystem holding a host directory, synthesized virtually: metadata in
+    /// memory, file contents read from the host files on demand.
+    #[command(after_help = EXT4_EXAMPLES)]
+    Ext4 {
+        /// The directory to put in the filesystem.
+        dir: PathBuf,
+        #[command(flatten)]
+        ext4: Ext4Args,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
     /// SIZE bytes where every 8-byte big-endian word holds its own offset (read-only).
     #[command(after_help = EXAMPLES)]
     Pattern {
@@ -126,6 +137,57 @@ fn parse_serial(s: &str) -> Result<u32, String> {
     let t = s.trim_start_matches("0x").replace('-', "");
     u32::from_str_radix(&t, 16)
         .map_err(|_| format!("{s:?} is not a serial number (8 hex digits, e.g. 1234-ABCD)"))
+}
+
+const EXT4_EXAMPLES: &str = "\
+Examples:
+  disksynth ext4 ./rootfs --serve                    an ext4 filesystem holding ./rootfs, over NBD
+  disksynth ext4 ./rootfs --size 4G --label root -o root.img
+  disksynth ext4 ./rootfs --owner root --rw --run 'qemu-system-x86_64 ... -drive file=$nbd,if=virtio'
+
+The filesystem is the whole disk (no partition table): 4 KiB blocks, extents, hashed
+directories, metadata_csum, an empty journal, lost+found. Symlinks, hard links, device
+nodes, fifos and sockets are kept; sparse files stay sparse. File times are the host's
+(atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own times. The UUID
+comes from the tree, so the same tree gives the same bytes.";
+
+/// ext4 layout options.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "ext4")]
+pub struct Ext4Args {
+    /// Filesystem size, a multiple of 4 KiB (default: the data, metadata and some
+    /// slack, in whole MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<Size>,
+    /// Volume label, up to 16 bytes.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// Filesystem UUID, e.g. 0b9f4f8e-35d5-4d63-9c3e-5a1d2f7e8a10 (default: derived from
+    /// the tree).
+    #[arg(long, value_name = "UUID", value_parser = parse_uuid)]
+    pub uuid: Option<[u8; 16]>,
+    /// `keep` the host's uid/gid, or make everything owned by `root` (0:0).
+    #[arg(long, value_name = "keep|root", default_value = "keep")]
+    pub owner: formats::ext4::Owner,
+    /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
+    #[arg(long)]
+    pub rw: bool,
+    /// Most host files kept open at once.
+    #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
+    pub max_open_files: usize,
+}
+
+fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    let hex: String = s.chars().filter(|&c| c != '-').collect();
+    let bad = || format!("{s:?} is not a UUID (32 hex digits, dashes allowed)");
+    if hex.len() != 32 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 /// How the disk is handed out: serve it (TCP, Unix, captive) or write it.

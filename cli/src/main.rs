@@ -15,7 +15,7 @@ use clap::Parser;
 use nbd_export::{write_raw, RawOutput, ServerOptions};
 use synth::{BlockDev, Export, SharedExport};
 
-use crate::args::{Cli, ExportArgs, FatArgs, Source};
+use crate::args::{Cli, ExportArgs, Ext4Args, FatArgs, Source};
 use crate::serve::{serve, systemd_listener, tcp_endpoint, Endpoint};
 use crate::size::Size;
 
@@ -92,6 +92,15 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
             format!("FAT disk of {}", dir.display()),
             export,
         ),
+        Source::Ext4 {
+            dir,
+            ext4: e,
+            export,
+        } => (
+            ext4(dir, e, export)?,
+            format!("ext4 filesystem of {}", dir.display()),
+            export,
+        ),
     })
 }
 
@@ -147,6 +156,79 @@ fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc<dyn BlockD
         image.used_clusters,
         image.volume_offset,
         Size(image.map.size()),
+        scanned.as_secs_f64() * 1000.0,
+        (t0.elapsed() - scanned).as_secs_f64() * 1000.0
+    );
+    let map: Arc<dyn BlockDev> = Arc::new(image.map);
+    if a.rw && !export.readonly {
+        Ok(Arc::new(synth::CowOverlay::new(
+            map,
+            synth::OverlayOptions::default(),
+        )?))
+    } else {
+        Ok(map)
+    }
+}
+
+/// Scan `dir` and build its ext4 image (with an overlay under `--rw`).
+fn ext4(dir: &Path, a: &Ext4Args, export: &ExportArgs) -> Result<Arc<dyn BlockDev>> {
+    use formats::ext4::Ext4Options;
+    let t0 = std::time::Instant::now();
+    // Not following links: ext4 keeps symlinks, devices, fifos and sockets.
+    let tree = tree::scan(
+        dir,
+        &tree::ScanOptions {
+            follow_symlinks: false,
+        },
+    )
+    .with_context(|| format!("scanning {}", dir.display()))?;
+    let timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Some(
+            v.trim()
+                .parse::<i64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        ),
+        Err(_) => None,
+    };
+    if let Some(t) = timestamp {
+        if !(0..=i64::from(u32::MAX)).contains(&t) {
+            bail!(
+                "SOURCE_DATE_EPOCH={t} is outside what an ext4 superblock holds (0 to 4294967295)"
+            );
+        }
+    }
+    let opts = Ext4Options {
+        size: a.size.map(|s| s.0),
+        label: a.label.clone(),
+        uuid: a.uuid,
+        owner: a.owner,
+        timestamp,
+        max_open_files: a.max_open_files,
+    };
+    let scanned = t0.elapsed();
+    let image = formats::ext4::build(&tree, &opts)
+        .with_context(|| format!("building an ext4 filesystem of {}", dir.display()))?;
+    let uuid: String = (image.uuid.iter().enumerate())
+        .map(|(i, b)| {
+            format!(
+                "{}{b:02x}",
+                if [4, 6, 8, 10].contains(&i) { "-" } else { "" }
+            )
+        })
+        .collect();
+    log::info!(
+        "{}: {} files, {} directories, {} symlinks, {} special, {} of data ({} sparse files); ext4 {}, {} of {} inodes used, UUID {uuid}, {} regions (scanned in {:.1} ms, laid out in {:.1} ms)",
+        dir.display(),
+        tree.stats.files,
+        tree.stats.dirs,
+        tree.stats.symlinks,
+        tree.stats.specials,
+        Size(tree.stats.bytes),
+        image.sparse_files,
+        Size(image.size),
+        image.used_inodes,
+        image.inodes,
+        image.map.regions().len(),
         scanned.as_secs_f64() * 1000.0,
         (t0.elapsed() - scanned).as_secs_f64() * 1000.0
     );
@@ -230,7 +312,8 @@ fn verbosity(src: &Source) -> u8 {
         | Source::Memory { export, .. }
         | Source::Zero { export, .. }
         | Source::Pattern { export, .. }
-        | Source::Floppy { export, .. } => export.verbose,
+        | Source::Floppy { export, .. }
+        | Source::Ext4 { export, .. } => export.verbose,
     }
 }
 

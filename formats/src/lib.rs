@@ -5,9 +5,11 @@
 //! is the region map's job, so no exporter knows any format.
 //!
 //! - [`fat`]: FAT12/16/32 from a directory (`disksynth floppy`).
+//! - [`ext4`]: ext4 from a directory (`disksynth ext4`).
 //! - [`mbr`]: a DOS partition table around a volume.
 
 pub mod bootstub;
+pub mod ext4;
 pub mod fat;
 pub mod mbr;
 mod par;

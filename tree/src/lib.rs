@@ -120,6 +120,9 @@ pub struct Meta {
     pub nlink: u64,
     /// Device number for device nodes.
     pub rdev: u64,
+    /// Allocated 512-byte blocks (`st_blocks`): fewer than `size` needs
+    /// means the file may be sparse.
+    pub blocks: u64,
 }
 
 impl Meta {
@@ -140,6 +143,7 @@ impl Meta {
             ino: m.ino(),
             nlink: m.nlink(),
             rdev: m.rdev(),
+            blocks: m.blocks(),
         }
     }
 }

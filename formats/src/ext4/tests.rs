@@ -1,0 +1,215 @@
+//! Unit tests: the virtual image against the engine's own materialized
+//! image, hard links, determinism, sizes. (`e2fsck`/`debugfs` checks live
+//! in the end-to-end tests.)
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use mkext4::reader::Fs;
+use mkext4::sink::VecSink;
+use synth::BlockDev;
+
+use super::image::{content_of, seal};
+use super::plan::{Plan, What};
+use super::*;
+
+fn tree_of(dir: &Path) -> tree::Tree {
+    tree::scan(dir, &tree::ScanOptions::default()).unwrap()
+}
+
+fn read_all(map: &synth::RegionMap) -> Vec<u8> {
+    let mut buf = vec![0u8; map.size() as usize];
+    map.read_at(&mut buf, 0).unwrap();
+    buf
+}
+
+/// A small tree with every kind of entry.
+fn sample() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    fs::create_dir_all(p.join("etc/deep/er")).unwrap();
+    fs::create_dir(p.join("empty")).unwrap();
+    fs::write(p.join("empty-file"), b"").unwrap();
+    fs::write(p.join("etc/hostname"), b"husky\n").unwrap();
+    fs::write(p.join("etc/deep/er/block"), vec![7u8; 4096]).unwrap();
+    let odd: Vec<u8> = (0..100_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    fs::write(p.join("odd"), &odd).unwrap();
+    fs::hard_link(p.join("odd"), p.join("etc/odd-link")).unwrap();
+    symlink("hostname", p.join("etc/fast")).unwrap();
+    symlink("x".repeat(200), p.join("etc/slow")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    // Sparse: a hole, 3 bytes of data, a hole, data, a hole at the end.
+    let f = fs::File::create(p.join("sparse")).unwrap();
+    f.set_len(1 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"abc", 64 << 10).unwrap();
+    f.write_all_at(&[9u8; 5000], 512 << 10).unwrap();
+    d
+}
+
+/// The engine's own output for the same plan, file data filled from the
+/// host files.
+fn materialized(tree: &tree::Tree, opts: &Ext4Options) -> Vec<u8> {
+    let plan = Plan::new(tree).unwrap();
+    let sealed = seal(tree, &plan, opts).unwrap();
+    let mut sink = VecSink::default();
+    let mut w = sealed.layout.writer(&mut sink).unwrap();
+    for (i, e) in plan.entries.iter().enumerate() {
+        let What::File { data } = &e.what else {
+            continue;
+        };
+        if sealed.layout.extents(sealed.handles[i]).is_empty() {
+            continue;
+        }
+        let bytes = fs::read(&e.node.path).unwrap();
+        let mut data_bytes = Vec::new();
+        match data {
+            Some(ranges) => {
+                for &(off, len) in ranges {
+                    data_bytes.extend_from_slice(&bytes[off as usize..(off + len) as usize]);
+                }
+            }
+            None => data_bytes = bytes,
+        }
+        w.fill(sealed.handles[i], &mut data_bytes.as_slice().by_ref())
+            .unwrap();
+    }
+    w.finish().unwrap();
+    sink.buf
+}
+
+#[test]
+fn virtual_image_equals_the_engines_materialized_image() {
+    let d = sample();
+    let t = tree_of(d.path());
+    let opts = Ext4Options::default();
+    let image = build(&t, &opts).unwrap();
+    assert_eq!(image.sparse_files, 1);
+    let virt = read_all(&image.map);
+    let real = materialized(&t, &opts);
+    assert_eq!(virt.len(), real.len());
+    let first_diff = virt.iter().zip(&real).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "virtual and materialized images differ");
+    let starts: Vec<u64> = image.map.regions().iter().map(|r| r.start).collect();
+    synth::testing::check_dev(&image.map, &real, &starts);
+}
+
+#[test]
+fn files_links_and_holes_read_back() {
+    let d = sample();
+    let image = build(&tree_of(d.path()), &Ext4Options::default()).unwrap();
+    let bytes = read_all(&image.map);
+    let fs = Fs::open(&bytes[..]).unwrap();
+    let odd = fs.resolve("/odd").unwrap();
+    assert_eq!(fs.resolve("/etc/odd-link").unwrap(), odd, "same inode");
+    assert_eq!(fs.inode(odd).unwrap().links_count, 2);
+    assert_eq!(
+        fs.read_file(odd).unwrap(),
+        fs::read(d.path().join("odd")).unwrap()
+    );
+    let sparse = fs.resolve("/sparse").unwrap();
+    assert_eq!(
+        fs.read_file(sparse).unwrap(),
+        fs::read(d.path().join("sparse")).unwrap()
+    );
+    // 2 data blocks (the 3 bytes, the 5000 bytes take 2): 3 blocks of 8 sectors.
+    assert_eq!(fs.inode(sparse).unwrap().blocks, 3 * 8);
+    let slow = fs.resolve("/etc/slow").unwrap();
+    assert_eq!(fs.symlink_target(slow).unwrap(), "x".repeat(200).as_bytes());
+    assert!(fs.resolve("/lost+found").is_ok());
+    assert!(fs.verify().unwrap().is_empty());
+}
+
+#[test]
+fn same_tree_same_bytes_and_uuid_follows_content() {
+    let d = sample();
+    let opts = Ext4Options::default();
+    let a = build(&tree_of(d.path()), &opts).unwrap();
+    let b = build(&tree_of(d.path()), &opts).unwrap();
+    assert_eq!(a.uuid, b.uuid);
+    assert!(read_all(&a.map) == read_all(&b.map), "two builds differ");
+    fs::write(d.path().join("etc/hostname"), b"beagle\n").unwrap();
+    let c = build(&tree_of(d.path()), &opts).unwrap();
+    assert_ne!(a.uuid, c.uuid);
+    let fixed = Ext4Options {
+        uuid: Some([0x42; 16]),
+        ..Ext4Options::default()
+    };
+    assert_eq!(build(&tree_of(d.path()), &fixed).unwrap().uuid, [0x42; 16]);
+}
+
+#[test]
+fn too_small_size_says_what_is_needed_and_that_size_works() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("big"), vec![1u8; 40 << 20]).unwrap();
+    let t = tree_of(d.path());
+    let small = Ext4Options {
+        size: Some(32 << 20),
+        ..Ext4Options::default()
+    };
+    let needed = match build(&t, &small) {
+        Err(Ext4Error::TooSmall { needed, .. }) => needed,
+        r => panic!("expected TooSmall, got {r:?}"),
+    };
+    assert!(needed > 40 << 20, "{needed}");
+    let exact = Ext4Options {
+        size: Some(needed),
+        ..Ext4Options::default()
+    };
+    assert_eq!(build(&t, &exact).unwrap().size, needed);
+    let e = build(&t, &small).unwrap_err().to_string();
+    assert!(e.contains("needs at least"), "{e}");
+}
+
+#[test]
+fn sizes_that_are_not_whole_blocks_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let opts = Ext4Options {
+        size: Some((64 << 20) + 512),
+        ..Ext4Options::default()
+    };
+    let e = build(&tree_of(d.path()), &opts).unwrap_err();
+    assert!(matches!(e, Ext4Error::BadSize { .. }), "{e}");
+}
+
+#[test]
+fn owner_root_makes_everything_root_owned() {
+    let d = sample();
+    let opts = Ext4Options {
+        owner: Owner::Root,
+        ..Ext4Options::default()
+    };
+    let bytes = read_all(&build(&tree_of(d.path()), &opts).unwrap().map);
+    let fs = Fs::open(&bytes[..]).unwrap();
+    let i = fs.inode(fs.resolve("/etc/hostname").unwrap()).unwrap();
+    assert_eq!((i.uid, i.gid), (0, 0));
+}
+
+#[test]
+fn big_directories_fit_the_estimate() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..3000 {
+        fs::write(
+            d.path().join(format!("a-rather-long-file-name-{i:06}")),
+            b"x",
+        )
+        .unwrap();
+    }
+    let t = tree_of(d.path());
+    let c = content_of(&t);
+    let image = build(&t, &Ext4Options::default()).unwrap();
+    assert!(image.size >= c.blocks * 4096);
+    let bytes = read_all(&image.map);
+    let fs = Fs::open(&bytes[..]).unwrap();
+    let ino = fs.resolve("/a-rather-long-file-name-002999").unwrap();
+    assert_eq!(fs.read_file(ino).unwrap(), b"x");
+}
