@@ -9,12 +9,17 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(qemu-utils libnbd-bin python3-libnbd nbdkit fio)
+PACKAGES=(qemu-utils libnbd-bin python3-libnbd nbdkit fio dosfstools mtools qemu-system-x86 e2fsprogs diffutils)
 # tool -> package that provides it
 declare -A PROVIDES=(
   [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
   [nbdinfo]=libnbd-bin [nbdcopy]=libnbd-bin [nbdsh]=libnbd-bin
   [nbdkit]=nbdkit [fio]=fio
+  [fsck.fat]=dosfstools [mkfs.fat]=dosfstools
+  [mcopy]=mtools [mdir]=mtools [mdel]=mtools
+  [qemu-system-x86_64]=qemu-system-x86
+  [e2fsck]=e2fsprogs [debugfs]=e2fsprogs [dumpe2fs]=e2fsprogs [mke2fs]=e2fsprogs
+  [diff]=diffutils [cmp]=diffutils
 )
 
 step() { printf '\n==> %s\n' "$*"; }

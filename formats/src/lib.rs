@@ -13,3 +13,4 @@ pub mod ext4;
 pub mod fat;
 pub mod mbr;
 mod par;
+mod sparse;

@@ -7,7 +7,9 @@
 //! * [`require_tool!`] skips a test when a client is missing (panics under `CI=true`);
 //! * [`Server`] spawns a server, reads its URI and kills it by pid on drop;
 //! * [`run`] / [`run_ok`] run a client with a time bound and capture its output;
-//! * [`pattern`], [`random_bytes`], [`Extent`] build and check expected data.
+//! * [`pattern`], [`random_bytes`], [`Extent`] build and check expected data;
+//! * [`trees`] builds, snapshots and compares host directory trees (the `floppy` tests);
+//! * [`ext4_util`] drives e2fsck, debugfs and dumpe2fs for the `ext4` tests.
 //!
 //! ```no_run
 //! use disksynth_tests::{require_tool, run_ok, tempdir, Server};
@@ -22,8 +24,10 @@
 
 mod clients;
 mod data;
+pub mod ext4_util;
 mod process;
 mod server;
+pub mod trees;
 
 use std::env;
 use std::path::{Path, PathBuf};

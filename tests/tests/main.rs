@@ -3,8 +3,10 @@
 //! module per client or feature, as in ripgrep; helpers live in `disksynth_tests`.
 
 mod cli_errors;
+mod ext4;
 mod extended_headers;
 mod fio;
+mod floppy;
 mod harness;
 mod nbdcopy;
 mod nbdinfo;

@@ -20,7 +20,7 @@
 //!   ranges), the UUID, the filesystem time;
 //! - [`layout`]: how big the filesystem must be (pure arithmetic);
 //! - [`image`]: declarations → sealed layout → region map;
-//! - [`sparse`]: data ranges of sparse host files (`SEEK_DATA`/`SEEK_HOLE`).
+//! - `crate::sparse`: data ranges of sparse host files (`SEEK_DATA`/`SEEK_HOLE`).
 //!
 //! ```no_run
 //! use formats::ext4::{build, Ext4Options};
@@ -32,7 +32,7 @@
 mod image;
 pub mod layout;
 mod plan;
-mod sparse;
+
 #[cfg(test)]
 mod tests;
 

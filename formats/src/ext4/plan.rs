@@ -15,8 +15,9 @@ use mkext4::SpecialKind;
 use tree::{Node, NodeKind, Tree};
 
 use super::layout::Content;
-use super::{sparse, Ext4Error, Ext4Options, Owner};
+use super::{Ext4Error, Ext4Options, Owner};
 use crate::par::par_map;
+use crate::sparse;
 
 /// Longest symlink target stored in the inode itself (a "fast" symlink);
 /// longer ones take a block (ext4 wiki, "Symbolic Links").
@@ -244,16 +245,21 @@ pub(crate) fn meta(node: &Node, opts: &Ext4Options) -> mkext4::Meta {
         gid,
         ts(node.meta.mtime),
     );
-    // atime is left at mtime: serving the image reads the host files,
-    // which moves their atime, and the next build must still give the
-    // same bytes.
-    m.ctime = Some(ts(node.meta.ctime));
+    // atime and ctime are left at mtime: serving the image reads the host
+    // files, which moves their atime, and every copy, `tar x` or checkout
+    // of a tree gives it new ctimes; the same tree must give the same bytes.
+    m.ctime = Some(ts(node.meta.mtime));
     m
 }
 
 /// The filesystem time: `opts.timestamp`, else the newest mtime in the
-/// tree, within what the superblock's 32-bit fields hold.
+/// tree but never later than now (a superblock written "in the future"
+/// makes e2fsck want to fix it), within what the superblock's 32-bit
+/// fields hold.
 pub(crate) fn epoch(tree: &Tree, opts: &Ext4Options) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     fn newest(n: &Node) -> i64 {
         n.children()
             .iter()
@@ -261,7 +267,7 @@ pub(crate) fn epoch(tree: &Tree, opts: &Ext4Options) -> i64 {
             .fold(n.meta.mtime.secs, i64::max)
     }
     opts.timestamp
-        .unwrap_or_else(|| newest(&tree.root))
+        .unwrap_or_else(|| newest(&tree.root).min(now))
         .clamp(0, i64::from(u32::MAX))
 }
 
@@ -282,20 +288,16 @@ pub(crate) fn derive_uuid(tree: &Tree, opts: &Ext4Options, size: u64, epoch: i64
         let m = &n.meta;
         eat(n.name.as_encoded_bytes());
         eat(&[0]);
-        for v in [
-            m.size,
-            u64::from(m.mode),
-            u64::from(m.uid),
-            u64::from(m.gid),
-        ] {
+        // Only what the image holds: not host ctimes, link counts (which
+        // count links outside the tree) or directory sizes (which depend
+        // on the host filesystem).
+        let size = if n.is_dir() { 0 } else { m.size };
+        for v in [size, u64::from(m.mode), u64::from(m.uid), u64::from(m.gid)] {
             eat(&v.to_le_bytes());
         }
-        for t in [m.mtime, m.ctime] {
-            eat(&t.secs.to_le_bytes());
-            eat(&t.nanos.to_le_bytes());
-        }
+        eat(&m.mtime.secs.to_le_bytes());
+        eat(&m.mtime.nanos.to_le_bytes());
         eat(&m.rdev.to_le_bytes());
-        eat(&m.nlink.to_le_bytes());
         if let NodeKind::Symlink { target } = &n.kind {
             eat(target.as_os_str().as_encoded_bytes());
             eat(&[0]);

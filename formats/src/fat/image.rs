@@ -149,14 +149,32 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
             m.size,
             (m.mtime.secs, i64::from(m.mtime.nanos)),
         );
-        b.push(
-            &f.node.path.to_string_lossy(),
-            m.size,
-            Backing::Host {
-                file: host,
-                offset: 0,
-            },
-        )?;
+        // Holes of a sparse host file stay holes: block status, nbdcopy
+        // and `-o` skip them instead of copying gigabytes of zeros.
+        let ranges = if crate::sparse::maybe_sparse(m) {
+            crate::sparse::data_ranges(&f.node.path, m.size).unwrap_or_else(|e| {
+                warn!(
+                    "{}: cannot find its holes ({e}); serving it as all data",
+                    f.node.path.display()
+                );
+                vec![(0, m.size)]
+            })
+        } else {
+            vec![(0, m.size)]
+        };
+        let start = vol + g.cluster_offset(f.cluster);
+        for (off, len) in ranges {
+            b.pad_to(start + off)?;
+            // The backing names the host file; the region name is shared.
+            b.push(
+                "file data",
+                len,
+                Backing::Host {
+                    file: host.clone(),
+                    offset: off,
+                },
+            )?;
+        }
         b.pad_to(vol + g.cluster_offset(f.cluster) + u64::from(f.clusters) * cs)?;
     }
     b.pad_to(plan.disk_size)?;
