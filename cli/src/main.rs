@@ -104,25 +104,41 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
     })
 }
 
+/// Scan a host directory for a generator.
+fn scan(dir: &Path, follow_symlinks: bool) -> Result<tree::Tree> {
+    tree::scan(dir, &tree::ScanOptions { follow_symlinks })
+        .with_context(|| format!("scanning {}", dir.display()))
+}
+
+/// `SOURCE_DATE_EPOCH` (reproducible-builds.org), if set.
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Ok(Some(v.trim().parse::<i64>().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+        })?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// A generated image, writable through an in-memory overlay under `--rw`
+/// (clients never reach the host tree).
+fn with_overlay(map: Arc<dyn BlockDev>, rw: bool) -> Result<Arc<dyn BlockDev>> {
+    Ok(if rw {
+        Arc::new(synth::CowOverlay::new(
+            map,
+            synth::OverlayOptions::default(),
+        )?)
+    } else {
+        map
+    })
+}
+
 /// Scan `dir` and build its FAT image (with an overlay under `--rw`).
 fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc<dyn BlockDev>> {
     use formats::fat::{FatOptions, Partitioning};
     let t0 = std::time::Instant::now();
-    let tree = tree::scan(
-        dir,
-        &tree::ScanOptions {
-            follow_symlinks: true,
-        },
-    )
-    .with_context(|| format!("scanning {}", dir.display()))?;
-    let timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => Some(
-            v.trim()
-                .parse::<i64>()
-                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        ),
-        Err(_) => None,
-    };
+    let tree = scan(dir, true)?;
+    let timestamp = source_date_epoch()?;
     let partition = match (a.partition.as_deref(), a.floppy) {
         (Some("mbr"), Some(_)) => {
             bail!("--floppy images have no partition table; leave out --partition mbr")
@@ -159,15 +175,7 @@ fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc<dyn BlockD
         scanned.as_secs_f64() * 1000.0,
         (t0.elapsed() - scanned).as_secs_f64() * 1000.0
     );
-    let map: Arc<dyn BlockDev> = Arc::new(image.map);
-    if a.rw && !export.readonly {
-        Ok(Arc::new(synth::CowOverlay::new(
-            map,
-            synth::OverlayOptions::default(),
-        )?))
-    } else {
-        Ok(map)
-    }
+    with_overlay(Arc::new(image.map), a.rw && !export.readonly)
 }
 
 /// Scan `dir` and build its ext4 image (with an overlay under `--rw`).
@@ -175,21 +183,8 @@ fn ext4(dir: &Path, a: &Ext4Args, export: &ExportArgs) -> Result<Arc<dyn BlockDe
     use formats::ext4::Ext4Options;
     let t0 = std::time::Instant::now();
     // Not following links: ext4 keeps symlinks, devices, fifos and sockets.
-    let tree = tree::scan(
-        dir,
-        &tree::ScanOptions {
-            follow_symlinks: false,
-        },
-    )
-    .with_context(|| format!("scanning {}", dir.display()))?;
-    let timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => Some(
-            v.trim()
-                .parse::<i64>()
-                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        ),
-        Err(_) => None,
-    };
+    let tree = scan(dir, false)?;
+    let timestamp = source_date_epoch()?;
     if let Some(t) = timestamp {
         if !(0..=i64::from(u32::MAX)).contains(&t) {
             bail!(
@@ -232,15 +227,7 @@ fn ext4(dir: &Path, a: &Ext4Args, export: &ExportArgs) -> Result<Arc<dyn BlockDe
         scanned.as_secs_f64() * 1000.0,
         (t0.elapsed() - scanned).as_secs_f64() * 1000.0
     );
-    let map: Arc<dyn BlockDev> = Arc::new(image.map);
-    if a.rw && !export.readonly {
-        Ok(Arc::new(synth::CowOverlay::new(
-            map,
-            synth::OverlayOptions::default(),
-        )?))
-    } else {
-        Ok(map)
-    }
+    with_overlay(Arc::new(image.map), a.rw && !export.readonly)
 }
 
 fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {

@@ -1941,7 +1941,12 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Needs `qemu-system-x86_64`, which the default test run does not install: Debian 12's
+/// qemu-system-x86 (7.2) replaces the machine's newer backported qemu-utils, whose qemu-img/qemu-io
+/// the extended-headers tests need. Run with `cargo test -- --ignored floppy_boots` where it is
+/// installed.
 #[test]
+#[ignore = "needs qemu-system-x86_64 (not installed by scripts/test.sh; see the comment)"]
 fn floppy_boots_in_qemu_and_says_it_is_not_bootable() {
     require_tool!("qemu-system-x86_64");
     let dir = tempdir();
