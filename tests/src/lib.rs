@@ -25,6 +25,7 @@
 mod clients;
 mod data;
 pub mod ext4_util;
+pub mod generator;
 mod process;
 mod server;
 pub mod trees;

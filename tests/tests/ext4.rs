@@ -22,13 +22,14 @@ use disksynth_tests::ext4_util::{
     debugfs, debugfs_stat, debugfs_stat_many, dumpe2fs_header, e2fsck_clean, rdump, read_image,
     set_mtime_ns, walk_meta, InodeStat, BLOCK,
 };
+use disksynth_tests::generator::{build_image, build_image_fails, generator_cmd, output_with};
 use disksynth_tests::trees::{
     build_awkward_tree, build_deep_dirs, build_wide_dir, diff_snapshots, long_name, make_dir,
     snapshot, write_file,
 };
 use disksynth_tests::{
-    disksynth, nbdinfo_map, nbdinfo_size, qemu_io, random_bytes, require_tool, run, run_ok,
-    tempdir, write_sparse_file, Output, Server, CMD_TIMEOUT, MIB,
+    nbdinfo_map, nbdinfo_size, qemu_io, random_bytes, require_tool, run, run_ok, tempdir,
+    write_sparse_file, Output, Server, CMD_TIMEOUT, MIB,
 };
 
 const GIB: u64 = 1 << 30;
@@ -38,63 +39,17 @@ const GIB: u64 = 1 << 30;
 
 /// `disksynth ext4 TREE ARGS...` with `SOURCE_DATE_EPOCH` removed from the environment.
 fn ext4_cmd(tree: &Path, args: &[&str]) -> Command {
-    let mut cmd = disksynth();
-    cmd.arg("ext4")
-        .arg(tree)
-        .args(args)
-        .env_remove("SOURCE_DATE_EPOCH");
-    cmd
-}
-
-/// Runs `cmd -o img`; panics unless it succeeds and the image exists.
-fn output_with(mut cmd: Command, img: &Path) -> Output {
-    let out = run(cmd.arg("-o").arg(img), CMD_TIMEOUT);
-    assert!(
-        out.status.success(),
-        "disksynth ext4 -o failed\n{}",
-        out.describe()
-    );
-    assert!(
-        img.is_file(),
-        "{} not written\n{}",
-        img.display(),
-        out.describe()
-    );
-    out
+    generator_cmd("ext4", tree, args)
 }
 
 /// `disksynth ext4 TREE ARGS... -o IMG`, which must succeed.
 fn build(tree: &Path, img: &Path, args: &[&str]) -> Output {
-    output_with(ext4_cmd(tree, args), img)
+    build_image("ext4", tree, img, args)
 }
 
-/// `disksynth ext4 TREE ARGS... -o IMG`, which must fail with a message and leave no IMG.
+/// `disksynth ext4 TREE ARGS... -o IMG`, which must fail cleanly, leaving no IMG.
 fn build_fails(tree: &Path, img: &Path, args: &[&str]) -> Output {
-    let out = run(
-        ext4_cmd(tree, args).arg("-o").arg(img),
-        Duration::from_secs(30),
-    );
-    assert!(
-        !out.status.success(),
-        "disksynth ext4 should have failed\n{}",
-        out.describe()
-    );
-    assert!(
-        !img.exists(),
-        "{} exists although the command failed",
-        img.display()
-    );
-    assert!(
-        !out.stderr_str().trim().is_empty(),
-        "failure without a message\n{}",
-        out.describe()
-    );
-    assert!(
-        !out.stderr_str().contains("panicked"),
-        "a panic, not an error message\n{}",
-        out.describe()
-    );
-    out
+    build_image_fails("ext4", tree, img, args)
 }
 
 fn tree_in(dir: &Path, build_tree: impl FnOnce(&Path)) -> PathBuf {

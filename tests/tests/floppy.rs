@@ -15,13 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use disksynth_tests::generator::{build_image, build_image_fails, generator_cmd, output_with};
 use disksynth_tests::trees::{
     build_awkward_tree, build_deep_dirs, build_wide_dir, diff_snapshots, make_dir, mtime_of,
     set_all_mtimes, set_mtime, snapshot, write_file, Node,
 };
 use disksynth_tests::{
-    disksynth, nbdinfo_json, nbdinfo_map, nbdinfo_size, qemu_io, random_bytes, require_tool, run,
-    run_ok, tempdir, Output, Server, CMD_TIMEOUT, MIB,
+    nbdinfo_json, nbdinfo_map, nbdinfo_size, qemu_io, random_bytes, require_tool, run, run_ok,
+    tempdir, Output, Server, CMD_TIMEOUT, MIB,
 };
 
 /// Where the FAT volume starts in the default (MBR) layout: LBA 2048.
@@ -32,58 +33,17 @@ const PART_OFFSET: u64 = MIB;
 
 /// `disksynth floppy TREE ARGS...` with `SOURCE_DATE_EPOCH` removed from the environment.
 fn floppy_cmd(tree: &Path, args: &[&str]) -> Command {
-    let mut cmd = disksynth();
-    cmd.arg("floppy")
-        .arg(tree)
-        .args(args)
-        .env_remove("SOURCE_DATE_EPOCH");
-    cmd
-}
-
-/// Runs `cmd -o img`; panics unless it succeeds and the image exists.
-fn output_with(mut cmd: Command, img: &Path) -> Output {
-    let out = run(cmd.arg("-o").arg(img), CMD_TIMEOUT);
-    assert!(
-        out.status.success(),
-        "disksynth floppy -o failed\n{}",
-        out.describe()
-    );
-    assert!(
-        img.is_file(),
-        "{} not written\n{}",
-        img.display(),
-        out.describe()
-    );
-    out
+    generator_cmd("floppy", tree, args)
 }
 
 /// `disksynth floppy TREE ARGS... -o IMG`, which must succeed.
 fn build(tree: &Path, img: &Path, args: &[&str]) -> Output {
-    output_with(floppy_cmd(tree, args), img)
+    build_image("floppy", tree, img, args)
 }
 
-/// `disksynth floppy TREE ARGS... -o IMG`, which must fail without leaving IMG behind.
+/// `disksynth floppy TREE ARGS... -o IMG`, which must fail cleanly, leaving no IMG.
 fn build_fails(tree: &Path, img: &Path, args: &[&str]) -> Output {
-    let out = run(
-        floppy_cmd(tree, args).arg("-o").arg(img),
-        Duration::from_secs(30),
-    );
-    assert!(
-        !out.status.success(),
-        "disksynth floppy should have failed\n{}",
-        out.describe()
-    );
-    assert!(
-        !img.exists(),
-        "{} exists although the command failed",
-        img.display()
-    );
-    assert!(
-        !out.stderr_str().trim().is_empty(),
-        "failure without a message\n{}",
-        out.describe()
-    );
-    out
+    build_image_fails("floppy", tree, img, args)
 }
 
 // ------------------------------------------------------------------------------------------------
