@@ -39,10 +39,9 @@ OUT=${BENCH_OUT:-$ROOT/bench/out}
 BYTES=$((SIZE_MIB * 1024 * 1024))
 SIZE_ARG=${SIZE_MIB}M # understood by nbdkit, disksynth and fio alike (powers of 1024)
 
-START_TS=$(date +%s)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 CMDLINE="$({ env | grep -E '^(BENCH_[A-Z_]+|DISKSYNTH_BIN)=' || true; } | sort | tr '\n' ' ')bench/run.sh"
-log() { printf '[%4ds] %s\n' "$(($(date +%s) - START_TS))" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
 
 # ---------------------------------------------------------------- prerequisites
 for tool in nbdkit nbdcopy nbdinfo fio timeout md5sum awk; do
@@ -68,62 +67,28 @@ if [ "$SELF_TEST" = 1 ]; then
     log "BENCH_SELF_TEST=1: the 'disksynth' column is a second nbdkit"
 else
     DS_LABEL="disksynth"
-    if [ ! -x "$DISKSYNTH_BIN" ]; then
-        log "$DISKSYNTH_BIN missing; building: cargo build --release -p disksynth"
-        (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release -p disksynth) >&2 ||
-            die "cargo build --release -p disksynth failed"
-        [ -x "$DISKSYNTH_BIN" ] || die "build succeeded but $DISKSYNTH_BIN does not exist"
-    fi
-    newest_src=$(find "$ROOT"/*/src "$ROOT"/*/Cargo.toml -newer "$DISKSYNTH_BIN" -name '*.rs' -o -newer "$DISKSYNTH_BIN" -name Cargo.toml 2>/dev/null | head -n1 || true)
-    [ -z "$newest_src" ] || log "WARNING: $DISKSYNTH_BIN is older than $newest_src (stale build? rebuild with cargo build --release -p disksynth)"
+    ensure_disksynth_bin
 fi
 
 # ---------------------------------------------------------------- machine line
-cpu_model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
-nbdkit_ver=$(nbdkit --version | awk '{print $2}')
-libnbd_ver=$(nbdcopy --version | awk '/^libnbd/ {print $2}')
 fio_ver=$(fio --version)
-git_rev=$(git -C "$ROOT" describe --always --dirty --abbrev=10 2>/dev/null || echo unknown)
 if [ "$SELF_TEST" = 1 ]; then
     ds_ver="not used (self-test)"
 else
-    ds_ver="git $git_rev, binary built $(date -u -r "$DISKSYNTH_BIN" '+%Y-%m-%d %H:%M:%S UTC'), sha256 $(sha256sum "$DISKSYNTH_BIN" | cut -c1-12)"
+    ds_ver=$(ds_version)
 fi
-MACHINE="$(nproc) CPUs (${cpu_model:-unknown CPU}), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r); nbdkit $nbdkit_ver, libnbd $libnbd_ver, $fio_ver; disksynth $ds_ver"
+MACHINE="$(host_line); $(nbd_versions), $fio_ver; disksynth $ds_ver"
 log "machine: $MACHINE"
 
 # ---------------------------------------------------------------- temp dir + cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/disksynth-bench.XXXXXX")
-declare -A SPID=() # server name -> pid
-PROBLEMS=()
-problem() { PROBLEMS+=("$*"); log "PROBLEM: $*"; }
-
-cleanup() {
-    local rc=$? name pid
-    for name in "${!SPID[@]}"; do
-        pid=${SPID[$name]}
-        kill "$pid" 2>/dev/null || true
-    done
-    for name in "${!SPID[@]}"; do
-        pid=${SPID[$name]}
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_cleanup
 
 # Pin the binary: a `cargo build` running elsewhere during the benchmark must not swap it mid-run.
 if [ "$SELF_TEST" != 1 ]; then
     cp "$DISKSYNTH_BIN" "$TMP/disksynth"
     DISKSYNTH_BIN=$TMP/disksynth
 fi
-
-uri_of() { printf 'nbd+unix:///?socket=%s' "$TMP/$1.sock"; }
 
 # start_server NAME KIND(nbdkit|disksynth) CMD...   -- foreground server, its pid is $!
 start_server() {
@@ -181,23 +146,8 @@ abandon() { # kill a server that is not usable, without waiting politely
     unset "SPID[$1]"
 }
 
-declare -A PEAK_RSS=() # server name -> VmHWM in MiB, read just before stopping it
-stop_server() {
-    local name=$1 pid rc
-    pid=${SPID[$name]:-}
-    [ -n "$pid" ] || return 0
-    PEAK_RSS[$name]=$(awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status" 2>/dev/null || true)
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        problem "$name (pid $pid) still running 10 s after SIGTERM; sent SIGKILL"
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" && rc=0 || rc=$?
-    unset "SPID[$name]"
-    [ "$rc" = 0 ] || problem "$name exited with status $rc after SIGTERM (expected 0)"
-    log "stopped $name (status $rc)"
-}
+RSS_DECIMALS=0 # stop_server (bench/lib.sh): PEAK_RSS in whole MiB, and a log line per stop
+LOG_STOPS=1
 
 # json_get FILE KEY...  -> values of top-level keys (nbdinfo: first export) separated by spaces
 json_get() {
@@ -228,37 +178,8 @@ sys.exit("fio job error %s" % j["error"]) if j["error"] else print("%.0f" % j["r
     fi
 }
 
-now_ns() { date +%s%N; }
-
 # ---------------------------------------------------------------- background-load accounting
-# Other processes on this small machine (builds, test suites) skew the numbers. We compare the
-# machine-wide busy CPU time (/proc/stat: user+nice+system) with the CPU time of this script and
-# everything it started and reaped (/proc/$$/stat: utime+stime+cutime+cstime); the difference is
-# "foreign" CPU, reported per workload as % of one core. Steal time (hypervisor) is reported too.
-TICK=$(getconf CLK_TCK)
-cpu_snapshot() { # -> "busy_ticks steal_ticks own_ticks ns"
-    local busy steal own
-    read -r busy steal < <(awk '/^cpu / {print $2 + $3 + $4, $9}' /proc/stat)
-    own=$(sed 's/^.*) //' /proc/$$/stat | awk '{print $12 + $13 + $14 + $15}')
-    local pid t # servers still running are not in cutime yet: add their own CPU time
-    for pid in "${SPID[@]}"; do
-        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
-        own=$((own + ${t:-0}))
-    done
-    echo "$busy $steal $own $(now_ns)"
-}
-cpu_delta() { # cpu_delta "SNAPSHOT" -> "foreign% steal%" (of one core) since SNAPSHOT
-    local b0 s0 o0 t0 b1 s1 o1 t1
-    read -r b0 s0 o0 t0 <<<"$1"
-    read -r b1 s1 o1 t1 < <(cpu_snapshot)
-    awk -v db=$((b1 - b0)) -v ds=$((s1 - s0)) -v do_=$((o1 - o0)) -v dt=$((t1 - t0)) -v hz="$TICK" 'BEGIN {
-        secs = dt / 1e9; if (secs <= 0) secs = 1e-9
-        f = (db - do_) / hz / secs * 100; if (f < 0) f = 0
-        printf "%.0f %.0f\n", f, ds / hz / secs * 100 }'
-}
-declare -A BG=() # workload -> "foreign% steal%"
-SECTION_SNAP=""
-section_begin() { SECTION_SNAP=$(cpu_snapshot); }
+# cpu_snapshot, cpu_delta, section_begin and wait_for_idle: bench/lib.sh. Here one row per section.
 section_end() { # section_end WORKLOAD
     BG[$1]=$(cpu_delta "$SECTION_SNAP")
     local f=${BG[$1]%% *} st=${BG[$1]##* }
@@ -267,36 +188,12 @@ section_end() { # section_end WORKLOAD
     fi
     [ "$st" -le "$BG_LIMIT" ] || problem "$1: hypervisor steal ~${st}% of a core during this workload"
 }
-# wait_for_idle: before starting, wait (bounded) until other processes use < BG_LIMIT% of a core.
-wait_for_idle() {
-    local deadline=$(($(date +%s) + IDLE_WAIT)) snap f
-    while :; do
-        snap=$(cpu_snapshot)
-        sleep 3
-        f=$(cpu_delta "$snap")
-        f=${f%% *}
-        [ "$f" -gt "$BG_LIMIT" ] || { log "machine idle enough (other processes ~${f}% of a core)"; return 0; }
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            problem "machine still busy after waiting ${IDLE_WAIT}s (other processes ~${f}% of a core); measuring anyway"
-            return 0
-        fi
-        log "machine busy (other processes ~${f}% of a core: $(ps -eo pcpu=,comm= --sort=-pcpu | head -n2 | tr -s ' ' | tr '\n' ';')); waiting"
-        sleep 7
-    done
-}
+IDLE_GIVEUP_FMT='machine still busy after waiting %ss (other processes ~%s%% of a core); measuring anyway'
 
 # ---------------------------------------------------------------- measurements
-declare -A SAMPLES=() # "workload|side" -> space separated values
+# SAMPLES, ORDER, UNIT, TARGET, record, median and sides_for_rep: bench/lib.sh.
 declare -A FAILS=()
-ORDER=()              # workloads in display order
-declare -A UNIT=() TARGET=()
-
 add_workload() { ORDER+=("$1"); UNIT[$1]=$2; TARGET[$1]=$3; }
-
-record() { # workload side rep value
-    SAMPLES["$1|$2"]+="$4 "
-    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${UNIT[$1]}" >>"$RAW"
-}
 
 # nbdcopy_read WORKLOAD SIDE SERVERNAME CONNS REP
 nbdcopy_read() {
@@ -376,8 +273,7 @@ warmup() {
     done
 }
 
-# Alternate which side goes first on each repetition so neither is always "warm".
-sides_for_rep() { if [ $(($1 % 2)) = 1 ]; then echo "nbdkit ds"; else echo "ds nbdkit"; fi; }
+SIDE_REF=nbdkit # sides_for_rep: "nbdkit ds" on odd repetitions, "ds nbdkit" on even ones
 
 start_ds() { # start_ds NAME ARGS...  -- the disksynth side (or nbdkit#2 in self-test)
     local name=$1 sock=$TMP/$1.sock
@@ -477,7 +373,6 @@ stop_server nbdkit-mem
 stop_server ds-mem
 
 # ---------------------------------------------------------------- report
-median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {if (NR==0) exit; if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 fmt() { # value unit
     [ -n "$1" ] || { echo "FAIL"; return; }
     if [ "$2" = IOPS ]; then printf '%.0f' "$1"; else printf '%.2f' "$1"; fi
@@ -537,12 +432,7 @@ MD=$OUT/latest.md
         IFS='|' read -r wl u a b ratio tgt verdict bg sa sb <<<"$r"
         echo "- $wl: ${sa:-none}/ ${sb:-none}"
     done
-    if [ "${#PROBLEMS[@]}" -gt 0 ]; then
-        echo
-        echo "Problems:"
-        echo
-        for p in "${PROBLEMS[@]}"; do echo "- $p"; done
-    fi
+    md_problems
 } >"$MD"
 
 echo
@@ -555,13 +445,5 @@ for r in "${ROWS[@]}"; do
 done
 echo "Peak RSS: $RSS_LINE"
 echo "(median of $REPS nbdcopy / $FIO_REPS fio runs; ratio = $DS_LABEL / nbdkit; markdown: $MD; raw: $RAW; logs: $OUT/logs/)"
-if [ "${#PROBLEMS[@]}" -gt 0 ]; then
-    echo
-    echo "PROBLEMS (${#PROBLEMS[@]}):"
-    for p in "${PROBLEMS[@]}"; do echo "  - $p"; done
-fi
-log "done in $(($(date +%s) - START_TS)) s"
 # Non-zero exit when any cell of the table has no data (server failed to start, hung, or errored).
-for r in "${ROWS[@]}"; do
-    case $r in *"|FAIL|"*) exit 1 ;; esac
-done
+finish
