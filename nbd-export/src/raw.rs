@@ -77,6 +77,38 @@ fn write_sparse(out: &File, b: &[u8], at: u64, stats: &mut RawStats) -> io::Resu
     Ok(())
 }
 
+/// The data segments of `len` bytes at `off` in a host file. Holes, and
+/// on most filesystems fallocated-but-unwritten extents, read as zeros
+/// and are skipped so the output stays sparse. Only worth two `lseek`s
+/// for big ranges; small ones (and filesystems without `SEEK_DATA`) are
+/// one segment.
+fn data_segments(file: &File, off: u64, len: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{seek, SeekFrom};
+    if len < 1 << 20 {
+        return vec![(off, len)];
+    }
+    let end = off + len;
+    let mut segs = Vec::new();
+    let mut pos = off;
+    while pos < end {
+        let start = match seek(file, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => {
+                segs.push((pos, end - pos));
+                break;
+            }
+        };
+        if start >= end {
+            break;
+        }
+        let stop = seek(file, SeekFrom::Hole(start)).map_or(end, |h| h.min(end));
+        segs.push((start, stop - start));
+        pos = stop;
+    }
+    segs
+}
+
 fn copy_file(
     src: &File,
     mut off: u64,
@@ -151,8 +183,14 @@ fn write_to_file(
                                 write_sparse(out, b, at, &mut stats).map_err(werr)?
                             }
                             ReadChunk::File { file, offset, len } => {
-                                copy_file(file, *offset, *len, out, at, &mut buf).map_err(werr)?;
-                                stats.written += len;
+                                // What is not copied is left sparse.
+                                stats.skipped += len;
+                                for (o, l) in data_segments(file, *offset, *len) {
+                                    copy_file(file, o, l, out, at + (o - offset), &mut buf)
+                                        .map_err(werr)?;
+                                    stats.written += l;
+                                    stats.skipped -= l;
+                                }
                             }
                         }
                         at += c.len();
