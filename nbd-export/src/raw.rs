@@ -309,6 +309,41 @@ mod tests {
     }
 
     #[test]
+    fn fallocated_host_ranges_stay_sparse_and_data_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src.bin");
+        let src = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&src_path)
+            .unwrap();
+        rustix::fs::fallocate(&src, rustix::fs::FallocateFlags::empty(), 0, 8 << 20).unwrap();
+        src.write_all_at(b"tail", 6 << 20).unwrap();
+        let mut b = synth::RegionMapBuilder::new();
+        b.push(
+            "f",
+            8 << 20,
+            synth::Backing::file(std::sync::Arc::new(src), 0),
+        )
+        .unwrap();
+        let map = b.finish();
+        let path = dir.path().join("out.img");
+        let stats = write_raw(&map, RawOutput::File(&path), &mut |_| {}).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[6 << 20..(6 << 20) + 4], b"tail");
+        assert_eq!(stats.written + stats.skipped, 8 << 20);
+        let meta = std::fs::metadata(&path).unwrap();
+        // On filesystems that report unwritten extents as holes (ext4,
+        // xfs, tmpfs) only the written block is allocated.
+        assert!(
+            meta.blocks() * 512 <= 1 << 20,
+            "fallocated zeros were copied: {} blocks",
+            meta.blocks()
+        );
+    }
+
+    #[test]
     fn failed_output_leaves_nothing_behind() {
         #[derive(Debug)]
         struct Broken;
