@@ -82,6 +82,17 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// An ISO 9660 image (Rock Ridge, Joliet) holding a host directory, synthesized
+    /// virtually: metadata in memory, file contents read from the host files on demand.
+    #[command(after_help = ISO_EXAMPLES)]
+    Iso {
+        /// The directory to put in the image.
+        dir: PathBuf,
+        #[command(flatten)]
+        iso: IsoArgs,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
     /// SIZE bytes where every 8-byte big-endian word holds its own offset (read-only).
     #[command(after_help = EXAMPLES)]
     Pattern {
@@ -188,6 +199,40 @@ fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(out)
+}
+
+const ISO_EXAMPLES: &str = "\
+Examples:
+  disksynth iso ./dir --serve                        an ISO 9660 image of ./dir, over NBD
+  disksynth iso ./dir --volid DATA -o data.iso       a sparse .iso file
+
+ISO 9660 level 3 (files of 4 GiB or more take several extents), Rock Ridge (names of
+any length, modes, owners, times, symlinks, device nodes) and Joliet (UCS-2 names up
+to 64 characters; longer ones are shortened with a warning). Times are UTC; volume
+times are SOURCE_DATE_EPOCH or the newest mtime in the tree; the same tree gives the
+same bytes.";
+
+/// ISO 9660 options.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "ISO 9660")]
+pub struct IsoArgs {
+    /// Volume identifier: letters, digits and _, at most 32 (default: the directory's
+    /// name in upper case, or CDROM).
+    #[arg(long, value_name = "ID")]
+    pub volid: Option<String>,
+    /// Leave out Rock Ridge (then symlinks and special files are skipped and names
+    /// are ISO 9660 level 3 only).
+    #[arg(long)]
+    pub no_rock_ridge: bool,
+    /// Leave out the Joliet tree.
+    #[arg(long)]
+    pub no_joliet: bool,
+    /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
+    #[arg(long)]
+    pub rw: bool,
+    /// Most host files kept open at once.
+    #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
+    pub max_open_files: usize,
 }
 
 /// How the disk is handed out: serve it (TCP, Unix, captive) or write it.

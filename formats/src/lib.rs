@@ -6,11 +6,13 @@
 //!
 //! - [`fat`]: FAT12/16/32 from a directory (`disksynth floppy`).
 //! - [`ext4`]: ext4 from a directory (`disksynth ext4`).
+//! - [`iso`]: ISO 9660 with Rock Ridge and Joliet from a directory (`disksynth iso`).
 //! - [`mbr`]: a DOS partition table around a volume.
 
 pub mod bootstub;
 pub mod ext4;
 pub mod fat;
+pub mod iso;
 pub mod mbr;
 mod par;
 mod sparse;

@@ -1,0 +1,322 @@
+//! From a plan to bytes and a region map (the layout is drawn in
+//! `layout.rs`). Only metadata is in memory; file extents are `Host`
+//! regions, and the system area, sector padding and whole-sector holes of
+//! sparse host files are `Zero` regions, which block status reports as
+//! holes.
+
+use std::sync::Arc;
+
+use log::warn;
+use synth::{Backing, FilePool, HostFile, RegionMap, RegionMapBuilder, DEFAULT_POOL_FDS};
+use tree::{Node, Tree};
+
+use super::descriptor::{terminator, Descriptor};
+use super::layout::{parts, Child, Flat, Namespace, Target};
+use super::record::{
+    date7, encode_path_record, DirRecord, FLAG_DIR, FLAG_MULTI_EXTENT, MAX_EXTENT, SECTOR,
+};
+use super::susp::Continuation;
+use super::{volume_id, IsoError, IsoOptions};
+use crate::par::par_map;
+
+/// The system area: logical sectors 0-15 (ECMA-119 §6.2.1), zeros here.
+const SYSTEM_AREA: u64 = 16;
+
+/// A built ISO 9660 image.
+#[derive(Debug)]
+pub struct IsoImage {
+    /// The image, ready to serve or write.
+    pub map: RegionMap,
+    /// Volume space size in 2048-byte logical blocks.
+    pub blocks: u32,
+    /// The volume identifier recorded.
+    pub volume_id: String,
+    /// Entries whose Joliet names were shortened to 64 characters.
+    pub joliet_shortened: usize,
+    /// The pool the image's host files are read through.
+    pub pool: Arc<FilePool>,
+}
+
+/// Build the ISO 9660 image of `tree`.
+pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
+    let vol_id = volume_id(opts)?;
+    let time = opts.timestamp.unwrap_or_else(|| newest_mtime(tree));
+    let flat = Flat::new(tree, opts.rock_ridge);
+    let (mut iso, _) = Namespace::new(&flat, false)?;
+    let joliet = if opts.joliet {
+        let (ns, shortened) = Namespace::new(&flat, true)?;
+        for p in &shortened {
+            warn!("{p}: Joliet name shortened to 64 characters (Rock Ridge keeps it whole)");
+        }
+        Some((ns, shortened.len()))
+    } else {
+        None
+    };
+
+    // Logical blocks: descriptors, path tables, continuation areas,
+    // directories, files.
+    let descriptors = 2 + u64::from(joliet.is_some());
+    let mut next = SYSTEM_AREA + descriptors;
+    let table_blocks = |ns: &Namespace| u64::from(ns.path_table_size).div_ceil(SECTOR);
+    let iso_tables = (next, next + table_blocks(&iso));
+    next += 2 * table_blocks(&iso);
+    let joliet_tables = joliet.as_ref().map(|(ns, _)| {
+        let t = (next, next + table_blocks(ns));
+        next += 2 * table_blocks(ns);
+        t
+    });
+    let mut ce = Continuation::new(u32::try_from(next).map_err(|_| IsoError::TooLarge)?);
+    if opts.rock_ridge {
+        iso.add_rock_ridge(&flat, &mut ce);
+    }
+    let ce_start = next;
+    next += u64::from(ce.sectors());
+    next = iso.place(&flat, next)?;
+    let mut joliet = joliet;
+    if let Some((ns, _)) = &mut joliet {
+        next = ns.place(&flat, next)?;
+    }
+    let mut file_extent = Vec::with_capacity(flat.files.len());
+    for (f, _) in &flat.files {
+        let blocks = f.meta.size.div_ceil(SECTOR);
+        // Empty files point at block 0 with length 0, as mkisofs does.
+        file_extent.push(if blocks == 0 { 0 } else { next });
+        next += blocks;
+    }
+    let blocks = u32::try_from(next).map_err(|_| IsoError::TooLarge)?;
+
+    let mut b = RegionMapBuilder::new();
+    b.pad_to(SYSTEM_AREA * SECTOR)?;
+    let desc = |joliet: bool, ns: &Namespace, tables: (u64, u64), id: &str| {
+        let root = &ns.dirs[0];
+        Descriptor {
+            joliet,
+            volume_id: id,
+            volume_blocks: blocks,
+            path_table_size: ns.path_table_size,
+            path_tables: (tables.0 as u32, tables.1 as u32),
+            root: (root.extent, root.sectors * SECTOR as u32),
+            time,
+        }
+        .encode()
+    };
+    b.push_bytes(
+        "primary volume descriptor",
+        desc(false, &iso, iso_tables, &vol_id),
+    )?;
+    if let (Some((ns, _)), Some(t)) = (&joliet, joliet_tables) {
+        // Joliet keeps the identifier as given (16 UCS-2 characters).
+        let id = opts.volume_id.as_deref().unwrap_or(&vol_id);
+        b.push_bytes("Joliet volume descriptor", desc(true, ns, t, id))?;
+    }
+    b.push_bytes("volume descriptor set terminator", terminator())?;
+    debug_assert_eq!(b.position(), iso_tables.0 * SECTOR);
+    push_path_tables(&mut b, &iso)?;
+    if let Some((ns, _)) = &joliet {
+        push_path_tables(&mut b, ns)?;
+    }
+    debug_assert_eq!(b.position(), ce_start * SECTOR);
+    b.push_bytes("Rock Ridge continuation areas", ce.into_bytes())?;
+    push_dirs(&mut b, "ISO 9660 directories", &iso, &flat, &file_extent)?;
+    if let Some((ns, _)) = &joliet {
+        push_dirs(&mut b, "Joliet directories", ns, &flat, &file_extent)?;
+    }
+
+    let pool = FilePool::new(if opts.max_open_files == 0 {
+        DEFAULT_POOL_FDS
+    } else {
+        opts.max_open_files
+    });
+    for ((f, _), &extent) in flat.files.iter().zip(&file_extent) {
+        if f.meta.size > 0 {
+            push_file(&mut b, &pool, f, extent * SECTOR)?;
+        }
+    }
+    b.pad_to(u64::from(blocks) * SECTOR)?;
+    let map = b.finish();
+    debug_assert_eq!(synth::BlockDev::size(&map), u64::from(blocks) * SECTOR);
+    Ok(IsoImage {
+        map,
+        blocks,
+        volume_id: vol_id,
+        joliet_shortened: joliet.map_or(0, |(_, n)| n),
+        pool,
+    })
+}
+
+/// The newest mtime in the tree, never later than now.
+fn newest_mtime(tree: &Tree) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    fn newest(n: &Node) -> i64 {
+        n.children()
+            .iter()
+            .map(newest)
+            .fold(n.meta.mtime.secs, i64::max)
+    }
+    newest(&tree.root).min(now)
+}
+
+/// The type L and type M path tables of `ns` (§9.4), each whole sectors.
+fn push_path_tables(b: &mut RegionMapBuilder, ns: &Namespace<'_>) -> Result<(), IsoError> {
+    for big_endian in [false, true] {
+        let mut t = Vec::with_capacity(ns.path_table_size as usize);
+        encode_path_record(&mut t, &[0], ns.dirs[0].extent, 1, big_endian);
+        for &d in &ns.order {
+            for r in &ns.dirs[d].recs {
+                if let Target::Entry(Child::Dir(j)) = r.target {
+                    encode_path_record(
+                        &mut t,
+                        &r.ident,
+                        ns.dirs[j].extent,
+                        ns.number[d],
+                        big_endian,
+                    );
+                }
+            }
+        }
+        // Records of each directory's children follow the BFS order, so
+        // this is the path table order.
+        debug_assert_eq!(t.len(), ns.path_table_size as usize);
+        t.resize(t.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+        let name = if big_endian {
+            "path table (M)"
+        } else {
+            "path table (L)"
+        };
+        b.push_bytes(name, t)?;
+    }
+    Ok(())
+}
+
+/// Every directory of `ns`, in placement order, as one region.
+fn push_dirs(
+    b: &mut RegionMapBuilder,
+    name: &str,
+    ns: &Namespace<'_>,
+    flat: &Flat<'_>,
+    file_extent: &[u64],
+) -> Result<(), IsoError> {
+    debug_assert_eq!(b.position(), u64::from(ns.dirs[0].extent) * SECTOR);
+    let dirs = par_map(&ns.order, |_, &d| dir_bytes(ns, d, flat, file_extent));
+    let mut all = Vec::with_capacity(dirs.iter().map(Vec::len).sum());
+    for d in dirs {
+        all.extend_from_slice(&d);
+    }
+    b.push_bytes(name, all)?;
+    Ok(())
+}
+
+/// The records of directory `d` (§9.1, §6.8.1.1: none straddles a
+/// sector; the rest of a sector is zeros).
+fn dir_bytes(ns: &Namespace<'_>, d: usize, flat: &Flat<'_>, file_extent: &[u64]) -> Vec<u8> {
+    let dir = &ns.dirs[d];
+    let size_of = |j: usize| ns.dirs[j].sectors * SECTOR as u32;
+    let mut out = Vec::with_capacity(dir.sectors as usize * SECTOR as usize);
+    let mut push = |r: DirRecord<'_>| {
+        let len = super::record::record_len(r.ident.len(), r.su.len());
+        let s = SECTOR as usize;
+        if out.len() % s + len > s {
+            out.resize(out.len().div_ceil(s) * s, 0);
+        }
+        r.encode(&mut out);
+    };
+    for r in &dir.recs {
+        let (ident, su) = (&r.ident[..], &r.su[..]);
+        let dir_rec = |j: usize, node: &Node| DirRecord {
+            extent: ns.dirs[j].extent,
+            size: size_of(j),
+            time: date7(node.meta.mtime.secs),
+            flags: FLAG_DIR,
+            ident,
+            su,
+        };
+        match r.target {
+            Target::Dot => push(dir_rec(d, flat.dirs[d].node)),
+            Target::DotDot => {
+                let p = flat.dirs[d].parent;
+                push(dir_rec(p, flat.dirs[p].node));
+            }
+            Target::Entry(Child::Dir(j)) => push(dir_rec(j, flat.dirs[j].node)),
+            Target::Entry(Child::File(j)) => {
+                // §6.5.1, §9.1.6: a file of several extents has one record
+                // per extent, all but the last flagged.
+                let node = flat.files[j].0;
+                let size = node.meta.size;
+                let n = parts(size);
+                for k in 0..n {
+                    let len = (size - k * MAX_EXTENT).min(MAX_EXTENT);
+                    push(DirRecord {
+                        extent: if size == 0 {
+                            0
+                        } else {
+                            (file_extent[j] + k * (MAX_EXTENT / SECTOR)) as u32
+                        },
+                        size: len as u32,
+                        time: date7(node.meta.mtime.secs),
+                        flags: if k + 1 < n { FLAG_MULTI_EXTENT } else { 0 },
+                        ident,
+                        su,
+                    });
+                }
+            }
+            Target::Entry(Child::Other(node, _)) => push(DirRecord {
+                extent: 0,
+                size: 0,
+                time: date7(node.meta.mtime.secs),
+                flags: 0,
+                ident,
+                su,
+            }),
+        }
+    }
+    debug_assert!(out.len() <= dir.sectors as usize * SECTOR as usize);
+    out.resize(dir.sectors as usize * SECTOR as usize, 0);
+    out
+}
+
+/// A file's extent at byte `start`: `Host` regions for its data, `Zero`
+/// for whole-sector holes of a sparse host file and the padding to the
+/// sector end.
+fn push_file(
+    b: &mut RegionMapBuilder,
+    pool: &Arc<FilePool>,
+    node: &Node,
+    start: u64,
+) -> Result<(), IsoError> {
+    debug_assert_eq!(b.position(), start);
+    let m = &node.meta;
+    let host = HostFile::new(
+        pool,
+        node.path.clone(),
+        m.size,
+        (m.mtime.secs, i64::from(m.mtime.nanos)),
+    );
+    let ranges = if crate::sparse::maybe_sparse(m) {
+        // 4 KiB-aligned ranges from a 2048-aligned start: holes are whole
+        // sectors.
+        crate::sparse::data_ranges(&node.path, m.size).unwrap_or_else(|e| {
+            warn!(
+                "{}: cannot find its holes ({e}); serving it as all data",
+                node.path.display()
+            );
+            vec![(0, m.size)]
+        })
+    } else {
+        vec![(0, m.size)]
+    };
+    for (off, len) in ranges {
+        b.pad_to(start + off)?;
+        b.push(
+            "file data",
+            len,
+            Backing::Host {
+                file: host.clone(),
+                offset: off,
+            },
+        )?;
+    }
+    b.pad_to(start + m.size.div_ceil(SECTOR) * SECTOR)?;
+    Ok(())
+}
