@@ -227,6 +227,18 @@ pub struct IsoArgs {
     /// Leave out the Joliet tree.
     #[arg(long)]
     pub no_joliet: bool,
+    /// El Torito BIOS boot image (no emulation), a file of DIR, e.g. isolinux/isolinux.bin.
+    #[arg(long, value_name = "PATH")]
+    pub boot: Option<PathBuf>,
+    /// 512-byte sectors the BIOS loads from the boot image.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub boot_load_size: u16,
+    /// Do not patch the boot-info table into the boot image (isolinux needs it).
+    #[arg(long)]
+    pub no_boot_info_table: bool,
+    /// El Torito UEFI boot image: a FAT image file of DIR, e.g. efiboot.img.
+    #[arg(long, value_name = "PATH")]
+    pub efi_boot: Option<PathBuf>,
     /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
     #[arg(long)]
     pub rw: bool,

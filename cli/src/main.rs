@@ -262,6 +262,10 @@ fn iso(dir: &Path, a: &IsoArgs, export: &ExportArgs) -> Result<Arc<dyn BlockDev>
         joliet: !a.no_joliet,
         timestamp: source_date_epoch()?,
         max_open_files: a.max_open_files,
+        boot: a.boot.clone(),
+        boot_load_size: Some(a.boot_load_size),
+        boot_info_table: !a.no_boot_info_table,
+        efi_boot: a.efi_boot.clone(),
     };
     let scanned = t0.elapsed();
     let image = formats::iso::build(&tree, &opts)

@@ -4,6 +4,7 @@
 //! sparse host files are `Zero` regions, which block status reports as
 //! holes.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::warn;
@@ -11,6 +12,7 @@ use synth::{Backing, FilePool, HostFile, RegionMap, RegionMapBuilder, DEFAULT_PO
 use tree::{Node, Tree};
 
 use super::descriptor::{terminator, Descriptor};
+use super::eltorito;
 use super::layout::{parts, Child, Flat, Namespace, Target};
 use super::record::{
     date7, encode_path_record, DirRecord, FLAG_DIR, FLAG_MULTI_EXTENT, MAX_EXTENT, SECTOR,
@@ -53,10 +55,32 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
         None
     };
 
-    // Logical blocks: descriptors, path tables, continuation areas,
-    // directories, files.
-    let descriptors = 2 + u64::from(joliet.is_some());
+    // El Torito boot images: files of the tree, found by path.
+    let find_boot = |rel: &Option<PathBuf>| -> Result<Option<usize>, IsoError> {
+        let Some(rel) = rel else { return Ok(None) };
+        let want = tree.root.path.join(rel);
+        flat.files
+            .iter()
+            .position(|(f, _)| f.path == want)
+            .map(Some)
+            .ok_or_else(|| IsoError::BootImage {
+                path: rel.clone(),
+                reason: "not a regular file in the directory".into(),
+            })
+    };
+    let bios = find_boot(&opts.boot)?;
+    let efi = find_boot(&opts.efi_boot)?;
+    let booting = bios.is_some() || efi.is_some();
+
+    // Logical blocks: descriptors (PVD, El Torito boot record at 17,
+    // Joliet SVD, terminator), the boot catalog, path tables,
+    // continuation areas, directories, files.
+    let descriptors = 2 + u64::from(joliet.is_some()) + u64::from(booting);
     let mut next = SYSTEM_AREA + descriptors;
+    let catalog_lba = next;
+    if booting {
+        next += 1;
+    }
     let table_blocks = |ns: &Namespace| u64::from(ns.path_table_size).div_ceil(SECTOR);
     let iso_tables = (next, next + table_blocks(&iso));
     next += 2 * table_blocks(&iso);
@@ -104,12 +128,36 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
         "primary volume descriptor",
         desc(false, &iso, iso_tables, &vol_id),
     )?;
+    if booting {
+        b.push_bytes(
+            "El Torito boot record",
+            eltorito::boot_record(catalog_lba as u32),
+        )?;
+    }
     if let (Some((ns, _)), Some(t)) = (&joliet, joliet_tables) {
         // Joliet keeps the identifier as given (16 UCS-2 characters).
         let id = opts.volume_id.as_deref().unwrap_or(&vol_id);
         b.push_bytes("Joliet volume descriptor", desc(true, ns, t, id))?;
     }
     b.push_bytes("volume descriptor set terminator", terminator())?;
+    if booting {
+        let image = |i: Option<usize>, default: u16| {
+            i.map(|i| eltorito::BootImage {
+                lba: file_extent[i] as u32,
+                sectors: default,
+            })
+        };
+        // UEFI firmware loads the whole image; the count is informational
+        // and saturates for images over 32 MiB.
+        let efi_sectors = efi.map_or(0, |i| {
+            flat.files[i].0.meta.size.div_ceil(512).min(0xFFFF) as u16
+        });
+        let catalog = eltorito::catalog(
+            image(bios, opts.boot_load_size.unwrap_or(4)),
+            image(efi, efi_sectors),
+        );
+        b.push_bytes("El Torito boot catalog", catalog)?;
+    }
     debug_assert_eq!(b.position(), iso_tables.0 * SECTOR);
     push_path_tables(&mut b, &iso)?;
     if let Some((ns, _)) = &joliet {
@@ -127,8 +175,10 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
     } else {
         opts.max_open_files
     });
-    for ((f, _), &extent) in flat.files.iter().zip(&file_extent) {
-        if f.meta.size > 0 {
+    for (i, ((f, _), &extent)) in flat.files.iter().zip(&file_extent).enumerate() {
+        if bios == Some(i) && opts.boot_info_table {
+            push_patched_boot(&mut b, f, extent)?;
+        } else if f.meta.size > 0 {
             push_file(&mut b, &pool, f, extent * SECTOR)?;
         }
     }
@@ -274,6 +324,32 @@ fn dir_bytes(ns: &Namespace<'_>, d: usize, flat: &Flat<'_>, file_extent: &[u64])
     debug_assert!(out.len() <= dir.sectors as usize * SECTOR as usize);
     out.resize(dir.sectors as usize * SECTOR as usize, 0);
     out
+}
+
+/// The BIOS boot image with its boot-info table patched: read once at
+/// start-up (boot loaders are small) and served from memory, so the
+/// patched bytes are what every client and `-o` see.
+fn push_patched_boot(b: &mut RegionMapBuilder, node: &Node, extent: u64) -> Result<(), IsoError> {
+    const MAX_BOOT: u64 = 64 << 20;
+    let err = |reason: String| IsoError::BootImage {
+        path: node.path.clone(),
+        reason,
+    };
+    if node.meta.size > MAX_BOOT {
+        return Err(err(format!(
+            "{} bytes; a boot image with a boot-info table is read into memory, at most 64 MiB",
+            node.meta.size
+        )));
+    }
+    let mut bytes = std::fs::read(&node.path).map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 != node.meta.size {
+        return Err(err("changed size while the image was being built".into()));
+    }
+    eltorito::patch_boot_info(&mut bytes, SYSTEM_AREA as u32, extent as u32);
+    bytes.resize(bytes.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
+    debug_assert_eq!(b.position(), extent * SECTOR);
+    b.push_bytes("El Torito boot image (patched)", bytes)?;
+    Ok(())
 }
 
 /// A file's extent at byte `start`: `Host` regions for its data, `Zero`

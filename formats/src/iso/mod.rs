@@ -22,6 +22,7 @@
 //! ```
 
 mod descriptor;
+pub mod eltorito;
 mod image;
 mod layout;
 pub mod names;
@@ -30,6 +31,8 @@ mod susp;
 
 #[cfg(test)]
 mod tests;
+
+use std::path::PathBuf;
 
 pub use image::{build, IsoImage};
 pub use names::volume_id_from_name;
@@ -50,6 +53,17 @@ pub struct IsoOptions {
     pub timestamp: Option<i64>,
     /// Open host files kept at most (0 = [`synth::DEFAULT_POOL_FDS`]).
     pub max_open_files: usize,
+    /// El Torito BIOS boot image (no emulation): a file of the tree, by its
+    /// path relative to the top directory.
+    pub boot: Option<PathBuf>,
+    /// Virtual 512-byte sectors the BIOS loads from `boot` (default 4).
+    pub boot_load_size: Option<u16>,
+    /// Patch the boot-info table (bytes 8..64) of `boot`, as isolinux needs
+    /// (`-boot-info-table` of mkisofs).
+    pub boot_info_table: bool,
+    /// El Torito UEFI boot image (a FAT image file of the tree), by its path
+    /// relative to the top directory.
+    pub efi_boot: Option<PathBuf>,
 }
 
 impl Default for IsoOptions {
@@ -60,6 +74,10 @@ impl Default for IsoOptions {
             joliet: true,
             timestamp: None,
             max_open_files: 0,
+            boot: None,
+            boot_load_size: None,
+            boot_info_table: true,
+            efi_boot: None,
         }
     }
 }
@@ -82,6 +100,15 @@ pub enum IsoError {
     /// More than 2^32 logical blocks (8 TiB).
     #[error("the image would exceed 2^32 blocks of 2048 bytes (8 TiB)")]
     TooLarge,
+    /// A boot image named by `--boot`/`--efi-boot` is not a regular file of
+    /// the tree, or cannot be read.
+    #[error("boot image {path}: {reason}")]
+    BootImage {
+        /// The path given (relative to the top directory).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Assembling the region map failed (a bug if it happens).
     #[error("building the image: {0}")]
     Region(#[from] synth::Error),
