@@ -11,7 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Not qemu-system-x86: Debian 12's would replace the machine's newer (backported) qemu-utils,
 # which the extended-headers tests need; the floppy boot test is #[ignore]d for that reason.
-PACKAGES=(qemu-utils libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils)
+PACKAGES=(qemu-utils libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
+  xorriso genisoimage p7zip-full)
 # tool -> package that provides it
 declare -A PROVIDES=(
   [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
@@ -21,6 +22,7 @@ declare -A PROVIDES=(
   [mcopy]=mtools [mdir]=mtools [mdel]=mtools
   [e2fsck]=e2fsprogs [debugfs]=e2fsprogs [dumpe2fs]=e2fsprogs [mke2fs]=e2fsprogs
   [diff]=diffutils [cmp]=diffutils
+  [xorriso]=xorriso [isoinfo]=genisoimage [7z]=p7zip-full
 )
 
 step() { printf '\n==> %s\n' "$*"; }

@@ -9,7 +9,8 @@
 //! * [`run`] / [`run_ok`] run a client with a time bound and capture its output;
 //! * [`pattern`], [`random_bytes`], [`Extent`] build and check expected data;
 //! * [`trees`] builds, snapshots and compares host directory trees (the `floppy` tests);
-//! * [`ext4_util`] drives e2fsck, debugfs and dumpe2fs for the `ext4` tests.
+//! * [`ext4_util`] drives e2fsck, debugfs and dumpe2fs for the `ext4` tests;
+//! * [`iso_util`] parses isoinfo listings and drives xorriso and 7z for the `iso` tests.
 //!
 //! ```no_run
 //! use disksynth_tests::{require_tool, run_ok, tempdir, Server};
@@ -26,6 +27,7 @@ mod clients;
 mod data;
 pub mod ext4_util;
 pub mod generator;
+pub mod iso_util;
 mod process;
 mod server;
 pub mod trees;

@@ -8,6 +8,8 @@ mod extended_headers;
 mod fio;
 mod floppy;
 mod harness;
+mod iso;
+mod iso_boot;
 mod nbdcopy;
 mod nbdinfo;
 mod nbdinfo_map;

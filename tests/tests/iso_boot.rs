@@ -1,0 +1,133 @@
+//! `disksynth iso --boot/--efi-boot`: El Torito boot catalogs checked by xorriso, and the
+//! boot-info table patched into the virtual image checked against the El Torito / mkisofs layout.
+
+use std::fs;
+use std::path::Path;
+
+use disksynth_tests::generator::{build_image, build_image_fails};
+use disksynth_tests::{random_bytes, require_tool, run, tempdir, CMD_TIMEOUT};
+
+const SECTOR: usize = 2048;
+
+/// A tree with a BIOS loader, a UEFI FAT image made by `disksynth floppy`, and a plain file.
+fn boot_tree(root: &Path) -> Vec<u8> {
+    let loader = random_bytes(7, 20_000);
+    fs::create_dir_all(root.join("isolinux")).unwrap();
+    fs::write(root.join("isolinux/isolinux.bin"), &loader).unwrap();
+    fs::write(root.join("readme.txt"), b"boot me\n").unwrap();
+    let efi_src = root.parent().unwrap().join("efi-src");
+    fs::create_dir_all(efi_src.join("EFI/BOOT")).unwrap();
+    fs::write(efi_src.join("EFI/BOOT/BOOTX64.EFI"), random_bytes(8, 5000)).unwrap();
+    build_image(
+        "floppy",
+        &efi_src,
+        &root.join("efiboot.img"),
+        &["--partition", "none"],
+    );
+    loader
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn bios_and_uefi_boot_images_are_in_the_catalog_with_a_patched_boot_info_table() {
+    require_tool!("xorriso");
+    let dir = tempdir();
+    let root = dir.path().join("tree");
+    let loader = boot_tree(&root);
+    let img = dir.path().join("boot.iso");
+    build_image(
+        "iso",
+        &root,
+        &img,
+        &[
+            "--boot",
+            "isolinux/isolinux.bin",
+            "--efi-boot",
+            "efiboot.img",
+        ],
+    );
+
+    let out = run(
+        disksynth_tests::command(
+            "xorriso",
+            [
+                "-indev",
+                img.to_str().unwrap(),
+                "-report_el_torito",
+                "plain",
+            ],
+        )
+        .env("LC_ALL", "C"),
+        CMD_TIMEOUT,
+    );
+    let report = format!("{}{}", out.stdout_str(), out.stderr_str());
+    assert!(out.status.success(), "{}", out.describe());
+    let line = |prefix: &str, n: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(prefix) && l[prefix.len()..].trim_start().starts_with(n))
+            .unwrap_or_else(|| panic!("no {prefix:?} {n} line in:\n{report}"))
+            .to_string()
+    };
+    let bios = line("El Torito boot img :", "1");
+    assert!(bios.contains("BIOS") && bios.contains("none"), "{bios}");
+    let efi = line("El Torito boot img :", "2");
+    assert!(efi.contains("UEFI"), "{efi}");
+    assert!(line("El Torito img path :", "1").contains("/isolinux/isolinux.bin"));
+    assert!(line("El Torito img path :", "2").contains("/efiboot.img"));
+    assert!(
+        line("El Torito img opts :", "1").contains("boot-info-table"),
+        "xorriso did not recognise the boot-info table:\n{report}"
+    );
+
+    // The BIOS entry's LBA and load size, read from the catalog the boot record points at.
+    let iso = fs::read(&img).unwrap();
+    let record = &iso[17 * SECTOR..18 * SECTOR];
+    assert_eq!(&record[1..6], b"CD001");
+    assert_eq!(&record[7..30], b"EL TORITO SPECIFICATION");
+    let catalog = le32(record, 0x47) as usize * SECTOR;
+    let entry = &iso[catalog + 32..catalog + 64];
+    assert_eq!(entry[0], 0x88, "initial entry bootable");
+    assert_eq!(u16::from_le_bytes([entry[6], entry[7]]), 4, "load size");
+    let lba = le32(entry, 8) as usize;
+
+    // mkisofs' boot-info table: PVD block, image block, length, sum of the words from 64 on.
+    let image = &iso[lba * SECTOR..lba * SECTOR + loader.len()];
+    let sum = loader[64..].chunks(4).fold(0u32, |a, w| {
+        let mut b = [0u8; 4];
+        b[..w.len()].copy_from_slice(w);
+        a.wrapping_add(u32::from_le_bytes(b))
+    });
+    assert_eq!(le32(image, 8), 16, "PVD block");
+    assert_eq!(le32(image, 12) as usize, lba, "image block");
+    assert_eq!(le32(image, 16) as usize, loader.len(), "image length");
+    assert_eq!(le32(image, 20), sum, "checksum");
+    assert!(image[..8] == loader[..8] && image[64..] == loader[64..]);
+    assert_eq!(
+        fs::read(root.join("isolinux/isolinux.bin")).unwrap(),
+        loader,
+        "the host boot image must not be modified"
+    );
+}
+
+#[test]
+fn boot_image_outside_the_tree_is_a_clear_error() {
+    let dir = tempdir();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("a.txt"), b"x").unwrap();
+    let out = build_image_fails(
+        "iso",
+        &root,
+        &dir.path().join("x.iso"),
+        &["--boot", "isolinux/missing.bin"],
+    );
+    assert!(
+        out.stderr_str().contains("missing.bin"),
+        "{}",
+        out.describe()
+    );
+}
