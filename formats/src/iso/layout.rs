@@ -91,7 +91,10 @@ impl<'t> Flat<'t> {
                     *ino += 1;
                     children.push(Child::Other(c, *ino));
                 }
-                NodeKind::Symlink { .. } | NodeKind::Special => {}
+                NodeKind::Symlink { .. } | NodeKind::Special => log::warn!(
+                    "{}: skipped, ISO 9660 without Rock Ridge cannot hold symlinks or special files",
+                    c.path.display()
+                ),
             }
         }
         self.dirs[i].subdirs = children
