@@ -16,3 +16,4 @@ pub mod iso;
 pub mod mbr;
 mod par;
 mod sparse;
+mod time;

@@ -18,6 +18,23 @@ pub(crate) fn maybe_sparse(meta: &tree::Meta) -> bool {
     meta.size > BLOCK && meta.blocks.saturating_mul(512) < meta.size
 }
 
+/// The ranges of a host file to map as data: its data ranges when it may be
+/// sparse, else the whole file. If the holes cannot be found the whole file
+/// is data (correct, only less sparse) and a warning says so.
+pub(crate) fn host_ranges(node: &tree::Node) -> Vec<(u64, u64)> {
+    let m = &node.meta;
+    if !maybe_sparse(m) {
+        return vec![(0, m.size)];
+    }
+    data_ranges(&node.path, m.size).unwrap_or_else(|e| {
+        log::warn!(
+            "{}: cannot find its holes ({e}); serving it as all data",
+            node.path.display()
+        );
+        vec![(0, m.size)]
+    })
+}
+
 /// The data ranges `(offset, len)` of the file at `path` of `size` bytes,
 /// widened to whole 4 KiB blocks (the last one ends at `size`), sorted and
 /// disjoint. Everything outside them reads as zeros.

@@ -257,17 +257,8 @@ pub(crate) fn meta(node: &Node, opts: &Ext4Options) -> mkext4::Meta {
 /// makes e2fsck want to fix it), within what the superblock's 32-bit
 /// fields hold.
 pub(crate) fn epoch(tree: &Tree, opts: &Ext4Options) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    fn newest(n: &Node) -> i64 {
-        n.children()
-            .iter()
-            .map(newest)
-            .fold(n.meta.mtime.secs, i64::max)
-    }
     opts.timestamp
-        .unwrap_or_else(|| newest(&tree.root).min(now))
+        .unwrap_or_else(|| crate::time::newest_mtime(tree))
         .clamp(0, i64::from(u32::MAX))
 }
 

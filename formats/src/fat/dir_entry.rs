@@ -28,21 +28,6 @@ pub struct FatTime {
     pub hundredths: u8,
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-/// (Howard Hinnant's `civil_from_days`.)
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 impl FatTime {
     /// The FAT form of a Unix time in UTC, clamped to what FAT can hold.
     pub fn from_unix(secs: i64, nanos: u32) -> FatTime {
@@ -53,7 +38,7 @@ impl FatTime {
         } else {
             (secs, nanos)
         };
-        let (y, m, d) = civil(secs.div_euclid(86_400));
+        let (y, m, d) = crate::time::civil_from_days(secs.div_euclid(86_400));
         let sod = secs.rem_euclid(86_400);
         let (h, mi, s) = (sod / 3600, sod / 60 % 60, sod % 60);
         FatTime {

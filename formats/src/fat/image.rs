@@ -151,17 +151,7 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         );
         // Holes of a sparse host file stay holes: block status, nbdcopy
         // and `-o` skip them instead of copying gigabytes of zeros.
-        let ranges = if crate::sparse::maybe_sparse(m) {
-            crate::sparse::data_ranges(&f.node.path, m.size).unwrap_or_else(|e| {
-                warn!(
-                    "{}: cannot find its holes ({e}); serving it as all data",
-                    f.node.path.display()
-                );
-                vec![(0, m.size)]
-            })
-        } else {
-            vec![(0, m.size)]
-        };
+        let ranges = crate::sparse::host_ranges(f.node);
         let start = vol + g.cluster_offset(f.cluster);
         for (off, len) in ranges {
             b.pad_to(start + off)?;

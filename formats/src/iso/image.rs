@@ -42,7 +42,9 @@ pub struct IsoImage {
 /// Build the ISO 9660 image of `tree`.
 pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
     let vol_id = volume_id(opts)?;
-    let time = opts.timestamp.unwrap_or_else(|| newest_mtime(tree));
+    let time = opts
+        .timestamp
+        .unwrap_or_else(|| crate::time::newest_mtime(tree));
     let flat = Flat::new(tree, opts.rock_ridge);
     let (mut iso, _) = Namespace::new(&flat, false)?;
     let joliet = if opts.joliet {
@@ -192,20 +194,6 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
         joliet_shortened: joliet.map_or(0, |(_, n)| n),
         pool,
     })
-}
-
-/// The newest mtime in the tree, never later than now.
-fn newest_mtime(tree: &Tree) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    fn newest(n: &Node) -> i64 {
-        n.children()
-            .iter()
-            .map(newest)
-            .fold(n.meta.mtime.secs, i64::max)
-    }
-    newest(&tree.root).min(now)
 }
 
 /// The type L and type M path tables of `ns` (§9.4), each whole sectors.
@@ -369,19 +357,9 @@ fn push_file(
         m.size,
         (m.mtime.secs, i64::from(m.mtime.nanos)),
     );
-    let ranges = if crate::sparse::maybe_sparse(m) {
-        // 4 KiB-aligned ranges from a 2048-aligned start: holes are whole
-        // sectors.
-        crate::sparse::data_ranges(&node.path, m.size).unwrap_or_else(|e| {
-            warn!(
-                "{}: cannot find its holes ({e}); serving it as all data",
-                node.path.display()
-            );
-            vec![(0, m.size)]
-        })
-    } else {
-        vec![(0, m.size)]
-    };
+    // 4 KiB-aligned ranges from a 2048-aligned start: holes are whole
+    // sectors.
+    let ranges = crate::sparse::host_ranges(node);
     for (off, len) in ranges {
         b.pad_to(start + off)?;
         b.push(

@@ -33,18 +33,8 @@ pub(crate) fn both32(v: u32) -> [u8; 8] {
 /// Calendar date and time (UTC) of a Unix time:
 /// (year, month, day, hour, minute, second).
 fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
+    let (y, m, d) = crate::time::civil_from_days(secs.div_euclid(86_400));
     let tod = secs.rem_euclid(86_400) as u32;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d, tod / 3600, tod / 60 % 60, tod % 60)
 }
 
