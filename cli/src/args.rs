@@ -239,6 +239,10 @@ pub struct IsoArgs {
     /// El Torito UEFI boot image: a FAT image file of DIR, e.g. efiboot.img.
     #[arg(long, value_name = "PATH")]
     pub efi_boot: Option<PathBuf>,
+    /// Add an MBR so the image also works as a disk (USB stick): partition 1 over the
+    /// whole image, partition 2 (EFI system partition) over the --efi-boot image.
+    #[arg(long)]
+    pub hybrid: bool,
     /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
     #[arg(long)]
     pub rw: bool,

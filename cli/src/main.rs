@@ -266,6 +266,7 @@ fn iso(dir: &Path, a: &IsoArgs, export: &ExportArgs) -> Result<Arc<dyn BlockDev>
         boot_load_size: Some(a.boot_load_size),
         boot_info_table: !a.no_boot_info_table,
         efi_boot: a.efi_boot.clone(),
+        hybrid: a.hybrid,
     };
     let scanned = t0.elapsed();
     let image = formats::iso::build(&tree, &opts)

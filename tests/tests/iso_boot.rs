@@ -131,3 +131,66 @@ fn boot_image_outside_the_tree_is_a_clear_error() {
         out.describe()
     );
 }
+
+#[test]
+fn hybrid_image_has_an_mbr_whose_efi_partition_is_the_efi_boot_image() {
+    require_tool!("xorriso");
+    require_tool!("fsck.fat");
+    let dir = tempdir();
+    let root = dir.path().join("tree");
+    boot_tree(&root);
+    let img = dir.path().join("hybrid.iso");
+    build_image(
+        "iso",
+        &root,
+        &img,
+        &["--efi-boot", "efiboot.img", "--hybrid"],
+    );
+    let iso = fs::read(&img).unwrap();
+    assert_eq!(&iso[510..512], &[0x55, 0xAA], "MBR signature");
+    let entry = |n: usize| &iso[446 + 16 * n..446 + 16 * (n + 1)];
+    assert_eq!((entry(0)[0], entry(0)[4]), (0x80, 0x17), "partition 1");
+    assert_eq!(le32(entry(0), 8), 0);
+    assert_eq!(
+        le32(entry(0), 12) as usize,
+        iso.len() / 512,
+        "partition 1 covers the image"
+    );
+    assert_eq!(entry(1)[4], 0xEF, "partition 2 is an EFI system partition");
+    let start = le32(entry(1), 8) as usize * 512;
+    let len = le32(entry(1), 12) as usize * 512;
+    let efi = fs::read(root.join("efiboot.img")).unwrap();
+    assert_eq!(len, efi.len());
+    assert!(
+        iso[start..start + len] == efi[..],
+        "partition 2 holds efiboot.img"
+    );
+    let part = dir.path().join("esp.img");
+    fs::write(&part, &iso[start..start + len]).unwrap();
+    let fsck = run(
+        &mut disksynth_tests::command("fsck.fat", ["-n", part.to_str().unwrap()]),
+        CMD_TIMEOUT,
+    );
+    assert!(fsck.status.success(), "{}", fsck.describe());
+    // xorriso sees the same partition table and still reads the ISO.
+    let out = run(
+        disksynth_tests::command(
+            "xorriso",
+            [
+                "-indev",
+                img.to_str().unwrap(),
+                "-report_system_area",
+                "plain",
+            ],
+        )
+        .env("LC_ALL", "C"),
+        CMD_TIMEOUT,
+    );
+    let report = format!("{}{}", out.stdout_str(), out.stderr_str());
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("MBR partition path") && l.contains("/efiboot.img")),
+        "{report}"
+    );
+}

@@ -112,6 +112,16 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
     let blocks = u32::try_from(next).map_err(|_| IsoError::TooLarge)?;
 
     let mut b = RegionMapBuilder::new();
+    if opts.hybrid {
+        b.push_bytes(
+            "hybrid MBR",
+            hybrid_mbr(
+                blocks,
+                efi.map(|i| (file_extent[i], flat.files[i].0.meta.size)),
+            )
+            .to_vec(),
+        )?;
+    }
     b.pad_to(SYSTEM_AREA * SECTOR)?;
     let desc = |joliet: bool, ns: &Namespace, tables: (u64, u64), id: &str| {
         let root = &ns.dirs[0];
@@ -312,6 +322,32 @@ fn dir_bytes(ns: &Namespace<'_>, d: usize, flat: &Flat<'_>, file_extent: &[u64])
     debug_assert!(out.len() <= dir.sectors as usize * SECTOR as usize);
     out.resize(dir.sectors as usize * SECTOR as usize, 0);
     out
+}
+
+/// The MBR of a hybrid image (as isohybrid lays it out): partition 1,
+/// active, type 0x17, from sector 0 over the whole image; with an EFI
+/// image, partition 2 of type 0xEF over exactly that file's extent, which
+/// UEFI firmware boots from a USB stick. The boot code is our "not
+/// bootable" stub (BIOS booting from USB needs the loader's own MBR code).
+fn hybrid_mbr(blocks: u32, efi: Option<(u64, u64)>) -> [u8; 512] {
+    use crate::mbr::{encode, MbrPartition};
+    let per_block = (SECTOR / 512) as u32;
+    let mut parts = vec![MbrPartition {
+        kind: 0x17,
+        start: 0,
+        sectors: blocks.saturating_mul(per_block),
+        active: true,
+    }];
+    if let Some((lba, size)) = efi {
+        parts.push(MbrPartition {
+            kind: 0xEF,
+            start: lba as u32 * per_block,
+            sectors: size.div_ceil(512) as u32,
+            active: false,
+        });
+    }
+    // The disk signature: fixed, so the image stays reproducible.
+    encode(&parts, 0x4453_5953)
 }
 
 /// The BIOS boot image with its boot-info table patched: read once at

@@ -64,6 +64,10 @@ pub struct IsoOptions {
     /// El Torito UEFI boot image (a FAT image file of the tree), by its path
     /// relative to the top directory.
     pub efi_boot: Option<PathBuf>,
+    /// Put an MBR in the system area so the same image works as a disk
+    /// (USB stick): partition 1 covers the whole image, partition 2 (type
+    /// 0xEF, an EFI system partition) the `efi_boot` image.
+    pub hybrid: bool,
 }
 
 impl Default for IsoOptions {
@@ -78,6 +82,7 @@ impl Default for IsoOptions {
             boot_load_size: None,
             boot_info_table: true,
             efi_boot: None,
+            hybrid: false,
         }
     }
 }
