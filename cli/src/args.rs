@@ -239,6 +239,10 @@ pub struct IsoArgs {
     /// El Torito UEFI boot image: a FAT image file of DIR, e.g. efiboot.img.
     #[arg(long, value_name = "PATH")]
     pub efi_boot: Option<PathBuf>,
+    /// El Torito UEFI boot image synthesized from this directory by the FAT generator
+    /// (e.g. a directory holding EFI/BOOT/BOOTX64.EFI); instead of --efi-boot.
+    #[arg(long, value_name = "DIR", conflicts_with = "efi_boot")]
+    pub efi_boot_dir: Option<PathBuf>,
     /// Add an MBR so the image also works as a disk (USB stick): partition 1 over the
     /// whole image, partition 2 (EFI system partition) over the --efi-boot image.
     #[arg(long)]

@@ -142,6 +142,20 @@ fn with_overlay(map: Arc<dyn BlockDev>, rw: bool) -> Result<Arc<dyn BlockDev>> {
     })
 }
 
+/// A FAT volume (no partition table) holding `dir`, for an ISO's UEFI
+/// boot entry.
+fn efi_image(dir: &Path) -> Result<Arc<dyn BlockDev>> {
+    let tree = scan(dir, true)?;
+    let opts = formats::fat::FatOptions {
+        partition: formats::fat::Partitioning::None,
+        timestamp: source_date_epoch()?,
+        ..formats::fat::FatOptions::default()
+    };
+    let image = formats::fat::build(&tree, &opts)
+        .with_context(|| format!("building the EFI boot image of {}", dir.display()))?;
+    Ok(Arc::new(image.map))
+}
+
 /// Scan `dir` and build its FAT image (with an overlay under `--rw`).
 fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc<dyn BlockDev>> {
     use formats::fat::{FatOptions, Partitioning};
@@ -266,6 +280,10 @@ fn iso(dir: &Path, a: &IsoArgs, export: &ExportArgs) -> Result<Arc<dyn BlockDev>
         boot_load_size: Some(a.boot_load_size),
         boot_info_table: !a.no_boot_info_table,
         efi_boot: a.efi_boot.clone(),
+        efi_image: match &a.efi_boot_dir {
+            Some(d) => Some(efi_image(d)?),
+            None => None,
+        },
         hybrid: a.hybrid,
     };
     let scanned = t0.elapsed();

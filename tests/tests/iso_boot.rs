@@ -194,3 +194,56 @@ fn hybrid_image_has_an_mbr_whose_efi_partition_is_the_efi_boot_image() {
         "{report}"
     );
 }
+
+#[test]
+fn efi_image_synthesized_from_a_directory_is_the_uefi_entry_and_the_esp() {
+    require_tool!("mcopy");
+    require_tool!("fsck.fat");
+    let dir = tempdir();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("readme.txt"), b"x").unwrap();
+    let efi_dir = dir.path().join("efi");
+    fs::create_dir_all(efi_dir.join("EFI/BOOT")).unwrap();
+    let loader = random_bytes(9, 7000);
+    fs::write(efi_dir.join("EFI/BOOT/BOOTX64.EFI"), &loader).unwrap();
+    let img = dir.path().join("e.iso");
+    build_image(
+        "iso",
+        &root,
+        &img,
+        &["--efi-boot-dir", efi_dir.to_str().unwrap(), "--hybrid"],
+    );
+    let iso = fs::read(&img).unwrap();
+    // The catalog's UEFI entry and MBR partition 2 point at the same bytes.
+    let catalog = le32(&iso[17 * SECTOR..18 * SECTOR], 0x47) as usize * SECTOR;
+    assert_eq!((iso[catalog + 64], iso[catalog + 65]), (0x91, 0xEF));
+    let lba = le32(&iso[catalog + 96..catalog + 128], 8) as usize;
+    let p2 = &iso[446 + 16..446 + 32];
+    assert_eq!(p2[4], 0xEF);
+    assert_eq!(le32(p2, 8) as usize * 512, lba * SECTOR);
+    let len = le32(p2, 12) as usize * 512;
+    let esp = dir.path().join("esp.img");
+    fs::write(&esp, &iso[lba * SECTOR..lba * SECTOR + len]).unwrap();
+    let fsck = run(
+        &mut disksynth_tests::command("fsck.fat", ["-n", esp.to_str().unwrap()]),
+        CMD_TIMEOUT,
+    );
+    assert!(fsck.status.success(), "{}", fsck.describe());
+    let out = dir.path().join("BOOTX64.EFI");
+    let mc = run(
+        &mut disksynth_tests::command(
+            "mcopy",
+            [
+                "-n",
+                "-i",
+                esp.to_str().unwrap(),
+                "::/EFI/BOOT/BOOTX64.EFI",
+                out.to_str().unwrap(),
+            ],
+        ),
+        CMD_TIMEOUT,
+    );
+    assert!(mc.status.success(), "{}", mc.describe());
+    assert_eq!(fs::read(&out).unwrap(), loader);
+}

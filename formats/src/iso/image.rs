@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::warn;
-use synth::{Backing, FilePool, HostFile, RegionMap, RegionMapBuilder, DEFAULT_POOL_FDS};
+use synth::{Backing, BlockDev, FilePool, HostFile, RegionMap, RegionMapBuilder, DEFAULT_POOL_FDS};
 use tree::{Node, Tree};
 
 use super::descriptor::{terminator, Descriptor};
@@ -71,8 +71,14 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
             })
     };
     let bios = find_boot(&opts.boot)?;
-    let efi = find_boot(&opts.efi_boot)?;
-    let booting = bios.is_some() || efi.is_some();
+    let efi_file = find_boot(&opts.efi_boot)?;
+    if efi_file.is_some() && opts.efi_image.is_some() {
+        return Err(IsoError::BootImage {
+            path: opts.efi_boot.clone().unwrap_or_default(),
+            reason: "give either an EFI image file or a synthesized one, not both".into(),
+        });
+    }
+    let booting = bios.is_some() || efi_file.is_some() || opts.efi_image.is_some();
 
     // Logical blocks: descriptors (PVD, El Torito boot record at 17,
     // Joliet SVD, terminator), the boot catalog, path tables,
@@ -109,18 +115,20 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
         file_extent.push(if blocks == 0 { 0 } else { next });
         next += blocks;
     }
+    // A synthesized EFI image goes after the files; it is in no directory
+    // (firmware finds it through the boot catalog and the hybrid MBR).
+    let efi_virtual = opts.efi_image.as_ref().map(|dev| {
+        let at = next;
+        next += dev.size().div_ceil(SECTOR);
+        (at, dev.size())
+    });
+    // The EFI image: (first block, bytes).
+    let efi = efi_virtual.or(efi_file.map(|i| (file_extent[i], flat.files[i].0.meta.size)));
     let blocks = u32::try_from(next).map_err(|_| IsoError::TooLarge)?;
 
     let mut b = RegionMapBuilder::new();
     if opts.hybrid {
-        b.push_bytes(
-            "hybrid MBR",
-            hybrid_mbr(
-                blocks,
-                efi.map(|i| (file_extent[i], flat.files[i].0.meta.size)),
-            )
-            .to_vec(),
-        )?;
+        b.push_bytes("hybrid MBR", hybrid_mbr(blocks, efi).to_vec())?;
     }
     b.pad_to(SYSTEM_AREA * SECTOR)?;
     let desc = |joliet: bool, ns: &Namespace, tables: (u64, u64), id: &str| {
@@ -153,21 +161,17 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
     }
     b.push_bytes("volume descriptor set terminator", terminator())?;
     if booting {
-        let image = |i: Option<usize>, default: u16| {
-            i.map(|i| eltorito::BootImage {
-                lba: file_extent[i] as u32,
-                sectors: default,
-            })
-        };
+        let bios_image = bios.map(|i| eltorito::BootImage {
+            lba: file_extent[i] as u32,
+            sectors: opts.boot_load_size.unwrap_or(4),
+        });
         // UEFI firmware loads the whole image; the count is informational
         // and saturates for images over 32 MiB.
-        let efi_sectors = efi.map_or(0, |i| {
-            flat.files[i].0.meta.size.div_ceil(512).min(0xFFFF) as u16
+        let efi_image = efi.map(|(lba, size)| eltorito::BootImage {
+            lba: lba as u32,
+            sectors: size.div_ceil(512).min(0xFFFF) as u16,
         });
-        let catalog = eltorito::catalog(
-            image(bios, opts.boot_load_size.unwrap_or(4)),
-            image(efi, efi_sectors),
-        );
+        let catalog = eltorito::catalog(bios_image, efi_image);
         b.push_bytes("El Torito boot catalog", catalog)?;
     }
     debug_assert_eq!(b.position(), iso_tables.0 * SECTOR);
@@ -193,6 +197,17 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
         } else if f.meta.size > 0 {
             push_file(&mut b, &pool, f, extent * SECTOR)?;
         }
+    }
+    if let (Some(dev), Some((at, size))) = (&opts.efi_image, efi_virtual) {
+        b.pad_to(at * SECTOR)?;
+        b.push(
+            "EFI boot image (synthesized)",
+            size,
+            Backing::Dev {
+                dev: dev.clone(),
+                offset: 0,
+            },
+        )?;
     }
     b.pad_to(u64::from(blocks) * SECTOR)?;
     let map = b.finish();

@@ -64,6 +64,10 @@ pub struct IsoOptions {
     /// El Torito UEFI boot image (a FAT image file of the tree), by its path
     /// relative to the top directory.
     pub efi_boot: Option<PathBuf>,
+    /// A synthesized El Torito UEFI boot image (e.g. a FAT image the FAT
+    /// generator built from a directory), placed after the files and listed
+    /// in no directory. Exclusive with `efi_boot`.
+    pub efi_image: Option<std::sync::Arc<dyn synth::BlockDev>>,
     /// Put an MBR in the system area so the same image works as a disk
     /// (USB stick): partition 1 covers the whole image, partition 2 (type
     /// 0xEF, an EFI system partition) the `efi_boot` image.
@@ -82,6 +86,7 @@ impl Default for IsoOptions {
             boot_load_size: None,
             boot_info_table: true,
             efi_boot: None,
+            efi_image: None,
             hybrid: false,
         }
     }
