@@ -1,16 +1,21 @@
-//! Data ranges of sparse host files, found with `lseek(SEEK_DATA)` and
-//! `lseek(SEEK_HOLE)`. Only files whose allocated blocks (`st_blocks`) are
-//! fewer than their size are asked, so a tree of ordinary files opens
-//! nothing at start-up.
+//! Host files in the generators' region maps: the lazily opened
+//! [`HostFile`] behind a tree node, and its data ranges, so holes of sparse
+//! files stay holes. Ranges come from `lseek(SEEK_DATA)`/`lseek(SEEK_HOLE)`,
+//! asked only of files whose allocated blocks (`st_blocks`) are fewer than
+//! their size, so a tree of ordinary files opens nothing at start-up.
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+
+use synth::{Backing, FilePool, HostFile, RegionMapBuilder};
 
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
-/// ext4 block size: holes are whole absent blocks.
+/// Hole granularity: whole 4 KiB blocks (ext4's block size; whole
+/// sectors for ISO 9660 and whole clusters' worth of 512-byte sectors for FAT).
 const BLOCK: u64 = 4096;
 
 /// Whether `meta` describes a file that may have holes of a whole block.
@@ -18,10 +23,49 @@ pub(crate) fn maybe_sparse(meta: &tree::Meta) -> bool {
     meta.size > BLOCK && meta.blocks.saturating_mul(512) < meta.size
 }
 
+/// The lazily opened host file behind a tree node, expected to keep the
+/// size and mtime the scan saw.
+pub(crate) fn host_file(pool: &Arc<FilePool>, node: &tree::Node) -> Arc<HostFile> {
+    let m = &node.meta;
+    HostFile::new(
+        pool,
+        node.path.clone(),
+        m.size,
+        (m.mtime.secs, i64::from(m.mtime.nanos)),
+    )
+}
+
+/// Push a whole host file's contents at `start` (the builder's position):
+/// `Host` regions for its data, `Zero` for the holes of a sparse file, so
+/// block status, nbdcopy and `-o` skip them. Ends at the last data byte;
+/// the caller pads to its own block size.
+pub(crate) fn push_host_data(
+    b: &mut RegionMapBuilder,
+    pool: &Arc<FilePool>,
+    node: &tree::Node,
+    start: u64,
+) -> synth::Result<()> {
+    debug_assert_eq!(b.position(), start);
+    let host = host_file(pool, node);
+    for (off, len) in host_ranges(node) {
+        b.pad_to(start + off)?;
+        // The backing names the host file; the region name is shared.
+        b.push(
+            "file data",
+            len,
+            Backing::Host {
+                file: host.clone(),
+                offset: off,
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// The ranges of a host file to map as data: its data ranges when it may be
 /// sparse, else the whole file. If the holes cannot be found the whole file
 /// is data (correct, only less sparse) and a warning says so.
-pub(crate) fn host_ranges(node: &tree::Node) -> Vec<(u64, u64)> {
+fn host_ranges(node: &tree::Node) -> Vec<(u64, u64)> {
     let m = &node.meta;
     if !maybe_sparse(m) {
         return vec![(0, m.size)];

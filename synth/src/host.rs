@@ -47,10 +47,15 @@ struct PoolState {
 }
 
 impl FilePool {
-    /// A pool keeping at most `capacity` descriptors open (at least 1).
+    /// A pool keeping at most `capacity` descriptors open; 0 means
+    /// [`DEFAULT_POOL_FDS`].
     pub fn new(capacity: usize) -> Arc<FilePool> {
         Arc::new(FilePool {
-            capacity: capacity.max(1),
+            capacity: if capacity == 0 {
+                DEFAULT_POOL_FDS
+            } else {
+                capacity
+            },
             next_id: AtomicU64::new(0),
             state: Mutex::new(PoolState::default()),
         })

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{disksynth, run, Output, CMD_TIMEOUT};
+use crate::{disksynth, run, run_ok, Output, CMD_TIMEOUT};
 
 /// `disksynth KIND TREE ARGS...` with `SOURCE_DATE_EPOCH` removed from the environment.
 pub fn generator_cmd(kind: &str, tree: &Path, args: &[&str]) -> Command {
@@ -67,4 +67,24 @@ pub fn build_image_fails(kind: &str, tree: &Path, img: &Path, args: &[&str]) -> 
         out.describe()
     );
     out
+}
+
+/// `qemu-img compare` of two raw images (an NBD URI or a path, and a path) says they are equal.
+pub fn qemu_img_identical(a: &str, b: &Path) {
+    let out = run_ok(
+        Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw", a])
+            .arg(b),
+    );
+    assert!(
+        out.stdout_str().contains("Images are identical"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// `cmp` says two files hold the same bytes.
+pub fn cmp_files(a: &Path, b: &Path) {
+    let out = run(Command::new("cmp").arg(a).arg(b), CMD_TIMEOUT);
+    assert!(out.status.success(), "images differ\n{}", out.describe());
 }

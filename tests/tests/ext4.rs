@@ -22,7 +22,9 @@ use disksynth_tests::ext4_util::{
     debugfs, debugfs_stat, debugfs_stat_many, dumpe2fs_header, e2fsck_clean, rdump, read_image,
     set_mtime_ns, walk_meta, InodeStat, BLOCK,
 };
-use disksynth_tests::generator::{build_image, build_image_fails, generator_cmd, output_with};
+use disksynth_tests::generator::{
+    build_image, build_image_fails, cmp_files, generator_cmd, output_with, qemu_img_identical,
+};
 use disksynth_tests::trees::{
     build_awkward_tree, build_deep_dirs, build_wide_dir, diff_snapshots, long_name, make_dir,
     snapshot, write_file,
@@ -70,24 +72,6 @@ fn allocated(path: &Path) -> u64 {
 /// Copies the whole export into a local file with nbdcopy.
 fn fetch(uri: &str, to: &Path) {
     run_ok(Command::new("nbdcopy").arg(uri).arg(to));
-}
-
-fn qemu_img_identical(a: &str, b: &Path) {
-    let out = run_ok(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw", a])
-            .arg(b),
-    );
-    assert!(
-        out.stdout_str().contains("Images are identical"),
-        "{}",
-        out.describe()
-    );
-}
-
-fn cmp_files(a: &Path, b: &Path) {
-    let out = run(Command::new("cmp").arg(a).arg(b), CMD_TIMEOUT);
-    assert!(out.status.success(), "images differ\n{}", out.describe());
 }
 
 // ------------------------------------------------------------------------------------------------

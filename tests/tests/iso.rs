@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use disksynth_tests::generator::{build_image, build_image_fails, generator_cmd, output_with};
+use disksynth_tests::generator::{
+    build_image, build_image_fails, cmp_files, generator_cmd, output_with, qemu_img_identical,
+};
 use disksynth_tests::iso_util::{
     isoinfo_d, isoinfo_list, pvd_dates, read_at, sevenz_extract, utc_digits, walk_lstat,
     xorriso_cut, xorriso_extract, xorriso_lsdl, ListEntry, SECTOR,
@@ -71,24 +73,6 @@ fn mknod(path: &Path, kind: rustix::fs::FileType, mode: u32, major: u32, minor: 
 fn symlink(target: &str, link: &Path) {
     std::os::unix::fs::symlink(target, link)
         .unwrap_or_else(|e| panic!("symlink {} -> {target:?}: {e}", link.display()));
-}
-
-fn qemu_img_identical(a: &str, b: &Path) {
-    let out = run_ok(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw", a])
-            .arg(b),
-    );
-    assert!(
-        out.stdout_str().contains("Images are identical"),
-        "{}",
-        out.describe()
-    );
-}
-
-fn cmp_files(a: &Path, b: &Path) {
-    let out = run(Command::new("cmp").arg(a).arg(b), CMD_TIMEOUT);
-    assert!(out.status.success(), "images differ\n{}", out.describe());
 }
 
 /// The isoinfo mode letter of a host file type (`f` is isoinfo's letter for a fifo).

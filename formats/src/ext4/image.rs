@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mkext4::{FsBuilder, InodeCount, InodeHandle, Layout, RegionSink, SparseSeg, ROOT};
-use synth::{Backing, BlockDev, FilePool, HostFile, RegionMap, RegionMapBuilder, DEFAULT_POOL_FDS};
+use synth::{Backing, BlockDev, FilePool, HostFile, RegionMap, RegionMapBuilder};
 use tree::Tree;
 
 use super::layout::{self, BLOCK, MAX_BLOCKS};
@@ -47,10 +47,7 @@ pub fn build(tree: &Tree, opts: &Ext4Options) -> Result<Ext4Image, Ext4Error> {
     let t1 = std::time::Instant::now();
     let sealed = seal(tree, &plan, opts)?;
     let t2 = std::time::Instant::now();
-    let pool = FilePool::new(match opts.max_open_files {
-        0 => DEFAULT_POOL_FDS,
-        n => n,
-    });
+    let pool = FilePool::new(opts.max_open_files);
     let map = region_map(&plan, &sealed, &pool)?;
     // The engine rounds the inode count up to whole inode-table blocks per
     // group; the superblock's s_inodes_count (offset 0) says what it chose.
@@ -302,12 +299,7 @@ fn region_map(plan: &Plan, sealed: &Sealed, pool: &Arc<FilePool>) -> Result<Regi
             continue;
         }
         let m = &e.node.meta;
-        let host = HostFile::new(
-            pool,
-            e.node.path.clone(),
-            m.size,
-            (m.mtime.secs, i64::from(m.mtime.nanos)),
-        );
+        let host = crate::sparse::host_file(pool, e.node);
         let dense = [(0, m.size)];
         let ranges = data.as_deref().unwrap_or(&dense);
         map_file(&mut pieces, &host, ranges, &extents)

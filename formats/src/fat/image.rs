@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use log::warn;
-use synth::{Backing, FilePool, HostFile, RegionMap, RegionMapBuilder, DEFAULT_POOL_FDS};
+use synth::{Backing, FilePool, RegionMap, RegionMapBuilder};
 use tree::{Node, Tree};
 
 use super::boot_sector::{self, BootInfo};
@@ -57,11 +57,7 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         Some(t) => FatTime::from_unix(t, 0),
         None => FatTime::from_unix(n.meta.mtime.secs, n.meta.mtime.nanos),
     };
-    let pool = FilePool::new(if opts.max_open_files == 0 {
-        DEFAULT_POOL_FDS
-    } else {
-        opts.max_open_files
-    });
+    let pool = FilePool::new(opts.max_open_files);
 
     let mut b = RegionMapBuilder::new();
     if opts.floppy.is_none() && opts.partition == Partitioning::Mbr {
@@ -141,31 +137,9 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         if f.clusters == 0 {
             continue;
         }
-        debug_assert_eq!(b.position(), vol + g.cluster_offset(f.cluster));
-        let m = &f.node.meta;
-        let host = HostFile::new(
-            &pool,
-            f.node.path.clone(),
-            m.size,
-            (m.mtime.secs, i64::from(m.mtime.nanos)),
-        );
-        // Holes of a sparse host file stay holes: block status, nbdcopy
-        // and `-o` skip them instead of copying gigabytes of zeros.
-        let ranges = crate::sparse::host_ranges(f.node);
         let start = vol + g.cluster_offset(f.cluster);
-        for (off, len) in ranges {
-            b.pad_to(start + off)?;
-            // The backing names the host file; the region name is shared.
-            b.push(
-                "file data",
-                len,
-                Backing::Host {
-                    file: host.clone(),
-                    offset: off,
-                },
-            )?;
-        }
-        b.pad_to(vol + g.cluster_offset(f.cluster) + u64::from(f.clusters) * cs)?;
+        crate::sparse::push_host_data(&mut b, &pool, f.node, start)?;
+        b.pad_to(start + u64::from(f.clusters) * cs)?;
     }
     b.pad_to(plan.disk_size)?;
     let map = b.finish();

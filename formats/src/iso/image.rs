@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::warn;
-use synth::{Backing, BlockDev, FilePool, HostFile, RegionMap, RegionMapBuilder, DEFAULT_POOL_FDS};
+use synth::{Backing, BlockDev, FilePool, RegionMap, RegionMapBuilder};
 use tree::{Node, Tree};
 
 use super::descriptor::{terminator, Descriptor};
@@ -186,11 +186,7 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
         push_dirs(&mut b, "Joliet directories", ns, &flat, &file_extent)?;
     }
 
-    let pool = FilePool::new(if opts.max_open_files == 0 {
-        DEFAULT_POOL_FDS
-    } else {
-        opts.max_open_files
-    });
+    let pool = FilePool::new(opts.max_open_files);
     for (i, ((f, _), &extent)) in flat.files.iter().zip(&file_extent).enumerate() {
         if bios == Some(i) && opts.boot_info_table {
             push_patched_boot(&mut b, f, extent)?;
@@ -400,28 +396,9 @@ fn push_file(
     node: &Node,
     start: u64,
 ) -> Result<(), IsoError> {
-    debug_assert_eq!(b.position(), start);
-    let m = &node.meta;
-    let host = HostFile::new(
-        pool,
-        node.path.clone(),
-        m.size,
-        (m.mtime.secs, i64::from(m.mtime.nanos)),
-    );
     // 4 KiB-aligned ranges from a 2048-aligned start: holes are whole
     // sectors.
-    let ranges = crate::sparse::host_ranges(node);
-    for (off, len) in ranges {
-        b.pad_to(start + off)?;
-        b.push(
-            "file data",
-            len,
-            Backing::Host {
-                file: host.clone(),
-                offset: off,
-            },
-        )?;
-    }
-    b.pad_to(start + m.size.div_ceil(SECTOR) * SECTOR)?;
+    crate::sparse::push_host_data(b, pool, node, start)?;
+    b.pad_to(start + node.meta.size.div_ceil(SECTOR) * SECTOR)?;
     Ok(())
 }
