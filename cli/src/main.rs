@@ -384,6 +384,24 @@ fn verbosity(src: &Source) -> u8 {
     }
 }
 
+/// An error and its causes on one line. Library errors often show their
+/// cause in their own message too (and also return it as `source()`), so a
+/// cause whose text is already in the line is not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match verbosity(&cli.source) {
@@ -400,7 +418,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("disksynth: error: {e:#}");
+            eprintln!("disksynth: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
