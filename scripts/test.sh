@@ -42,6 +42,18 @@ missing_packages() {
   return 0
 }
 
+# A machine whose /dev/null is a regular file (seen on restored sandboxes) breaks cargo: build
+# scripts write their probes' errors into it and rustc later reads them back as source.
+if [[ ! -c /dev/null ]]; then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "warning: /dev/null is not a character device; recreating it" >&2
+    rm -f /dev/null && mknod -m 666 /dev/null c 1 3
+  else
+    echo "error: /dev/null is not a character device (as root: rm /dev/null && mknod -m 666 /dev/null c 1 3)" >&2
+    exit 1
+  fi
+fi
+
 step "checking test tools"
 mapfile -t missing < <(missing_packages)
 if ((${#missing[@]})); then

@@ -6,10 +6,12 @@
 //! (`copy_file_range`). The image is written under a temporary name in the
 //! target directory and renamed into place only when complete and synced,
 //! so a failed or interrupted run never leaves a partial image behind.
+//! An existing block device, character device or FIFO (`-o /dev/sdX`,
+//! `-o /dev/null`) is written in place, every byte, never replaced.
 
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use synth::{BlockDev, ExtentList, ReadChunk};
@@ -17,7 +19,8 @@ use synth::{BlockDev, ExtentList, ReadChunk};
 /// Where the image goes.
 #[derive(Debug, Clone, Copy)]
 pub enum RawOutput<'a> {
-    /// A file, created or replaced atomically.
+    /// A file, created or replaced atomically; an existing block device,
+    /// character device or FIFO is written in place instead.
     File(&'a Path),
     /// Standard output, every byte in order (zeros included).
     Stdout,
@@ -210,16 +213,20 @@ fn write_to_file(
     Ok(stats)
 }
 
-fn write_to_stdout(
+/// Every byte in order (zeros included) to a stream: stdout, a pipe, a
+/// character device, or a block device opened at offset 0 (a block device
+/// keeps its old contents where nothing is written, so holes must be
+/// written as zeros too).
+fn write_stream(
     dev: &dyn BlockDev,
+    out: &mut dyn Write,
+    path: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RawStats, RawError> {
     let werr = |source| RawError::Write {
-        path: PathBuf::from("-"),
+        path: path.to_owned(),
         source,
     };
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
     let size = dev.size();
     let mut buf = vec![0u8; PIECE as usize];
     let mut pos = 0u64;
@@ -237,6 +244,46 @@ fn write_to_stdout(
     })
 }
 
+/// `-o` naming an existing device or FIFO (`/dev/sdX` for a USB stick,
+/// `/dev/null`): written in place, never replaced by a regular file.
+fn write_to_device(
+    dev: &dyn BlockDev,
+    path: &Path,
+    block_device: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RawStats, RawError> {
+    let cerr = |source| RawError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(cerr)?;
+    if block_device {
+        // A block device's size is where seeking to its end lands.
+        let capacity = out.seek(SeekFrom::End(0)).map_err(cerr)?;
+        out.seek(SeekFrom::Start(0)).map_err(cerr)?;
+        if capacity < dev.size() {
+            return Err(cerr(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the device holds {capacity} bytes, the image is {} bytes",
+                    dev.size()
+                ),
+            )));
+        }
+    }
+    let stats = write_stream(dev, &mut out, path, progress)?;
+    if block_device {
+        out.sync_all().map_err(|source| RawError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(stats)
+}
+
 /// Write all of `dev` to `output`. `progress` gets the offset reached.
 pub fn write_raw(
     dev: &dyn BlockDev,
@@ -244,9 +291,20 @@ pub fn write_raw(
     progress: &mut dyn FnMut(u64),
 ) -> Result<RawStats, RawError> {
     let path = match output {
-        RawOutput::Stdout => return write_to_stdout(dev, progress),
+        RawOutput::Stdout => {
+            let stdout = io::stdout();
+            return write_stream(dev, &mut stdout.lock(), Path::new("-"), progress);
+        }
         RawOutput::File(p) => p,
     };
+    // An existing device or FIFO is written in place: renaming a temp file
+    // over it would replace `/dev/sdX` (or `/dev/null`) with a regular file.
+    if let Ok(meta) = std::fs::metadata(path) {
+        let kind = meta.file_type();
+        if kind.is_block_device() || kind.is_char_device() || kind.is_fifo() {
+            return write_to_device(dev, path, kind.is_block_device(), progress);
+        }
+    }
     let cerr = |source| RawError::Create {
         path: path.to_owned(),
         source,
@@ -285,6 +343,31 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+
+    #[test]
+    fn fifo_is_written_in_place_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        let dev = sources::memory(3 << 20).unwrap();
+        dev.write_at(b"first", 0).unwrap();
+        dev.write_at(b"last", (3 << 20) - 4).unwrap();
+        let stats = write_raw(&dev, RawOutput::File(&fifo), &mut |_| {}).unwrap();
+        assert_eq!(stats.written, 3 << 20);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), 3 << 20);
+        assert_eq!(&got[..5], b"first");
+        assert_eq!(&got[(3 << 20) - 4..], b"last");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    }
 
     #[test]
     fn memory_image_is_sparse_and_exact() {

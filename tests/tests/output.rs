@@ -149,3 +149,108 @@ fn output_to_stdout_of_sparse_file_includes_the_zeros() {
         "-o - of a sparse file differs from it"
     );
 }
+
+/// `-o /dev/null` writes into the device; it must not be replaced by a regular file (renaming a
+/// temp file over it would break every program on the machine).
+#[test]
+fn output_to_a_character_device_writes_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let null = std::path::Path::new("/dev/null");
+    if !fs::metadata(null).unwrap().file_type().is_char_device() {
+        panic!("/dev/null is not a character device on this machine (scripts/test.sh repairs it)");
+    }
+    run_ok(disksynth().args(["pattern", "4M", "-o", "/dev/null"]));
+    assert!(
+        fs::metadata(null).unwrap().file_type().is_char_device(),
+        "-o /dev/null replaced the device"
+    );
+}
+
+/// `-o /dev/loopN` (as `-o /dev/sdX` for a USB stick): every byte is written, holes included,
+/// because the device keeps its old contents where nothing is written; a device smaller than
+/// the image is refused before anything is written.
+#[test]
+fn output_to_a_block_device_overwrites_every_byte() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempdir();
+    let backing = dir.path().join("disk.raw");
+    fs::write(&backing, vec![0xEE; 8 * MIB as usize]).unwrap();
+    let attach = run(
+        std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&backing),
+        CMD_TIMEOUT,
+    );
+    if !attach.status.success() {
+        // Attaching a loop device is a privilege of the machine (root, /dev/loop*), not a tool.
+        eprintln!(
+            "SKIPPED: losetup cannot attach here: {}",
+            attach.stderr_str()
+        );
+        return;
+    }
+    let loopdev = attach.stdout_str().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _detach = Detach(loopdev.clone());
+
+    // An all-hole image: the device's old 0xEE bytes must all become zeros.
+    run_ok(disksynth().args(["zero", "6M", "-o", &loopdev]));
+    assert!(fs::metadata(&loopdev)
+        .unwrap()
+        .file_type()
+        .is_block_device());
+    let mut got = vec![0u8; 8 * MIB as usize];
+    fs::File::open(&loopdev)
+        .unwrap()
+        .read_exact(&mut got)
+        .unwrap();
+    assert!(
+        got[..6 * MIB as usize].iter().all(|&b| b == 0),
+        "the image's zeros were not written over the old contents"
+    );
+    assert!(
+        got[6 * MIB as usize..].iter().all(|&b| b == 0xEE),
+        "bytes past the image were touched"
+    );
+
+    run_ok(disksynth().args(["pattern", "8M", "-o", &loopdev]));
+    fs::File::open(&loopdev)
+        .unwrap()
+        .read_exact(&mut got)
+        .unwrap();
+    assert!(
+        got == pattern(0, 8 * MIB as usize),
+        "pattern 8M on the loop device differs"
+    );
+
+    let too_big = run(
+        disksynth().args(["zero", "9M", "-o", &loopdev]),
+        CMD_TIMEOUT,
+    );
+    assert!(
+        !too_big.status.success(),
+        "a 9 MiB image fit an 8 MiB device"
+    );
+    assert!(
+        too_big
+            .stderr_str()
+            .contains("the device holds 8388608 bytes"),
+        "unclear error: {}",
+        too_big.stderr_str()
+    );
+    fs::File::open(&loopdev)
+        .unwrap()
+        .read_exact(&mut got)
+        .unwrap();
+    assert!(
+        got == pattern(0, 8 * MIB as usize),
+        "a refused write changed the device"
+    );
+}
