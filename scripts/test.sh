@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Not qemu-system-x86: Debian 12's would replace the machine's newer (backported) qemu-utils,
 # which the extended-headers tests need; the floppy boot test is #[ignore]d for that reason.
 PACKAGES=(qemu-utils libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
-  xorriso genisoimage p7zip-full)
+  xorriso genisoimage p7zip-full gdisk fdisk isolinux)
 # tool -> package that provides it
 declare -A PROVIDES=(
   [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
@@ -23,15 +23,23 @@ declare -A PROVIDES=(
   [e2fsck]=e2fsprogs [debugfs]=e2fsprogs [dumpe2fs]=e2fsprogs [mke2fs]=e2fsprogs
   [diff]=diffutils [cmp]=diffutils
   [xorriso]=xorriso [isoinfo]=genisoimage [7z]=p7zip-full
+  [sgdisk]=gdisk [sfdisk]=fdisk
+)
+# data files -> package that provides them
+declare -A PROVIDES_FILE=(
+  [/usr/lib/ISOLINUX/isohdpfx.bin]=isolinux [/usr/lib/ISOLINUX/isolinux.bin]=isolinux
 )
 
 step() { printf '\n==> %s\n' "$*"; }
 
 missing_packages() {
-  local tool pkg
+  local tool pkg file
   local -A need=()
   for tool in "${!PROVIDES[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || need[${PROVIDES[$tool]}]=1
+  done
+  for file in "${!PROVIDES_FILE[@]}"; do
+    [[ -f "$file" ]] || need[${PROVIDES_FILE[$file]}]=1
   done
   # The libnbd Python bindings must be importable by Debian's interpreter (a pyenv python3 on
   # PATH usually lacks them; the tests call /usr/bin/python3 explicitly).

@@ -205,6 +205,9 @@ const ISO_EXAMPLES: &str = "\
 Examples:
   disksynth iso ./dir --serve                        an ISO 9660 image of ./dir, over NBD
   disksynth iso ./dir --volid DATA -o data.iso       a sparse .iso file
+  disksynth iso ./live --boot isolinux/isolinux.bin --efi-boot-dir ./esp
+      --hybrid-mbr /usr/lib/ISOLINUX/isohdpfx.bin -o live.iso
+                                                     boots from CD and USB stick, BIOS and UEFI
 
 ISO 9660 level 3 (files of 4 GiB or more take several extents), Rock Ridge (names of
 any length, modes, owners, times, symlinks, device nodes) and Joliet (UCS-2 names up
@@ -243,10 +246,14 @@ pub struct IsoArgs {
     /// (e.g. a directory holding EFI/BOOT/BOOTX64.EFI); instead of --efi-boot.
     #[arg(long, value_name = "DIR", conflicts_with = "efi_boot")]
     pub efi_boot_dir: Option<PathBuf>,
-    /// Add an MBR so the image also works as a disk (USB stick): partition 1 over the
-    /// whole image, partition 2 (EFI system partition) over the --efi-boot image.
+    /// Add partition tables so the image also works as a disk (USB stick): an MBR;
+    /// with an EFI image also a GPT whose EFI system partition is that image.
     #[arg(long)]
     pub hybrid: bool,
+    /// MBR boot code for BIOS booting the --boot image from a disk, e.g.
+    /// /usr/lib/ISOLINUX/isohdpfx.bin (implies --hybrid).
+    #[arg(long, value_name = "FILE")]
+    pub hybrid_mbr: Option<PathBuf>,
     /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
     #[arg(long)]
     pub rw: bool,

@@ -284,7 +284,14 @@ fn iso(dir: &Path, a: &IsoArgs, export: &ExportArgs) -> Result<Arc<dyn BlockDev>
             Some(d) => Some(efi_image(d)?),
             None => None,
         },
-        hybrid: a.hybrid,
+        hybrid: a.hybrid || a.hybrid_mbr.is_some(),
+        hybrid_boot_code: match &a.hybrid_mbr {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("reading --hybrid-mbr {}", p.display()))?,
+            ),
+            None => None,
+        },
     };
     let scanned = t0.elapsed();
     let image = formats::iso::build(&tree, &opts)

@@ -12,6 +12,7 @@
 pub mod bootstub;
 pub mod ext4;
 pub mod fat;
+pub mod gpt;
 pub mod iso;
 pub mod mbr;
 mod par;

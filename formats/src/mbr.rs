@@ -46,12 +46,20 @@ fn chs(lba: u32) -> [u8; 3] {
     ]
 }
 
-/// Encode an MBR with up to four partitions and the given disk signature.
+/// Encode an MBR with up to four partitions and the given disk signature;
+/// the boot code is our "not bootable" stub.
 pub fn encode(parts: &[MbrPartition], signature: u32) -> [u8; 512] {
+    let stub = bootstub::code(0);
+    let mut code = [0u8; 440];
+    code[..stub.len()].copy_from_slice(&stub);
+    encode_with_code(parts, signature, &code)
+}
+
+/// Encode an MBR with the given 440 bytes of boot code.
+pub fn encode_with_code(parts: &[MbrPartition], signature: u32, code: &[u8; 440]) -> [u8; 512] {
     assert!(parts.len() <= 4, "an MBR holds four primary partitions");
     let mut s = [0u8; 512];
-    let code = bootstub::code(0);
-    s[..code.len()].copy_from_slice(&code);
+    s[..440].copy_from_slice(code);
     s[440..444].copy_from_slice(&signature.to_le_bytes());
     for (i, p) in parts.iter().enumerate() {
         let e = &mut s[446 + 16 * i..446 + 16 * (i + 1)];

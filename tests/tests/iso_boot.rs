@@ -132,10 +132,73 @@ fn boot_image_outside_the_tree_is_a_clear_error() {
     );
 }
 
+/// One partition as `sfdisk -J` reports it (sectors of 512 bytes).
+#[derive(Debug)]
+struct Part {
+    start: usize,
+    size: usize,
+    kind: String,
+    name: String,
+}
+
+/// The partition table util-linux reads from `img`: (label, partitions).
+fn sfdisk(img: &Path) -> (String, Vec<Part>) {
+    let out = run(
+        &mut disksynth_tests::command("sfdisk", ["-J", img.to_str().unwrap()]),
+        CMD_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let t = &v["partitiontable"];
+    let parts = t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| Part {
+            start: p["start"].as_u64().unwrap() as usize,
+            size: p["size"].as_u64().unwrap() as usize,
+            kind: p["type"].as_str().unwrap().to_string(),
+            name: p["name"].as_str().unwrap_or("").to_string(),
+        })
+        .collect();
+    (t["label"].as_str().unwrap().to_string(), parts)
+}
+
+/// `sgdisk -v` finds nothing wrong with the GPT (CRCs, backup, placement, overlaps).
+fn assert_gpt_valid(img: &Path) {
+    let out = run(
+        &mut disksynth_tests::command("sgdisk", ["-v", img.to_str().unwrap()]),
+        CMD_TIMEOUT,
+    );
+    assert!(
+        out.status.success() && out.stdout_str().contains("No problems found"),
+        "sgdisk -v: {}",
+        out.describe()
+    );
+}
+
+fn fsck_fat_ok(dir: &Path, bytes: &[u8]) {
+    let part = dir.join("esp-check.img");
+    fs::write(&part, bytes).unwrap();
+    let fsck = run(
+        &mut disksynth_tests::command("fsck.fat", ["-n", part.to_str().unwrap()]),
+        CMD_TIMEOUT,
+    );
+    assert!(fsck.status.success(), "{}", fsck.describe());
+}
+
+fn xorriso_report(img: &Path, what: &str) -> String {
+    let out = run(
+        disksynth_tests::command("xorriso", ["-indev", img.to_str().unwrap(), what, "plain"])
+            .env("LC_ALL", "C"),
+        CMD_TIMEOUT,
+    );
+    format!("{}{}", out.stdout_str(), out.stderr_str())
+}
+
 #[test]
-fn hybrid_image_has_an_mbr_whose_efi_partition_is_the_efi_boot_image() {
-    require_tool!("xorriso");
-    require_tool!("fsck.fat");
+fn hybrid_bios_image_has_one_mbr_partition_over_the_whole_image() {
+    require_tool!("sfdisk", "xorriso");
     let dir = tempdir();
     let root = dir.path().join("tree");
     boot_tree(&root);
@@ -144,61 +207,155 @@ fn hybrid_image_has_an_mbr_whose_efi_partition_is_the_efi_boot_image() {
         "iso",
         &root,
         &img,
-        &["--efi-boot", "efiboot.img", "--hybrid"],
+        &["--boot", "isolinux/isolinux.bin", "--hybrid"],
     );
     let iso = fs::read(&img).unwrap();
-    assert_eq!(&iso[510..512], &[0x55, 0xAA], "MBR signature");
-    let entry = |n: usize| &iso[446 + 16 * n..446 + 16 * (n + 1)];
-    assert_eq!((entry(0)[0], entry(0)[4]), (0x80, 0x17), "partition 1");
-    assert_eq!(le32(entry(0), 8), 0);
-    assert_eq!(
-        le32(entry(0), 12) as usize,
-        iso.len() / 512,
-        "partition 1 covers the image"
-    );
-    assert_eq!(entry(1)[4], 0xEF, "partition 2 is an EFI system partition");
-    let start = le32(entry(1), 8) as usize * 512;
-    let len = le32(entry(1), 12) as usize * 512;
-    let efi = fs::read(root.join("efiboot.img")).unwrap();
-    assert_eq!(len, efi.len());
+    let (label, parts) = sfdisk(&img);
+    assert_eq!(label, "dos");
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!((parts[0].start, parts[0].size), (0, iso.len() / 512));
+    assert_eq!(parts[0].kind, "17");
+    assert_eq!(iso[446], 0x80, "partition 1 is active");
+    assert_ne!(&iso[512..520], b"EFI PART", "no GPT without an EFI image");
+    let report = xorriso_report(&img, "-report_system_area");
     assert!(
-        iso[start..start + len] == efi[..],
-        "partition 2 holds efiboot.img"
-    );
-    let part = dir.path().join("esp.img");
-    fs::write(&part, &iso[start..start + len]).unwrap();
-    let fsck = run(
-        &mut disksynth_tests::command("fsck.fat", ["-n", part.to_str().unwrap()]),
-        CMD_TIMEOUT,
-    );
-    assert!(fsck.status.success(), "{}", fsck.describe());
-    // xorriso sees the same partition table and still reads the ISO.
-    let out = run(
-        disksynth_tests::command(
-            "xorriso",
-            [
-                "-indev",
-                img.to_str().unwrap(),
-                "-report_system_area",
-                "plain",
-            ],
-        )
-        .env("LC_ALL", "C"),
-        CMD_TIMEOUT,
-    );
-    let report = format!("{}{}", out.stdout_str(), out.stderr_str());
-    assert!(
-        report
-            .lines()
-            .any(|l| l.starts_with("MBR partition path") && l.contains("/efiboot.img")),
+        report.contains("MBR partition      :   1   0x80  0x17"),
         "{report}"
+    );
+}
+
+/// With an EFI image that is a file in the middle of the tree: a GPT that sgdisk finds valid,
+/// ISO 9660 data as basic-data partitions around the EFI system partition (GPT partitions
+/// may not overlap), and a hybrid MBR with the protective 0xEE entry. (The Linux kernel's own
+/// reading is not checked: the test machines' kernel is built without partition support.)
+#[test]
+fn hybrid_uefi_image_has_a_valid_gpt_whose_esp_is_the_efi_boot_image() {
+    require_tool!("xorriso", "fsck.fat", "sgdisk", "sfdisk", "cmp");
+    let dir = tempdir();
+    let root = dir.path().join("tree");
+    boot_tree(&root);
+    // Files after efiboot.img in sort order, so the ESP sits between ISO 9660 data.
+    fs::write(root.join("zz-after.bin"), random_bytes(3, 300_000)).unwrap();
+    let img = dir.path().join("hybrid.iso");
+    let args = [
+        "--boot",
+        "isolinux/isolinux.bin",
+        "--efi-boot",
+        "efiboot.img",
+        "--hybrid",
+    ];
+    build_image("iso", &root, &img, &args);
+    let iso = fs::read(&img).unwrap();
+    assert_gpt_valid(&img);
+    let (label, parts) = sfdisk(&img);
+    assert_eq!(label, "gpt");
+    let kinds: Vec<_> = parts.iter().map(|p| p.kind.as_str()).collect();
+    const BASIC: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
+    const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    assert_eq!(kinds, [BASIC, ESP, BASIC], "{parts:?}");
+    assert_eq!(
+        parts[0].start, 64,
+        "ISO 9660 data starts after the system area"
+    );
+    assert_eq!(parts[0].name, "ISO9660");
+    let efi = fs::read(root.join("efiboot.img")).unwrap();
+    let esp = &parts[1];
+    assert_eq!(esp.size * 512, efi.len());
+    assert!(
+        iso[esp.start * 512..(esp.start + esp.size) * 512] == efi[..],
+        "the ESP holds efiboot.img"
+    );
+    fsck_fat_ok(dir.path(), &efi);
+    // The volume includes the backup GPT: ISO readers and disk tools agree on the size.
+    let pvd = &iso[16 * SECTOR..17 * SECTOR];
+    assert_eq!(le32(pvd, 80) as usize * SECTOR, iso.len());
+    // The hybrid MBR: 0xEE over the GPT, then mirrors of the GPT partitions.
+    let entry = |n: usize| &iso[446 + 16 * n..446 + 16 * (n + 1)];
+    assert_eq!((entry(0)[4], le32(entry(0), 8)), (0xEE, 1));
+    assert_eq!((entry(1)[0], entry(1)[4]), (0x80, 0x17));
+    assert_eq!(entry(2)[4], 0xEF);
+    assert_eq!(le32(entry(2), 8) as usize, esp.start);
+    let report = xorriso_report(&img, "-report_system_area");
+    assert!(report.contains("GPT start and size :   3"), "{report}");
+
+    // Reproducible: a second build is the same bytes (GUIDs are derived, not random).
+    let again = dir.path().join("again.iso");
+    build_image("iso", &root, &again, &args);
+    let cmp = run(
+        &mut disksynth_tests::command("cmp", [img.to_str().unwrap(), again.to_str().unwrap()]),
+        CMD_TIMEOUT,
+    );
+    assert!(cmp.status.success(), "{}", cmp.describe());
+}
+
+/// `--hybrid-mbr isohdpfx.bin` (isolinux's MBR code) makes BIOSes boot the El Torito image
+/// from a USB stick: the code is copied and the boot image's address patched in exactly as
+/// `xorriso -isohybrid-mbr` does it (xorriso recognises the layout as isohybrid).
+#[test]
+fn hybrid_mbr_code_is_isolinux_isohdpfx_with_the_boot_image_address() {
+    require_tool!("xorriso");
+    let isohdpfx = Path::new("/usr/lib/ISOLINUX/isohdpfx.bin");
+    let isolinux = Path::new("/usr/lib/ISOLINUX/isolinux.bin");
+    if !isohdpfx.exists() || !isolinux.exists() {
+        if disksynth_tests::in_ci() {
+            panic!("isolinux's files are missing (package isolinux; CI=true makes this a failure)");
+        }
+        eprintln!("SKIPPED: package isolinux is not installed");
+        return;
+    }
+    let dir = tempdir();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(root.join("isolinux")).unwrap();
+    fs::copy(isolinux, root.join("isolinux/isolinux.bin")).unwrap();
+    fs::write(root.join("data.bin"), random_bytes(5, 100_000)).unwrap();
+    let img = dir.path().join("usb.iso");
+    build_image(
+        "iso",
+        &root,
+        &img,
+        &[
+            "--boot",
+            "isolinux/isolinux.bin",
+            "--hybrid-mbr",
+            isohdpfx.to_str().unwrap(),
+        ],
+    );
+    let iso = fs::read(&img).unwrap();
+    let code = fs::read(isohdpfx).unwrap();
+    assert!(
+        iso[..432] == code[..432],
+        "MBR code differs from isohdpfx.bin"
+    );
+    let report = xorriso_report(&img, "-report_el_torito");
+    let lba: usize = report
+        .lines()
+        .find(|l| l.starts_with("El Torito boot img :   1  BIOS"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no BIOS boot image in {report}"));
+    let patched = u64::from_le_bytes(iso[432..440].try_into().unwrap());
+    assert_eq!(patched, lba as u64 * 4, "boot image address at byte 432");
+    assert!(report.contains("isohybrid-suitable"), "{report}");
+    let area = xorriso_report(&img, "-report_system_area");
+    assert!(area.contains("MBR isohybrid"), "{area}");
+
+    // Without --boot the code has nothing to load: a clear error.
+    let out = build_image_fails(
+        "iso",
+        &root,
+        &dir.path().join("bad.iso"),
+        &["--hybrid-mbr", isohdpfx.to_str().unwrap()],
+    );
+    assert!(
+        out.stderr_str().contains("give --boot too"),
+        "{}",
+        out.describe()
     );
 }
 
 #[test]
 fn efi_image_synthesized_from_a_directory_is_the_uefi_entry_and_the_esp() {
-    require_tool!("mcopy");
-    require_tool!("fsck.fat");
+    require_tool!("mcopy", "fsck.fat", "sgdisk", "sfdisk");
     let dir = tempdir();
     let root = dir.path().join("tree");
     fs::create_dir_all(&root).unwrap();
@@ -219,10 +376,15 @@ fn efi_image_synthesized_from_a_directory_is_the_uefi_entry_and_the_esp() {
     let catalog = le32(&iso[17 * SECTOR..18 * SECTOR], 0x47) as usize * SECTOR;
     assert_eq!((iso[catalog + 64], iso[catalog + 65]), (0x91, 0xEF));
     let lba = le32(&iso[catalog + 96..catalog + 128], 8) as usize;
-    let p2 = &iso[446 + 16..446 + 32];
-    assert_eq!(p2[4], 0xEF);
-    assert_eq!(le32(p2, 8) as usize * 512, lba * SECTOR);
-    let len = le32(p2, 12) as usize * 512;
+    assert_gpt_valid(&img);
+    let (label, parts) = sfdisk(&img);
+    assert_eq!(label, "gpt");
+    let esp_part = parts
+        .iter()
+        .find(|p| p.kind == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+        .unwrap_or_else(|| panic!("no EFI system partition in {parts:?}"));
+    assert_eq!(esp_part.start * 512, lba * SECTOR);
+    let len = esp_part.size * 512;
     let esp = dir.path().join("esp.img");
     fs::write(&esp, &iso[lba * SECTOR..lba * SECTOR + len]).unwrap();
     let fsck = run(

@@ -124,11 +124,40 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
     });
     // The EFI image: (first block, bytes).
     let efi = efi_virtual.or(efi_file.map(|i| (file_extent[i], flat.files[i].0.meta.size)));
+    // With an EFI image, a hybrid image also gets a GUID partition table;
+    // its backup copy needs the last 33 sectors, which the volume includes
+    // (as xorriso's images do), so the volume size is the disk size.
+    let data_blocks = next;
+    let gpt_tail = opts.hybrid && efi.is_some();
+    if gpt_tail {
+        next += (crate::gpt::TABLE_SECTORS * crate::gpt::SECTOR).div_ceil(SECTOR);
+    }
     let blocks = u32::try_from(next).map_err(|_| IsoError::TooLarge)?;
 
     let mut b = RegionMapBuilder::new();
+    let mut backup_gpt = None;
     if opts.hybrid {
-        b.push_bytes("hybrid MBR", hybrid_mbr(blocks, efi).to_vec())?;
+        let code = match (&opts.hybrid_boot_code, bios) {
+            (Some(code), Some(i)) => Some(isohybrid_code(code, file_extent[i], flat.files[i].0)?),
+            (Some(_), None) => {
+                return Err(IsoError::BootImage {
+                    path: PathBuf::from("--hybrid-mbr"),
+                    reason: "the MBR boot code loads the BIOS boot image; give --boot too".into(),
+                })
+            }
+            (None, _) => None,
+        };
+        let hybrid = Hybrid {
+            blocks: u64::from(blocks),
+            data_blocks,
+            efi,
+            seed: hybrid_seed(&vol_id, blocks, time, &flat),
+        };
+        b.push_bytes("hybrid MBR", hybrid.mbr(code.as_ref()).to_vec())?;
+        if let Some(gpt) = hybrid.gpt() {
+            b.push_bytes("GPT header and entries", gpt.primary()?)?;
+            backup_gpt = Some(gpt.backup()?);
+        }
     }
     b.pad_to(SYSTEM_AREA * SECTOR)?;
     let desc = |joliet: bool, ns: &Namespace, tables: (u64, u64), id: &str| {
@@ -204,6 +233,10 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
                 offset: 0,
             },
         )?;
+    }
+    if let Some(backup) = backup_gpt {
+        b.pad_to(u64::from(blocks) * SECTOR - backup.len() as u64)?;
+        b.push_bytes("backup GPT entries and header", backup)?;
     }
     b.pad_to(u64::from(blocks) * SECTOR)?;
     let map = b.finish();
@@ -335,30 +368,195 @@ fn dir_bytes(ns: &Namespace<'_>, d: usize, flat: &Flat<'_>, file_extent: &[u64])
     out
 }
 
-/// The MBR of a hybrid image (as isohybrid lays it out): partition 1,
-/// active, type 0x17, from sector 0 over the whole image; with an EFI
-/// image, partition 2 of type 0xEF over exactly that file's extent, which
-/// UEFI firmware boots from a USB stick. The boot code is our "not
-/// bootable" stub (BIOS booting from USB needs the loader's own MBR code).
-fn hybrid_mbr(blocks: u32, efi: Option<(u64, u64)>) -> [u8; 512] {
-    use crate::mbr::{encode, MbrPartition};
-    let per_block = (SECTOR / 512) as u32;
-    let mut parts = vec![MbrPartition {
-        kind: 0x17,
-        start: 0,
-        sectors: blocks.saturating_mul(per_block),
-        active: true,
-    }];
-    if let Some((lba, size)) = efi {
-        parts.push(MbrPartition {
-            kind: 0xEF,
-            start: lba as u32 * per_block,
-            sectors: size.div_ceil(512) as u32,
-            active: false,
+/// The partition tables of a `--hybrid` image, which also works as a disk
+/// (USB stick).
+struct Hybrid {
+    /// Volume size in logical blocks (GPT backup included).
+    blocks: u64,
+    /// End of the ISO 9660 data (first block of the GPT backup area).
+    data_blocks: u64,
+    /// The EFI boot image: (first block, bytes).
+    efi: Option<(u64, u64)>,
+    /// 16 bytes derived from what the image holds, for the GUIDs and the
+    /// disk signature (reproducible builds).
+    seed: [u8; 16],
+}
+
+/// 512-byte sectors per 2048-byte logical block.
+const PER_BLOCK: u64 = SECTOR / 512;
+/// The BIOS partition type isohybrid gives the ISO 9660 region.
+const ISO_MBR_TYPE: u8 = 0x17;
+
+impl Hybrid {
+    /// Without an EFI image, an MBR as isohybrid lays it out: partition 1,
+    /// active, type 0x17, from sector 0 over the whole image (so the
+    /// partition itself mounts as ISO 9660).
+    ///
+    /// With one, a hybrid MBR beside the GPT: a 0xEE entry over the GPT
+    /// (UEFI firmware and Linux then use the GPT, UEFI 2.10 §5.2.3), the
+    /// ISO 9660 region(s) (active, type 0x17) and the EFI system partition
+    /// (0xEF) mirroring the GPT's, so BIOSes that want an active partition
+    /// and MBR-only firmware still boot. Entries never overlap.
+    fn mbr(&self, code: Option<&[u8; 440]>) -> [u8; 512] {
+        use crate::mbr::{encode_with_code, MbrPartition};
+        let sectors = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut parts = Vec::new();
+        match self.gpt_ranges() {
+            None => parts.push(MbrPartition {
+                kind: ISO_MBR_TYPE,
+                start: 0,
+                sectors: sectors(self.blocks * PER_BLOCK),
+                active: true,
+            }),
+            Some(ranges) => {
+                parts.push(MbrPartition {
+                    kind: 0xEE,
+                    start: 1,
+                    sectors: sectors(ranges[0].1 - 1),
+                    active: false,
+                });
+                let first_iso = ranges.iter().position(|r| r.0 == Region::Iso);
+                for (i, &(kind, first, last)) in ranges.iter().enumerate() {
+                    parts.push(MbrPartition {
+                        kind: if kind == Region::Esp {
+                            0xEF
+                        } else {
+                            ISO_MBR_TYPE
+                        },
+                        start: sectors(first),
+                        sectors: sectors(last - first + 1),
+                        active: Some(i) == first_iso,
+                    });
+                }
+            }
+        }
+        let signature = u32::from_le_bytes(self.seed[..4].try_into().expect("4 bytes"));
+        match code {
+            Some(c) => encode_with_code(&parts, signature, c),
+            None => crate::mbr::encode(&parts, signature),
+        }
+    }
+
+    /// The GPT partitions as (kind, first sector, last sector): the ISO
+    /// 9660 data after the system area, split around the EFI image when it
+    /// is one of the files (GPT partitions may not overlap, §5.3.3).
+    fn gpt_ranges(&self) -> Option<Vec<(Region, u64, u64)>> {
+        let (efi_lba, efi_bytes) = self.efi?;
+        let first = SYSTEM_AREA * PER_BLOCK;
+        let end = self.data_blocks * PER_BLOCK; // exclusive
+        let (efi_first, efi_end) = (
+            efi_lba * PER_BLOCK,
+            efi_lba * PER_BLOCK + efi_bytes.div_ceil(512),
+        );
+        let mut r = Vec::new();
+        if efi_first > first {
+            r.push((Region::Iso, first, efi_first - 1));
+        }
+        r.push((Region::Esp, efi_first, efi_end - 1));
+        if efi_end < end {
+            r.push((Region::Iso, efi_end, end - 1));
+        }
+        Some(r)
+    }
+
+    fn gpt(&self) -> Option<crate::gpt::Gpt> {
+        use crate::gpt::{Gpt, GptPartition, Guid, BASIC_DATA, ESP};
+        let ranges = self.gpt_ranges()?;
+        // Each GUID hashes the seed with its own number.
+        let guid = |n: u8| {
+            let mut g = [0u8; 16];
+            for (i, part) in g.chunks_mut(4).enumerate() {
+                let mut h = crc32fast::Hasher::new_with_initial(u32::from(n) << 8 | i as u32);
+                h.update(&self.seed);
+                part.copy_from_slice(&h.finalize().to_le_bytes());
+            }
+            Guid::from_hash(g)
+        };
+        // Bit 60: read-only (the ISO 9660 regions are never written).
+        const READ_ONLY: u64 = 1 << 60;
+        Some(Gpt {
+            disk_guid: guid(0),
+            disk_sectors: self.blocks * PER_BLOCK,
+            partitions: ranges
+                .iter()
+                .enumerate()
+                .map(|(i, &(kind, first, last))| GptPartition {
+                    kind: if kind == Region::Esp { ESP } else { BASIC_DATA },
+                    guid: guid(i as u8 + 1),
+                    first,
+                    last,
+                    attributes: if kind == Region::Esp { 0 } else { READ_ONLY },
+                    name: if kind == Region::Esp {
+                        "EFI System"
+                    } else {
+                        "ISO9660"
+                    }
+                    .into(),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Iso,
+    Esp,
+}
+
+/// 16 bytes that change with what the image holds (volume id, size, time,
+/// every path, size and mtime), stable across builds and toolchains.
+fn hybrid_seed(vol_id: &str, blocks: u32, time: i64, flat: &Flat<'_>) -> [u8; 16] {
+    let mut h: Vec<crc32fast::Hasher> = (0..4u32)
+        .map(|i| crc32fast::Hasher::new_with_initial(0x9E37_79B9u32.wrapping_mul(i + 1)))
+        .collect();
+    let mut feed = |bytes: &[u8]| h.iter_mut().for_each(|x| x.update(bytes));
+    feed(vol_id.as_bytes());
+    feed(&blocks.to_le_bytes());
+    feed(&time.to_le_bytes());
+    for (f, _) in &flat.files {
+        feed(f.path.as_os_str().as_encoded_bytes());
+        feed(&f.meta.size.to_le_bytes());
+        feed(&f.meta.mtime.secs.to_le_bytes());
+    }
+    let mut out = [0u8; 16];
+    for (i, x) in h.into_iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&x.finalize().to_le_bytes());
+    }
+    out
+}
+
+/// The loader's MBR boot code for BIOS booting from a USB stick (isolinux's
+/// `isohdpfx.bin`, as `isohybrid` and `xorriso -isohybrid-mbr` use it): its
+/// first 432 bytes, then at 432 the boot image's address in 512-byte
+/// sectors (u64, little-endian), which the code loads and jumps to.
+fn isohybrid_code(code: &[u8], boot_lba: u64, boot: &Node) -> Result<[u8; 440], IsoError> {
+    if code.len() < 432 || code.len() > 512 {
+        return Err(IsoError::BootImage {
+            path: PathBuf::from("--hybrid-mbr"),
+            reason: format!(
+                "{} bytes; MBR boot code (e.g. isohdpfx.bin) is 432 to 512 bytes",
+                code.len()
+            ),
         });
     }
-    // The disk signature: fixed, so the image stays reproducible.
-    encode(&parts, 0x4453_5953)
+    let mut out = [0u8; 440];
+    out[..432].copy_from_slice(&code[..432]);
+    out[432..440].copy_from_slice(&(boot_lba * PER_BLOCK).to_le_bytes());
+    // isolinux.bin marks itself hybrid-capable with this word after the
+    // boot-info table; without it the MBR code's jump lands elsewhere.
+    let mut head = [0u8; 68];
+    let ok = std::fs::File::open(&boot.path)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
+        .is_ok()
+        && head[64..68] == 0x7078_C0FBu32.to_le_bytes();
+    if !ok {
+        warn!(
+            "{}: no isohybrid signature at byte 64; BIOS booting from a disk through the --hybrid-mbr code may fail",
+            boot.path.display()
+        );
+    }
+    Ok(out)
 }
 
 /// The BIOS boot image with its boot-info table patched: read once at

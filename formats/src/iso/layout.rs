@@ -346,6 +346,15 @@ fn rock_ridge<'t>(flat: &Flat<'t>, d: usize, target: Target<'t>) -> Vec<Vec<u8>>
             entries.push(susp::pn(m.rdev));
         }
         if let NodeKind::Symlink { target } = &node.kind {
+            // Rock Ridge holds targets of any length (Linux reads them
+            // whole), but libisofs caps them at 1024 bytes.
+            if target.as_os_str().len() > 1024 {
+                log::warn!(
+                    "{}: symlink target of {} bytes; xorriso/libisofs refuse targets over 1024 bytes",
+                    node.path.display(),
+                    target.as_os_str().len()
+                );
+            }
             entries.extend(susp::sl(target));
         }
         entries.extend(susp::nm(node.name.as_bytes()));

@@ -68,10 +68,17 @@ pub struct IsoOptions {
     /// generator built from a directory), placed after the files and listed
     /// in no directory. Exclusive with `efi_boot`.
     pub efi_image: Option<std::sync::Arc<dyn synth::BlockDev>>,
-    /// Put an MBR in the system area so the same image works as a disk
-    /// (USB stick): partition 1 covers the whole image, partition 2 (type
-    /// 0xEF, an EFI system partition) the `efi_boot` image.
+    /// Put partition tables in the system area so the same image works as a
+    /// disk (USB stick). Without an EFI image: an MBR whose partition 1
+    /// covers the whole image. With one: a GUID partition table (ISO 9660
+    /// data as basic-data partitions around the EFI system partition, the
+    /// backup table in the volume's last 33 sectors) and a hybrid MBR
+    /// mirroring it.
     pub hybrid: bool,
+    /// The loader's MBR boot code for `hybrid` images (isolinux's
+    /// `isohdpfx.bin`): BIOSes then boot the `boot` image from a USB stick.
+    /// Without it the MBR holds our "not bootable" stub.
+    pub hybrid_boot_code: Option<Vec<u8>>,
 }
 
 impl Default for IsoOptions {
@@ -88,6 +95,7 @@ impl Default for IsoOptions {
             efi_boot: None,
             efi_image: None,
             hybrid: false,
+            hybrid_boot_code: None,
         }
     }
 }
@@ -119,6 +127,9 @@ pub enum IsoError {
         /// What is wrong.
         reason: String,
     },
+    /// The hybrid image's GUID partition table cannot be laid out.
+    #[error("hybrid partition table: {0}")]
+    Gpt(#[from] crate::gpt::GptError),
     /// Assembling the region map failed (a bug if it happens).
     #[error("building the image: {0}")]
     Region(#[from] synth::Error),
