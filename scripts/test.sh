@@ -9,13 +9,15 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Not qemu-system-x86: Debian 12's would replace the machine's newer (backported) qemu-utils,
-# which the extended-headers tests need; the floppy boot test is #[ignore]d for that reason.
-PACKAGES=(qemu-utils libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
-  xorriso genisoimage p7zip-full gdisk fdisk isolinux)
+# qemu comes from bookworm-backports on Debian 12: its 7.2 lacks NBD extended headers, and
+# qemu-system-x86 must match qemu-utils (7.2's would downgrade a backported qemu-utils).
+QEMU_PACKAGES=(qemu-utils qemu-system-x86)
+PACKAGES=(qemu-utils qemu-system-x86 libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
+  xorriso genisoimage p7zip-full gdisk fdisk isolinux syslinux-common ovmf grub-efi-amd64-bin)
 # tool -> package that provides it
 declare -A PROVIDES=(
   [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
+  [qemu-system-x86_64]=qemu-system-x86
   [nbdinfo]=libnbd-bin [nbdcopy]=libnbd-bin [nbdsh]=libnbd-bin
   [nbdkit]=nbdkit [fio]=fio
   [fsck.fat]=dosfstools [mkfs.fat]=dosfstools
@@ -28,6 +30,9 @@ declare -A PROVIDES=(
 # data files -> package that provides them
 declare -A PROVIDES_FILE=(
   [/usr/lib/ISOLINUX/isohdpfx.bin]=isolinux [/usr/lib/ISOLINUX/isolinux.bin]=isolinux
+  [/usr/lib/syslinux/modules/bios/ldlinux.c32]=syslinux-common
+  [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
+  [/usr/lib/grub/x86_64-efi/monolithic/grubx64.efi]=grub-efi-amd64-bin
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -44,6 +49,10 @@ missing_packages() {
   # The libnbd Python bindings must be importable by Debian's interpreter (a pyenv python3 on
   # PATH usually lacks them; the tests call /usr/bin/python3 explicitly).
   /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || need[python3-libnbd]=1
+  # NBD extended headers need qemu 9 or later.
+  local qemu_major
+  qemu_major=$(qemu-img --version 2>/dev/null | sed -n '1s/^qemu-img version \([0-9]*\).*/\1/p')
+  ((${qemu_major:-0} >= 9)) || need[qemu-utils]=1
   for pkg in "${PACKAGES[@]}"; do
     [[ -n "${need[$pkg]:-}" ]] && printf '%s\n' "$pkg"
   done
@@ -68,8 +77,26 @@ if ((${#missing[@]})); then
   echo "missing packages: ${missing[*]}"
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
+    qemu_from=()
+    if grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+      if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+          'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+          >/etc/apt/sources.list.d/disksynth-backports.sources
+      fi
+      qemu_from=(-t bookworm-backports)
+    fi
     apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
+    others=()
+    for pkg in "${missing[@]}"; do
+      [[ " ${QEMU_PACKAGES[*]} " == *" $pkg "* ]] || others+=("$pkg")
+    done
+    if ((${#others[@]})); then
+      apt-get install -y --no-install-recommends "${others[@]}"
+    fi
+    if ((${#others[@]} < ${#missing[@]})); then
+      apt-get install -y --no-install-recommends "${qemu_from[@]}" "${QEMU_PACKAGES[@]}"
+    fi
     mapfile -t missing < <(missing_packages)
   elif [[ $(id -u) -ne 0 ]]; then
     echo "not root: cannot install them; run 'sudo scripts/test.sh' or" \

@@ -29,6 +29,7 @@ pub mod ext4_util;
 pub mod generator;
 pub mod iso_util;
 mod process;
+pub mod qemu_boot;
 mod server;
 pub mod trees;
 

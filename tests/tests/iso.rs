@@ -928,3 +928,43 @@ fn host_file_changed_after_start_up_gives_eio_naming_it_and_others_still_read() 
         out.describe()
     );
 }
+
+/// Hard links are one extent in the image (as mkisofs records them), with one Rock Ridge serial
+/// number and the tree's link count: the data is stored once, and xorriso with `-hardlinks on`
+/// extracts them as links again.
+#[test]
+fn hard_links_share_one_extent_and_extract_as_links() {
+    require_tool!("isoinfo", "xorriso");
+    let dir = tempdir();
+    let tree = tree_named(dir.path(), "links", |t| {
+        fs::create_dir(t.join("sub")).unwrap();
+        fs::write(t.join("a.bin"), random_bytes(21, 1 << 20)).unwrap();
+        fs::hard_link(t.join("a.bin"), t.join("sub/b.bin")).unwrap();
+        fs::hard_link(t.join("a.bin"), t.join("z.bin")).unwrap();
+        fs::write(t.join("other.bin"), random_bytes(22, 1000)).unwrap();
+    });
+    let img = dir.path().join("links.iso");
+    build(&tree, &img, &[]);
+    let list = isoinfo_list(&img, "-R");
+    let lba = |path: &str| list[path][0].lba;
+    assert_eq!(lba("/a.bin"), lba("/sub/b.bin"));
+    assert_eq!(lba("/a.bin"), lba("/z.bin"));
+    assert_ne!(lba("/a.bin"), lba("/other.bin"));
+    assert!(
+        fs::metadata(&img).unwrap().len() < (1 << 20) + (512 << 10),
+        "the 1 MiB file is stored more than once"
+    );
+    let out = dir.path().join("out");
+    // -hardlinks must come before -indev: xorriso matches links while loading the tree.
+    run_ok(
+        Command::new("xorriso")
+            .args(["-osirrox", "on", "-hardlinks", "on", "-indev"])
+            .arg(&img)
+            .args(["-extract", "/"])
+            .arg(&out),
+    );
+    let a = fs::metadata(out.join("a.bin")).unwrap();
+    assert_eq!(a.nlink(), 3, "extracted link count");
+    assert_eq!(fs::metadata(out.join("sub/b.bin")).unwrap().ino(), a.ino());
+    assert!(fs::read(out.join("z.bin")).unwrap() == random_bytes(21, 1 << 20));
+}

@@ -70,7 +70,8 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
                 reason: "not a regular file in the directory".into(),
             })
     };
-    let bios = find_boot(&opts.boot)?;
+    // A hard-linked boot image is patched in its first name's extent.
+    let bios = find_boot(&opts.boot)?.map(|i| flat.link_of[i].unwrap_or(i));
     let efi_file = find_boot(&opts.efi_boot)?;
     if efi_file.is_some() && opts.efi_image.is_some() {
         return Err(IsoError::BootImage {
@@ -109,7 +110,11 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
         next = ns.place(&flat, next)?;
     }
     let mut file_extent = Vec::with_capacity(flat.files.len());
-    for (f, _) in &flat.files {
+    for (i, (f, _)) in flat.files.iter().enumerate() {
+        if let Some(first) = flat.link_of[i] {
+            file_extent.push(file_extent[first]);
+            continue;
+        }
         let blocks = f.meta.size.div_ceil(SECTOR);
         // Empty files point at block 0 with length 0, as mkisofs does.
         file_extent.push(if blocks == 0 { 0 } else { next });
@@ -217,6 +222,9 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
 
     let pool = FilePool::new(opts.max_open_files);
     for (i, ((f, _), &extent)) in flat.files.iter().zip(&file_extent).enumerate() {
+        if flat.link_of[i].is_some() {
+            continue; // a hard link: its first name's extent holds the data
+        }
         if bios == Some(i) && opts.boot_info_table {
             push_patched_boot(&mut b, f, extent)?;
         } else if f.meta.size > 0 {

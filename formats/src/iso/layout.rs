@@ -12,6 +12,8 @@
 //! Directories come in path table order (breadth first, §9.4), files in
 //! tree order; the two namespaces share the file extents.
 
+use std::collections::HashMap;
+
 use std::os::unix::ffi::OsStrExt;
 
 use tree::{Node, NodeKind, Tree};
@@ -54,6 +56,13 @@ pub(crate) struct Flat<'t> {
     pub dirs: Vec<Dir<'t>>,
     /// Regular files and their file serial numbers.
     pub files: Vec<(&'t Node, u32)>,
+    /// For each file: the index of the first file that is the same host
+    /// inode (a hard link), whose extent it shares, or `None`.
+    pub link_of: Vec<Option<usize>>,
+    /// For each first file of an inode: how many names it has in the tree.
+    pub nlink: Vec<u32>,
+    /// First file index of each multiply-linked host inode.
+    seen: HashMap<(u64, u64), usize>,
 }
 
 impl<'t> Flat<'t> {
@@ -62,6 +71,9 @@ impl<'t> Flat<'t> {
         let mut flat = Flat {
             dirs: Vec::new(),
             files: Vec::new(),
+            link_of: Vec::new(),
+            nlink: Vec::new(),
+            seen: HashMap::new(),
         };
         let mut ino = 0u32;
         flat.add(&tree.root, 0, keep_others, &mut ino);
@@ -83,9 +95,26 @@ impl<'t> Flat<'t> {
             match c.kind {
                 NodeKind::Dir(_) => children.push(Child::Dir(self.add(c, i, keep_others, ino))),
                 NodeKind::File => {
-                    *ino += 1;
-                    children.push(Child::File(self.files.len()));
-                    self.files.push((c, *ino));
+                    // Hard links share one extent (directory records may
+                    // point at the same blocks, ECMA-119 §6.8.1) and one
+                    // Rock Ridge serial number with the right link count.
+                    let j = self.files.len();
+                    children.push(Child::File(j));
+                    let first = (c.meta.nlink > 1)
+                        .then(|| *self.seen.entry((c.meta.dev, c.meta.ino)).or_insert(j))
+                        .filter(|&f| f != j);
+                    match first {
+                        Some(f) => {
+                            self.files.push((c, self.files[f].1));
+                            self.nlink[f] += 1;
+                        }
+                        None => {
+                            *ino += 1;
+                            self.files.push((c, *ino));
+                        }
+                    }
+                    self.link_of.push(first);
+                    self.nlink.push(1);
                 }
                 NodeKind::Symlink { .. } | NodeKind::Special if keep_others => {
                     *ino += 1;
@@ -335,7 +364,9 @@ fn rock_ridge<'t>(flat: &Flat<'t>, d: usize, target: Target<'t>) -> Vec<Vec<u8>>
             (2 + p.subdirs, p.ino)
         }
         Target::Entry(Child::Dir(j)) => (2 + flat.dirs[j].subdirs, flat.dirs[j].ino),
-        Target::Entry(Child::File(j)) => (1, flat.files[j].1),
+        Target::Entry(Child::File(j)) => {
+            (flat.nlink[flat.link_of[j].unwrap_or(j)], flat.files[j].1)
+        }
         Target::Entry(Child::Other(_, ino)) => (1, ino),
     };
     entries.push(susp::px(m.mode, nlink, m.uid, m.gid, ino));
