@@ -18,3 +18,4 @@ pub mod mbr;
 mod par;
 mod sparse;
 mod time;
+pub mod xz;
