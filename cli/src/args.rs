@@ -93,6 +93,50 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// A remote image over HTTP(S), read lazily with range requests (read-only).
+    #[command(after_help = HTTP_EXAMPLES)]
+    Http {
+        /// http:// or https:// URL of the raw image.
+        url: String,
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
+    /// Random access into a block-indexed .xz image, a local file or an http(s) URL
+    /// (read-only): only the blocks clients read are fetched and decoded.
+    #[command(after_help = XZ_EXAMPLES)]
+    Xz {
+        /// The .xz file: a path, or an http:// or https:// URL.
+        source: String,
+        #[command(flatten)]
+        xz: XzArgs,
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
+    /// Compress an image into a block-indexed .xz (multithreaded) that `disksynth xz`
+    /// and other random-access readers serve without decompressing it all.
+    #[command(after_help = XZ_EXAMPLES)]
+    Pack {
+        /// The image to compress.
+        input: PathBuf,
+        /// The .xz file to write (replaced only when complete).
+        output: PathBuf,
+        /// Uncompressed bytes per xz block: the unit of random access.
+        #[arg(long, value_name = "SIZE", default_value = "16M")]
+        block_size: Size,
+        /// Compression threads (default: all cores).
+        #[arg(long, value_name = "N")]
+        threads: Option<u32>,
+        /// xz preset, 0 (fast) to 9 (small).
+        #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+        preset: u32,
+        /// Log to stderr: -v what was written.
+        #[arg(short = 'v', long, action = ArgAction::Count)]
+        verbose: u8,
+    },
     /// SIZE bytes where every 8-byte big-endian word holds its own offset (read-only).
     #[command(after_help = EXAMPLES)]
     Pattern {
@@ -260,6 +304,79 @@ pub struct IsoArgs {
     /// Most host files kept open at once.
     #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
     pub max_open_files: usize,
+}
+
+const HTTP_EXAMPLES: &str = "\
+Examples:
+  disksynth http https://host/disk.raw --serve
+  disksynth http https://host/disk.raw --auth-env TOKEN --run 'qemu-img info \"$uri\"'
+
+Every ranged GET must come back 206 with the range asked for; a 200, a wrong range or a
+file replaced on the server (ETag/Last-Modified, sent as If-Range) fails the read with
+EIO and a log line, never wrong bytes. Connection errors, truncated bodies, 5xx and 429
+are retried with backoff. Credentials come from an environment variable or a file
+(\"user:password\" for Basic, \"Bearer TOKEN\"), never from the command line.";
+
+const XZ_EXAMPLES: &str = "\
+Examples:
+  disksynth xz https://host/fedora.raw.xz --serve    boot a compressed image without downloading it
+  disksynth xz ./local.raw.xz -o disk.raw            decompress (sparse: zero blocks stay holes)
+  disksynth pack disk.raw disk.raw.xz --block-size 16M
+
+Random access needs many blocks: plain `xz` writes one block per file (refused above
+--max-block). `disksynth pack` or `xz -T0 --block-size=16MiB` write indexed files.
+Decoded blocks are cached once for all clients (--cache-size); all-zero blocks are
+reported as holes.";
+
+/// HTTP client options (for `http` and for `xz` of a URL).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpArgs {
+    /// Extra request header, repeatable: --header 'User-Agent: x'.
+    #[arg(long = "header", value_name = "'K: V'")]
+    pub headers: Vec<String>,
+    /// Read credentials from this environment variable ("user:password" or "Bearer TOKEN").
+    #[arg(long, value_name = "VAR", conflicts_with = "auth_file")]
+    pub auth_env: Option<String>,
+    /// Read credentials from this file (same format as --auth-env).
+    #[arg(long, value_name = "PATH")]
+    pub auth_file: Option<PathBuf>,
+    /// Most requests in flight at once (shared by all clients).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub connections: usize,
+    /// Seconds to wait for a connection.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Seconds a request may go without data.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Retries of a failed request (with exponential backoff).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
+    /// Read ahead this much on sequential access (0: off).
+    #[arg(long, value_name = "SIZE", default_value = "4M")]
+    pub readahead: Size,
+    /// Keep fetched ranges in this directory and reuse them (keyed by URL and ETag).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// xz view options.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "xz")]
+pub struct XzArgs {
+    /// Memory for decoded blocks, shared by all clients.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub cache_size: Size,
+    /// Largest block (uncompressed) served; larger ones are refused unless --allow-big-blocks.
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub max_block: Size,
+    /// Serve files with blocks over --max-block anyway (slow: every read decodes a whole block).
+    #[arg(long)]
+    pub allow_big_blocks: bool,
+    /// Do not decode the next block ahead on sequential reads.
+    #[arg(long)]
+    pub no_readahead: bool,
 }
 
 /// How the disk is handed out: serve it (TCP, Unix, captive) or write it.

@@ -3,6 +3,7 @@
 
 mod args;
 mod generators;
+mod remote;
 mod serve;
 mod size;
 
@@ -112,6 +113,18 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
             format!("ISO 9660 image of {}", dir.display()),
             export,
         ),
+        Source::Http { url, http, export } => (remote::http(url, http)?, url.clone(), export),
+        Source::Xz {
+            source,
+            xz,
+            http,
+            export,
+        } => (
+            remote::xz(source, xz, http)?,
+            format!("xz view of {source}"),
+            export,
+        ),
+        Source::Pack { .. } => bail!("pack writes a .xz file; it has no disk to export"),
     })
 }
 
@@ -156,6 +169,18 @@ fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Source::Pack {
+        input,
+        output,
+        block_size,
+        threads,
+        preset,
+        ..
+    } = &cli.source
+    {
+        remote::pack(input, output, block_size.0, *threads, *preset)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let systemd = systemd_listener()?;
     let (dev, description, a) = open_source(&cli.source)?;
     let mode = mode_of(a, systemd.is_some())?;
@@ -186,7 +211,10 @@ fn verbosity(src: &Source) -> u8 {
         | Source::Pattern { export, .. }
         | Source::Floppy { export, .. }
         | Source::Ext4 { export, .. }
-        | Source::Iso { export, .. } => export.verbose,
+        | Source::Iso { export, .. }
+        | Source::Http { export, .. }
+        | Source::Xz { export, .. } => export.verbose,
+        Source::Pack { verbose, .. } => *verbose,
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`memory`]: a sparse writable RAM disk.
 //! - [`ZeroDev`]: all zeros.
 //! - [`PatternDev`]: every 8-byte big-endian word holds its own offset.
+//! - [`http::HttpDev`]: a remote file read with HTTP(S) range requests.
 //!
 //! ```
 //! use synth::BlockDev;
@@ -16,6 +17,7 @@
 //! ```
 
 mod file;
+pub mod http;
 mod plain;
 
 pub use file::{FileDev, FileSourceError};

@@ -20,3 +20,4 @@ mod qemu;
 mod run_mode;
 mod signals;
 mod socket_activation;
+mod xz;

@@ -1,0 +1,188 @@
+//! Remote and compressed sources: `http URL`, `xz FILE|URL`, and `pack`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use formats::xz::{XzDev, XzOptions};
+use sources::http::{HttpAuth, HttpDev, HttpOptions};
+use synth::BlockDev;
+
+use crate::args::{HttpArgs, XzArgs};
+use crate::size::Size;
+
+/// Whether `s` names an HTTP(S) resource rather than a local path.
+pub(crate) fn is_url(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// `url` without `user:password@` (HttpDev refuses credentials in URLs;
+/// the error context must not repeat them either).
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// HTTP client options from the command line. Credentials come from an
+/// environment variable or a file, never from the command line itself.
+fn http_options(a: &HttpArgs) -> Result<HttpOptions> {
+    let mut headers = Vec::with_capacity(a.headers.len());
+    for h in &a.headers {
+        let Some((name, value)) = h.split_once(':') else {
+            bail!("--header {h:?}: expected 'Name: value'");
+        };
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    let auth = match (&a.auth_env, &a.auth_file) {
+        (Some(var), _) => Some(HttpAuth::from_env(var)?),
+        (None, Some(path)) => Some(HttpAuth::from_file(path)?),
+        (None, None) => None,
+    };
+    if a.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    Ok(HttpOptions {
+        headers,
+        auth,
+        connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+        read_timeout: Duration::from_secs(a.timeout.max(1)),
+        retries: a.retries,
+        max_in_flight: a.connections,
+        readahead: a.readahead.0,
+        cache_dir: a.cache_dir.clone(),
+        ..HttpOptions::default()
+    })
+}
+
+/// `disksynth http URL`: the remote file as a read-only device.
+pub(crate) fn http(url: &str, a: &HttpArgs) -> Result<Arc<dyn BlockDev>> {
+    if !is_url(url) {
+        bail!("{url:?} is not an http:// or https:// URL");
+    }
+    let t0 = std::time::Instant::now();
+    let dev = HttpDev::open(url, &http_options(a)?)
+        .with_context(|| format!("opening {}", redacted(url)))?;
+    log::info!(
+        "{}: {} ({} ms to open)",
+        dev.url(),
+        Size(dev.size()),
+        t0.elapsed().as_millis()
+    );
+    Ok(Arc::new(dev))
+}
+
+/// `disksynth xz FILE|URL`: random access into a block-indexed .xz, one
+/// decoded-block cache for all clients.
+pub(crate) fn xz(source: &str, x: &XzArgs, h: &HttpArgs) -> Result<Arc<dyn BlockDev>> {
+    let t0 = std::time::Instant::now();
+    let compressed: Arc<dyn BlockDev> = if is_url(source) {
+        // The xz view fetches whole blocks (and decodes the next one
+        // ahead) itself; an HTTP read-ahead window on top would only
+        // split block fetches into several requests.
+        let mut opts = http_options(h)?;
+        opts.readahead = 0;
+        Arc::new(
+            HttpDev::open(source, &opts)
+                .with_context(|| format!("opening {}", redacted(source)))?,
+        )
+    } else {
+        Arc::new(
+            sources::FileDev::open(Path::new(source), false)
+                .with_context(|| format!("opening {source}"))?,
+        )
+    };
+    let opts = XzOptions {
+        cache_bytes: x.cache_size.0,
+        max_block: x.max_block.0,
+        allow_big_blocks: x.allow_big_blocks,
+        readahead: !x.no_readahead,
+    };
+    let source = redacted(source);
+    let dev = XzDev::open(compressed, &opts).with_context(|| format!("reading {source}"))?;
+    let index = dev.index();
+    log::info!(
+        "{source}: {} in {} blocks (largest {}), {} compressed, {} stream(s); index read in {} ms",
+        Size(index.uncompressed_size()),
+        index.blocks().len(),
+        Size(index.largest_block()),
+        Size(index.compressed_size()),
+        index.stream_count(),
+        t0.elapsed().as_millis()
+    );
+    Ok(Arc::new(dev))
+}
+
+/// `disksynth pack IN OUT`: a block-indexed .xz, multithreaded.
+pub(crate) fn pack(
+    input: &Path,
+    output: &Path,
+    block_size: u64,
+    threads: Option<u32>,
+    preset: u32,
+) -> Result<()> {
+    use std::io::IsTerminal;
+    let size = std::fs::metadata(input)
+        .with_context(|| format!("reading {}", input.display()))?
+        .len();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(size);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let opts = formats::xz::PackOptions {
+        threads: threads.unwrap_or(0),
+        block_size,
+        preset,
+        ..formats::xz::PackOptions::default()
+    };
+    let t0 = std::time::Instant::now();
+    let stats = formats::xz::pack(input, output, &opts, &mut |pos| {
+        if let Some(b) = &bar {
+            b.set_position(pos);
+        }
+    })
+    .with_context(|| format!("packing {} into {}", input.display(), output.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    log::info!(
+        "{} → {}: {} blocks of {}, {} → {} ({} threads, {:.1} s)",
+        input.display(),
+        output.display(),
+        stats.blocks,
+        Size(block_size),
+        Size(stats.input_bytes),
+        Size(stats.output_bytes),
+        stats.threads,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn credentials_are_cut_from_urls() {
+        assert_eq!(
+            redacted("https://u:secret@host/a@b"),
+            "https://***@host/a@b"
+        );
+        assert_eq!(redacted("http://host/x.xz"), "http://host/x.xz");
+        assert_eq!(redacted("./local@file.xz"), "./local@file.xz");
+    }
+}

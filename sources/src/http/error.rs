@@ -1,0 +1,155 @@
+//! Errors of the HTTP source. None of them ever carries a credential: URLs
+//! with user information are refused, and header values are never quoted.
+
+use std::path::PathBuf;
+
+/// Why opening or reading an HTTP(S) source failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The URL does not parse or is not `http`/`https`.
+    #[error("invalid URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL given (without any user information).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The URL carries `user:password@`: credentials on a command line leak
+    /// into `ps`, shell history and logs.
+    #[error(
+        "refusing credentials in the URL {url}: give them in an environment variable or a file \
+         (`user:password` or a bearer token) instead"
+    )]
+    CredentialsInUrl {
+        /// The URL with its user information removed.
+        url: String,
+    },
+    /// An extra header that is malformed or not allowed.
+    #[error("invalid header {name:?}: {reason}")]
+    BadHeader {
+        /// The header name as given.
+        name: String,
+        /// What is wrong (never the value).
+        reason: &'static str,
+    },
+    /// Credentials could not be read from their environment variable or file.
+    #[error("cannot read credentials from {from}: {reason}")]
+    Credentials {
+        /// `environment variable X` or `file P`.
+        from: String,
+        /// What went wrong (never the content).
+        reason: String,
+    },
+    /// The HTTP client could not be built (TLS set-up...).
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// 404 or 410.
+    #[error("{url}: not found (HTTP {status}); check the URL")]
+    NotFound {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// 401, 403 or 407.
+    #[error("{url}: access denied (HTTP {status}): {hint}")]
+    Denied {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// Whether credentials were sent, for the user.
+        hint: &'static str,
+    },
+    /// Another status that retrying will not fix.
+    #[error("{url}: {what}: unexpected HTTP status {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// What was being done.
+        what: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The server answers ranged requests with the whole file.
+    #[error(
+        "{url}: the server does not support byte ranges (a Range request got the whole file); \
+         a block device needs random access"
+    )]
+    NoRanges {
+        /// The URL.
+        url: String,
+    },
+    /// Neither HEAD nor a range probe told the size.
+    #[error(
+        "{url}: the server does not tell the file size (no Content-Length on HEAD, no complete \
+         length in Content-Range)"
+    )]
+    NoSize {
+        /// The URL.
+        url: String,
+    },
+    /// The remote file is not the one opened any more.
+    #[error("{url}: the remote file changed since it was opened: {detail}")]
+    Changed {
+        /// The URL.
+        url: String,
+        /// What proves it.
+        detail: String,
+    },
+    /// The server answered something a correct server never would.
+    #[error("{url}: the server misbehaved: {detail}")]
+    Misbehaved {
+        /// The URL.
+        url: String,
+        /// What it did.
+        detail: String,
+    },
+    /// Transient failures persisted through every retry.
+    #[error("{url}: {what} failed after {tries} attempts; last error: {last}")]
+    GaveUp {
+        /// The URL.
+        url: String,
+        /// What was being done.
+        what: String,
+        /// Attempts made.
+        tries: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// A request failed in a way retrying will not fix (too many redirects...).
+    #[error("{url}: {what}: {detail}")]
+    Request {
+        /// The URL.
+        url: String,
+        /// What was being done.
+        what: String,
+        /// The failure.
+        detail: String,
+    },
+    /// The on-disk cache could not be set up.
+    #[error("cache {}: {reason}", path.display())]
+    Cache {
+        /// The cache file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// An error and its causes on one line (reqwest's own message is terse:
+/// the cause, e.g. "connection refused", is in the source chain).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,266 @@
+//! `http URL`: a read-only block device backed by an HTTP(S) file, read with
+//! byte-range requests.
+//!
+//! Opening learns the size (HEAD `Content-Length` with `Accept-Ranges`, or
+//! a `Range: bytes=0-0` probe) and a validator (a strong `ETag`, else a
+//! strong `Last-Modified`). Every read is then a ranged GET sent with
+//! `If-Range: <validator>` (RFC 9110 §13.1.5), and is accepted only as a
+//! `206` whose `Content-Range` is exactly the range asked for, with the
+//! complete length seen at open (§14.4, §15.3.7), and a body of exactly that
+//! length. Anything else fails the read with an `Io` error and a log line:
+//! a replaced file must never be served as a mix of old and new bytes.
+//! Once the file is known to have changed, every later read fails.
+//!
+//! Around that: retries with exponential backoff and jitter for transient
+//! failures (connection errors, timeouts, truncated bodies, 5xx, 408, 429
+//! with `Retry-After`), a cap on requests in flight shared by all
+//! connections, sequential read-ahead ([`HttpOptions::readahead`]), and an
+//! optional on-disk chunk cache ([`HttpOptions::cache_dir`]).
+//!
+//! Credentials come from [`HttpAuth`] (an environment variable or a file),
+//! never from the URL or an extra header, and are never logged.
+//!
+//! ```no_run
+//! use synth::BlockDev;
+//! use sources::http::{HttpDev, HttpOptions};
+//! let dev = HttpDev::open("https://example.com/disk.img", &HttpOptions::default())?;
+//! let mut sector = [0u8; 512];
+//! dev.read_at(&mut sector, 0)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod auth;
+mod cache;
+mod error;
+mod headers;
+mod limit;
+mod readahead;
+mod remote;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use synth::{check_range, BlockDev, Caps, Error, ErrorKind, Result};
+
+pub use auth::HttpAuth;
+pub use error::HttpError;
+
+use cache::DiskCache;
+use readahead::ReadAhead;
+use remote::Remote;
+
+/// How to reach and read the remote file.
+#[derive(Clone)]
+pub struct HttpOptions {
+    /// Extra request headers (`--header 'K: V'`). `Range`, `If-Range` and
+    /// credentials (`Authorization`) are refused here.
+    pub headers: Vec<(String, String)>,
+    /// Credentials, from [`HttpAuth::from_env`] or [`HttpAuth::from_file`].
+    pub auth: Option<HttpAuth>,
+    /// Time allowed to establish a connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Time allowed for the response head, and for each read of the body.
+    pub read_timeout: Duration,
+    /// Retries after the first attempt of a request.
+    pub retries: u32,
+    /// First backoff delay; doubled per retry, with jitter.
+    pub retry_base: Duration,
+    /// Longest backoff delay.
+    pub retry_cap: Duration,
+    /// Longest wait a server's `Retry-After` can impose.
+    pub retry_after_cap: Duration,
+    /// Requests in flight at once, for all connections together.
+    pub max_in_flight: usize,
+    /// Read-ahead window in bytes for sequential reads (0 disables).
+    pub readahead: u64,
+    /// Directory of the on-disk chunk cache (none by default).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            headers: Vec::new(),
+            auth: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            retries: 5,
+            retry_base: Duration::from_millis(100),
+            retry_cap: Duration::from_secs(5),
+            retry_after_cap: Duration::from_secs(30),
+            max_in_flight: 8,
+            readahead: 4 << 20,
+            cache_dir: None,
+        }
+    }
+}
+
+impl fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values may be tokens: names only.
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("HttpOptions")
+            .field("headers", &names)
+            .field("auth", &self.auth)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("retries", &self.retries)
+            .field("retry_base", &self.retry_base)
+            .field("retry_cap", &self.retry_cap)
+            .field("retry_after_cap", &self.retry_after_cap)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("readahead", &self.readahead)
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
+}
+
+/// Traffic counters of one device (for benchmarks and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpStats {
+    /// Requests sent, open probes and retries included.
+    pub requests: u64,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// Attempts repeated after a transient failure.
+    pub retries: u64,
+}
+
+/// A remote file served as a read-only device.
+pub struct HttpDev {
+    remote: Remote,
+    readahead: ReadAhead,
+    cache: Option<DiskCache>,
+    /// The remote was seen to change: every read fails from then on.
+    changed: AtomicBool,
+}
+
+impl fmt::Debug for HttpDev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpDev")
+            .field("url", &self.remote.url())
+            .field("size", &self.remote.size())
+            .field("cache", &self.cache.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpDev {
+    /// Open `url`: check it, learn the size and validator, and set up the
+    /// read-ahead and the cache. Fails with a message fit for the user
+    /// (404 names the URL, 401/403 mention credentials).
+    pub fn open(url: &str, opts: &HttpOptions) -> std::result::Result<HttpDev, HttpError> {
+        let remote = Remote::open(url, opts)?;
+        let cache = match (&opts.cache_dir, remote.validator()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                log::warn!(
+                    "{}: no validator to tell versions apart; not using the on-disk cache",
+                    remote.url()
+                );
+                None
+            }
+            (Some(dir), Some(v)) => {
+                match DiskCache::open(dir, remote.url(), v.value(), remote.size()) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        log::warn!("{e}; continuing without the on-disk cache");
+                        None
+                    }
+                }
+            }
+        };
+        Ok(HttpDev {
+            readahead: ReadAhead::new(opts.readahead, remote.size()),
+            remote,
+            cache,
+            changed: AtomicBool::new(false),
+        })
+    }
+
+    /// The URL (as given, normalised).
+    pub fn url(&self) -> &str {
+        self.remote.url()
+    }
+
+    /// Traffic so far.
+    pub fn stats(&self) -> HttpStats {
+        self.remote.stats()
+    }
+
+    /// Bytes from the disk cache if present, else from the origin.
+    fn fill(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), HttpError> {
+        let origin = |o: u64, b: &mut [u8]| self.remote.read_range(o, b);
+        match &self.cache {
+            Some(c) => c.read(buf, offset, &origin),
+            None => origin(offset, buf),
+        }
+    }
+
+    /// The read error, logged once per cause.
+    fn fail(&self, e: HttpError, offset: u64) -> Error {
+        match &e {
+            HttpError::Changed { .. } => {
+                if !self.changed.swap(true, Ordering::SeqCst) {
+                    log::error!("{e}; failing this and every later read (reopen to serve it)");
+                }
+            }
+            HttpError::Misbehaved { .. } => {
+                log::error!("{e}; failing the read rather than returning wrong bytes")
+            }
+            _ => log::error!("{e}"),
+        }
+        Error::new(ErrorKind::Io, e.to_string()).at(offset)
+    }
+
+    fn check_unchanged(&self) -> Result<()> {
+        if self.changed.load(Ordering::SeqCst) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "{}: the remote file changed since it was opened; reads fail until it is reopened",
+                    self.remote.url()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl BlockDev for HttpDev {
+    fn size(&self) -> u64 {
+        self.remote.size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.check_unchanged()?;
+        self.readahead
+            .read(buf, offset, &|o, b| self.fill(o, b))
+            .map_err(|e| self.fail(e, offset))
+    }
+
+    fn cache(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.size())?;
+        self.check_unchanged()?;
+        match &self.cache {
+            Some(c) => c
+                .prefetch(offset, len, &|o, b| self.remote.read_range(o, b))
+                .map_err(|e| self.fail(e, offset)),
+            None => Ok(()),
+        }
+    }
+
+    fn caps(&self) -> Caps {
+        if self.cache.is_some() {
+            Caps::CACHE
+        } else {
+            Caps::empty()
+        }
+    }
+}

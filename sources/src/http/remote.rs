@@ -1,0 +1,673 @@
+//! The origin server: opening (size, validator) and validated ranged GETs
+//! with retries, under the per-device cap on requests in flight.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_LENGTH,
+    CONTENT_RANGE, IF_RANGE, RANGE, RETRY_AFTER,
+};
+use reqwest::{Method, StatusCode, Url};
+
+use super::error::chain;
+use super::headers::{
+    choose_validator, parse_content_range, parse_retry_after, ContentRange, Validator,
+};
+use super::limit::Semaphore;
+use super::{HttpAuth, HttpError, HttpOptions, HttpStats};
+
+/// Redirects followed per request.
+const MAX_REDIRECTS: usize = 10;
+
+/// Why one attempt failed.
+enum Failure {
+    /// Transient: connection trouble, timeouts, truncated bodies, 5xx, 429,
+    /// 408. `after` is the server's `Retry-After`, when it sent one.
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
+    /// Retrying cannot help.
+    Fatal(HttpError),
+}
+
+/// Backoff parameters.
+#[derive(Debug, Clone, Copy)]
+struct RetryPolicy {
+    retries: u32,
+    base: Duration,
+    cap: Duration,
+    retry_after_cap: Duration,
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with "equal jitter": half the delay fixed, half
+    /// random, so many clients retrying after one outage spread out.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.cap);
+        exp / 2 + exp.mul_f64(fastrand::f64() / 2.0)
+    }
+}
+
+/// Counters behind [`HttpStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// An opened remote file.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    client: Client,
+    url: Url,
+    /// `url` as shown in messages.
+    shown: String,
+    auth: Option<HttpAuth>,
+    validator: Option<Validator>,
+    size: u64,
+    retry: RetryPolicy,
+    limit: Semaphore,
+    stats: Counters,
+}
+
+/// What HEAD said.
+struct HeadInfo {
+    size: Option<u64>,
+    ranges: bool,
+    validator: Option<Validator>,
+}
+
+impl Remote {
+    /// Check the URL and headers, build the client, and learn the size and
+    /// validator.
+    pub(crate) fn open(url: &str, opts: &HttpOptions) -> Result<Remote, HttpError> {
+        let parsed = parse_url(url)?;
+        let headers = extra_headers(&opts.headers)?;
+        let client = Client::builder()
+            .user_agent(concat!("disksynth/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .connect_timeout(opts.connect_timeout)
+            // The blocking client applies this to the wait for the response
+            // head and to every body read: an idle-read timeout, not a
+            // limit on the whole transfer.
+            .timeout(opts.read_timeout)
+            .pool_max_idle_per_host(opts.max_in_flight.max(1))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(HttpError::Client)?;
+        let mut remote = Remote {
+            client,
+            shown: parsed.to_string(),
+            url: parsed,
+            auth: opts.auth.clone(),
+            validator: None,
+            size: 0,
+            retry: RetryPolicy {
+                retries: opts.retries,
+                base: opts.retry_base,
+                cap: opts.retry_cap,
+                retry_after_cap: opts.retry_after_cap,
+            },
+            limit: Semaphore::new(opts.max_in_flight),
+            stats: Counters::default(),
+        };
+        remote.probe()?;
+        Ok(remote)
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.shown
+    }
+
+    pub(crate) fn validator(&self) -> Option<&Validator> {
+        self.validator.as_ref()
+    }
+
+    pub(crate) fn stats(&self) -> HttpStats {
+        HttpStats {
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            bytes: self.stats.bytes.load(Ordering::Relaxed),
+            retries: self.stats.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Size from HEAD `Content-Length` when the server also says
+    /// `Accept-Ranges: bytes` (RFC 9110 §14.3); otherwise a `bytes=0-0`
+    /// probe, which both proves ranges work and gives the complete length
+    /// in `Content-Range` (§14.4).
+    fn probe(&mut self) -> Result<(), HttpError> {
+        let head = self.head()?;
+        let (size, validator, how) = match head {
+            Some(HeadInfo {
+                size: Some(size),
+                ranges,
+                validator,
+            }) if ranges || size == 0 => (size, validator, "HEAD"),
+            other => {
+                let (size, validator) = self.range_probe()?;
+                if let Some(HeadInfo { size: Some(h), .. }) = other {
+                    if h != size {
+                        log::warn!(
+                            "{}: HEAD says {h} bytes but a range probe says {size}; using {size}",
+                            self.shown
+                        );
+                    }
+                }
+                let validator = validator.or(other.and_then(|h| h.validator));
+                (size, validator, "a range probe")
+            }
+        };
+        self.size = size;
+        self.validator = validator;
+        match &self.validator {
+            Some(v) => log::info!(
+                "{}: {size} bytes (from {how}), validator {}",
+                self.shown,
+                v.describe()
+            ),
+            None => log::warn!(
+                "{}: {size} bytes (from {how}); the server sends no strong ETag or \
+                 Last-Modified, so a replacement of the same size cannot be detected",
+                self.shown
+            ),
+        }
+        Ok(())
+    }
+
+    /// HEAD; `None` when the server will not answer it usefully (405, 501,
+    /// other errors: the range probe decides).
+    fn head(&self) -> Result<Option<HeadInfo>, HttpError> {
+        self.with_retries("HEAD", || {
+            let resp = self.send(Method::HEAD, None)?;
+            let status = resp.status();
+            if status.is_success() {
+                let h = resp.headers();
+                // Not `Response::content_length()`: for HEAD that is the
+                // (empty) body's length, not the field.
+                let size = h
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok());
+                let ranges = h
+                    .get_all(ACCEPT_RANGES)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|u| u.trim().eq_ignore_ascii_case("bytes"));
+                return Ok(Some(HeadInfo {
+                    size,
+                    ranges,
+                    validator: choose_validator(h),
+                }));
+            }
+            match status.as_u16() {
+                404 | 410 | 401 | 403 | 407 | 429 => Err(self.status_failure(&resp, "HEAD")),
+                _ => {
+                    log::debug!("{}: HEAD answered {status}; probing with GET", self.shown);
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    /// `GET` with `Range: bytes=0-0`.
+    fn range_probe(&self) -> Result<(u64, Option<Validator>), HttpError> {
+        let what = "probing the size with Range: bytes=0-0";
+        self.with_retries(what, || {
+            let mut resp = self.send(Method::GET, Some((0, 0, false)))?;
+            let range = content_range(resp.headers());
+            match resp.status() {
+                StatusCode::PARTIAL_CONTENT => match range {
+                    Some(ContentRange::Range {
+                        first: 0,
+                        last: 0,
+                        complete: Some(size),
+                    }) => {
+                        let mut byte = [0u8; 1];
+                        self.read_body(&mut resp, &mut byte)?;
+                        Ok((size, choose_validator(resp.headers())))
+                    }
+                    Some(ContentRange::Range { complete: None, .. }) => {
+                        Err(Failure::Fatal(HttpError::NoSize {
+                            url: self.shown.clone(),
+                        }))
+                    }
+                    _ => Err(self.misbehaved(format!(
+                        "asked for bytes 0-0, got Content-Range {}",
+                        shown_field(resp.headers(), &CONTENT_RANGE)
+                    ))),
+                },
+                // An empty file has no byte 0 (RFC 9110 §14.1.2).
+                StatusCode::RANGE_NOT_SATISFIABLE => match range {
+                    Some(ContentRange::Unsatisfied { complete: 0 }) => {
+                        Ok((0, choose_validator(resp.headers())))
+                    }
+                    _ => Err(self.misbehaved(format!(
+                        "416 to bytes=0-0 with Content-Range {}",
+                        shown_field(resp.headers(), &CONTENT_RANGE)
+                    ))),
+                },
+                // §14.2: a server may ignore Range; this device cannot work then.
+                StatusCode::OK => Err(Failure::Fatal(HttpError::NoRanges {
+                    url: self.shown.clone(),
+                })),
+                _ => Err(self.status_failure(&resp, what)),
+            }
+        })
+    }
+
+    /// Fill `buf` with the bytes at `start`, with one validated ranged GET
+    /// (retried on transient failures). `buf` is bounded by the caller.
+    pub(crate) fn read_range(&self, start: u64, buf: &mut [u8]) -> Result<(), HttpError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let last = start + buf.len() as u64 - 1;
+        let what = format!("reading bytes {start}-{last}");
+        self.with_retries(&what, || self.try_range(start, last, buf))
+    }
+
+    fn try_range(&self, start: u64, last: u64, buf: &mut [u8]) -> Result<(), Failure> {
+        let mut resp = self.send(Method::GET, Some((start, last, true)))?;
+        match resp.status() {
+            // §15.3.7: the only answer that carries exactly the bytes asked for.
+            StatusCode::PARTIAL_CONTENT => {}
+            // §13.1.5: with If-Range, a 200 means the validator no longer
+            // matches: the whole *new* representation is being sent.
+            StatusCode::OK if self.validator.is_some() => {
+                return Err(self.changed(format!(
+                    "the server sent the whole file (200) instead of the range asked with \
+                     If-Range: {}; the remote file was replaced",
+                    self.validator
+                        .as_ref()
+                        .map(|v| v.describe())
+                        .unwrap_or_default()
+                )))
+            }
+            StatusCode::OK => {
+                return Err(self.misbehaved(
+                    "the server ignored the Range header and sent the whole file (200 instead \
+                     of 206)"
+                        .into(),
+                ))
+            }
+            // §15.5.17: the range is past the end: the file shrank.
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let now = match content_range(resp.headers()) {
+                    Some(ContentRange::Unsatisfied { complete }) => format!("{complete} bytes"),
+                    _ => "an unknown size".into(),
+                };
+                return Err(self.changed(format!(
+                    "range not satisfiable (416): it is now {now}, it was {} bytes",
+                    self.size
+                )));
+            }
+            _ => return Err(self.status_failure(&resp, &format!("reading bytes {start}-{last}"))),
+        }
+        let h = resp.headers();
+        match content_range(h) {
+            Some(ContentRange::Range {
+                first,
+                last: l,
+                complete,
+            }) => {
+                if complete != Some(self.size) {
+                    return Err(match complete {
+                        Some(c) => self.changed(format!(
+                            "its size changed from {} to {c} bytes (Content-Range)",
+                            self.size
+                        )),
+                        None => self.misbehaved("Content-Range without the complete length".into()),
+                    });
+                }
+                if (first, l) != (start, last) {
+                    return Err(self.misbehaved(format!(
+                        "asked for bytes {start}-{last}, got Content-Range bytes {first}-{l}/{}",
+                        self.size
+                    )));
+                }
+            }
+            // A 206 without a usable Content-Range (or a multipart answer,
+            // which a single range never asks for) cannot be placed.
+            _ => {
+                return Err(self.misbehaved(format!(
+                    "206 with Content-Range {} for bytes {start}-{last}",
+                    shown_field(h, &CONTENT_RANGE)
+                )))
+            }
+        }
+        // A server that ignores If-Range still shows a new validator.
+        if let Some(detail) = self.validator.as_ref().and_then(|v| v.contradicted_by(h)) {
+            return Err(self.changed(detail));
+        }
+        let want = buf.len() as u64;
+        if let Some(n) = h
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            if n != want {
+                return Err(self.misbehaved(format!(
+                    "Content-Length {n} for a {want}-byte Content-Range"
+                )));
+            }
+        }
+        self.read_body(&mut resp, buf)
+    }
+
+    /// Read exactly `buf.len()` body bytes, then check the body ends there.
+    fn read_body(&self, resp: &mut Response, buf: &mut [u8]) -> Result<(), Failure> {
+        let want = buf.len();
+        let mut got = 0;
+        while got < want {
+            match resp.read(&mut buf[got..]) {
+                Ok(0) => {
+                    return Err(Failure::Retry {
+                        why: format!("body truncated after {got} of {want} bytes"),
+                        after: None,
+                    })
+                }
+                Ok(n) => {
+                    got += n;
+                    self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Failure::Retry {
+                        why: format!(
+                            "body read failed after {got} of {want} bytes: {}",
+                            chain(&e)
+                        ),
+                        after: None,
+                    })
+                }
+            }
+        }
+        // The body is exactly the range (§15.3.7); reading to its end also
+        // lets the connection go back to the pool.
+        let mut extra = [0u8; 1];
+        match resp.read(&mut extra) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(self.misbehaved(format!(
+                "the body is longer than the {want} bytes of its Content-Range"
+            ))),
+            Err(e) => Err(Failure::Retry {
+                why: format!("body read failed at its end: {}", chain(&e)),
+                after: None,
+            }),
+        }
+    }
+
+    /// Send one request. `range` is `(first, last, with If-Range)`.
+    fn send(&self, method: Method, range: Option<(u64, u64, bool)>) -> Result<Response, Failure> {
+        let mut rb = self.client.request(method, self.url.clone());
+        if let Some((first, last, if_range)) = range {
+            rb = rb.header(RANGE, format!("bytes={first}-{last}"));
+            if let (true, Some(v)) = (if_range, &self.validator) {
+                rb = rb.header(IF_RANGE, v.value());
+            }
+        }
+        if let Some(auth) = &self.auth {
+            rb = auth.apply(rb);
+        }
+        rb.send().map_err(|e| {
+            if e.is_redirect() || e.is_builder() {
+                Failure::Fatal(HttpError::Request {
+                    url: self.shown.clone(),
+                    what: "sending the request".into(),
+                    detail: chain(&e),
+                })
+            } else {
+                Failure::Retry {
+                    why: chain(&e),
+                    after: None,
+                }
+            }
+        })
+    }
+
+    /// Classify an unwanted status.
+    fn status_failure(&self, resp: &Response, what: &str) -> Failure {
+        let status = resp.status();
+        let url = self.shown.clone();
+        let code = status.as_u16();
+        match code {
+            // §15.5.9 (408), §15.6 (5xx) and RFC 6585 §4 (429) are transient;
+            // Retry-After (§10.2.3) says for how long.
+            408 | 429 | 500..=599 => Failure::Retry {
+                why: format!("HTTP {status}"),
+                after: resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now())),
+            },
+            404 | 410 => Failure::Fatal(HttpError::NotFound { url, status: code }),
+            401 | 403 | 407 => Failure::Fatal(HttpError::Denied {
+                url,
+                status: code,
+                hint: if self.auth.is_some() {
+                    "the server refused the credentials given; check them"
+                } else {
+                    "no credentials were given; pass them in an environment variable or a file"
+                },
+            }),
+            _ => Failure::Fatal(HttpError::Status {
+                url,
+                what: what.to_owned(),
+                status: code,
+            }),
+        }
+    }
+
+    fn changed(&self, detail: String) -> Failure {
+        Failure::Fatal(HttpError::Changed {
+            url: self.shown.clone(),
+            detail,
+        })
+    }
+
+    fn misbehaved(&self, detail: String) -> Failure {
+        Failure::Fatal(HttpError::Misbehaved {
+            url: self.shown.clone(),
+            detail,
+        })
+    }
+
+    /// Run `attempt` until it succeeds, fails for good, or the retries are
+    /// spent. Each attempt holds a slot of the in-flight cap; the waits
+    /// between attempts do not.
+    fn with_retries<T>(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut() -> Result<T, Failure>,
+    ) -> Result<T, HttpError> {
+        let mut done = 0;
+        loop {
+            let result = {
+                let _slot = self.limit.acquire();
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                attempt()
+            };
+            let (why, after) = match result {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry { why, after }) => (why, after),
+            };
+            if done >= self.retry.retries {
+                return Err(HttpError::GaveUp {
+                    url: self.shown.clone(),
+                    what: what.to_owned(),
+                    tries: done + 1,
+                    last: why,
+                });
+            }
+            let delay = match after {
+                Some(a) => a.min(self.retry.retry_after_cap),
+                None => self.retry.backoff(done),
+            };
+            done += 1;
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "{}: {what}: {why}; retry {done}/{} in {} ms",
+                self.shown,
+                self.retry.retries,
+                delay.as_millis()
+            );
+            std::thread::sleep(delay);
+        }
+    }
+}
+
+fn content_range(h: &HeaderMap) -> Option<ContentRange> {
+    parse_content_range(h.get(CONTENT_RANGE)?.to_str().ok()?)
+}
+
+/// A response field for an error message (server-chosen, never a secret of ours).
+fn shown_field(h: &HeaderMap, name: &HeaderName) -> String {
+    match h.get(name).map(|v| v.to_str()) {
+        None => "(none)".into(),
+        Some(Ok(v)) => format!("{v:?}"),
+        Some(Err(_)) => "(not text)".into(),
+    }
+}
+
+/// Parse and vet the URL.
+fn parse_url(url: &str) -> Result<Url, HttpError> {
+    let mut parsed = Url::parse(url).map_err(|e| HttpError::BadUrl {
+        url: strip_userinfo(url),
+        reason: e.to_string(),
+    })?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
+        return Err(HttpError::CredentialsInUrl {
+            url: parsed.to_string(),
+        });
+    }
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(HttpError::BadUrl {
+            url: parsed.to_string(),
+            reason: "only http:// and https:// are supported".into(),
+        });
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(HttpError::BadUrl {
+            url: parsed.to_string(),
+            reason: "no host".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// `scheme://user:pass@host/...` without `user:pass@`, for a URL that did
+/// not even parse.
+fn strip_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..auth_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The extra headers plus `Accept-Encoding: identity`: ranges must be of
+/// the stored bytes, not of an encoding the server may pick per request
+/// (RFC 9110 §12.5.3, §14.1).
+fn extra_headers(extra: &[(String, String)]) -> Result<HeaderMap, HttpError> {
+    let mut map = HeaderMap::new();
+    map.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    for (name, value) in extra {
+        let bad = |reason| HttpError::BadHeader {
+            name: name.clone(),
+            reason,
+        };
+        let n = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| bad("not a valid header name"))?;
+        match n.as_str() {
+            "range" | "if-range" => return Err(bad("it is set by disksynth for every read")),
+            "authorization" | "proxy-authorization" => {
+                return Err(bad(
+                    "credentials are never taken from the command line; pass them in an \
+                     environment variable or a file",
+                ))
+            }
+            _ => {}
+        }
+        let mut v = HeaderValue::from_str(value.trim())
+            .map_err(|_| bad("the value has characters a header cannot carry"))?;
+        // Keep cookie-like values out of reqwest's Debug output.
+        if matches!(n.as_str(), "cookie" | "x-api-key" | "x-auth-token") {
+            v.set_sensitive(true);
+        }
+        if n == ACCEPT_ENCODING {
+            map.insert(n, v);
+        } else {
+            map.append(n, v);
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        let e = parse_url("https://bob:hunter2@example.com/disk.img")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2") && !e.contains("bob"), "{e}");
+        assert!(e.contains("example.com/disk.img"), "{e}");
+        let e = parse_url("https://bob:hunter2@exa mple.com/")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(parse_url("ftp://example.com/x").is_err());
+        assert!(parse_url("http://example.com/x").is_ok());
+    }
+
+    #[test]
+    fn extra_headers_are_vetted() {
+        let ok = extra_headers(&[("X-Thing".into(), " 1 ".into())]).unwrap();
+        assert_eq!(ok.get("x-thing").unwrap(), "1");
+        for name in ["Range", "authorization", "bad name"] {
+            let e = extra_headers(&[(name.into(), "secret-value".into())])
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("secret-value"), "{e}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let p = RetryPolicy {
+            retries: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+            retry_after_cap: Duration::from_secs(30),
+        };
+        for attempt in 0..30 {
+            let exp = (Duration::from_millis(100) * (1u32 << attempt.min(20)))
+                .min(Duration::from_secs(5));
+            let d = p.backoff(attempt);
+            assert!(d >= exp / 2 && d <= exp, "{attempt}: {d:?}");
+        }
+    }
+}

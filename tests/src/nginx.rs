@@ -1,0 +1,110 @@
+//! A real nginx on 127.0.0.1 serving a directory, for the HTTP and xz-over-HTTP tests: one
+//! process (`master_process off`), its own config, logs and pid file in a temp directory, stopped
+//! by its pid when dropped.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long nginx may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running nginx.
+#[derive(Debug)]
+pub struct Nginx {
+    child: Child,
+    port: u16,
+    work: PathBuf,
+}
+
+impl Nginx {
+    /// Serves `root` on a free loopback port. `extra` is added to the `server` block (e.g.
+    /// `"limit_rate 10m;"`).
+    pub fn serve(root: &Path, work: &Path, extra: &str) -> Nginx {
+        let bin = crate::find_in_path("nginx")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists()))
+            .expect("nginx is not installed");
+        fs::create_dir_all(work.join("tmp")).unwrap();
+        // A free port: bind, read it, release (nginx binds it a moment later).
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let w = work.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {w}/nginx.pid;\n\
+             error_log {w}/error.log warn;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  access_log {w}/access.log;\n  client_body_temp_path {w}/tmp;\n\
+               proxy_temp_path {w}/tmp;\n  fastcgi_temp_path {w}/tmp;\n  uwsgi_temp_path {w}/tmp;\n\
+               scgi_temp_path {w}/tmp;\n  sendfile on;\n  keepalive_requests 100000;\n\
+               default_type application/octet-stream;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    root {};\n    {extra}\n  }}\n}}\n",
+            root.display()
+        );
+        let conf_path = work.join("nginx.conf");
+        fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        let mut nginx = Nginx {
+            child,
+            port,
+            work: work.to_path_buf(),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!(
+                    "nginx exited ({status}): {}",
+                    fs::read_to_string(work.join("error.log")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "nginx did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nginx
+    }
+
+    /// `http://127.0.0.1:PORT/NAME`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, name)
+    }
+
+    /// The requests nginx logged so far (one access-log line each).
+    pub fn access_log(&self) -> Vec<String> {
+        fs::read_to_string(self.work.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM is nginx's fast shutdown; SIGKILL if it lingers.
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,219 @@
+//! `disksynth xz` and `disksynth pack` against the real `xz`, and `disksynth http` / `xz URL`
+//! through a real nginx on 127.0.0.1: what NBD clients read equals `xz -dc`.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use disksynth_tests::generator::{cmp_files, qemu_img_identical};
+use disksynth_tests::nginx::Nginx;
+use disksynth_tests::{random_bytes, require_tool, run, run_ok, tempdir, Server, CMD_TIMEOUT, MIB};
+
+/// A disk-like image: random data, long zero runs (whole zero blocks), and compressible text.
+fn image(path: &Path, mib: u64) {
+    let mut data = Vec::with_capacity((mib * MIB) as usize);
+    let mut seed = 1;
+    while (data.len() as u64) < mib * MIB {
+        match seed % 4 {
+            0 => data.extend(random_bytes(seed, 3 << 20)),
+            1 => data.resize(data.len() + (5 << 20), 0),
+            2 => {
+                let line = format!("line {seed} of a text file in a disk image\n");
+                while data.len() % (4 << 20) != 0 || data.is_empty() {
+                    data.extend_from_slice(line.as_bytes());
+                }
+            }
+            _ => data.extend(random_bytes(seed, 100_000)),
+        }
+        seed += 1;
+    }
+    data.truncate((mib * MIB) as usize);
+    fs::write(path, data).unwrap();
+}
+
+/// `xz ARGS -c IN > OUT`.
+fn xz_to(args: &[&str], input: &Path, out: &Path) {
+    let f = fs::File::create(out).unwrap();
+    let status = Command::new("xz")
+        .args(args)
+        .arg("-c")
+        .arg(input)
+        .stdout(f)
+        .status()
+        .unwrap();
+    assert!(status.success(), "xz {args:?} failed");
+}
+
+/// `xz -dc IN > OUT`: the reference the view must equal.
+fn unxz(input: &Path, out: &Path) {
+    xz_to(&["-d"], input, out);
+}
+
+fn blocks_of(xz_file: &Path) -> u64 {
+    let out = run_ok(Command::new("xz").args(["--robot", "-l"]).arg(xz_file));
+    out.stdout_str()
+        .lines()
+        .find(|l| l.starts_with("file\t"))
+        .and_then(|l| l.split('\t').nth(2))
+        .and_then(|n| n.parse().ok())
+        .expect("xz --robot -l")
+}
+
+/// Serve `source` with `disksynth xz`, copy it out with nbdcopy, compare with `expected` by
+/// cmp and qemu-img compare.
+fn check_served(dir: &Path, source: &str, expected: &Path, extra: &[&str]) {
+    let sockdir = dir.join(format!("s{}", fs::read_dir(dir).unwrap().count()));
+    fs::create_dir(&sockdir).unwrap();
+    let mut args = vec!["xz", source];
+    args.extend_from_slice(extra);
+    let server = Server::disksynth_unix(&sockdir, &args);
+    let copy = sockdir.join("copy.raw");
+    run_ok(Command::new("nbdcopy").arg(server.uri()).arg(&copy));
+    cmp_files(&copy, expected);
+    qemu_img_identical(server.uri(), expected);
+}
+
+#[test]
+fn xz_view_equals_xz_dc_for_1_4_and_16_mib_blocks_local_and_over_nginx() {
+    require_tool!("xz", "nbdcopy", "qemu-img", "nginx", "cmp");
+    let dir = tempdir();
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let raw = dir.path().join("disk.raw");
+    image(&raw, 40);
+    let web = Nginx::serve(&www, &dir.path().join("nginx"), "");
+    for (mib, name) in [(1, "b1.xz"), (4, "b4.xz"), (16, "b16.xz")] {
+        let xzf = www.join(name);
+        xz_to(
+            &["-T1", "-3", &format!("--block-size={mib}MiB")],
+            &raw,
+            &xzf,
+        );
+        assert_eq!(blocks_of(&xzf), 40u64.div_ceil(mib));
+        let reference = dir.path().join(format!("{name}.ref"));
+        unxz(&xzf, &reference);
+        check_served(dir.path(), xzf.to_str().unwrap(), &reference, &[]);
+        check_served(dir.path(), &web.url(name), &reference, &[]);
+    }
+}
+
+#[test]
+fn multi_stream_and_padded_files_are_served_whole() {
+    require_tool!("xz", "nbdcopy", "qemu-img", "nginx", "cmp");
+    let dir = tempdir();
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
+    image(&a, 9);
+    fs::write(&b, random_bytes(99, 3 * MIB as usize + 12345)).unwrap();
+    let (ax, bx) = (dir.path().join("a.xz"), dir.path().join("b.xz"));
+    xz_to(&["-T1", "--block-size=2MiB"], &a, &ax);
+    xz_to(&["-T1", "--block-size=1MiB", "--check=sha256"], &b, &bx);
+    // Two streams with stream padding between and after them (multiples of 4 zero bytes).
+    let mut joined = fs::read(&ax).unwrap();
+    joined.extend([0u8; 8]);
+    joined.extend(fs::read(&bx).unwrap());
+    joined.extend([0u8; 4]);
+    let xzf = www.join("joined.xz");
+    fs::write(&xzf, joined).unwrap();
+    let t = run(Command::new("xz").arg("-t").arg(&xzf), CMD_TIMEOUT);
+    assert!(t.status.success(), "xz -t: {}", t.describe());
+    let reference = dir.path().join("joined.ref");
+    unxz(&xzf, &reference);
+    assert_eq!(
+        fs::metadata(&reference).unwrap().len(),
+        9 * MIB + 3 * MIB + 12345
+    );
+    let web = Nginx::serve(&www, &dir.path().join("nginx"), "");
+    check_served(dir.path(), xzf.to_str().unwrap(), &reference, &[]);
+    check_served(dir.path(), &web.url("joined.xz"), &reference, &[]);
+}
+
+#[test]
+fn pack_writes_an_indexed_xz_that_xz_accepts_and_the_view_serves() {
+    require_tool!("xz", "nbdcopy", "cmp");
+    let dir = tempdir();
+    let raw = dir.path().join("disk.raw");
+    image(&raw, 20);
+    let packed = dir.path().join("disk.raw.xz");
+    run_ok(
+        disksynth_tests::disksynth()
+            .arg("pack")
+            .arg(&raw)
+            .arg(&packed)
+            .args(["--block-size", "2M", "--preset", "1"]),
+    );
+    let t = run(Command::new("xz").arg("-t").arg(&packed), CMD_TIMEOUT);
+    assert!(t.status.success(), "xz -t: {}", t.describe());
+    assert_eq!(blocks_of(&packed), 10, "one block per 2 MiB");
+    let reference = dir.path().join("ref.raw");
+    unxz(&packed, &reference);
+    cmp_files(&reference, &raw);
+    check_served(dir.path(), packed.to_str().unwrap(), &raw, &[]);
+    // -o of the view: the same bytes, zero blocks left as holes.
+    let back = dir.path().join("back.raw");
+    run_ok(
+        disksynth_tests::disksynth()
+            .args(["xz", packed.to_str().unwrap(), "-o"])
+            .arg(&back),
+    );
+    cmp_files(&back, &raw);
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        fs::metadata(&back).unwrap().blocks() * 512 < 17 * MIB,
+        "zero blocks were written out"
+    );
+}
+
+#[test]
+fn one_huge_block_is_refused_with_the_fix_or_served_when_allowed() {
+    require_tool!("xz", "nbdcopy", "cmp");
+    let dir = tempdir();
+    let raw = dir.path().join("disk.raw");
+    image(&raw, 6);
+    let single = dir.path().join("single.xz");
+    xz_to(&["-T1", "-1"], &raw, &single); // plain xz: one block for the whole file
+    assert_eq!(blocks_of(&single), 1);
+    let out = run(
+        disksynth_tests::disksynth()
+            .args(["xz", single.to_str().unwrap(), "--max-block", "4M", "-o"])
+            .arg(dir.path().join("x.raw")),
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success(), "a 6 MiB block passed --max-block 4M");
+    let err = out.stderr_str();
+    assert!(
+        err.contains("disksynth pack") && err.contains("--block-size"),
+        "the error must say how to fix it: {err}"
+    );
+    check_served(
+        dir.path(),
+        single.to_str().unwrap(),
+        &raw,
+        &["--max-block", "4M", "--allow-big-blocks"],
+    );
+}
+
+#[test]
+fn raw_http_source_over_nginx_equals_the_file() {
+    require_tool!("nbdcopy", "qemu-img", "nginx", "cmp");
+    let dir = tempdir();
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let raw = www.join("disk.raw");
+    image(&raw, 24);
+    let web = Nginx::serve(&www, &dir.path().join("nginx"), "");
+    let server = Server::disksynth_unix(dir.path(), &["http", &web.url("disk.raw")]);
+    let copy = dir.path().join("copy.raw");
+    run_ok(Command::new("nbdcopy").arg(server.uri()).arg(&copy));
+    cmp_files(&copy, &raw);
+    qemu_img_identical(server.uri(), &raw);
+    // Every request nginx saw for the image was a ranged one (206), never a whole-file 200.
+    let log = web.access_log();
+    assert!(
+        log.iter()
+            .filter(|l| l.contains("GET /disk.raw"))
+            .all(|l| l.contains("\" 206 ")),
+        "non-ranged GETs: {log:?}"
+    );
+}
