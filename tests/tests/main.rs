@@ -8,6 +8,7 @@ mod extended_headers;
 mod fio;
 mod floppy;
 mod harness;
+mod http;
 mod iso;
 mod iso_boot;
 mod nbdcopy;
