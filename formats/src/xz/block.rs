@@ -60,10 +60,11 @@ fn ret_name(ret: sys::lzma_ret) -> &'static str {
 }
 
 /// Decode the Block `raw` (all its Total Size bytes, from its Block Header
-/// to the end of its Check) into a buffer of exactly its Uncompressed Size.
-/// The error says what is wrong; the caller says which Block.
+/// to the end of its Check) into `out`, which must be exactly its
+/// Uncompressed Size. The error says what is wrong; the caller says which
+/// Block.
 #[allow(unsafe_code)]
-pub(super) fn decode(raw: &[u8], info: &XzBlock) -> Result<Vec<u8>, String> {
+pub(super) fn decode(raw: &[u8], info: &XzBlock, out: &mut [u8]) -> Result<(), String> {
     if raw.len() as u64 != info.total_size() {
         return Err(format!(
             "got {} compressed bytes, the Index says {}",
@@ -80,8 +81,13 @@ pub(super) fn decode(raw: &[u8], info: &XzBlock) -> Result<Vec<u8>, String> {
             raw[0], info.unpadded_size
         ));
     }
-    let out_len = usize::try_from(info.uncompressed_size)
-        .map_err(|_| format!("{} bytes do not fit in memory", info.uncompressed_size))?;
+    if out.len() as u64 != info.uncompressed_size {
+        return Err(format!(
+            "an output buffer of {} bytes for {} uncompressed bytes",
+            out.len(),
+            info.uncompressed_size
+        ));
+    }
 
     let mut filters = Filters::new();
     // SAFETY: lzma_block is a repr(C) struct of integers, raw pointers and
@@ -139,7 +145,6 @@ pub(super) fn decode(raw: &[u8], info: &XzBlock) -> Result<Vec<u8>, String> {
         });
     }
 
-    let mut out = vec![0u8; out_len];
     let mut in_pos = header_size as usize;
     let mut out_pos = 0usize;
     // SAFETY: `block` is ready for decoding (header decoded, sizes set,
@@ -170,5 +175,5 @@ pub(super) fn decode(raw: &[u8], info: &XzBlock) -> Result<Vec<u8>, String> {
             raw.len()
         ));
     }
-    Ok(out)
+    Ok(())
 }

@@ -67,6 +67,12 @@ struct State {
     lru: BTreeMap<u64, usize>,
     tick: u64,
     bytes: u64,
+    /// Bytes reserved by decodes in progress (their input and output
+    /// buffers): counted against the budget too, so memory stays within it
+    /// whatever the number of connections.
+    in_flight: u64,
+    /// Most bytes cached plus reserved at any moment.
+    peak: u64,
 }
 
 /// Counters behind [`super::XzStats`].
@@ -82,6 +88,7 @@ pub(super) struct Counters {
 /// A snapshot of what the cache holds.
 pub(super) struct Usage {
     pub bytes: u64,
+    pub peak: u64,
     pub blocks: usize,
     pub zero_blocks: usize,
 }
@@ -90,6 +97,8 @@ pub(super) struct Usage {
 pub(super) struct BlockCache {
     budget: u64,
     state: Mutex<State>,
+    /// Signalled when a decode gives back its reservation.
+    room: Condvar,
     zero: Vec<AtomicBool>,
     pub counters: Counters,
 }
@@ -114,6 +123,29 @@ struct FlightGuard<'a> {
     armed: bool,
 }
 
+/// A decode's share of the budget, given back when it ends (also if the
+/// decode panics).
+struct Reservation<'a> {
+    cache: &'a BlockCache,
+    cost: u64,
+}
+
+impl Reservation<'_> {
+    fn give_back(mut self, st: &mut State) {
+        st.in_flight -= std::mem::take(&mut self.cost);
+        self.cache.room.notify_all();
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.cost > 0 {
+            lock(&self.cache.state).in_flight -= self.cost;
+            self.cache.room.notify_all();
+        }
+    }
+}
+
 impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
@@ -132,6 +164,7 @@ impl BlockCache {
         BlockCache {
             budget,
             state: Mutex::new(State::default()),
+            room: Condvar::new(),
             zero: (0..blocks).map(|_| AtomicBool::new(false)).collect(),
             counters: Counters::default(),
         }
@@ -155,9 +188,47 @@ impl BlockCache {
 
     /// Block `block`, from the cache, from a decode in flight, or by
     /// running `decode` (then keeping the result if it fits the budget).
+    /// Whether a decode of `cost` bytes could start now without waiting for
+    /// others to finish (cached Blocks can always be evicted).
+    pub fn has_room(&self, cost: u64) -> bool {
+        let st = lock(&self.state);
+        st.in_flight == 0 || st.in_flight + cost <= self.budget
+    }
+
+    /// Reserve `cost` bytes for a decode: evict least recently used Blocks
+    /// until it fits beside what is cached and being decoded, waiting for
+    /// other decodes to finish if they hold the budget. A decode always
+    /// starts when no other is in progress (even one bigger than the
+    /// budget), so this cannot wait forever: decodes holding reservations
+    /// wait for nothing but their source.
+    fn reserve(&self, cost: u64) {
+        let mut st = lock(&self.state);
+        loop {
+            while st.bytes + st.in_flight + cost > self.budget {
+                let Some((_, victim)) = st.lru.pop_first() else {
+                    break;
+                };
+                if let Some(Slot::Ready { data, .. }) = st.slots.remove(&victim) {
+                    st.bytes -= data.len() as u64;
+                    self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if st.in_flight == 0 || st.bytes + st.in_flight + cost <= self.budget {
+                st.in_flight += cost;
+                st.peak = st.peak.max(st.bytes + st.in_flight);
+                return;
+            }
+            st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Block `block`: from the cache, from a decode another thread is
+    /// running, or decoded here by `decode` within a reservation of `cost`
+    /// bytes.
     pub fn get(
         &self,
         block: usize,
+        cost: u64,
         decode: impl FnOnce() -> Result<Decoded, Failure>,
     ) -> Result<Decoded, Failure> {
         if self.is_zero(block) {
@@ -199,10 +270,13 @@ impl BlockCache {
             armed: true,
         };
         self.counters.decodes.fetch_add(1, Ordering::Relaxed);
+        self.reserve(cost);
+        let reservation = Reservation { cache: self, cost };
         let result = decode();
         guard.armed = false;
         {
             let mut st = lock(&self.state);
+            reservation.give_back(&mut st);
             st.slots.remove(&block);
             match &result {
                 Ok(Decoded::Zero) => self.zero[block].store(true, Ordering::Relaxed),
@@ -226,7 +300,7 @@ impl BlockCache {
         if len > self.budget {
             return;
         }
-        while st.bytes + len > self.budget {
+        while st.bytes + st.in_flight + len > self.budget {
             let Some((_, victim)) = st.lru.pop_first() else {
                 break;
             };
@@ -239,6 +313,7 @@ impl BlockCache {
         let tick = st.tick;
         st.lru.insert(tick, block);
         st.bytes += len;
+        st.peak = st.peak.max(st.bytes + st.in_flight);
         st.slots.insert(
             block,
             Slot::Ready {
@@ -253,6 +328,7 @@ impl BlockCache {
         let st = lock(&self.state);
         Usage {
             bytes: st.bytes,
+            peak: st.peak,
             blocks: st.lru.len(),
             zero_blocks: self
                 .zero

@@ -619,6 +619,46 @@ fn big_blocks_are_refused_with_a_fix() {
     assert_eq!(&buf, &data[data.len() - 8..]);
 }
 
+/// Many connections each reading a different Block at once: decodes in
+/// progress count against the budget, so memory stays within it whatever
+/// the number of readers (they take turns instead).
+#[test]
+fn concurrent_decodes_of_different_blocks_stay_within_the_budget() {
+    require_xz!("concurrent_decodes_of_different_blocks_stay_within_the_budget");
+    let data = make_data(16 * MIB, 53);
+    let (_dir, xz) = compressed(&data, &["--block-size=1MiB", "-T1", "-1"]);
+    let budget = 3 * MIB;
+    let dev = Arc::new(open(
+        &xz,
+        &XzOptions {
+            cache_bytes: budget,
+            readahead: false,
+            ..XzOptions::default()
+        },
+    ));
+    let barrier = Arc::new(Barrier::new(16));
+    let threads: Vec<_> = (0..16u64)
+        .map(|t| {
+            let (dev, barrier) = (dev.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                barrier.wait();
+                dev.read_at(&mut buf, t * MIB + 777).unwrap();
+                (t, buf)
+            })
+        })
+        .collect();
+    for h in threads {
+        let (t, buf) = h.join().unwrap();
+        let at = (t * MIB + 777) as usize;
+        assert!(buf == data[at..at + buf.len()], "thread {t}");
+    }
+    let s = dev.stats();
+    assert!(s.decodes >= 16, "{s:?}");
+    assert!(s.peak_bytes <= budget, "peak {} over the budget {budget}: {s:?}", s.peak_bytes);
+    assert!(s.peak_bytes > MIB, "nothing was accounted: {s:?}");
+}
+
 #[test]
 fn concurrent_readers_decode_once() {
     require_xz!("concurrent_readers_decode_once");
@@ -662,10 +702,13 @@ fn cache_budget_evicts_lru_and_skips_oversized_blocks() {
     let mut rng = Rng(61);
     let data: Vec<u8> = (0..4 * MIB).map(|_| rng.next() as u8).collect();
     let (_dir, xz) = compressed(&data, &["--block-size=1MiB", "-T1", "-0"]);
+    // The budget also covers a decode in progress (its compressed input,
+    // a little over 1 MiB here, and its 1 MiB output): 3.5 MiB keeps two
+    // Blocks while a third is decoded.
     let dev = open(
         &xz,
         &XzOptions {
-            cache_bytes: 2 * MIB + MIB / 2,
+            cache_bytes: 3 * MIB + MIB / 2,
             readahead: false,
             ..XzOptions::default()
         },
