@@ -137,6 +137,17 @@ pub enum Source {
         #[arg(short = 'v', long, action = ArgAction::Count)]
         verbose: u8,
     },
+    /// A fresh, empty, throwaway filesystem for every client, deleted when it
+    /// disconnects (ext4 or FAT synthesized in-process, or any mkfs by --command).
+    #[command(after_help = TMPDISK_EXAMPLES)]
+    Tmpdisk {
+        /// Size of every client's disk, e.g. 1G.
+        size: Size,
+        #[command(flatten)]
+        tmp: TmpdiskArgs,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
     /// SIZE bytes where every 8-byte big-endian word holds its own offset (read-only).
     #[command(after_help = EXAMPLES)]
     Pattern {
@@ -327,6 +338,42 @@ Random access needs many blocks: plain `xz` writes one block per file (refused a
 --max-block). `disksynth pack` or `xz -T0 --block-size=16MiB` write indexed files.
 Decoded blocks are cached once for all clients (--cache-size); all-zero blocks are
 reported as holes.";
+
+const TMPDISK_EXAMPLES: &str = "\
+Examples:
+  disksynth tmpdisk 1G --serve                          ext4 by default
+  disksynth tmpdisk 2G --type vfat --label SCRATCH -U /run/scratch.sock --max-clients 32
+  disksynth tmpdisk 10G --command 'mkfs.xfs -q \"$disk\"'   any other filesystem
+
+A disk is made when a client connects (NBD GO, never for INFO) and deleted when it
+disconnects, also if the server is killed (unlinked temp files). ext4 and vfat are
+synthesized in-process: ready in about a millisecond, no disk space used until the
+client writes. Other --type values run mkfs -t TYPE; --command runs under /bin/sh
+with $disk, $size, $type and $label set. Flush and FUA are accepted and ignored.";
+
+/// tmpdisk options.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "tmpdisk")]
+pub struct TmpdiskArgs {
+    /// Filesystem: ext4 or vfat (synthesized), or any TYPE mkfs -t knows.
+    #[arg(long = "type", value_name = "TYPE", default_value = "ext4")]
+    pub kind: String,
+    /// Volume label.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// Make each disk with this shell command instead ($disk, $size, $type, $label).
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// Directory for the disks' (unlinked) temp files (default: $TMPDIR or /var/tmp).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Clients with a disk at once; the next one gets an error.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_clients: usize,
+    /// Disk space all clients' disks may use together; writes past it fail with ENOSPC.
+    #[arg(long, value_name = "SIZE")]
+    pub max_disk: Option<Size>,
+}
 
 /// HTTP client options (for `http` and for `xz` of a URL).
 #[derive(Debug, Args, Clone)]

@@ -6,6 +6,7 @@ mod generators;
 mod remote;
 mod serve;
 mod size;
+mod tmpdisk;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -125,6 +126,7 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
             export,
         ),
         Source::Pack { .. } => bail!("pack writes a .xz file; it has no disk to export"),
+        Source::Tmpdisk { .. } => bail!("tmpdisk makes a disk per client; run() handles it"),
     })
 }
 
@@ -182,15 +184,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let systemd = systemd_listener()?;
-    let (dev, description, a) = open_source(&cli.source)?;
+    let (export, a): (Arc<dyn Export>, &ExportArgs) = match &cli.source {
+        // Every client gets its own disk.
+        Source::Tmpdisk { size, tmp, export } => (Arc::new(tmpdisk::export(size.0, tmp)?), export),
+        src => {
+            let (dev, description, a) = open_source(src)?;
+            (Arc::new(SharedExport::new(dev, description)), a)
+        }
+    };
     let mode = mode_of(a, systemd.is_some())?;
     match mode {
         Mode::Output(path) => {
+            // For tmpdisk: one fresh disk, e.g. an empty filesystem image.
+            let dev = export.open()?;
             output(&*dev, &path).with_context(|| format!("writing {}", path.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Mode::Serve(endpoint) => {
-            let export: Arc<dyn Export> = Arc::new(SharedExport::new(dev, description));
             let opts = ServerOptions {
                 export_name: a.export_name.clone(),
                 readonly: a.readonly,
@@ -213,7 +223,8 @@ fn verbosity(src: &Source) -> u8 {
         | Source::Ext4 { export, .. }
         | Source::Iso { export, .. }
         | Source::Http { export, .. }
-        | Source::Xz { export, .. } => export.verbose,
+        | Source::Xz { export, .. }
+        | Source::Tmpdisk { export, .. } => export.verbose,
         Source::Pack { verbose, .. } => *verbose,
     }
 }
@@ -237,6 +248,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    serve::inherited_fds_close_on_exec();
     let cli = Cli::parse();
     let level = match verbosity(&cli.source) {
         0 => log::LevelFilter::Warn,

@@ -95,6 +95,38 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
 }
 
+/// Mark every descriptor this process inherited beyond 0-2 close-on-exec,
+/// so that no command it starts (`--run`, tmpdisk's `--command`) gets them:
+/// a job server's pipes, a shell's saved descriptors, a passed socket. Our
+/// own descriptors are close-on-exec already (std and rustix open them so).
+/// Call first thing in `main`, while the process has one thread.
+pub fn inherited_fds_close_on_exec() {
+    use std::os::fd::BorrowedFd;
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&n| n > 2)
+        .collect();
+    for fd in fds {
+        // The listing's own descriptor was among them and is closed now.
+        if std::fs::read_link(format!("/proc/self/fd/{fd}")).is_err() {
+            continue;
+        }
+        // SAFETY: `fd` is open (just checked) and stays open while borrowed:
+        // the process has a single thread here, and nothing between the
+        // check and the two fcntl calls closes descriptors. fcntl(F_GETFD /
+        // F_SETFD) only changes the close-on-exec flag of the descriptor; it
+        // touches no memory and takes no ownership.
+        #[allow(unsafe_code)]
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Ok(flags) = rustix::io::fcntl_getfd(borrowed) {
+            let _ = rustix::io::fcntl_setfd(borrowed, flags | rustix::io::FdFlags::CLOEXEC);
+        }
+    }
+}
+
 /// Take the listening socket systemd passed as fd 3, if it is ours
 /// (sd_listen_fds(3): `LISTEN_PID` names this process, `LISTEN_FDS` >= 1).
 pub fn systemd_listener() -> Result<Option<Listener>> {

@@ -165,7 +165,7 @@ impl Handshake<'_> {
                     warn!("{}: opening the export failed: {e}", self.peer);
                     self.error(
                         opt,
-                        REP_ERR_UNKNOWN,
+                        open_error_reply(e.kind()),
                         &format!("cannot open the export: {e}"),
                     )?;
                     return Ok(None);
@@ -391,4 +391,18 @@ pub fn negotiate(s: &mut Stream, cfg: &ServerConfig, peer: &str) -> io::Result<O
         peer,
     }
     .run()
+}
+
+/// The option reply for an export that cannot be opened (proto.md "Option
+/// reply types"): a resource limit (tmpdisk's `--max-clients`, no space for
+/// a disk) is `NBD_REP_ERR_POLICY`, a request the device cannot serve
+/// `NBD_REP_ERR_PLATFORM`, anything else `NBD_REP_ERR_UNKNOWN` ("the
+/// requested export is not available"). The error's text goes with it
+/// (qemu shows it as "server reported: ...").
+fn open_error_reply(kind: synth::ErrorKind) -> u32 {
+    match kind {
+        synth::ErrorKind::NoSpace => REP_ERR_POLICY,
+        synth::ErrorKind::Unsupported => REP_ERR_PLATFORM,
+        _ => REP_ERR_UNKNOWN,
+    }
 }

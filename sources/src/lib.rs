@@ -6,6 +6,7 @@
 //! - [`ZeroDev`]: all zeros.
 //! - [`PatternDev`]: every 8-byte big-endian word holds its own offset.
 //! - [`http::HttpDev`]: a remote file read with HTTP(S) range requests.
+//! - [`tmpdisk::TmpdiskExport`]: a fresh throwaway disk for every client.
 //!
 //! ```
 //! use synth::BlockDev;
@@ -19,6 +20,7 @@
 mod file;
 pub mod http;
 mod plain;
+pub mod tmpdisk;
 
 pub use file::{FileDev, FileSourceError};
 pub use plain::{memory, PatternDev, ZeroDev};

@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -31,12 +33,18 @@ pub enum OverlayStore {
 }
 
 /// Settings of a [`CowOverlay`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OverlayOptions {
     /// Where pages live.
     pub store: OverlayStore,
     /// Page size in bytes: a power of two between 512 and 1 MiB.
     pub page_size: u64,
+    /// Directory of the temp file ([`OverlayStore::TempFile`]); `$TMPDIR`
+    /// if `None`.
+    pub temp_dir: Option<PathBuf>,
+    /// Space shared with other overlays: written pages are charged to it,
+    /// and a write that would exceed it fails with `NoSpace`.
+    pub quota: Option<Arc<SpaceQuota>>,
 }
 
 impl Default for OverlayOptions {
@@ -44,7 +52,60 @@ impl Default for OverlayOptions {
         OverlayOptions {
             store: OverlayStore::Memory,
             page_size: 32 * 1024,
+            temp_dir: None,
+            quota: None,
         }
+    }
+}
+
+/// A byte budget several overlays draw from (e.g. all of tmpdisk's
+/// clients): what their written pages take, at most `limit`.
+#[derive(Debug)]
+pub struct SpaceQuota {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl SpaceQuota {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        SpaceQuota {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The budget.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Charge `n` bytes if they fit.
+    pub fn try_take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|&t| t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Charge `n` bytes already spent, even past the limit.
+    pub fn force_take(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Give `n` charged bytes back.
+    pub fn give(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
     }
 }
 
@@ -62,6 +123,7 @@ pub struct CowOverlay {
     size: u64,
     page: u64,
     file: Option<Arc<File>>,
+    quota: Option<Arc<SpaceQuota>>,
     pages: RwLock<BTreeMap<u64, Page>>,
 }
 
@@ -88,7 +150,13 @@ impl CowOverlay {
         let file = match opts.store {
             OverlayStore::Memory => None,
             OverlayStore::TempFile => {
-                Some(Arc::new(tempfile::tempfile().map_err(|e| {
+                // Unlinked at once: nothing is left behind, even if the
+                // process is killed.
+                let f = match &opts.temp_dir {
+                    Some(dir) => tempfile::tempfile_in(dir),
+                    None => tempfile::tempfile(),
+                };
+                Some(Arc::new(f.map_err(|e| {
                     Error::io("creating the overlay temp file", e)
                 })?))
             }
@@ -98,6 +166,7 @@ impl CowOverlay {
             size,
             page,
             file,
+            quota: opts.quota,
             pages: RwLock::new(BTreeMap::new()),
         })
     }
@@ -196,6 +265,54 @@ impl CowOverlay {
         }
     }
 
+    /// Whether page `p` holds written data (and so is charged).
+    fn holds_data(pages: &BTreeMap<u64, Page>, p: u64) -> bool {
+        matches!(pages.get(&p), Some(Page::Mem(_) | Page::Stored))
+    }
+
+    /// Charge, all at once, the pages `len` bytes at `offset` will newly
+    /// store (whole pages only if `whole_pages_store`): a write that does
+    /// not fit fails before anything changes. Returns the pages charged.
+    fn precharge(
+        &self,
+        pages: &BTreeMap<u64, Page>,
+        offset: u64,
+        len: u64,
+        whole_pages_store: bool,
+    ) -> Result<Vec<u64>> {
+        let Some(q) = &self.quota else {
+            return Ok(Vec::new());
+        };
+        let end = offset + len;
+        let mut charged = Vec::new();
+        let mut need = 0;
+        for p in offset / self.page..=(end - 1) / self.page {
+            let (ps, pl) = (p * self.page, self.page_len(p));
+            let whole = offset <= ps && ps + pl <= end;
+            if (whole && !whole_pages_store) || Self::holds_data(pages, p) {
+                continue;
+            }
+            need += pl;
+            charged.push(p);
+        }
+        if q.try_take(need) {
+            Ok(charged)
+        } else {
+            Err(Error::new(
+                ErrorKind::NoSpace,
+                format!("the disk budget of {} bytes is used up", q.limit()),
+            )
+            .at(offset))
+        }
+    }
+
+    /// Give page `p`'s charge back if it held written data.
+    fn uncharge(&self, page: Option<&Page>, p: u64) {
+        if let (Some(q), Some(Page::Mem(_) | Page::Stored)) = (&self.quota, page) {
+            q.give(self.page_len(p));
+        }
+    }
+
     /// Store `data` as the whole content of page `p`.
     fn put_page(&self, pages: &mut BTreeMap<u64, Page>, p: u64, data: Bytes) -> Result<()> {
         match &self.file {
@@ -213,6 +330,7 @@ impl CowOverlay {
 
     /// Make page `p` read as zeros without storing anything.
     fn zero_page(&self, pages: &mut BTreeMap<u64, Page>, p: u64) {
+        self.uncharge(pages.get(&p), p);
         if let (Some(f), Some(Page::Stored)) = (&self.file, pages.get(&p)) {
             // Give the space back; failure only costs disk space.
             let _ = rustix::fs::fallocate(
@@ -232,7 +350,14 @@ impl CowOverlay {
     /// Apply `op` to every page overlapped by `len` bytes at `offset`:
     /// whole pages get `whole(p)`, partial pages `part(buf, at, n)` on
     /// their current bytes.
-    fn update<W, P>(&self, offset: u64, len: u64, mut whole: W, mut part: P) -> Result<()>
+    fn update<W, P>(
+        &self,
+        offset: u64,
+        len: u64,
+        whole_pages_store: bool,
+        whole: W,
+        part: P,
+    ) -> Result<()>
     where
         W: FnMut(&mut BTreeMap<u64, Page>, u64, u64) -> Result<()>,
         P: FnMut(&mut [u8], usize, u64),
@@ -241,8 +366,34 @@ impl CowOverlay {
         if len == 0 {
             return Ok(());
         }
-        let end = offset + len;
         let mut pages = self.write_pages();
+        let charged = self.precharge(&pages, offset, len, whole_pages_store)?;
+        let result = self.update_locked(&mut pages, offset, len, whole, part);
+        if result.is_err() {
+            // Pages a failed update did not get to store give their charge
+            // back.
+            for p in charged {
+                if !Self::holds_data(&pages, p) {
+                    self.uncharge(Some(&Page::Stored), p);
+                }
+            }
+        }
+        result
+    }
+
+    fn update_locked<W, P>(
+        &self,
+        pages: &mut BTreeMap<u64, Page>,
+        offset: u64,
+        len: u64,
+        mut whole: W,
+        mut part: P,
+    ) -> Result<()>
+    where
+        W: FnMut(&mut BTreeMap<u64, Page>, u64, u64) -> Result<()>,
+        P: FnMut(&mut [u8], usize, u64),
+    {
+        let end = offset + len;
         let mut pos = offset;
         while pos < end {
             let p = pos / self.page;
@@ -250,11 +401,11 @@ impl CowOverlay {
             let plen = self.page_len(p);
             let n = (pstart + plen).min(end) - pos;
             if pos == pstart && n == plen {
-                whole(&mut pages, p, pos)?;
+                whole(pages, p, pos)?;
             } else {
-                let mut buf = self.take_page_bytes(&mut pages, p)?;
+                let mut buf = self.take_page_bytes(pages, p)?;
                 part(&mut buf, (pos - pstart) as usize, pos);
-                self.put_page(&mut pages, p, buf.freeze())?;
+                self.put_page(pages, p, buf.freeze())?;
             }
             pos += n;
         }
@@ -332,6 +483,7 @@ impl BlockDev for CowOverlay {
         self.update(
             offset,
             buf.len() as u64,
+            true,
             |pages, p, at| {
                 let i = (at - offset) as usize;
                 let src = &buf[i..i + self.page_len(p) as usize];
@@ -392,6 +544,7 @@ impl BlockDev for CowOverlay {
         self.update(
             offset,
             len,
+            false,
             |pages, p, _| {
                 self.zero_page(pages, p);
                 Ok(())
@@ -468,6 +621,21 @@ impl BlockDev for CowOverlay {
     }
 }
 
+impl Drop for CowOverlay {
+    fn drop(&mut self) {
+        // Everything written goes away with the overlay: its charge too.
+        if let Some(q) = &self.quota {
+            let pages = self.pages.get_mut().unwrap_or_else(|p| p.into_inner());
+            let held: u64 = pages
+                .iter()
+                .filter(|(_, pg)| matches!(pg, Page::Mem(_) | Page::Stored))
+                .map(|(&p, _)| self.page.min(self.size - p * self.page))
+                .sum();
+            q.give(held);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +656,44 @@ mod tests {
         OverlayOptions {
             store,
             page_size: 4096,
+            ..OverlayOptions::default()
+        }
+    }
+
+    #[test]
+    fn quota_charges_written_pages_and_gives_them_back() {
+        for store in [OverlayStore::Memory, OverlayStore::TempFile] {
+            let quota = Arc::new(SpaceQuota::new(3 * 4096));
+            let dir = tempfile::tempdir().unwrap();
+            let ov = CowOverlay::blank(
+                1 << 20,
+                OverlayOptions {
+                    quota: Some(quota.clone()),
+                    temp_dir: Some(dir.path().to_path_buf()),
+                    ..opts(store)
+                },
+            )
+            .unwrap();
+            ov.write_at(&[1; 4096], 0).unwrap();
+            ov.write_at(&[2; 100], 4096 + 10).unwrap(); // a partial page
+            ov.write_at(&[3; 4096], 0).unwrap(); // rewrites cost nothing
+            assert_eq!(quota.used(), 2 * 4096, "{store:?}");
+            let err = ov.write_at(&[4; 8192], 65536).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NoSpace, "{store:?}");
+            // A refused write stores nothing.
+            let mut buf = [9u8; 8192];
+            ov.read_at(&mut buf, 65536).unwrap();
+            assert_eq!(buf, [0; 8192]);
+            ov.write_at(&[5; 50], 8192 + 1).unwrap(); // the third page fits
+            assert_eq!(quota.used(), 3 * 4096);
+            ov.trim(0, 4096).unwrap();
+            assert_eq!(quota.used(), 2 * 4096);
+            ov.write_zeroes(4096, 4096, ZeroFlags::default()).unwrap();
+            assert_eq!(quota.used(), 4096);
+            drop(ov);
+            assert_eq!(quota.used(), 0, "{store:?}");
+            // The temp file was in temp_dir, unlinked.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
     }
 

@@ -21,4 +21,5 @@ mod qemu;
 mod run_mode;
 mod signals;
 mod socket_activation;
+mod tmpdisk;
 mod xz;

@@ -1,0 +1,595 @@
+//! tmpdisk: every client gets a fresh, empty, throwaway disk.
+//!
+//! A disk is made when a client opens the export (NBD `GO`/`EXPORT_NAME`;
+//! `INFO` never opens one) and is gone when the client disconnects. It is
+//! either
+//! - **synthesized**: an empty filesystem built in-process by the caller's
+//!   generator (a `RegionMap`: metadata in memory, the rest zeros) under a
+//!   copy-on-write overlay whose pages live in an unlinked sparse temp file
+//!   in `dir`: no disk space is used until the client writes; or
+//! - **made by a command** (`mkfs.xfs -q "$disk"`...): run under `/bin/sh`
+//!   on a sparse temp file that is unlinked before the command even starts
+//!   (it is reached as `/proc/PID/fd/N`).
+//!
+//! Either way nothing outlives the client, nor a killed server. The disks
+//! are throwaway, so flush and FUA are accepted and do nothing, and
+//! `MULTI_CONN` is never advertised (each connection is a different disk).
+//! Limits: clients at once, and optionally the disk space all of them may
+//! take together (a write past it fails with `ENOSPC`).
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use synth::{
+    check_range, BlockDev, BlockSize, Caps, CowOverlay, Error, ErrorKind, Export, ExtentKind,
+    ExtentList, OverlayOptions, OverlayStore, ReadChunk, Result, SpaceQuota, ZeroFlags,
+};
+
+/// Builds a client's empty filesystem from 16 fresh random bytes (for its
+/// UUID or volume serial, so no two clients' filesystems look the same).
+pub type Synthesize = dyn Fn([u8; 16]) -> Result<Arc<dyn BlockDev>> + Send + Sync;
+
+/// How a client's disk gets its empty filesystem.
+pub enum Initializer {
+    /// Built in-process, e.g. by the ext4 or FAT generator.
+    Synthesized(Box<Synthesize>),
+    /// A shell script run under `/bin/sh` with `$disk`, `$size`, `$type`
+    /// and `$label` set (shell-quoted), stdin from `/dev/null`; its output
+    /// goes to the server log, never to a client.
+    Command {
+        /// The script.
+        script: String,
+        /// `$type`.
+        kind: String,
+        /// `$label` (empty if none).
+        label: String,
+    },
+}
+
+impl fmt::Debug for Initializer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Initializer::Synthesized(_) => f.write_str("Synthesized"),
+            Initializer::Command { script, kind, .. } => f
+                .debug_struct("Command")
+                .field("script", script)
+                .field("kind", kind)
+                .finish(),
+        }
+    }
+}
+
+/// Settings of a [`TmpdiskExport`].
+#[derive(Debug, Clone)]
+pub struct TmpdiskOptions {
+    /// Size of every disk.
+    pub size: u64,
+    /// Where the (unlinked) temp files live.
+    pub dir: PathBuf,
+    /// Clients served at once; the next one is refused with a clear error.
+    pub max_clients: usize,
+    /// Disk space all clients' disks may take together (`None`: no limit
+    /// but the filesystem's).
+    pub max_disk: Option<u64>,
+    /// What `INFO_DESCRIPTION` says.
+    pub description: String,
+}
+
+/// The export: a new disk per client connection.
+pub struct TmpdiskExport {
+    opts: TmpdiskOptions,
+    init: Initializer,
+    clients: Arc<AtomicUsize>,
+    quota: Option<Arc<SpaceQuota>>,
+    opened: AtomicU64,
+}
+
+impl fmt::Debug for TmpdiskExport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TmpdiskExport")
+            .field("opts", &self.opts)
+            .field("init", &self.init)
+            .field("clients", &self.clients.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl TmpdiskExport {
+    /// An export handing out disks as `opts` says, initialized by `init`.
+    pub fn new(opts: TmpdiskOptions, init: Initializer) -> Self {
+        let quota = opts.max_disk.map(|m| Arc::new(SpaceQuota::new(m)));
+        TmpdiskExport {
+            opts,
+            init,
+            clients: Arc::new(AtomicUsize::new(0)),
+            quota,
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// Clients holding a disk now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Disk space charged to all disks now (with `max_disk`).
+    pub fn disk_used(&self) -> Option<u64> {
+        self.quota.as_ref().map(|q| q.used())
+    }
+
+    fn synthesized(&self, build: &Synthesize) -> Result<Arc<dyn BlockDev>> {
+        let base = build(fresh_id())?;
+        if base.size() != self.opts.size {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the generator made {} bytes, not {}",
+                    base.size(),
+                    self.opts.size
+                ),
+            ));
+        }
+        let overlay = CowOverlay::new(
+            base,
+            OverlayOptions {
+                store: OverlayStore::TempFile,
+                // Filesystems write 4 KiB blocks: a page per block keeps a
+                // scattered write from storing untouched neighbours.
+                page_size: 4096,
+                temp_dir: Some(self.opts.dir.clone()),
+                quota: self.quota.clone(),
+            },
+        )
+        .map_err(|e| Error::new(e.kind(), format!("in {}: {e}", self.opts.dir.display())))?;
+        Ok(Arc::new(overlay))
+    }
+
+    fn commanded(&self, script: &str, kind: &str, label: &str) -> Result<Arc<dyn BlockDev>> {
+        let dir = &self.opts.dir;
+        let file = tempfile::tempfile_in(dir)
+            .map_err(|e| Error::io(format!("creating a temp file in {}", dir.display()), e))?;
+        file.set_len(self.opts.size)
+            .map_err(|e| Error::io("sizing the temp file", e))?;
+        // The file is already unlinked; the command reaches it through our
+        // descriptor's /proc link (it inherits no descriptor: all of ours
+        // are close-on-exec).
+        let disk = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        let full = format!(
+            "disk={}\nsize={}\ntype={}\nlabel={}\n{script}\n",
+            shell_quote(&disk),
+            self.opts.size,
+            shell_quote(kind),
+            shell_quote(label),
+        );
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&full)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| Error::io("running /bin/sh", e))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for line in stdout.lines().chain(stderr.lines()) {
+            log::info!("tmpdisk command: {line}");
+        }
+        if !out.status.success() {
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(no error output)");
+            log::warn!("tmpdisk command failed ({}): {last}", out.status);
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("the disk's command failed ({}): {last}", out.status),
+            ));
+        }
+        let dev = FileDisk::new(file, self.opts.size, self.quota.clone())?;
+        Ok(Arc::new(dev))
+    }
+}
+
+impl Export for TmpdiskExport {
+    fn size(&self) -> u64 {
+        self.opts.size
+    }
+
+    fn caps(&self) -> Caps {
+        // Never MULTI_CONN: each connection is a different disk.
+        Caps::WRITE | Caps::FLUSH | Caps::TRIM | Caps::ZERO | Caps::FAST_ZERO | Caps::EXTENTS
+    }
+
+    fn block_size(&self) -> BlockSize {
+        BlockSize {
+            minimum: 1,
+            preferred: 4096,
+            maximum: 32 << 20,
+        }
+    }
+
+    fn description(&self) -> String {
+        self.opts.description.clone()
+    }
+
+    fn open(&self) -> Result<Arc<dyn BlockDev>> {
+        let slot = ClientSlot::take(&self.clients, self.opts.max_clients)?;
+        let n = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        let t0 = std::time::Instant::now();
+        let dev = match &self.init {
+            Initializer::Synthesized(build) => self.synthesized(build.as_ref())?,
+            Initializer::Command {
+                script,
+                kind,
+                label,
+            } => self.commanded(script, kind, label)?,
+        };
+        log::info!(
+            "tmpdisk #{n}: ready in {:.1} ms ({} clients)",
+            t0.elapsed().as_secs_f64() * 1000.0,
+            self.clients()
+        );
+        Ok(Arc::new(ClientDisk {
+            dev,
+            n,
+            _slot: slot,
+        }))
+    }
+}
+
+/// 16 random bytes from the OS (a fresh filesystem UUID per client).
+fn fresh_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    // Best effort: fastrand is seeded from the OS and per thread; mixing in
+    // the time and pid keeps ids distinct even if that ever failed.
+    let a = fastrand::u64(..) ^ u64::from(std::process::id()).rotate_left(32);
+    let b = fastrand::u64(..)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    id[..8].copy_from_slice(&a.to_le_bytes());
+    id[8..].copy_from_slice(&b.to_le_bytes());
+    id
+}
+
+/// `s` as one word for `/bin/sh`: single-quoted, `'` written as `'\''`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// One of `--max-clients` places, given back when the disk is dropped.
+#[derive(Debug)]
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl ClientSlot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Result<ClientSlot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::NoSpace,
+                    format!("{max} clients already have a disk (--max-clients {max}); try later"),
+                )
+            })?;
+        Ok(ClientSlot(count.clone()))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A client's disk: the device, with flush a no-op (the disk is thrown
+/// away) and without `MULTI_CONN`.
+#[derive(Debug)]
+struct ClientDisk {
+    dev: Arc<dyn BlockDev>,
+    n: u64,
+    _slot: ClientSlot,
+}
+
+impl Drop for ClientDisk {
+    fn drop(&mut self) {
+        log::info!("tmpdisk #{}: client gone, disk deleted", self.n);
+    }
+}
+
+impl BlockDev for ClientDisk {
+    fn size(&self) -> u64 {
+        self.dev.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.dev.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.dev.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        // Throwaway disks: nothing is ever made durable.
+        Ok(())
+    }
+    fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.dev.trim(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<()> {
+        self.dev.write_zeroes(offset, len, flags)
+    }
+    fn cache(&self, offset: u64, len: u64) -> Result<()> {
+        self.dev.cache(offset, len)
+    }
+    fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
+        self.dev.extents(offset, len, out)
+    }
+    fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
+        self.dev.read_chunks(offset, len, out)
+    }
+    fn caps(&self) -> Caps {
+        (self.dev.caps() | Caps::FLUSH) - Caps::MULTI_CONN
+    }
+    fn block_size(&self) -> BlockSize {
+        self.dev.block_size()
+    }
+}
+
+/// A command-made disk: an unlinked sparse temp file. Trim and zeroing
+/// punch holes; its allocated space is charged to the quota.
+#[derive(Debug)]
+struct FileDisk {
+    file: File,
+    size: u64,
+    quota: Option<Arc<SpaceQuota>>,
+    /// Bytes of the file charged to the quota.
+    charged: AtomicU64,
+}
+
+impl FileDisk {
+    fn new(file: File, size: u64, quota: Option<Arc<SpaceQuota>>) -> Result<Self> {
+        let disk = FileDisk {
+            file,
+            size,
+            quota,
+            charged: AtomicU64::new(0),
+        };
+        disk.recharge()?;
+        Ok(disk)
+    }
+
+    /// Bring the quota charge in line with the file's allocated space.
+    /// Fails with `NoSpace` if the file now takes more than is left (the
+    /// charge is taken anyway: the space is used).
+    fn recharge(&self) -> Result<()> {
+        let Some(q) = &self.quota else { return Ok(()) };
+        let now = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("fstat of the temp file", e))?
+            .blocks()
+            * 512;
+        let before = self.charged.swap(now, Ordering::AcqRel);
+        if now > before {
+            if !q.try_take(now - before) {
+                q.force_take(now - before);
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    format!("the disk budget of {} bytes is used up", q.limit()),
+                ));
+            }
+        } else {
+            q.give(before - now);
+        }
+        Ok(())
+    }
+
+    fn punch(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.size)?;
+        rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        )
+        .map_err(|e| Error::io("punching a hole in the temp file", e.into()).at(offset))?;
+        self.recharge()
+    }
+}
+
+impl Drop for FileDisk {
+    fn drop(&mut self) {
+        if let Some(q) = &self.quota {
+            q.give(*self.charged.get_mut());
+        }
+    }
+}
+
+impl BlockDev for FileDisk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io("reading the temp file", e).at(offset))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        if let Some(q) = &self.quota {
+            // The file system decides what a write allocates; once the
+            // budget is used up, writes are refused (the last one may go a
+            // little over, which `recharge` accounts for).
+            if q.used() >= q.limit() {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    format!("the disk budget of {} bytes is used up", q.limit()),
+                )
+                .at(offset));
+            }
+        }
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io("writing the temp file", e).at(offset))?;
+        self.recharge()
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.punch(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, _flags: ZeroFlags) -> Result<()> {
+        // A hole reads as zeros and is always fast.
+        self.punch(offset, len)
+    }
+
+    fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
+        check_range(offset, len, self.size)?;
+        use rustix::fs::{seek, SeekFrom};
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let data = match seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(d) => d.min(end),
+                // ENXIO: no data after pos.
+                Err(_) => end,
+            };
+            if data > pos {
+                out.push(data - pos, ExtentKind::Hole);
+                pos = data;
+                continue;
+            }
+            let hole = seek(&self.file, SeekFrom::Hole(pos)).map_or(end, |h| h.min(end));
+            let hole = hole.max(pos + 1).min(end);
+            out.push(hole - pos, ExtentKind::Data);
+            pos = hole;
+        }
+        Ok(())
+    }
+
+    fn caps(&self) -> Caps {
+        Caps::WRITE | Caps::FLUSH | Caps::TRIM | Caps::ZERO | Caps::FAST_ZERO | Caps::EXTENTS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank(size: u64) -> Box<Synthesize> {
+        Box::new(move |_id| Ok(Arc::new(crate::ZeroDev::new(size)) as Arc<dyn BlockDev>))
+    }
+
+    fn opts(dir: &std::path::Path, max_clients: usize, max_disk: Option<u64>) -> TmpdiskOptions {
+        TmpdiskOptions {
+            size: 1 << 20,
+            dir: dir.to_path_buf(),
+            max_clients,
+            max_disk,
+            description: "test".into(),
+        }
+    }
+
+    #[test]
+    fn each_open_is_a_separate_disk_and_the_client_limit_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = TmpdiskExport::new(
+            opts(dir.path(), 2, None),
+            Initializer::Synthesized(blank(1 << 20)),
+        );
+        assert!(!ex.caps().contains(Caps::MULTI_CONN));
+        let a = ex.open().unwrap();
+        let b = ex.open().unwrap();
+        a.write_at(b"aaaa", 4096).unwrap();
+        b.write_at(b"bbbb", 4096).unwrap();
+        let mut buf = [0u8; 4];
+        a.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(&buf, b"aaaa");
+        b.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(&buf, b"bbbb");
+        let err = ex.open().unwrap_err();
+        assert!(err.to_string().contains("--max-clients 2"), "{err}");
+        drop(a);
+        let c = ex.open().unwrap();
+        c.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(buf, [0; 4], "a new client sees a fresh disk");
+        assert_eq!(ex.clients(), 2);
+    }
+
+    #[test]
+    fn the_disk_budget_gives_enospc_and_is_returned_on_disconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = TmpdiskExport::new(
+            opts(dir.path(), 4, Some(64 << 10)),
+            Initializer::Synthesized(blank(1 << 20)),
+        );
+        let a = ex.open().unwrap();
+        a.write_at(&[1u8; 48 << 10], 0).unwrap();
+        let b = ex.open().unwrap();
+        b.write_at(&[2u8; 16 << 10], 0).unwrap();
+        let err = b.write_at(&[2u8; 4096], 512 << 10).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoSpace);
+        // Rewriting what a client already has still works.
+        a.write_at(&[3u8; 4096], 0).unwrap();
+        // Trim gives space back.
+        a.trim(0, 16 << 10).unwrap();
+        b.write_at(&[2u8; 4096], 512 << 10).unwrap();
+        drop(a);
+        drop(b);
+        assert_eq!(ex.disk_used(), Some(0));
+    }
+
+    #[test]
+    fn a_command_makes_the_disk_and_its_failure_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = TmpdiskExport::new(
+            opts(dir.path(), 4, None),
+            Initializer::Command {
+                script: "printf 'made by %s %s %s' \"$type\" \"$label\" \"$size\" | dd of=\"$disk\" conv=notrunc 2>/dev/null".into(),
+                kind: "ext4".into(),
+                label: "it's".into(),
+            },
+        );
+        let d = ex.open().unwrap();
+        let mut buf = [0u8; 27];
+        d.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"made by ext4 it's 1048576\0\0");
+        // The temp file is unlinked: the directory stays empty.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut ext = ExtentList::new(0);
+        d.extents(0, 1 << 20, &mut ext).unwrap();
+        assert!(ext.iter_offsets().any(|(_, e)| e.kind == ExtentKind::Hole));
+
+        let bad = TmpdiskExport::new(
+            opts(dir.path(), 4, None),
+            Initializer::Command {
+                script: "echo 'mkfs: no such luck' >&2; exit 3".into(),
+                kind: "xfs".into(),
+                label: String::new(),
+            },
+        );
+        let err = bad.open().unwrap_err().to_string();
+        assert!(err.contains("no such luck") && err.contains('3'), "{err}");
+        assert_eq!(bad.clients(), 0, "a failed open gives its slot back");
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

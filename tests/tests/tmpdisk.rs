@@ -1,0 +1,317 @@
+//! `disksynth tmpdisk`: every client gets a fresh empty filesystem (checked by e2fsck and
+//! fsck.fat after copying it out with nbdcopy), clients never see each other's data, INFO makes
+//! no disk, the disk space goes away at disconnect, `--command`, limits.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use disksynth_tests::{
+    python_script, require_tool, run, run_ok, tempdir, Output, Server, CMD_TIMEOUT, MIB,
+};
+
+fn start(dir: &Path, args: &[&str]) -> Server {
+    let tmp = dir.join("disks");
+    fs::create_dir_all(&tmp).unwrap();
+    let mut all = vec!["tmpdisk"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--dir", tmp.to_str().unwrap(), "-v"]);
+    let sockdir = dir.join("sock.d");
+    fs::create_dir_all(&sockdir).unwrap();
+    Server::disksynth_unix(&sockdir, &all)
+}
+
+fn clients(mode: &str, uri: &str, args: &[&str]) -> Output {
+    let mut cmd = python_script("tmpdisk_clients.py");
+    cmd.arg(mode).arg(uri).args(args);
+    let out = run(&mut cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success() && out.stdout_str().lines().any(|l| l == "ok"),
+        "{}",
+        out.describe()
+    );
+    out
+}
+
+/// Disks made so far, from the server log (`-v`).
+fn disks_made(server: &Server) -> usize {
+    server
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("tmpdisk #") && l.contains("ready in"))
+        .count()
+}
+
+/// Bytes allocated by the server's open files in `dir` (the unlinked disks), via /proc.
+fn disk_bytes_in(server: &Server, dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dir = fs::canonicalize(dir).unwrap();
+    let mut total = 0;
+    for fd in fs::read_dir(format!("/proc/{}/fd", server.pid())).unwrap() {
+        let fd = fd.unwrap().path();
+        let Ok(target) = fs::read_link(&fd) else {
+            continue;
+        };
+        if target.starts_with(&dir) {
+            if let Ok(m) = fs::metadata(&fd) {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+fn copy_out(uri: &str, to: &Path) {
+    run_ok(Command::new("nbdcopy").arg(uri).arg(to));
+}
+
+#[test]
+fn two_clients_at_once_never_see_each_others_data() {
+    require_tool!("nbdsh");
+    let dir = tempdir();
+    let server = start(dir.path(), &["64M"]);
+    clients("two", server.uri(), &[]);
+    assert_eq!(disks_made(&server), 3, "{}", server.stderr_text());
+}
+
+#[test]
+fn every_client_gets_a_clean_ext4_with_its_own_uuid() {
+    require_tool!("nbdcopy", "e2fsck", "debugfs", "dumpe2fs");
+    let dir = tempdir();
+    let server = start(dir.path(), &["256M", "--label", "scratch"]);
+    let mut uuids = BTreeSet::new();
+    for i in 0..2 {
+        let img = dir.path().join(format!("c{i}.img"));
+        copy_out(server.uri(), &img);
+        assert_eq!(fs::metadata(&img).unwrap().len(), 256 * MIB);
+        let fsck = run(Command::new("e2fsck").args(["-fn"]).arg(&img), CMD_TIMEOUT);
+        assert!(fsck.status.success(), "{}", fsck.describe());
+        let ls = run_ok(Command::new("debugfs").args(["-R", "ls -l /"]).arg(&img));
+        assert!(ls.stdout_str().contains("lost+found"), "{}", ls.describe());
+        let head = run_ok(Command::new("dumpe2fs").arg("-h").arg(&img));
+        let text = head.stdout_str();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("Filesystem volume name:") && l.ends_with("scratch")),
+            "{text}"
+        );
+        let uuid = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Filesystem UUID:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        uuids.insert(uuid);
+    }
+    assert_eq!(uuids.len(), 2, "two clients got the same UUID");
+}
+
+#[test]
+fn every_client_gets_a_clean_vfat() {
+    require_tool!("nbdcopy", "fsck.fat", "mdir");
+    let dir = tempdir();
+    let server = start(
+        dir.path(),
+        &["100M", "--type", "vfat", "--label", "SCRATCH"],
+    );
+    let img = dir.path().join("v.img");
+    copy_out(server.uri(), &img);
+    let fsck = run(Command::new("fsck.fat").arg("-n").arg(&img), CMD_TIMEOUT);
+    assert!(fsck.status.success(), "{}", fsck.describe());
+    let mdir = run_ok(Command::new("mdir").arg("-i").arg(&img).arg("::/"));
+    assert!(
+        mdir.stdout_str().contains("SCRATCH") && mdir.stdout_str().contains("No files"),
+        "{}",
+        mdir.describe()
+    );
+}
+
+/// NBD_OPT_INFO describes the export without making a disk (nbdkit's tmpdisk runs mkfs for
+/// it, so the disk a client sees in INFO is not the one it is served).
+#[test]
+fn info_makes_no_disk() {
+    require_tool!("nbdsh");
+    let dir = tempdir();
+    let server = start(dir.path(), &["64M"]);
+    let out = clients("info", server.uri(), &[]);
+    assert!(out.stdout_str().contains(&format!("size={}", 64 * MIB)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        disks_made(&server),
+        0,
+        "INFO made a disk: {}",
+        server.stderr_text()
+    );
+}
+
+/// A client's writes take disk space in --dir (an unlinked file: gone even if the server is
+/// killed); when it disconnects, usage returns to zero. An empty synthesized disk takes none.
+#[test]
+fn disk_usage_returns_to_zero_after_disconnect() {
+    require_tool!("nbdsh");
+    let dir = tempdir();
+    let server = start(dir.path(), &["256M"]);
+    let disks = dir.path().join("disks");
+    let mut child = python_script("tmpdisk_clients.py")
+        .args(["hold", server.uri(), "1048576", &(8 * MIB).to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "written");
+    let used = disk_bytes_in(&server, &disks);
+    assert!(
+        (8 * MIB..16 * MIB).contains(&used),
+        "a client that wrote 8 MiB uses {used} bytes"
+    );
+    assert_eq!(
+        fs::read_dir(&disks).unwrap().count(),
+        0,
+        "a disk has a name in --dir"
+    );
+    child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while disk_bytes_in(&server, &disks) != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        disk_bytes_in(&server, &disks),
+        0,
+        "the disk outlived its client"
+    );
+    assert!(server.stderr_text().contains("disk deleted"));
+}
+
+#[test]
+fn command_makes_the_disk_with_mkfs_and_sees_no_server_descriptors() {
+    require_tool!("nbdcopy", "e2fsck", "mkfs.ext4");
+    let dir = tempdir();
+    // The script lists its open descriptors (to stderr, which goes to the server log).
+    let script = r#"for f in /proc/$$/fd/*; do echo "open fd ${f##*/}" >&2; done
+mkfs.ext4 -q -F -L "$label" "$disk""#;
+    let server = start(
+        dir.path(),
+        &["64M", "--command", script, "--label", "viacmd"],
+    );
+    let img = dir.path().join("m.img");
+    copy_out(server.uri(), &img);
+    let fsck = run(Command::new("e2fsck").args(["-fn"]).arg(&img), CMD_TIMEOUT);
+    assert!(fsck.status.success(), "{}", fsck.describe());
+    let log = server.stderr_text();
+    let fds: BTreeSet<String> = log
+        .lines()
+        .filter_map(|l| l.split("open fd ").nth(1))
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert!(!fds.is_empty(), "the command did not run: {log}");
+    // 0-2, plus the one the shell's glob itself may hold open while listing.
+    assert!(
+        fds.iter().all(|f| f.parse::<u32>().is_ok_and(|n| n <= 3)),
+        "descriptors leaked into the command: {fds:?}"
+    );
+}
+
+#[test]
+fn a_failing_command_reaches_the_client_and_the_log() {
+    require_tool!("nbdinfo", "qemu-img");
+    let dir = tempdir();
+    let mut server = start(
+        dir.path(),
+        &[
+            "64M",
+            "--command",
+            "echo 'mkfs: bad things happened' >&2; exit 7",
+        ],
+    );
+    // qemu shows the server's message ("server reported: ..."); libnbd only the error code.
+    let out = run(
+        Command::new("qemu-img")
+            .args(["info", server.uri()])
+            .env("LC_ALL", "C"),
+        CMD_TIMEOUT,
+    );
+    assert!(
+        !out.status.success(),
+        "the client got a disk: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_str().contains("bad things happened"),
+        "the client was not told why: {}",
+        out.describe()
+    );
+    let info = run(Command::new("nbdinfo").arg(server.uri()), CMD_TIMEOUT);
+    assert!(
+        !info.status.success(),
+        "nbdinfo got a disk: {}",
+        info.describe()
+    );
+    assert!(server.stderr_text().contains("bad things happened"));
+    assert!(server.is_running(), "the server exited");
+}
+
+#[test]
+fn the_client_limit_refuses_the_next_client_and_spares_the_others() {
+    require_tool!("nbdsh");
+    let dir = tempdir();
+    let server = start(dir.path(), &["32M", "--max-clients", "2"]);
+    clients("limit", server.uri(), &["2"]);
+    assert!(
+        server.stderr_text().contains("--max-clients 2"),
+        "the refusal is not in the log: {}",
+        server.stderr_text()
+    );
+}
+
+/// What a refused client is told, as qemu shows it, while two others hold their disks.
+#[test]
+fn the_refused_client_is_told_why() {
+    require_tool!("nbdsh", "qemu-img");
+    let dir = tempdir();
+    let server = start(dir.path(), &["32M", "--max-clients", "1"]);
+    let mut holder = python_script("tmpdisk_clients.py")
+        .args(["hold", server.uri(), "0", "4096"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "written");
+    let out = run(
+        Command::new("qemu-img")
+            .args(["info", server.uri()])
+            .env("LC_ALL", "C"),
+        CMD_TIMEOUT,
+    );
+    holder.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    assert!(holder.wait().unwrap().success());
+    assert!(
+        !out.status.success(),
+        "a second client got in: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_str().contains("--max-clients 1"),
+        "unclear refusal: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_full_disk_budget_gives_enospc_never_corruption() {
+    require_tool!("nbdsh");
+    let dir = tempdir();
+    let server = start(dir.path(), &["64M", "--max-disk", "4M"]);
+    clients("enospc", server.uri(), &[&(32 * MIB).to_string()]);
+}
