@@ -655,7 +655,11 @@ fn concurrent_decodes_of_different_blocks_stay_within_the_budget() {
     }
     let s = dev.stats();
     assert!(s.decodes >= 16, "{s:?}");
-    assert!(s.peak_bytes <= budget, "peak {} over the budget {budget}: {s:?}", s.peak_bytes);
+    assert!(
+        s.peak_bytes <= budget,
+        "peak {} over the budget {budget}: {s:?}",
+        s.peak_bytes
+    );
     assert!(s.peak_bytes > MIB, "nothing was accounted: {s:?}");
 }
 
