@@ -31,7 +31,8 @@ pub const TABLE_SECTORS: u64 = 1 + ARRAY_SECTORS;
 pub struct Guid(pub [u8; 16]);
 
 impl Guid {
-    /// Parse the text form `C12A7328-F81F-11D2-BA4B-00A0C93EC93B`.
+    /// Parse the text form `C12A7328-F81F-11D2-BA4B-00A0C93EC93B` (for
+    /// constants: malformed text panics, at compile time in a `const`).
     pub const fn parse(s: &str) -> Guid {
         const fn hex(c: u8) -> u8 {
             match c {

@@ -133,7 +133,7 @@ fn every_client_gets_a_clean_vfat() {
 /// it, so the disk a client sees in INFO is not the one it is served).
 #[test]
 fn info_makes_no_disk() {
-    require_tool!("nbdsh");
+    require_tool!("nbdsh", "nbdinfo");
     let dir = tempdir();
     let server = start(dir.path(), &["64M"]);
     let out = clients("info", server.uri(), &[]);
@@ -145,6 +145,10 @@ fn info_makes_no_disk() {
         "INFO made a disk: {}",
         server.stderr_text()
     );
+    // One nbdinfo (INFO, then GO) makes exactly one disk: the one it is served.
+    run_ok(Command::new("nbdinfo").arg(server.uri()));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(disks_made(&server), 1, "{}", server.stderr_text());
 }
 
 /// A client's writes take disk space in --dir (an unlinked file: gone even if the server is
