@@ -20,15 +20,15 @@
 use std::fmt;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use synth::{
-    check_range, BlockDev, BlockSize, Caps, CowOverlay, Error, ErrorKind, Export, ExtentKind,
-    ExtentList, OverlayOptions, OverlayStore, ReadChunk, Result, SpaceQuota, ZeroFlags,
+    BlockDev, BlockSize, Caps, CowOverlay, Error, ErrorKind, Export, ExtentList, OverlayOptions,
+    OverlayStore, ReadChunk, Result, SpaceQuota, ZeroFlags,
 };
 
 /// Builds a client's empty filesystem from 16 fresh random bytes (for its
@@ -404,12 +404,14 @@ impl BlockDev for ClientDisk {
     }
 }
 
-/// A command-made disk: an unlinked sparse temp file. Trim and zeroing
-/// punch holes; its allocated space is charged to the quota.
+/// A command-made disk: an unlinked sparse temp file served by
+/// [`FileDev`](crate::FileDev) (trim and zeroing punch holes, holes are
+/// reported), its allocated space charged to the quota.
 #[derive(Debug)]
 struct FileDisk {
-    file: File,
-    size: u64,
+    dev: crate::FileDev,
+    /// The same open file, for `fstat`.
+    stat: File,
     quota: Option<Arc<SpaceQuota>>,
     /// Bytes of the file charged to the quota.
     charged: AtomicU64,
@@ -417,9 +419,12 @@ struct FileDisk {
 
 impl FileDisk {
     fn new(file: File, size: u64, quota: Option<Arc<SpaceQuota>>) -> Result<Self> {
+        let stat = file
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the temp file's descriptor", e))?;
         let disk = FileDisk {
-            file,
-            size,
+            dev: crate::FileDev::from_file(file, size, true),
+            stat,
             quota,
             charged: AtomicU64::new(0),
         };
@@ -433,7 +438,7 @@ impl FileDisk {
     fn recharge(&self) -> Result<()> {
         let Some(q) = &self.quota else { return Ok(()) };
         let now = self
-            .file
+            .stat
             .metadata()
             .map_err(|e| Error::io("fstat of the temp file", e))?
             .blocks()
@@ -452,18 +457,6 @@ impl FileDisk {
         }
         Ok(())
     }
-
-    fn punch(&self, offset: u64, len: u64) -> Result<()> {
-        check_range(offset, len, self.size)?;
-        rustix::fs::fallocate(
-            &self.file,
-            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-            offset,
-            len,
-        )
-        .map_err(|e| Error::io("punching a hole in the temp file", e.into()).at(offset))?;
-        self.recharge()
-    }
 }
 
 impl Drop for FileDisk {
@@ -476,18 +469,14 @@ impl Drop for FileDisk {
 
 impl BlockDev for FileDisk {
     fn size(&self) -> u64 {
-        self.size
+        self.dev.size()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(offset, buf.len() as u64, self.size)?;
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::io("reading the temp file", e).at(offset))
+        self.dev.read_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        check_range(offset, buf.len() as u64, self.size)?;
         if let Some(q) = &self.quota {
             // The file system decides what a write allocates; once the
             // budget is used up, writes are refused (the last one may go a
@@ -500,9 +489,7 @@ impl BlockDev for FileDisk {
                 .at(offset));
             }
         }
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io("writing the temp file", e).at(offset))?;
+        self.dev.write_at(buf, offset)?;
         self.recharge()
     }
 
@@ -511,40 +498,25 @@ impl BlockDev for FileDisk {
     }
 
     fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.punch(offset, len)
+        self.dev.trim(offset, len)?;
+        self.recharge()
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, _flags: ZeroFlags) -> Result<()> {
-        // A hole reads as zeros and is always fast.
-        self.punch(offset, len)
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<()> {
+        self.dev.write_zeroes(offset, len, flags)?;
+        self.recharge()
     }
 
     fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
-        check_range(offset, len, self.size)?;
-        use rustix::fs::{seek, SeekFrom};
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let data = match seek(&self.file, SeekFrom::Data(pos)) {
-                Ok(d) => d.min(end),
-                // ENXIO: no data after pos.
-                Err(_) => end,
-            };
-            if data > pos {
-                out.push(data - pos, ExtentKind::Hole);
-                pos = data;
-                continue;
-            }
-            let hole = seek(&self.file, SeekFrom::Hole(pos)).map_or(end, |h| h.min(end));
-            let hole = hole.max(pos + 1).min(end);
-            out.push(hole - pos, ExtentKind::Data);
-            pos = hole;
-        }
-        Ok(())
+        self.dev.extents(offset, len, out)
+    }
+
+    fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
+        self.dev.read_chunks(offset, len, out)
     }
 
     fn caps(&self) -> Caps {
-        Caps::WRITE | Caps::FLUSH | Caps::TRIM | Caps::ZERO | Caps::FAST_ZERO | Caps::EXTENTS
+        (self.dev.caps() | Caps::FLUSH) - Caps::MULTI_CONN
     }
 }
 
@@ -634,7 +606,9 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let mut ext = ExtentList::new(0);
         d.extents(0, 1 << 20, &mut ext).unwrap();
-        assert!(ext.iter_offsets().any(|(_, e)| e.kind == ExtentKind::Hole));
+        assert!(ext
+            .iter_offsets()
+            .any(|(_, e)| e.kind == synth::ExtentKind::Hole));
 
         let bad = TmpdiskExport::new(
             opts(dir.path(), 4, None),

@@ -9,18 +9,23 @@ use crate::dev::{BlockDev, ReadChunk};
 use crate::error::ErrorKind;
 use crate::extent::ExtentList;
 
-/// SplitMix64: a tiny deterministic generator, so failures reproduce.
-struct Rng(u64);
+/// SplitMix64: a tiny deterministic generator, so failures reproduce (and
+/// test data is the same every run).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    /// A number below `n` (0 if `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {

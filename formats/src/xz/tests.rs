@@ -99,18 +99,7 @@ impl BlockDev for FileDev {
     }
 }
 
-/// SplitMix64, so the data is the same every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+use synth::testing::Rng;
 
 /// `len` bytes cycling every MiB through random bytes, text, two MiB of
 /// zeros, and half random / half zeros: with 1 MiB Blocks, Blocks 2, 3,
