@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # qemu-system-x86 must match qemu-utils (7.2's would downgrade a backported qemu-utils).
 QEMU_PACKAGES=(qemu-utils qemu-system-x86)
 PACKAGES=(qemu-utils qemu-system-x86 libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
-  xorriso genisoimage p7zip-full gdisk fdisk isolinux syslinux-common ovmf grub-efi-amd64-bin xz-utils nginx)
+  xorriso genisoimage p7zip-full gdisk fdisk isolinux syslinux-common ovmf grub-efi-amd64-bin xz-utils nginx openssl)
 # tool -> package that provides it
 declare -A PROVIDES=(
   [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
@@ -25,7 +25,7 @@ declare -A PROVIDES=(
   [e2fsck]=e2fsprogs [debugfs]=e2fsprogs [dumpe2fs]=e2fsprogs [mke2fs]=e2fsprogs
   [diff]=diffutils [cmp]=diffutils
   [xorriso]=xorriso [isoinfo]=genisoimage [7z]=p7zip-full
-  [sgdisk]=gdisk [sfdisk]=fdisk [xz]=xz-utils [nginx]=nginx
+  [sgdisk]=gdisk [sfdisk]=fdisk [xz]=xz-utils [nginx]=nginx [openssl]=openssl
 )
 # data files -> package that provides them
 declare -A PROVIDES_FILE=(

@@ -406,6 +406,9 @@ pub struct HttpArgs {
     /// Keep fetched ranges in this directory and reuse them (keyed by URL and ETag).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Also trust the certificate authorities in this PEM file (repeatable).
+    #[arg(long = "cacert", value_name = "PEM")]
+    pub ca_certs: Vec<PathBuf>,
 }
 
 /// xz view options.

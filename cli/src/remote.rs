@@ -58,6 +58,7 @@ fn http_options(a: &HttpArgs) -> Result<HttpOptions> {
         max_in_flight: a.connections,
         readahead: a.readahead.0,
         cache_dir: a.cache_dir.clone(),
+        ca_certs: a.ca_certs.clone(),
         ..HttpOptions::default()
     })
 }

@@ -23,6 +23,15 @@ impl Nginx {
     /// Serves `root` on a free loopback port. `extra` is added to the `server` block (e.g.
     /// `"limit_rate 10m;"`).
     pub fn serve(root: &Path, work: &Path, extra: &str) -> Nginx {
+        Self::start(root, work, extra, None)
+    }
+
+    /// Serves `root` over HTTPS (HTTP/2 offered by ALPN) with this certificate chain and key.
+    pub fn serve_tls(root: &Path, work: &Path, cert: &Path, key: &Path) -> Nginx {
+        Self::start(root, work, "", Some((cert, key)))
+    }
+
+    fn start(root: &Path, work: &Path, extra: &str, tls: Option<(&Path, &Path)>) -> Nginx {
         let bin = crate::find_in_path("nginx")
             .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists()))
             .expect("nginx is not installed");
@@ -34,6 +43,17 @@ impl Nginx {
             .unwrap()
             .port();
         let w = work.display();
+        let (listen, tls_conf) = match tls {
+            Some((cert, key)) => (
+                " ssl http2",
+                format!(
+                    "ssl_certificate {};\n    ssl_certificate_key {};\n",
+                    cert.display(),
+                    key.display()
+                ),
+            ),
+            None => ("", String::new()),
+        };
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {w}/nginx.pid;\n\
              error_log {w}/error.log warn;\nevents {{ worker_connections 256; }}\n\
@@ -41,7 +61,7 @@ impl Nginx {
                proxy_temp_path {w}/tmp;\n  fastcgi_temp_path {w}/tmp;\n  uwsgi_temp_path {w}/tmp;\n\
                scgi_temp_path {w}/tmp;\n  sendfile on;\n  keepalive_requests 100000;\n\
                default_type application/octet-stream;\n\
-               server {{\n    listen 127.0.0.1:{port};\n    root {};\n    {extra}\n  }}\n}}\n",
+               server {{\n    listen 127.0.0.1:{port}{listen};\n    {tls_conf}    root {};\n    {extra}\n  }}\n}}\n",
             root.display()
         );
         let conf_path = work.join("nginx.conf");
@@ -78,6 +98,11 @@ impl Nginx {
     /// `http://127.0.0.1:PORT/NAME`.
     pub fn url(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}/{}", self.port, name)
+    }
+
+    /// `https://127.0.0.1:PORT/NAME`.
+    pub fn https_url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/{}", self.port, name)
     }
 
     /// The requests nginx logged so far (one access-log line each).

@@ -217,3 +217,129 @@ fn raw_http_source_over_nginx_equals_the_file() {
         "non-ranged GETs: {log:?}"
     );
 }
+
+/// A certificate authority and a server certificate for 127.0.0.1 signed by it (rustls, like
+/// browsers, refuses a CA certificate used as the server's own).
+fn make_ca_and_server_cert(
+    dir: &Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (ca_key, ca, key, csr, cert, ext) = (
+        dir.join("ca.key"),
+        dir.join("ca.pem"),
+        dir.join("server.key"),
+        dir.join("server.csr"),
+        dir.join("server.pem"),
+        dir.join("server.ext"),
+    );
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=disksynth test CA",
+        "-keyout",
+        &p(&ca_key),
+        "-out",
+        &p(&ca),
+    ]));
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]));
+    fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run_ok(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&cert),
+    ]));
+    (ca, cert, key)
+}
+
+/// HTTPS with HTTP/2 (nginx offers h2 by ALPN): `--cacert` trusts an internal CA; without it
+/// the certificate is refused with a clear error, never silently accepted.
+#[test]
+fn https_with_http2_and_an_internal_ca() {
+    require_tool!("nbdcopy", "nginx", "openssl", "cmp", "xz");
+    let dir = tempdir();
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let raw = www.join("disk.raw");
+    image(&raw, 12);
+    xz_to(
+        &["-T1", "-1", "--block-size=2MiB"],
+        &raw,
+        &www.join("disk.raw.xz"),
+    );
+    let (ca, cert, key) = make_ca_and_server_cert(dir.path());
+    let web = Nginx::serve_tls(&www, &dir.path().join("nginx"), &cert, &key);
+
+    let refused = run(
+        disksynth_tests::disksynth()
+            .args(["http", &web.https_url("disk.raw"), "-o"])
+            .arg(dir.path().join("no.raw")),
+        CMD_TIMEOUT,
+    );
+    assert!(!refused.status.success(), "an unknown CA was trusted");
+    assert!(
+        refused.stderr_str().to_lowercase().contains("certificate"),
+        "unclear TLS error: {}",
+        refused.describe()
+    );
+
+    let ca_arg = ca.to_str().unwrap();
+    let server = Server::disksynth_unix(
+        dir.path(),
+        &["http", &web.https_url("disk.raw"), "--cacert", ca_arg],
+    );
+    let copy = dir.path().join("copy.raw");
+    run_ok(Command::new("nbdcopy").arg(server.uri()).arg(&copy));
+    cmp_files(&copy, &raw);
+    drop(server);
+    let back = dir.path().join("back.raw");
+    run_ok(
+        disksynth_tests::disksynth()
+            .args([
+                "xz",
+                &web.https_url("disk.raw.xz"),
+                "--cacert",
+                ca_arg,
+                "-o",
+            ])
+            .arg(&back),
+    );
+    cmp_files(&back, &raw);
+    let log = web.access_log();
+    assert!(
+        log.iter().any(|l| l.contains("HTTP/2.0\" 206")),
+        "HTTP/2 was not used: {log:?}"
+    );
+}

@@ -44,6 +44,14 @@ pub enum HttpError {
     /// The HTTP client could not be built (TLS set-up...).
     #[error("cannot set up the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// A CA certificate file given to trust cannot be read or parsed.
+    #[error("CA certificate {path}: {reason}")]
+    CaCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// 404 or 410.
     #[error("{url}: not found (HTTP {status}); check the URL")]
     NotFound {

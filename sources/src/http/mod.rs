@@ -77,6 +77,9 @@ pub struct HttpOptions {
     pub readahead: u64,
     /// Directory of the on-disk chunk cache (none by default).
     pub cache_dir: Option<PathBuf>,
+    /// PEM files of certificate authorities to trust besides the built-in
+    /// (Mozilla) roots, for servers with an internal CA.
+    pub ca_certs: Vec<PathBuf>,
 }
 
 impl Default for HttpOptions {
@@ -93,6 +96,7 @@ impl Default for HttpOptions {
             max_in_flight: 8,
             readahead: 4 << 20,
             cache_dir: None,
+            ca_certs: Vec::new(),
         }
     }
 }
@@ -113,6 +117,7 @@ impl fmt::Debug for HttpOptions {
             .field("max_in_flight", &self.max_in_flight)
             .field("readahead", &self.readahead)
             .field("cache_dir", &self.cache_dir)
+            .field("ca_certs", &self.ca_certs)
             .finish()
     }
 }

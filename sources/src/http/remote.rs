@@ -91,7 +91,23 @@ impl Remote {
     pub(crate) fn open(url: &str, opts: &HttpOptions) -> Result<Remote, HttpError> {
         let parsed = parse_url(url)?;
         let headers = extra_headers(&opts.headers)?;
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        for path in &opts.ca_certs {
+            let err = |reason: String| HttpError::CaCert {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(err("no PEM certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .user_agent(concat!("disksynth/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
