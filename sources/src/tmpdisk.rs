@@ -229,25 +229,52 @@ impl TmpdiskExport {
             shell_quote(kind),
             shell_quote(label),
         );
-        let out = Command::new("/bin/sh")
+        // stdout joins stderr (`exec 1>&2`): one pipe, read here, logged
+        // line by line and never kept whole (a chatty command cannot make
+        // the server hold its output).
+        let mut child = Command::new("/bin/sh")
             .arg("-c")
-            .arg(&full)
+            .arg(format!("exec 1>&2\n{full}"))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .map_err(|e| Error::io("running /bin/sh", e))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        for line in stdout.lines().chain(stderr.lines()) {
-            log::info!("tmpdisk command: {line}");
+        let mut last = String::new();
+        if let Some(pipe) = child.stderr.take() {
+            use std::io::{BufRead, Read};
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            // Lines are capped at 4 KiB each; the rest of a longer one is
+            // dropped.
+            while reader
+                .by_ref()
+                .take(4096)
+                .read_until(b'\n', &mut line)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                if line.last() != Some(&b'\n') && line.len() == 4096 {
+                    let _ = reader.skip_until(b'\n');
+                }
+                if !text.trim().is_empty() {
+                    log::info!("tmpdisk command: {text}");
+                    last = text;
+                }
+                line.clear();
+            }
         }
+        let status = child
+            .wait()
+            .map_err(|e| Error::io("waiting for /bin/sh", e))?;
+        let out = CommandOutcome { status, last };
         if !out.status.success() {
-            let last = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("(no error output)");
+            let last = if out.last.is_empty() {
+                "(no error output)"
+            } else {
+                out.last.as_str()
+            };
             log::warn!("tmpdisk command failed ({}): {last}", out.status);
             return Err(Error::new(
                 ErrorKind::Io,
@@ -324,6 +351,12 @@ fn fresh_id() -> [u8; 16] {
 /// `s` as one word for `/bin/sh`: single-quoted, `'` written as `'\''`.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// How a `--command` ended: its status and its last non-empty output line.
+struct CommandOutcome {
+    status: std::process::ExitStatus,
+    last: String,
 }
 
 /// One of `--max-clients` places, given back when the disk is dropped.
@@ -609,6 +642,17 @@ mod tests {
         assert!(ext
             .iter_offsets()
             .any(|(_, e)| e.kind == synth::ExtentKind::Hole));
+
+        // A command printing 20 MB on one line is logged (capped), not kept.
+        let chatty = TmpdiskExport::new(
+            opts(dir.path(), 4, None),
+            Initializer::Command {
+                script: "head -c 20000000 /dev/zero | tr '\\0' x; echo; echo done".into(),
+                kind: "ext4".into(),
+                label: String::new(),
+            },
+        );
+        chatty.open().unwrap();
 
         let bad = TmpdiskExport::new(
             opts(dir.path(), 4, None),

@@ -71,6 +71,10 @@ pub struct XzStats {
 /// Blocks in one request.
 const MAX_READAHEADS: usize = 2;
 
+/// Blocks decoding to more than this are refused even with
+/// `allow_big_blocks` (each is decoded into memory whole).
+pub const HARD_MAX_BLOCK: u64 = 4 << 30;
+
 /// `last_block` before any read.
 const NO_BLOCK: usize = usize::MAX;
 
@@ -127,7 +131,13 @@ impl XzDev {
                 uncompressed_size: b.uncompressed_size,
                 max_block: opts.max_block,
             };
-            if !opts.allow_big_blocks {
+            // Even when allowed, a Block is decoded into memory whole: past
+            // this no machine we serve from should try.
+            let beyond_any = index
+                .blocks()
+                .iter()
+                .any(|b| b.uncompressed_size > HARD_MAX_BLOCK);
+            if !opts.allow_big_blocks || beyond_any {
                 return Err(err);
             }
             log::warn!(
