@@ -421,7 +421,8 @@ pub struct XzArgs {
     /// Largest block (uncompressed) served; larger ones are refused unless --allow-big-blocks.
     #[arg(long, value_name = "SIZE", default_value = "64M")]
     pub max_block: Size,
-    /// Serve files with blocks over --max-block anyway (slow: every read decodes a whole block).
+    /// Serve files with blocks over --max-block anyway, up to 4 GiB per block (slow: every
+    /// read decodes a whole block into memory).
     #[arg(long)]
     pub allow_big_blocks: bool,
     /// Do not decode the next block ahead on sequential reads.
