@@ -1,9 +1,10 @@
 //! [`XzDev`]: the uncompressed bytes of a block-indexed `.xz` image as a
 //! read-only [`BlockDev`], decoding only the Blocks that are read.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use synth::{check_range, BlockDev, BlockSize, Caps, Error, ErrorKind, ExtentKind, ExtentList};
@@ -75,8 +76,9 @@ const MAX_READAHEADS: usize = 2;
 /// `allow_big_blocks` (each is decoded into memory whole).
 pub const HARD_MAX_BLOCK: u64 = 4 << 30;
 
-/// `last_block` before any read.
-const NO_BLOCK: usize = usize::MAX;
+/// Last Blocks of recent reads remembered to recognise sequential streams:
+/// several clients (or one reading at several places) each keep theirs.
+const RECENT_READS: usize = 16;
 
 /// A read-only block device over the bytes of an `.xz` file (any
 /// [`BlockDev`]: a host file, an HTTP resource...). One per image, shared
@@ -91,7 +93,8 @@ struct Inner {
     cache: BlockCache,
     readahead: bool,
     /// The last Block a read touched, to detect sequential access.
-    last_block: AtomicUsize,
+    /// The last Block of each recent read, newest last.
+    recent: Mutex<VecDeque<usize>>,
     readaheads_in_flight: AtomicUsize,
     readaheads: AtomicU64,
 }
@@ -153,7 +156,7 @@ impl XzDev {
                 cache: BlockCache::new(opts.cache_bytes, blocks),
                 index,
                 readahead: opts.readahead,
-                last_block: AtomicUsize::new(NO_BLOCK),
+                recent: Mutex::new(VecDeque::with_capacity(RECENT_READS)),
                 readaheads_in_flight: AtomicUsize::new(0),
                 readaheads: AtomicU64::new(0),
             }),
@@ -251,15 +254,27 @@ impl Inner {
         })
     }
 
-    /// Note that a read touched Blocks `first..=last`; when it continues
-    /// the previous read into the next Block, decode the Block after it
-    /// in the background.
+    /// Note that a read touched Blocks `first..=last`; when it continues a
+    /// recent read (of any client) into the next Block, decode the Block
+    /// after it in the background.
     fn note_access(self: &Arc<Self>, first: usize, last: usize) {
-        let prev = self.last_block.swap(last, Ordering::Relaxed);
-        if !self.readahead || prev == NO_BLOCK {
+        if !self.readahead {
             return;
         }
-        let sequential = prev + 1 == first || (prev == first && last > first);
+        let sequential = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = recent
+                .iter()
+                .any(|&prev| prev + 1 == first || (prev == first && last > first));
+            if let Some(i) = recent.iter().position(|&b| b == first || b + 1 == first) {
+                recent.remove(i);
+            }
+            if recent.len() == RECENT_READS {
+                recent.pop_front();
+            }
+            recent.push_back(last);
+            seq
+        };
         if !sequential {
             return;
         }

@@ -777,6 +777,23 @@ fn sequential_reads_decode_ahead() {
     assert_eq!(dev.stats().readaheads, 0);
 }
 
+/// Two clients each reading sequentially, interleaved (as two VMs booting
+/// from one image): each stream gets its read-ahead.
+#[test]
+fn interleaved_sequential_streams_each_decode_ahead() {
+    require_xz!("interleaved_sequential_streams_each_decode_ahead");
+    let mut rng = Rng(73);
+    let data: Vec<u8> = (0..10 * MIB).map(|_| rng.next() as u8).collect();
+    let (_dir, xz) = compressed(&data, &["--block-size=1MiB", "-T1", "-0"]);
+    let dev = open(&xz, &XzOptions::default());
+    let mut buf = vec![0u8; 4096];
+    for (a, b) in [(0, 6), (1, 7)] {
+        dev.read_at(&mut buf, a * MIB + 100).unwrap();
+        dev.read_at(&mut buf, b * MIB + 100).unwrap();
+    }
+    assert_eq!(dev.stats().readaheads, 2, "{:?}", dev.stats());
+}
+
 #[test]
 fn cache_hint_decodes() {
     require_xz!("cache_hint_decodes");
