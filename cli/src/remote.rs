@@ -70,7 +70,7 @@ pub(crate) fn http(url: &str, a: &HttpArgs) -> Result<Arc<dyn BlockDev>> {
     }
     let t0 = std::time::Instant::now();
     let dev = HttpDev::open(url, &http_options(a)?)
-        .with_context(|| format!("opening {}", redacted(url)))?;
+        .context("opening the remote image")?;
     log::info!(
         "{}: {} ({} ms to open)",
         dev.url(),
@@ -91,8 +91,7 @@ pub(crate) fn xz(source: &str, x: &XzArgs, h: &HttpArgs) -> Result<Arc<dyn Block
         let mut opts = http_options(h)?;
         opts.readahead = 0;
         Arc::new(
-            HttpDev::open(source, &opts)
-                .with_context(|| format!("opening {}", redacted(source)))?,
+            HttpDev::open(source, &opts).context("opening the remote .xz file")?,
         )
     } else {
         Arc::new(
