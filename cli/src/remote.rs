@@ -69,8 +69,7 @@ pub(crate) fn http(url: &str, a: &HttpArgs) -> Result<Arc<dyn BlockDev>> {
         bail!("{url:?} is not an http:// or https:// URL");
     }
     let t0 = std::time::Instant::now();
-    let dev = HttpDev::open(url, &http_options(a)?)
-        .context("opening the remote image")?;
+    let dev = HttpDev::open(url, &http_options(a)?).context("opening the remote image")?;
     log::info!(
         "{}: {} ({} ms to open)",
         dev.url(),
@@ -90,9 +89,7 @@ pub(crate) fn xz(source: &str, x: &XzArgs, h: &HttpArgs) -> Result<Arc<dyn Block
         // split block fetches into several requests.
         let mut opts = http_options(h)?;
         opts.readahead = 0;
-        Arc::new(
-            HttpDev::open(source, &opts).context("opening the remote .xz file")?,
-        )
+        Arc::new(HttpDev::open(source, &opts).context("opening the remote .xz file")?)
     } else {
         Arc::new(
             sources::FileDev::open(Path::new(source), false)
