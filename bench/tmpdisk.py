@@ -22,14 +22,14 @@ Output: a table on stdout and in $BENCH_OUT/tmpdisk.md, logs in $BENCH_OUT/tmpdi
 
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import nbd
+
+from benchlib import Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DS = os.environ.get("DISKSYNTH_BIN", os.path.join(ROOT, "target/release/disksynth"))
@@ -38,55 +38,6 @@ SIZE = os.environ.get("BENCH_TMPDISK_SIZE", "1G")
 LOOPS = int(os.environ.get("BENCH_TMPDISK_LOOPS", "40"))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench/out"))
 LOGS = os.path.join(OUT, "tmpdisk-logs")
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Server:
-    def __init__(self, name, cmd, env=None):
-        self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=LOGS)
-        self.sock = os.path.join(self.dir, "sock")
-        full = [c.replace("@SOCK@", self.sock).replace("@DIR@", self.dir) for c in cmd]
-        log("$ " + " ".join(full))
-        self.err = open(os.path.join(LOGS, f"{name}.stderr"), "ab")
-        e = dict(os.environ)
-        e.update(env or {})
-        e = {k: v.replace("@DIR@", self.dir) for k, v in e.items()}
-        self.proc = subprocess.Popen(
-            full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err, env=e
-        )
-        deadline = time.time() + 30
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.005)
-        time.sleep(0.05)
-        self.uri = f"nbd+unix:///?socket={self.sock}"
-
-    def disk_bytes(self):
-        """Bytes allocated by the server's open files in its temp directory (the disks)."""
-        total = 0
-        fddir = f"/proc/{self.proc.pid}/fd"
-        for fd in os.listdir(fddir):
-            try:
-                target = os.readlink(os.path.join(fddir, fd))
-                if target.startswith(self.dir):
-                    total += os.stat(os.path.join(fddir, fd)).st_blocks * 512
-            except OSError:
-                pass
-        return total
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.err.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def nbdinfo_loop(uri):
@@ -142,7 +93,7 @@ def main():
         for who in order:
             for kind in ["floor", "ext4", "vfat"]:
                 cmd, env = sides[f"{who}-{kind}"]
-                s = Server(f"{who}-{kind}", cmd, env)
+                s = Server(f"{who}-{kind}", cmd, LOGS, env)
                 label = "empty-server floor (memory)" if kind == "floor" else kind
                 record(f"{label}: nbdinfo --size, ms per connection", who, nbdinfo_loop(s.uri))
                 record(f"{label}: connect + read superblock, ms per connection", who,

@@ -34,6 +34,8 @@ import time
 
 import nbd
 
+from benchlib import Server, log
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DS = os.environ.get("DISKSYNTH_BIN", os.path.join(ROOT, "target/release/disksynth"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
@@ -43,10 +45,6 @@ READS = int(os.environ.get("BENCH_XZ_READS", "300"))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench/out"))
 LOGS = os.path.join(OUT, "xz-logs")
 STEP_TIMEOUT = 900
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def run(cmd, **kw):
@@ -134,49 +132,6 @@ http {{ access_log {w}/access.log; client_body_temp_path {w}/tmp; proxy_temp_pat
             self.proc.wait()
 
 
-class Server:
-    """An NBD server on a Unix socket, stopped by its pid."""
-
-    def __init__(self, name, cmd):
-        self.sock = os.path.join(LOGS, f"{name}.sock")
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        self.err = open(os.path.join(LOGS, f"{name}.stderr"), "ab")
-        full = [c.replace("@SOCK@", self.sock) for c in cmd]
-        log("$ " + " ".join(full))
-        self.proc = subprocess.Popen(
-            full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.err
-        )
-        deadline = time.time() + 60
-        while True:
-            h = nbd.NBD()
-            try:
-                h.connect_unix(self.sock)
-                h.shutdown()
-                break
-            except nbd.Error:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{name} did not start: {full}")
-                time.sleep(0.01)
-        self.uri = f"nbd+unix:///?socket={self.sock}"
-
-    def peak_rss_mib(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.err.close()
-
-
 def random_latency(uri, size):
     h = nbd.NBD()
     h.connect_uri(uri)
@@ -237,32 +192,32 @@ def main():
             order = ["ds", "nbdkit"] if rep % 2 == 0 else ["nbdkit", "ds"]
             for who in order:
                 side = f"{who}-xz"
-                s = Server(side, sides[side])
+                s = Server(side, sides[side], LOGS)
                 p50, p99 = random_latency(s.uri, size)
                 s.stop()
                 record("random 4 KiB read p50 (ms)", who, p50)
                 record("random 4 KiB read p99 (ms)", who, p99)
                 side4 = f"{who}-xz4"
-                s = Server(side4, sides[side4])
+                s = Server(side4, sides[side4], LOGS)
                 p50, p99 = random_latency(s.uri, size)
                 s.stop()
                 record("random 4 KiB read p50, 4 MiB blocks (ms)", who, p50)
                 record("random 4 KiB read p99, 4 MiB blocks (ms)", who, p99)
-                s = Server(side, sides[side])
+                s = Server(side, sides[side], LOGS)
                 before = web.requests()
                 record("sequential, 1 connection (MiB/s)", who, seq_read(s.uri, 1, size))
                 record("HTTP requests per xz block (1-conn sequential)", who,
                        (web.requests() - before) / blocks)
                 s.stop()
-                s = Server(side, sides[side])
+                s = Server(side, sides[side], LOGS)
                 record("sequential, 4 connections (MiB/s)", who, seq_read(s.uri, 4, size))
                 record("peak RSS after the 4-connection read (MiB)", who, s.peak_rss_mib())
                 s.stop()
                 raw = "ds-http" if who == "ds" else "nbdkit-curl"
-                s = Server(raw, sides[raw])
+                s = Server(raw, sides[raw], LOGS)
                 record("raw http sequential, 1 connection (MiB/s)", who, seq_read(s.uri, 1, size))
                 s.stop()
-                s = Server(raw, sides[raw])
+                s = Server(raw, sides[raw], LOGS)
                 record("raw http sequential, 4 connections (MiB/s)", who, seq_read(s.uri, 4, size))
                 s.stop()
     finally:

@@ -480,10 +480,7 @@ impl FileDisk {
         if now > before {
             if !q.try_take(now - before) {
                 q.force_take(now - before);
-                return Err(Error::new(
-                    ErrorKind::NoSpace,
-                    format!("the disk budget of {} bytes is used up", q.limit()),
-                ));
+                return Err(q.used_up());
             }
         } else {
             q.give(before - now);
@@ -515,19 +512,11 @@ impl BlockDev for FileDisk {
             // budget is used up, writes are refused (the last one may go a
             // little over, which `recharge` accounts for).
             if q.used() >= q.limit() {
-                return Err(Error::new(
-                    ErrorKind::NoSpace,
-                    format!("the disk budget of {} bytes is used up", q.limit()),
-                )
-                .at(offset));
+                return Err(q.used_up().at(offset));
             }
         }
         self.dev.write_at(buf, offset)?;
         self.recharge()
-    }
-
-    fn flush(&self) -> Result<()> {
-        Ok(())
     }
 
     fn trim(&self, offset: u64, len: u64) -> Result<()> {
@@ -549,7 +538,9 @@ impl BlockDev for FileDisk {
     }
 
     fn caps(&self) -> Caps {
-        (self.dev.caps() | Caps::FLUSH) - Caps::MULTI_CONN
+        // ClientDisk, which wraps every disk, answers flush and drops
+        // MULTI_CONN.
+        self.dev.caps()
     }
 }
 

@@ -99,6 +99,14 @@ impl SpaceQuota {
         self.used.fetch_add(n, Ordering::AcqRel);
     }
 
+    /// The error of a write the budget has no room for.
+    pub fn used_up(&self) -> Error {
+        Error::new(
+            ErrorKind::NoSpace,
+            format!("the disk budget of {} bytes is used up", self.limit),
+        )
+    }
+
     /// Give `n` charged bytes back.
     pub fn give(&self, n: u64) {
         let _ = self
@@ -298,17 +306,13 @@ impl CowOverlay {
         if q.try_take(need) {
             Ok(charged)
         } else {
-            Err(Error::new(
-                ErrorKind::NoSpace,
-                format!("the disk budget of {} bytes is used up", q.limit()),
-            )
-            .at(offset))
+            Err(q.used_up().at(offset))
         }
     }
 
-    /// Give page `p`'s charge back if it held written data.
-    fn uncharge(&self, page: Option<&Page>, p: u64) {
-        if let (Some(q), Some(Page::Mem(_) | Page::Stored)) = (&self.quota, page) {
+    /// Give page `p`'s charge back.
+    fn refund(&self, p: u64) {
+        if let Some(q) = &self.quota {
             q.give(self.page_len(p));
         }
     }
@@ -330,7 +334,9 @@ impl CowOverlay {
 
     /// Make page `p` read as zeros without storing anything.
     fn zero_page(&self, pages: &mut BTreeMap<u64, Page>, p: u64) {
-        self.uncharge(pages.get(&p), p);
+        if Self::holds_data(pages, p) {
+            self.refund(p);
+        }
         if let (Some(f), Some(Page::Stored)) = (&self.file, pages.get(&p)) {
             // Give the space back; failure only costs disk space.
             let _ = rustix::fs::fallocate(
@@ -374,7 +380,7 @@ impl CowOverlay {
             // back.
             for p in charged {
                 if !Self::holds_data(&pages, p) {
-                    self.uncharge(Some(&Page::Stored), p);
+                    self.refund(p);
                 }
             }
         }

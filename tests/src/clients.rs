@@ -20,6 +20,21 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) -> Output {
     out
 }
 
+/// `qemu-io -r -f raw -c CMD... URI` (read-only: for exports that refuse writes), unchecked.
+pub fn qemu_io_readonly(uri: &str, cmds: &[&str]) -> Output {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-r", "-f", "raw"]);
+    for c in cmds {
+        cmd.arg("-c").arg(c);
+    }
+    run(cmd.arg(uri), CMD_TIMEOUT)
+}
+
+/// Copies the whole export into a local file with nbdcopy.
+pub fn nbdcopy_to(uri: &str, to: &std::path::Path) {
+    run_ok(Command::new("nbdcopy").arg(uri).arg(to));
+}
+
 /// `qemu-io -f raw -c CMD... URI` without checking the result.
 pub fn qemu_io_unchecked(uri: &str, cmds: &[&str]) -> Output {
     let mut cmd = Command::new("qemu-io");

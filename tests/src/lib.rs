@@ -42,11 +42,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use clients::{
-    field, nbdinfo_json, nbdinfo_list_json, nbdinfo_map, nbdinfo_size, qemu_io, qemu_io_transfers,
-    qemu_io_unchecked,
+    field, nbdcopy_to, nbdinfo_json, nbdinfo_list_json, nbdinfo_map, nbdinfo_size, qemu_io,
+    qemu_io_readonly, qemu_io_transfers, qemu_io_unchecked,
 };
 pub use data::{
-    coalesce, parse_map, pattern, random_bytes, seek_map, write_sparse_file, Extent, MIB,
+    civil_from_days, coalesce, days_from_civil, parse_map, pattern, random_bytes, seek_map,
+    write_sparse_file, Extent, MIB,
 };
 pub use process::{command, run, run_ok, Output, CMD_TIMEOUT};
 pub use rustix::process::Signal;

@@ -303,6 +303,30 @@ pub fn build_deep_dirs(root: &Path, levels: usize) -> String {
     rel
 }
 
+/// Whether the tests run as root (needed to create device nodes and keep other owners).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `chmod MODE PATH`, panicking with the path on failure.
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// `mknod PATH` of `kind` with `mode` and device `major:minor` (root only for devices).
+pub fn mknod(path: &Path, kind: rustix::fs::FileType, mode: u32, major: u32, minor: u32) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(mode),
+        rustix::fs::makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,12 +26,12 @@ use disksynth_tests::generator::{
     build_image, build_image_fails, cmp_files, generator_cmd, output_with, qemu_img_identical,
 };
 use disksynth_tests::trees::{
-    build_awkward_tree, build_deep_dirs, build_wide_dir, diff_snapshots, long_name, make_dir,
-    snapshot, write_file,
+    build_awkward_tree, build_deep_dirs, build_wide_dir, chmod, diff_snapshots, is_root, long_name,
+    make_dir, mknod, snapshot, write_file,
 };
 use disksynth_tests::{
-    nbdinfo_map, nbdinfo_size, qemu_io, random_bytes, require_tool, run, run_ok, tempdir,
-    write_sparse_file, Output, Server, CMD_TIMEOUT, MIB,
+    nbdcopy_to, nbdinfo_map, nbdinfo_size, qemu_io, qemu_io_readonly, random_bytes, require_tool,
+    run, run_ok, tempdir, write_sparse_file, Output, Server, CMD_TIMEOUT, MIB,
 };
 
 const GIB: u64 = 1 << 30;
@@ -61,38 +61,12 @@ fn tree_in(dir: &Path, build_tree: impl FnOnce(&Path)) -> PathBuf {
     tree
 }
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 fn allocated(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
 }
 
-/// Copies the whole export into a local file with nbdcopy.
-fn fetch(uri: &str, to: &Path) {
-    run_ok(Command::new("nbdcopy").arg(uri).arg(to));
-}
-
 // ------------------------------------------------------------------------------------------------
 // Host metadata helpers
-
-fn mknod(path: &Path, kind: rustix::fs::FileType, mode: u32, major: u32, minor: u32) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        kind,
-        rustix::fs::Mode::from_raw_mode(mode),
-        rustix::fs::makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
-}
-
-fn chmod(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
 
 /// The `debugfs stat` type name of a host file type.
 fn kind_name(meta: &fs::Metadata) -> &'static str {
@@ -983,7 +957,7 @@ fn rw_writes_are_read_back_and_never_reach_the_host_tree() {
 
     let server = Server::disksynth_unix(dir.path(), &["ext4", tree.to_str().unwrap(), "--rw"]);
     let img0 = dir.path().join("img0");
-    fetch(server.uri(), &img0);
+    nbdcopy_to(server.uri(), &img0);
     let keep = debugfs_stat(&img0, "/keep.txt");
     let ks = keep.extents[0].physical * BLOCK;
     let free = free_block(&img0) * BLOCK;
@@ -999,7 +973,7 @@ fn rw_writes_are_read_back_and_never_reach_the_host_tree() {
         ],
     );
     let img1 = dir.path().join("img1");
-    fetch(server.uri(), &img1);
+    nbdcopy_to(server.uri(), &img1);
     let dumped = dir.path().join("keep.dump");
     run_ok(
         debugfs()
@@ -1029,7 +1003,7 @@ fn rw_writes_are_read_back_and_never_reach_the_host_tree() {
     run_ok(Command::new("nbdcopy").arg(&img1).arg(server.uri()));
     qemu_img_identical(server.uri(), &img1);
     let img2 = dir.path().join("img2");
-    fetch(server.uri(), &img2);
+    nbdcopy_to(server.uri(), &img2);
     e2fsck_clean(&img2);
     let ls = run_ok(debugfs().args(["-R", "ls /"]).arg(&img2)).stdout_str();
     assert!(ls.contains("new.txt") && !ls.contains("gone.txt"), "{ls}");
@@ -1080,7 +1054,7 @@ fn host_file_changed_after_start_up_gives_eio_naming_it_and_others_still_read() 
     });
     let mut server = Server::disksynth_unix(dir.path(), &["ext4", tree.to_str().unwrap()]);
     let img = dir.path().join("served.img");
-    fetch(server.uri(), &img);
+    nbdcopy_to(server.uri(), &img);
     let paths = ["/victim.bin", "/same-size.bin", "/untouched.bin"].map(String::from);
     let stats: Vec<InodeStat> = debugfs_stat_many(&img, &paths)
         .into_iter()
@@ -1096,7 +1070,7 @@ fn host_file_changed_after_start_up_gives_eio_naming_it_and_others_still_read() 
     f.write_all(b"appended").unwrap();
     drop(f);
     let eio = |offset: u64, name: &str| {
-        let out = qemu_io_ro(server.uri(), &[&format!("read {offset} 65536")]);
+        let out = qemu_io_readonly(server.uri(), &[&format!("read {offset} 65536")]);
         let all = format!("{}{}", out.stdout_str(), out.stderr_str());
         assert!(
             all.contains("Input/output error"),
@@ -1122,7 +1096,7 @@ fn host_file_changed_after_start_up_gives_eio_naming_it_and_others_still_read() 
         "server died:\n{}",
         server.stderr_text()
     );
-    let out = qemu_io_ro(
+    let out = qemu_io_readonly(
         server.uri(),
         &[
             "read 0 65536",
@@ -1135,16 +1109,6 @@ fn host_file_changed_after_start_up_gives_eio_naming_it_and_others_still_read() 
         "{}",
         out.describe()
     );
-}
-
-/// `qemu-io -r -f raw -c CMD... URI` (read-only: the export refuses writes), unchecked.
-fn qemu_io_ro(uri: &str, cmds: &[&str]) -> Output {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-r", "-f", "raw"]);
-    for c in cmds {
-        cmd.arg("-c").arg(c);
-    }
-    run(cmd.arg(uri), CMD_TIMEOUT)
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ use disksynth_tests::trees::{
     set_all_mtimes, set_mtime, snapshot, write_file, Node,
 };
 use disksynth_tests::{
-    nbdinfo_json, nbdinfo_map, nbdinfo_size, qemu_io, random_bytes, require_tool, run, run_ok,
-    tempdir, Output, Server, CMD_TIMEOUT, MIB,
+    civil_from_days, days_from_civil, nbdcopy_to, nbdinfo_json, nbdinfo_map, nbdinfo_size, qemu_io,
+    qemu_io_readonly, random_bytes, require_tool, run, run_ok, tempdir, Output, Server,
+    CMD_TIMEOUT, MIB,
 };
 
 /// Where the FAT volume starts in the default (MBR) layout: LBA 2048.
@@ -1094,28 +1095,6 @@ use fat::Volume;
 // ------------------------------------------------------------------------------------------------
 // Timestamps
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// 1980-01-01 00:00:00 UTC.
 const FAT_MIN_TIME: i64 = 315_532_800;
 
@@ -2130,21 +2109,6 @@ fn served_image_equals_the_output_image() {
     );
 }
 
-/// Copies the whole export into a local file with nbdcopy.
-fn fetch(uri: &str, to: &Path) {
-    run_ok(Command::new("nbdcopy").arg(uri).arg(to));
-}
-
-/// `qemu-io -r -f raw -c CMD... URI` (read-only: a floppy export without --rw is read-only).
-fn qemu_io_ro(uri: &str, cmds: &[&str]) -> Output {
-    let mut cmd = Command::new("qemu-io");
-    cmd.args(["-r", "-f", "raw"]);
-    for c in cmds {
-        cmd.arg("-c").arg(c);
-    }
-    run(cmd.arg(uri), CMD_TIMEOUT)
-}
-
 #[test]
 fn host_file_that_changes_size_gives_eio_naming_it_and_the_server_keeps_serving() {
     require_tool!("qemu-io", "nbdcopy");
@@ -2156,7 +2120,7 @@ fn host_file_that_changes_size_gives_eio_naming_it_and_the_server_keeps_serving(
     });
     let server = Server::disksynth_unix(dir.path(), &["floppy", tree.to_str().unwrap()]);
     let img = dir.path().join("served.img");
-    fetch(server.uri(), &img);
+    nbdcopy_to(server.uri(), &img);
     let vol = Volume::open(&img, PART_OFFSET);
     let walk = vol.walk();
     let victim = vol.file_ranges(&walk.entries["victim.bin"]);
@@ -2171,7 +2135,7 @@ fn host_file_that_changes_size_gives_eio_naming_it_and_the_server_keeps_serving(
     f.write_all(b"appended").unwrap();
     drop(f);
     let (start, end) = victim[0];
-    let out = qemu_io_ro(
+    let out = qemu_io_readonly(
         server.uri(),
         &[&format!("read {start} {}", (end - start).min(65536))],
     );
@@ -2190,7 +2154,7 @@ fn host_file_that_changes_size_gives_eio_naming_it_and_the_server_keeps_serving(
     // Shrink another file: the same.
     fs::write(tree.join("bystander.bin"), b"short").unwrap();
     let (bs, be) = bystander[0];
-    let out = qemu_io_ro(
+    let out = qemu_io_readonly(
         server.uri(),
         &[&format!("read {bs} {}", (be - bs).min(65536))],
     );
@@ -2208,7 +2172,7 @@ fn host_file_that_changes_size_gives_eio_naming_it_and_the_server_keeps_serving(
         "server died:\n{}",
         server.stderr_text()
     );
-    let out = qemu_io_ro(
+    let out = qemu_io_readonly(
         server.uri(),
         &[
             "read 0 512",
@@ -2253,7 +2217,7 @@ fn rw_writes_go_to_an_overlay_and_never_to_the_host_tree() {
         "floppy --rw"
     );
     let img0 = dir.path().join("img0");
-    fetch(server.uri(), &img0);
+    nbdcopy_to(server.uri(), &img0);
     let vol = Volume::open(&img0, PART_OFFSET);
     let walk = vol.walk();
     let (ks, ke) = vol.file_ranges(&walk.entries["keep.txt"])[0];
@@ -2277,7 +2241,7 @@ fn rw_writes_go_to_an_overlay_and_never_to_the_host_tree() {
 
     // A file-system level change made with mtools, written through NBD, read back anew.
     let img1 = dir.path().join("img1");
-    fetch(server.uri(), &img1);
+    nbdcopy_to(server.uri(), &img1);
     let newfile = dir.path().join("new.txt");
     fs::write(&newfile, b"written through the overlay\n").unwrap();
     run_ok(
@@ -2299,7 +2263,7 @@ fn rw_writes_go_to_an_overlay_and_never_to_the_host_tree() {
         same.describe()
     );
     let img2 = dir.path().join("img2");
-    fetch(server.uri(), &img2);
+    nbdcopy_to(server.uri(), &img2);
     let mut expected = before.clone();
     expected.remove("gone.txt");
     expected.insert(

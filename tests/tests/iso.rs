@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -24,8 +24,8 @@ use disksynth_tests::iso_util::{
     xorriso_cut, xorriso_extract, xorriso_lsdl, ListEntry, SECTOR,
 };
 use disksynth_tests::trees::{
-    build_awkward_tree, build_deep_dirs, build_wide_dir, diff_snapshots, long_name, make_dir,
-    set_mtime, snapshot, write_file, Node,
+    build_awkward_tree, build_deep_dirs, build_wide_dir, chmod, diff_snapshots, is_root, long_name,
+    make_dir, mknod, set_mtime, snapshot, write_file, Node,
 };
 use disksynth_tests::{
     nbdinfo_size, random_bytes, require_tool, run, run_ok, tempdir, Output, Server, CMD_TIMEOUT,
@@ -48,26 +48,6 @@ fn tree_named(dir: &Path, name: &str, build_tree: impl FnOnce(&Path)) -> PathBuf
     fs::create_dir(&tree).unwrap();
     build_tree(&tree);
     tree
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
-fn mknod(path: &Path, kind: rustix::fs::FileType, mode: u32, major: u32, minor: u32) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        kind,
-        rustix::fs::Mode::from_raw_mode(mode),
-        rustix::fs::makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
 }
 
 fn symlink(target: &str, link: &Path) {

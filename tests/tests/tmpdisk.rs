@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use disksynth_tests::{
-    python_script, require_tool, run, run_ok, tempdir, Output, Server, CMD_TIMEOUT, MIB,
+    nbdcopy_to, python_script, require_tool, run, run_ok, tempdir, Output, Server, CMD_TIMEOUT, MIB,
 };
 
 fn start(dir: &Path, args: &[&str]) -> Server {
@@ -64,10 +64,6 @@ fn disk_bytes_in(server: &Server, dir: &Path) -> u64 {
     total
 }
 
-fn copy_out(uri: &str, to: &Path) {
-    run_ok(Command::new("nbdcopy").arg(uri).arg(to));
-}
-
 #[test]
 fn two_clients_at_once_never_see_each_others_data() {
     require_tool!("nbdsh");
@@ -85,7 +81,7 @@ fn every_client_gets_a_clean_ext4_with_its_own_uuid() {
     let mut uuids = BTreeSet::new();
     for i in 0..2 {
         let img = dir.path().join(format!("c{i}.img"));
-        copy_out(server.uri(), &img);
+        nbdcopy_to(server.uri(), &img);
         assert_eq!(fs::metadata(&img).unwrap().len(), 256 * MIB);
         let fsck = run(Command::new("e2fsck").args(["-fn"]).arg(&img), CMD_TIMEOUT);
         assert!(fsck.status.success(), "{}", fsck.describe());
@@ -118,7 +114,7 @@ fn every_client_gets_a_clean_vfat() {
         &["100M", "--type", "vfat", "--label", "SCRATCH"],
     );
     let img = dir.path().join("v.img");
-    copy_out(server.uri(), &img);
+    nbdcopy_to(server.uri(), &img);
     let fsck = run(Command::new("fsck.fat").arg("-n").arg(&img), CMD_TIMEOUT);
     assert!(fsck.status.success(), "{}", fsck.describe());
     let mdir = run_ok(Command::new("mdir").arg("-i").arg(&img).arg("::/"));
@@ -206,7 +202,7 @@ mkfs.ext4 -q -F -L "$label" "$disk""#;
         &["64M", "--command", script, "--label", "viacmd"],
     );
     let img = dir.path().join("m.img");
-    copy_out(server.uri(), &img);
+    nbdcopy_to(server.uri(), &img);
     let fsck = run(Command::new("e2fsck").args(["-fn"]).arg(&img), CMD_TIMEOUT);
     assert!(fsck.status.success(), "{}", fsck.describe());
     let log = server.stderr_text();
