@@ -164,14 +164,28 @@ pub(crate) fn export(size: u64, a: &TmpdiskArgs) -> Result<TmpdiskExport> {
                 "synthesized".to_string(),
             )
         }
-        (None, None) => (
-            Initializer::Command {
-                script: MKFS.to_string(),
-                kind: a.kind.clone(),
-                label: label.clone().unwrap_or_default(),
-            },
-            format!("made by mkfs -t {}", a.kind),
-        ),
+        (None, None) => {
+            // Found now rather than failing for every client later.
+            let mkfs = format!("mkfs.{}", a.kind);
+            let found = std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path).any(|dir| dir.join(&mkfs).is_file())
+            });
+            if !found {
+                bail!(
+                    "--type {}: {mkfs} is not installed (ext4 and vfat need nothing; \
+                     for others install their mkfs or give --command)",
+                    a.kind
+                );
+            }
+            (
+                Initializer::Command {
+                    script: MKFS.to_string(),
+                    kind: a.kind.clone(),
+                    label: label.clone().unwrap_or_default(),
+                },
+                format!("made by mkfs -t {}", a.kind),
+            )
+        }
     };
     let description = format!(
         "tmpdisk: a fresh empty {} filesystem of {} for each client ({what})",

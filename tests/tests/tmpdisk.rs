@@ -315,3 +315,22 @@ fn a_full_disk_budget_gives_enospc_never_corruption() {
     let server = start(dir.path(), &["64M", "--max-disk", "4M"]);
     clients("enospc", server.uri(), &[&(32 * MIB).to_string()]);
 }
+
+/// A type whose mkfs is not installed is a start-up error, not a failure for every client.
+#[test]
+fn a_type_without_its_mkfs_is_refused_at_start_up() {
+    let dir = tempdir();
+    let out = run(
+        disksynth_tests::disksynth()
+            .args(["tmpdisk", "64M", "--type", "no-such-fs", "-o"])
+            .arg(dir.path().join("x.img")),
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr_str()
+            .contains("mkfs.no-such-fs is not installed"),
+        "{}",
+        out.describe()
+    );
+}
