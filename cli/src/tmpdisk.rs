@@ -41,6 +41,7 @@ fn empty_tree(now: i64) -> tree::Tree {
         root: tree::Node {
             name: Default::default(),
             path: PathBuf::from("/"),
+            followed_link: false,
             meta,
             kind: tree::NodeKind::Dir(Vec::new()),
         },

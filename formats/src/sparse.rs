@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use synth::{Backing, FilePool, HostFile, RegionMapBuilder};
+use synth::{Backing, FilePool, HostFile, RegionMapBuilder, ScannedFile};
 
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
@@ -23,15 +23,20 @@ pub(crate) fn maybe_sparse(meta: &tree::Meta) -> bool {
     meta.size > BLOCK && meta.blocks.saturating_mul(512) < meta.size
 }
 
-/// The lazily opened host file behind a tree node, expected to keep the
-/// size and mtime the scan saw.
+/// The lazily opened host file behind a tree node, expected to stay the
+/// file the scan saw (device, inode, size, mtime).
 pub(crate) fn host_file(pool: &Arc<FilePool>, node: &tree::Node) -> Arc<HostFile> {
     let m = &node.meta;
     HostFile::new(
         pool,
         node.path.clone(),
-        m.size,
-        (m.mtime.secs, i64::from(m.mtime.nanos)),
+        ScannedFile {
+            dev: m.dev,
+            ino: m.ino,
+            size: m.size,
+            mtime: (m.mtime.secs, i64::from(m.mtime.nanos)),
+            follow_link: node.followed_link,
+        },
     )
 }
 
@@ -83,7 +88,16 @@ fn host_ranges(node: &tree::Node) -> Vec<(u64, u64)> {
 /// widened to whole 4 KiB blocks (the last one ends at `size`), sorted and
 /// disjoint. Everything outside them reads as zeros.
 pub(crate) fn data_ranges(path: &Path, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    let file = File::open(path)?;
+    // O_NONBLOCK: a FIFO swapped in since the scan must not hang start-up.
+    // (What is served is checked again, inode and all, by `HostFile`.)
+    let file = File::from(rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?);
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other("no longer a regular file"));
+    }
     let mut raw = Vec::new();
     let mut pos = 0u64;
     while pos < size {

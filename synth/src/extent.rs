@@ -39,11 +39,21 @@ pub struct Extent {
 /// cannot make the server build a huge list: once full, pushes are ignored
 /// and [`ExtentList::is_full`] tells producers to stop. A partial answer is
 /// allowed (NBD block status only has to make progress).
+///
+/// The list describes one contiguous run from `start`: once a push has been
+/// refused, the list is *closed* and every later push is ignored too, even
+/// one of the same kind as the last entry. Merging it would stretch the last
+/// extent over the refused bytes (a data extent followed by a refused hole
+/// and then more data would claim the hole as data — harmless; a zero extent
+/// followed by refused data and then zeros would claim that data reads as
+/// zeros, and `qemu-img convert` would drop it).
 #[derive(Debug, Clone)]
 pub struct ExtentList {
     start: u64,
     covered: u64,
     limit: usize,
+    /// A push was refused: nothing may be appended any more.
+    closed: bool,
     items: Vec<Extent>,
 }
 
@@ -62,6 +72,7 @@ impl ExtentList {
             start,
             covered: 0,
             limit: limit.max(1),
+            closed: false,
             items: Vec::new(),
         }
     }
@@ -72,12 +83,15 @@ impl ExtentList {
         self.start = start;
         self.covered = 0;
         self.limit = limit.max(1);
+        self.closed = false;
         self.items.clear();
     }
 
-    /// Append `len` bytes of `kind`. Zero-length pushes are ignored.
+    /// Append `len` bytes of `kind`, which must start where the list ends.
+    /// Zero-length pushes are ignored. A push that would need a new entry
+    /// in a full list is refused and closes the list (see the type's doc).
     pub fn push(&mut self, len: u64, kind: ExtentKind) {
-        if len == 0 {
+        if len == 0 || self.closed {
             return;
         }
         if let Some(last) = self.items.last_mut() {
@@ -88,6 +102,7 @@ impl ExtentList {
             }
         }
         if self.items.len() >= self.limit {
+            self.closed = true;
             return;
         }
         self.items.push(Extent { len, kind });
@@ -104,7 +119,7 @@ impl ExtentList {
 
     /// True when no further distinct extent will be accepted.
     pub fn is_full(&self) -> bool {
-        self.items.len() >= self.limit
+        self.closed || self.items.len() >= self.limit
     }
 
     /// Offset of the first extent.
@@ -188,13 +203,54 @@ mod tests {
     }
 
     #[test]
-    fn limit_stops_new_entries_but_merges_continue() {
+    fn a_full_list_still_merges_until_a_push_is_refused() {
+        let mut l = ExtentList::with_limit(0, 1);
+        l.push(4, ExtentKind::Data);
+        assert!(l.is_full());
+        // Contiguous and of the same kind: still a true answer.
+        l.push(4, ExtentKind::Data);
+        assert_eq!(l.covered(), 8);
+    }
+
+    #[test]
+    fn nothing_merges_after_a_refused_push() {
+        // The bug behind qemu-img convert losing data: Zero, then refused
+        // Data, then Zero merged into the first extent, so the data range
+        // was reported as zeros.
+        for limit in [1, 2, 3] {
+            let mut l = ExtentList::with_limit(0, limit);
+            let kinds = [
+                ExtentKind::Zero,
+                ExtentKind::Hole,
+                ExtentKind::Data,
+                ExtentKind::Zero,
+                ExtentKind::Data,
+                ExtentKind::Zero,
+            ];
+            for k in kinds {
+                l.push(4, k);
+            }
+            assert_eq!(l.as_slice().len(), limit.min(kinds.len()));
+            // Every extent kept says what the pushes said at its offsets.
+            for (off, e) in l.iter_offsets() {
+                for b in (off..off + e.len).step_by(4) {
+                    assert_eq!(kinds[(b / 4) as usize], e.kind, "limit {limit} at {b}");
+                }
+            }
+            assert!(l.is_full());
+        }
+    }
+
+    #[test]
+    fn reset_reopens_a_closed_list() {
         let mut l = ExtentList::with_limit(0, 1);
         l.push(4, ExtentKind::Data);
         l.push(4, ExtentKind::Zero);
+        l.reset(100, 2);
+        l.push(4, ExtentKind::Zero);
         l.push(4, ExtentKind::Data);
-        assert!(l.is_full());
         assert_eq!(l.covered(), 8);
+        assert_eq!(l.start(), 100);
     }
 
     #[test]

@@ -3,16 +3,24 @@
 //!
 //! A directory with 100,000 files must not need 100,000 open descriptors, and
 //! start-up must not open anything (it costs `stat` calls only). So a
-//! [`HostFile`] is just a path plus the size and mtime seen at scan time; its
-//! descriptor is opened on first read and kept in a [`FilePool`], an LRU with
-//! a fixed capacity. An evicted descriptor that a request is still using (for
-//! `sendfile`, say) stays open until that request drops its `Arc`.
+//! [`HostFile`] is just a path plus the identity the scan saw
+//! ([`ScannedFile`]: device, inode, size, mtime); its descriptor is opened on
+//! first read and kept in a [`FilePool`], an LRU with a fixed capacity. An
+//! evicted descriptor that a request is still using (for `sendfile`, say)
+//! stays open until that request drops its `Arc`.
 //!
-//! Every time a file is handed out its `fstat` is compared with what the scan
-//! saw: a file that changed size or mtime since start-up fails with
-//! [`ErrorKind::Io`](crate::ErrorKind) naming the file, so a client gets `EIO`
-//! and never a mix of old layout and new bytes. (A write racing with a read
-//! cannot be caught this way; nothing short of a snapshot can.)
+//! The tree belongs to someone else, who may change it while we serve it. So
+//! a host file is opened with `O_NONBLOCK` (a FIFO swapped in cannot hang the
+//! reading thread in `open(2)`), `O_NOCTTY`, and `O_NOFOLLOW` unless the scan
+//! followed a symlink at that very path (a symlink swapped in is not
+//! followed to `/etc/shadow`). The open descriptor must then be a regular
+//! file with the scan's device, inode, size and mtime, or nothing is read
+//! from it: the read fails with [`ErrorKind::Io`](crate::ErrorKind) naming
+//! the file, so a client gets `EIO` and never someone else's bytes, nor a mix
+//! of old layout and new bytes. Size and mtime are checked again every time
+//! the descriptor is handed out. (A write racing with a read cannot be caught
+//! this way; nothing short of a snapshot can. A file shrinking mid-read is
+//! caught by the reader, which gets fewer bytes than the layout promised.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -20,6 +28,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::{Error, Result};
 
@@ -40,10 +50,24 @@ struct PoolState {
     /// Open files by `HostFile` id, with the tick of their last use.
     open: HashMap<u64, (Arc<File>, u64)>,
     /// The same entries by last-use tick, oldest first: eviction is a
-    /// pop, not a scan (`-o` of 100,000 files misses on every file).
+    /// pop, not a scan (`-o` of 100,000 files misses on every file). It
+    /// holds exactly one entry per open file.
     by_use: BTreeMap<u64, u64>,
     tick: u64,
     opens: u64,
+}
+
+impl PoolState {
+    /// Mark `id` (open) as used now.
+    fn touch(&mut self, id: u64) -> Option<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (file, used) = self.open.get_mut(&id)?;
+        let (file, old) = (file.clone(), std::mem::replace(used, tick));
+        self.by_use.remove(&old);
+        self.by_use.insert(tick, id);
+        Some(file)
+    }
 }
 
 impl FilePool {
@@ -66,6 +90,11 @@ impl FilePool {
         self.lock().open.len()
     }
 
+    /// Entries of the use index (always [`FilePool::open_count`]; for tests).
+    pub fn index_len(&self) -> usize {
+        self.lock().by_use.len()
+    }
+
     /// How many times a file was opened (a miss), for tests and stats.
     pub fn opens(&self) -> u64 {
         self.lock().opens
@@ -78,65 +107,67 @@ impl FilePool {
     }
 
     fn get(&self, host: &HostFile) -> Result<Arc<File>> {
-        {
-            let mut st = self.lock();
-            st.tick += 1;
-            let tick = st.tick;
-            if let Some((file, used)) = st.open.get_mut(&host.id) {
-                let (file, old) = (file.clone(), std::mem::replace(used, tick));
-                st.by_use.remove(&old);
-                st.by_use.insert(tick, host.id);
-                return Ok(file);
-            }
+        if let Some(file) = self.lock().touch(host.id) {
+            return Ok(file);
         }
-        // Open outside the lock: a slow filesystem must not stall every
-        // other file's reads.
-        let file = Arc::new(
-            File::open(&host.path)
-                .map_err(|e| Error::io(format!("opening host file {}", host.path.display()), e))?,
-        );
+        // Open and check outside the lock: a slow filesystem must not stall
+        // every other file's reads.
+        let file = Arc::new(host.open_checked()?);
         let mut st = self.lock();
         st.opens += 1;
-        if st.open.len() >= self.capacity {
-            // Evict the least recently used. A linear scan is fine: it runs
-            // only on a miss, which costs an open(2) anyway, and the pool is
-            // a few hundred entries.
-            if let Some(&victim) = st
-                .open
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(id, _)| id)
-            {
-                st.open.remove(&victim);
-            }
+        if let Some(file) = st.touch(host.id) {
+            // Another thread opened it meanwhile; ours closes on drop.
+            return Ok(file);
+        }
+        while st.open.len() >= self.capacity {
+            let Some((_, victim)) = st.by_use.pop_first() else {
+                break;
+            };
+            st.open.remove(&victim);
         }
         st.tick += 1;
         let tick = st.tick;
-        let file = st.open.entry(host.id).or_insert((file, tick)).0.clone();
+        st.open.insert(host.id, (file.clone(), tick));
+        st.by_use.insert(tick, host.id);
         Ok(file)
     }
 }
 
-/// A regular host file mapped into an image: its path and the size and
-/// mtime it had when the layout was computed.
+/// What the scan saw of a host file: what it must still be when served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScannedFile {
+    /// Device of the inode (`st_dev`).
+    pub dev: u64,
+    /// Inode number (`st_ino`).
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, i64),
+    /// The path's last component is a symlink the scan followed (the
+    /// fields above are its target's); otherwise it is opened with
+    /// `O_NOFOLLOW`.
+    pub follow_link: bool,
+}
+
+/// A regular host file mapped into an image: its path and what the scan
+/// saw of it.
 #[derive(Debug)]
 pub struct HostFile {
     id: u64,
     path: PathBuf,
-    size: u64,
-    mtime: (i64, i64),
+    scanned: ScannedFile,
     pool: Arc<FilePool>,
 }
 
 impl HostFile {
-    /// A host file expected to keep `size` bytes and the mtime
-    /// (`seconds`, `nanoseconds`) it had at scan time.
-    pub fn new(pool: &Arc<FilePool>, path: PathBuf, size: u64, mtime: (i64, i64)) -> Arc<HostFile> {
+    /// A host file expected to be, whenever it is read, the very file the
+    /// scan saw.
+    pub fn new(pool: &Arc<FilePool>, path: PathBuf, scanned: ScannedFile) -> Arc<HostFile> {
         Arc::new(HostFile {
             id: pool.next_id.fetch_add(1, Ordering::Relaxed),
             path,
-            size,
-            mtime,
+            scanned,
             pool: pool.clone(),
         })
     }
@@ -148,36 +179,79 @@ impl HostFile {
 
     /// The size the layout was computed for.
     pub fn size(&self) -> u64 {
-        self.size
+        self.scanned.size
     }
 
     /// The open file, after checking it still has the size and mtime the
-    /// layout was computed for.
+    /// layout was computed for (its device and inode were checked when it
+    /// was opened).
     pub fn open(&self) -> Result<Arc<File>> {
         let file = self.pool.get(self)?;
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("checking host file {}", self.path.display()), e))?;
+        self.check_size_mtime(&meta)?;
+        Ok(file)
+    }
+
+    /// Open the path without side effects a swapped-in file could cause,
+    /// and check it is the file the scan saw.
+    fn open_checked(&self) -> Result<File> {
+        let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        if !self.scanned.follow_link {
+            flags |= OFlags::NOFOLLOW;
+        }
+        let fd = rustix::fs::open(&self.path, flags, Mode::empty()).map_err(|e| {
+            if e == rustix::io::Errno::LOOP && !self.scanned.follow_link {
+                self.changed("it is now a symbolic link".into())
+            } else {
+                Error::io(
+                    format!("opening host file {}", self.path.display()),
+                    std::io::Error::from(e),
+                )
+            }
+        })?;
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("checking host file {}", self.path.display()), e))?;
+        if !meta.file_type().is_file() {
+            return Err(self.changed("it is no longer a regular file".into()));
+        }
+        if (meta.dev(), meta.ino()) != (self.scanned.dev, self.scanned.ino) {
+            return Err(self.changed(format!(
+                "device/inode {}/{} -> {}/{}: another file took its place",
+                self.scanned.dev,
+                self.scanned.ino,
+                meta.dev(),
+                meta.ino()
+            )));
+        }
+        self.check_size_mtime(&meta)?;
+        Ok(file)
+    }
+
+    fn check_size_mtime(&self, meta: &std::fs::Metadata) -> Result<()> {
         let mtime = (meta.mtime(), meta.mtime_nsec());
-        if meta.len() != self.size || mtime != self.mtime {
+        if meta.len() != self.scanned.size || mtime != self.scanned.mtime {
             return Err(self.changed(format!(
                 "size {} -> {}, mtime {}.{:09} -> {}.{:09}",
-                self.size,
+                self.scanned.size,
                 meta.len(),
-                self.mtime.0,
-                self.mtime.1,
+                self.scanned.mtime.0,
+                self.scanned.mtime.1,
                 mtime.0,
                 mtime.1
             )));
         }
-        Ok(file)
+        Ok(())
     }
 
     /// The error for a file that no longer matches the layout.
     pub fn changed(&self, what: String) -> Error {
         Error::io(
             format!(
-                "host file {} changed after start-up ({what}); refusing to serve mixed data",
+                "host file {} changed after start-up ({what}); refusing to serve it",
                 self.path.display()
             ),
             std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()),
@@ -196,7 +270,17 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, data).unwrap();
         let m = std::fs::metadata(&path).unwrap();
-        HostFile::new(pool, path, m.len(), (m.mtime(), m.mtime_nsec()))
+        HostFile::new(pool, path, scanned(&m))
+    }
+
+    fn scanned(m: &std::fs::Metadata) -> ScannedFile {
+        ScannedFile {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            follow_link: false,
+        }
     }
 
     #[test]
@@ -284,5 +368,166 @@ mod tests {
         let err = f.open().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Io);
         assert!(err.to_string().contains("gone.bin"), "{err}");
+    }
+
+    /// A host file, and a function that swaps something else in at its path
+    /// with the same size and mtime (as `touch -r` would).
+    fn swap_keeping_times(path: &Path, make: impl FnOnce(&Path)) {
+        let m = std::fs::metadata(path).unwrap();
+        let side = path.with_extension("old");
+        std::fs::rename(path, &side).unwrap();
+        make(path);
+        let times = std::fs::FileTimes::new()
+            .set_modified(m.modified().unwrap())
+            .set_accessed(m.accessed().unwrap());
+        if std::fs::symlink_metadata(path).unwrap().file_type().is_file() {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_times(times)
+                .unwrap();
+        }
+    }
+
+    fn assert_refused(f: &HostFile, what: &str) {
+        let t0 = std::time::Instant::now();
+        let err = f.open().unwrap_err();
+        assert!(t0.elapsed().as_secs() < 5, "{what}: open hung");
+        assert_eq!(err.kind(), ErrorKind::Io, "{what}: {err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&*f.path().to_string_lossy()), "{what}: {msg}");
+    }
+
+    #[test]
+    fn a_symlink_swapped_in_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::new(4);
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, [0x5Eu8; 4096]).unwrap();
+        let f = host(&pool, dir.path(), "public", &[1u8; 4096]);
+        // Same size and mtime as the scanned file.
+        let m = std::fs::metadata(f.path()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&secret)
+            .unwrap()
+            .set_modified(m.modified().unwrap())
+            .unwrap();
+        swap_keeping_times(f.path(), |p| std::os::unix::fs::symlink(&secret, p).unwrap());
+        assert_refused(&f, "symlink");
+        assert!(f.open().unwrap_err().to_string().contains("symbolic link"));
+    }
+
+    #[test]
+    fn a_followed_symlink_must_still_lead_to_the_scanned_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::new(4);
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"right").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let m = std::fs::metadata(&link).unwrap();
+        let scanned = ScannedFile {
+            follow_link: true,
+            ..scanned(&m)
+        };
+        let f = HostFile::new(&pool, link.clone(), scanned);
+        assert!(f.open().is_ok());
+        // Re-pointed at another file of the same size and mtime.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"wrong").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(m.modified().unwrap())
+            .unwrap();
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        let f = HostFile::new(&pool, link, scanned);
+        assert_refused(&f, "re-pointed symlink");
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_neither_hangs_nor_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::new(4);
+        let f = host(&pool, dir.path(), "f", &[1u8; 100]);
+        swap_keeping_times(f.path(), |p| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p,
+                rustix::fs::FileType::Fifo,
+                Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap()
+        });
+        assert_refused(&f, "fifo");
+    }
+
+    #[test]
+    fn a_device_node_swapped_in_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: mknod of a device node needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::new(4);
+        let f = host(&pool, dir.path(), "f", &[1u8; 100]);
+        swap_keeping_times(f.path(), |p| {
+            // /dev/zero: reading it would serve zeros as data.
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p,
+                rustix::fs::FileType::CharacterDevice,
+                Mode::from_raw_mode(0o644),
+                rustix::fs::makedev(1, 5),
+            )
+            .unwrap()
+        });
+        assert_refused(&f, "device node");
+        assert!(f.open().unwrap_err().to_string().contains("regular file"));
+    }
+
+    #[test]
+    fn another_file_renamed_over_it_is_refused_even_with_the_same_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::new(4);
+        let f = host(&pool, dir.path(), "f", &[1u8; 100]);
+        let m = std::fs::metadata(f.path()).unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, [2u8; 100]).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(m.modified().unwrap())
+            .unwrap();
+        std::fs::rename(&other, f.path()).unwrap();
+        assert_refused(&f, "rename over");
+        assert!(f.open().unwrap_err().to_string().contains("inode"));
+        // A refused file is not kept in the pool.
+        assert_eq!(pool.open_count(), 0);
+    }
+
+    #[test]
+    fn the_use_index_stays_as_small_as_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::new(3);
+        let files: Vec<_> = (0..20)
+            .map(|i| host(&pool, dir.path(), &format!("f{i}"), b"x"))
+            .collect();
+        for round in 0..50 {
+            for (i, f) in files.iter().enumerate() {
+                if (i + round) % 3 != 0 {
+                    f.open().unwrap();
+                }
+                f.open().unwrap();
+            }
+            assert!(pool.open_count() <= 3);
+            assert_eq!(pool.index_len(), pool.open_count(), "round {round}");
+        }
     }
 }

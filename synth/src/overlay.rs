@@ -746,6 +746,36 @@ mod tests {
     }
 
     #[test]
+    fn overlay_over_a_fragmented_map_never_calls_data_zero() {
+        // Like a FAT image: zeros, a boot sector, zeros, a FAT, zeros, file
+        // data. With REQ_ONE (limit 1) the see-through answer used to merge
+        // a later zero run into the first, over the boot sector.
+        let mut b = RegionMapBuilder::new();
+        let mut expected = Vec::new();
+        for (i, (zeros, data)) in [(10_000u64, 512u64), (3_000, 1_000), (20_000, 7_000), (5, 5)]
+            .into_iter()
+            .enumerate()
+        {
+            b.push("gap", zeros, Backing::Zero).unwrap();
+            expected.resize(expected.len() + zeros as usize, 0);
+            let bytes = vec![i as u8 + 1; data as usize];
+            b.push_bytes("data", bytes.clone()).unwrap();
+            expected.extend_from_slice(&bytes);
+        }
+        b.push("tail", 9_000, Backing::Zero).unwrap();
+        expected.resize(expected.len() + 9_000, 0);
+        let map: Arc<dyn BlockDev> = Arc::new(b.finish());
+        for store in [OverlayStore::Memory, OverlayStore::TempFile] {
+            let ov = CowOverlay::new(map.clone(), opts(store)).unwrap();
+            let mut expected = expected.clone();
+            ov.write_at(&[0xAB; 100], 40_000).unwrap();
+            expected[40_000..40_100].fill(0xAB);
+            let bounds: Vec<u64> = (0..=14).map(|i| i * 4096).collect();
+            check_dev(&ov, &expected, &bounds);
+        }
+    }
+
+    #[test]
     fn blank_overlay_reports_holes_and_frees_trimmed_pages() {
         let ov = CowOverlay::blank(1 << 20, opts(OverlayStore::Memory)).unwrap();
         ov.write_at(&[1u8; 8192], 65536).unwrap();

@@ -123,28 +123,76 @@ pub fn check_dev(dev: &dyn BlockDev, expected: &[u8], boundaries: &[u64]) {
         .expect_err("read at u64::MAX must fail");
     assert_eq!(err.kind(), ErrorKind::OutOfBounds);
 
-    // Extents tile [0, size) exactly, from any starting point.
-    for start in [0, size / 3, size.saturating_sub(1)] {
-        let mut covered = start;
-        while covered < size {
-            let mut list = ExtentList::new(covered);
-            dev.extents(covered, size - covered, &mut list)
-                .expect("extents");
-            assert!(list.covered() > 0, "extents at {covered} made no progress");
-            assert!(list.end() <= size, "extents at {covered} run past the end");
-            for (off, e) in list.iter_offsets() {
-                assert!(e.len > 0);
-                if e.kind.reads_zero() {
-                    let want = &expected[off as usize..(off + e.len) as usize];
-                    assert!(
-                        want.iter().all(|&b| b == 0),
-                        "extent {off}+{} says zero but holds data",
-                        e.len
+    // Extents tile [0, size) exactly, from any starting point, under every
+    // entry limit (1 is NBD's REQ_ONE): each zero or hole extent reads as
+    // zeros, whole, both in the reference and from the device itself.
+    let mut starts = vec![0, size / 3, size.saturating_sub(1)];
+    starts.extend((0..4).map(|_| rng.below(size.max(1))));
+    // From every backing switch too (at most 64 of them): a walk that starts
+    // in a hole and runs into data is where a full list used to lie.
+    let step = boundaries.len().div_ceil(64).max(1);
+    starts.extend(boundaries.iter().step_by(step).filter(|&&b| b < size));
+    for limit in [1, 2, ExtentList::DEFAULT_LIMIT] {
+        for &start in &starts {
+            check_extent_walk(dev, expected, start, limit);
+        }
+    }
+}
+
+/// Walk `dev` from `start` to its end asking for at most `limit` extents
+/// at a time, checking that every zero or hole extent really reads zeros.
+fn check_extent_walk(dev: &dyn BlockDev, expected: &[u8], start: u64, limit: usize) {
+    let size = dev.size();
+    let mut covered = start;
+    let mut buf = Vec::new();
+    while covered < size {
+        let mut list = ExtentList::with_limit(covered, limit);
+        dev.extents(covered, size - covered, &mut list)
+            .unwrap_or_else(|e| panic!("extents at {covered} (limit {limit}): {e}"));
+        assert_eq!(list.start(), covered);
+        assert!(
+            list.covered() > 0,
+            "extents at {covered} (limit {limit}) made no progress"
+        );
+        assert!(
+            list.end() <= size,
+            "extents at {covered} (limit {limit}) run past the end"
+        );
+        assert!(
+            list.as_slice().len() <= limit,
+            "extents at {covered}: {} entries over the limit {limit}",
+            list.as_slice().len()
+        );
+        for (off, e) in list.iter_offsets() {
+            assert!(e.len > 0);
+            if e.kind.reads_zero() {
+                let want = &expected[off as usize..(off + e.len) as usize];
+                if let Some(i) = want.iter().position(|&b| b != 0) {
+                    panic!(
+                        "extent {off}+{} ({:?}, limit {limit}, walk from {start}) says zero \
+                         but byte {} holds data",
+                        e.len,
+                        e.kind,
+                        off + i as u64
                     );
                 }
+                // The device agrees (in pieces: an extent may be huge).
+                let mut at = off;
+                while at < off + e.len {
+                    let n = (off + e.len - at).min(1 << 20);
+                    buf.resize(n as usize, 0x5A);
+                    dev.read_at(&mut buf, at)
+                        .unwrap_or_else(|err| panic!("read {n}@{at}: {err}"));
+                    assert!(
+                        buf.iter().all(|&b| b == 0),
+                        "extent {off}+{} says zero but the device reads data at {at}+{n}",
+                        e.len
+                    );
+                    at += n;
+                }
             }
-            covered = list.end();
         }
-        assert_eq!(covered, size);
+        covered = list.end();
     }
+    assert_eq!(covered, size);
 }

@@ -63,6 +63,10 @@ pub struct Node {
     pub name: OsString,
     /// Where it is on the host (through any followed links).
     pub path: PathBuf,
+    /// The last component of `path` is a symbolic link the scan followed
+    /// (`meta` is its target's): whoever opens `path` later must follow it
+    /// too, and must check it still leads to the same inode.
+    pub followed_link: bool,
     /// What `stat` said at scan time.
     pub meta: Meta,
     /// What it is.
@@ -193,6 +197,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Tree, ScanError> {
         root: Node {
             name: OsString::new(),
             path: root.to_path_buf(),
+            followed_link: false,
             meta: Meta::from_std(&meta),
             kind: NodeKind::Dir(children),
         },
@@ -302,6 +307,7 @@ fn scan_dir_fan(
         nodes.push(Node {
             name,
             path,
+            followed_link: is_link && opts.follow_symlinks,
             meta: Meta::from_std(&meta),
             kind,
         });
