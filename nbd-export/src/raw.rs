@@ -185,7 +185,12 @@ fn write_to_file(
                             ReadChunk::Bytes(b) => {
                                 write_sparse(out, b, at, &mut stats).map_err(werr)?
                             }
-                            ReadChunk::File { file, offset, len } => {
+                            ReadChunk::File {
+                                file,
+                                offset,
+                                len,
+                                check,
+                            } => {
                                 // What is not copied is left sparse.
                                 stats.skipped += len;
                                 for (o, l) in data_segments(file, *offset, *len) {
@@ -193,6 +198,11 @@ fn write_to_file(
                                         .map_err(werr)?;
                                     stats.written += l;
                                     stats.skipped -= l;
+                                }
+                                // Copied whole, but a file that changed
+                                // meanwhile may have given zeros or torn bytes.
+                                if let Some(check) = check {
+                                    check.verify(file).map_err(|e| e.at(at))?;
                                 }
                             }
                         }

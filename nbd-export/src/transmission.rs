@@ -656,20 +656,42 @@ impl Connection {
                 return self.send_device_error(req, &e, sc);
             }
         }
-        // Small host-file reads are cheaper copied than sent with sendfile:
-        // one pread plus one sendmsg carrying header and data, and the data
-        // chunk can be final (no trailing NONE chunk).
+        // Host-tree files (chunks with a check) are copied, not sent with
+        // sendfile: sendfile hands the socket references to page-cache pages,
+        // which the client reads later, so a file truncated or rewritten
+        // after the last check would reach the client as zeros or torn bytes
+        // in a reply already marked good. Copied, the bytes are a snapshot,
+        // checked ([`synth::ReadCheck`]) before the first byte of the reply
+        // goes out; a file that changed is a clean error reply. Small reads
+        // of any file are copied too: one pread plus one sendmsg carrying
+        // header and data, and the data chunk can be final. So are all
+        // reads under simple replies, which cannot carry an error after the
+        // data (proto.md "Simple reply message"). Plain files (`disksynth
+        // file`, overlay pages) keep sendfile otherwise; if one comes up
+        // short, an error chunk ends the reply.
+        let has_file = sc
+            .chunks
+            .iter()
+            .any(|c| matches!(c, ReadChunk::File { .. }));
+        let checked = sc
+            .chunks
+            .iter()
+            .any(|c| matches!(c, ReadChunk::File { check: Some(_), .. }));
         let inline_files = zero_copy
-            && req.len <= SMALL_READ
-            && sc
-                .chunks
-                .iter()
-                .any(|c| matches!(c, ReadChunk::File { .. }));
+            && has_file
+            && (req.len <= SMALL_READ || checked || self.style == ReplyStyle::Simple);
+        let _inline_guard;
         if inline_files {
+            if req.len > SMALL_READ {
+                _inline_guard = self.budget.acquire(req.len);
+            }
             sc.buf.resize(req.len as usize, 0);
             let mut rel = 0usize;
             for c in &sc.chunks {
-                if let ReadChunk::File { file, offset, len } = c {
+                if let ReadChunk::File {
+                    file, offset, len, ..
+                } = c
+                {
                     let dst = &mut sc.buf[rel..rel + *len as usize];
                     if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(&**file, dst, *offset)
                     {
@@ -678,6 +700,20 @@ impl Connection {
                     }
                 }
                 rel += c.len() as usize;
+            }
+            // Only once every piece is read: a file that changed while it
+            // was read fails the whole request, before anything is sent.
+            for c in &sc.chunks {
+                if let ReadChunk::File {
+                    file,
+                    check: Some(check),
+                    ..
+                } = c
+                {
+                    if let Err(e) = check.verify(file) {
+                        return self.send_device_error(req, &e, sc);
+                    }
+                }
             }
         }
         self.note_service(t0.elapsed());
@@ -690,7 +726,9 @@ impl Connection {
                     ReadChunk::Zero(n) => Piece::Zeros(*n),
                     ReadChunk::Bytes(b) => Piece::Mem(b),
                     ReadChunk::File { .. } if inline_files => Piece::Mem(&sc.buf[rel..rel + n]),
-                    ReadChunk::File { file, offset, len } => Piece::File {
+                    ReadChunk::File {
+                        file, offset, len, ..
+                    } => Piece::File {
                         file,
                         offset: *offset,
                         len: *len,
@@ -714,8 +752,9 @@ impl Connection {
             let out = self.write_pieces(&pieces, &mut sc.io)?;
             if out.short_at.is_some() {
                 // A simple reply cannot carry a late error: hang up rather
-                // than let zeros pass for data (proto.md "simple reply").
-                self.kill("a host file shrank under a read");
+                // than let zeros pass for data (proto.md "Simple reply
+                // message"). (Never reached: file pieces were copied above.)
+                self.kill("a file shrank under a read");
             }
             sc.head = head;
             return Ok(());
@@ -829,19 +868,6 @@ impl Connection {
                 head.extend_from_slice(&r.3.to_be_bytes());
             }
         }
-        if has_file {
-            let mut h = [0u8; MAX_REPLY_HEADER];
-            let n = chunk_header(
-                &mut h,
-                self.style,
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_NONE,
-                req.cookie,
-                req.offset,
-                0,
-            );
-            head.extend_from_slice(&h[..n]);
-        }
         // Interleave headers and bodies.
         let hsize = if self.style == ReplyStyle::Extended {
             32
@@ -867,12 +893,27 @@ impl Connection {
                 payload += r.4;
             }
         }
-        let tail = &head[pos..];
-        if !tail.is_empty() {
-            pieces.push(Piece::Mem(tail));
-        }
+        debug_assert_eq!(pos, head.len());
+        // A short file piece is padded with zeros (the chunk lengths are
+        // already promised), and the caller then ends the reply with an
+        // error chunk: no chunk before it carried DONE, so the client never
+        // accepted the zeros as the answer.
         let out = self.write_pieces(&pieces, io)?;
         let Some(wire_at) = out.short_at else {
+            if has_file {
+                // Every file piece arrived whole: now the reply may end.
+                let mut h = [0u8; MAX_REPLY_HEADER];
+                let n = chunk_header(
+                    &mut h,
+                    self.style,
+                    REPLY_FLAG_DONE,
+                    REPLY_TYPE_NONE,
+                    req.cookie,
+                    req.offset,
+                    0,
+                );
+                self.write_pieces(&[Piece::Mem(&h[..n])], io)?;
+            }
             return Ok(None);
         };
         // Translate the wire position back into a read offset: find the

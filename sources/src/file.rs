@@ -233,14 +233,12 @@ impl BlockDev for FileDev {
                 file: self.file.clone(),
                 offset,
                 len,
+                check: None,
             });
             return Ok(true);
         }
         let mut list = ExtentList::new(offset);
         self.extents(offset, len, &mut list)?;
-        if list.covered() < len {
-            list.push(len - list.covered(), ExtentKind::Data);
-        }
         for (at, e) in list.iter_offsets() {
             if e.kind.reads_zero() {
                 out.push(ReadChunk::Zero(e.len));
@@ -249,8 +247,18 @@ impl BlockDev for FileDev {
                     file: self.file.clone(),
                     offset: at,
                     len: e.len,
+                    check: None,
                 });
             }
+        }
+        if list.covered() < len {
+            // More extents than one list holds: the rest is read as data.
+            out.push(ReadChunk::File {
+                file: self.file.clone(),
+                offset: list.end(),
+                len: len - list.covered(),
+                check: None,
+            });
         }
         Ok(true)
     }

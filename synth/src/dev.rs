@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::extent::{ExtentKind, ExtentList};
+use crate::host::ReadCheck;
 
 bitflags! {
     /// What a device can do beyond reading. Exporters advertise these
@@ -83,6 +84,9 @@ pub enum ReadChunk {
         offset: u64,
         /// How many bytes.
         len: u64,
+        /// For a host file someone else may change: run it after reading
+        /// (or sending) the bytes, and fail the read if it fails.
+        check: Option<ReadCheck>,
     },
 }
 

@@ -117,6 +117,13 @@ impl ExtentList {
         }
     }
 
+    /// Accept nothing more: the caller could not tell what comes next (an
+    /// inner device answered only part of a range), so nothing may be
+    /// appended after the gap.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
     /// True when no further distinct extent will be accepted.
     pub fn is_full(&self) -> bool {
         self.closed || self.items.len() >= self.limit

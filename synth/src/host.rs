@@ -150,6 +150,63 @@ pub struct ScannedFile {
     pub follow_link: bool,
 }
 
+/// What a host file looked like just before a read. A file truncated and
+/// restored, or rewritten in place, while the read ran may hand the reader
+/// zeros or a mix of old and new bytes with a full count; its change time
+/// moved meanwhile (or its size or mtime did), so comparing the stamp after
+/// the read tells a torn read from a good one. (Linux 6.13+ gives the change
+/// time fine-grained resolution once it has been looked at, so a change in
+/// the same clock tick is seen too.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The check a reader of a host file runs after reading: see [`FileStamp`].
+#[derive(Debug, Clone)]
+pub struct ReadCheck {
+    host: Arc<HostFile>,
+    stamp: FileStamp,
+}
+
+impl ReadCheck {
+    /// `Ok` if `file` (as handed out with this check) did not change since
+    /// the check was made; otherwise the bytes read from it must not be
+    /// used: an `Io` error naming the file.
+    pub fn verify(&self, file: &File) -> Result<()> {
+        let meta = file.metadata().map_err(|e| {
+            Error::io(
+                format!("checking host file {}", self.host.path.display()),
+                e,
+            )
+        })?;
+        let now = FileStamp::of(&meta);
+        if now == self.stamp {
+            return Ok(());
+        }
+        Err(self
+            .host
+            .changed("it changed while it was being read".to_string()))
+    }
+
+    /// The host file checked.
+    pub fn host(&self) -> &HostFile {
+        &self.host
+    }
+}
+
 /// A regular host file mapped into an image: its path and what the scan
 /// saw of it.
 #[derive(Debug)]
@@ -186,12 +243,29 @@ impl HostFile {
     /// layout was computed for (its device and inode were checked when it
     /// was opened).
     pub fn open(&self) -> Result<Arc<File>> {
+        Ok(self.open_stamped()?.0)
+    }
+
+    /// [`HostFile::open`], and a [`ReadCheck`] to run once the bytes have
+    /// been read: they count only if the file did not change meanwhile.
+    pub fn open_for_read(self: &Arc<Self>) -> Result<(Arc<File>, ReadCheck)> {
+        let (file, stamp) = self.open_stamped()?;
+        Ok((
+            file,
+            ReadCheck {
+                host: self.clone(),
+                stamp,
+            },
+        ))
+    }
+
+    fn open_stamped(&self) -> Result<(Arc<File>, FileStamp)> {
         let file = self.pool.get(self)?;
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("checking host file {}", self.path.display()), e))?;
         self.check_size_mtime(&meta)?;
-        Ok(file)
+        Ok((file, FileStamp::of(&meta)))
     }
 
     /// Open the path without side effects a swapped-in file could cause,
@@ -380,7 +454,11 @@ mod tests {
         let times = std::fs::FileTimes::new()
             .set_modified(m.modified().unwrap())
             .set_accessed(m.accessed().unwrap());
-        if std::fs::symlink_metadata(path).unwrap().file_type().is_file() {
+        if std::fs::symlink_metadata(path)
+            .unwrap()
+            .file_type()
+            .is_file()
+        {
             std::fs::File::options()
                 .write(true)
                 .open(path)
@@ -414,7 +492,9 @@ mod tests {
             .unwrap()
             .set_modified(m.modified().unwrap())
             .unwrap();
-        swap_keeping_times(f.path(), |p| std::os::unix::fs::symlink(&secret, p).unwrap());
+        swap_keeping_times(f.path(), |p| {
+            std::os::unix::fs::symlink(&secret, p).unwrap()
+        });
         assert_refused(&f, "symlink");
         assert!(f.open().unwrap_err().to_string().contains("symbolic link"));
     }

@@ -41,7 +41,7 @@ pub use dev::{
 };
 pub use error::{check_range, Error, ErrorKind, Result};
 pub use extent::{Extent, ExtentKind, ExtentList};
-pub use host::{FilePool, HostFile, ScannedFile, DEFAULT_POOL_FDS};
+pub use host::{FilePool, FileStamp, HostFile, ReadCheck, ScannedFile, DEFAULT_POOL_FDS};
 pub use overlay::{CowOverlay, OverlayOptions, OverlayStore, SpaceQuota};
 pub use region::{Backing, Region, RegionMap, RegionMapBuilder};
 pub use view::SliceDev;

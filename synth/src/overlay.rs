@@ -477,6 +477,7 @@ impl BlockDev for CowOverlay {
                         file,
                         offset: at,
                         len: n,
+                        check: None,
                     });
                 }
             }
@@ -586,7 +587,7 @@ impl BlockDev for CowOverlay {
                     None => out.push(n, ExtentKind::Hole),
                     Some(inner) => {
                         let mut sub = ExtentList::new(at);
-                        while sub.covered() < n && !out.is_full() {
+                        while sub.covered() < n && !out.is_full() && !sub.is_full() {
                             let before = sub.covered();
                             inner.extents(sub.end(), n - before, &mut sub)?;
                             if sub.covered() == before {
@@ -596,6 +597,10 @@ impl BlockDev for CowOverlay {
                         sub.truncate_to(at + n);
                         for e in sub.as_slice() {
                             out.push(e.len, e.kind);
+                        }
+                        if sub.covered() < n {
+                            // A partial answer: nothing after the gap.
+                            out.close();
                         }
                     }
                 },

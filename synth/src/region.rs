@@ -305,8 +305,9 @@ impl BlockDev for RegionMap {
                     })?;
                 }
                 Backing::Host { file, offset: base } => {
-                    let f = file.open().map_err(|e| e.at(r.start + inner))?;
+                    let (f, check) = file.open_for_read().map_err(|e| e.at(r.start + inner))?;
                     read_host(file, &f, dst, base + inner).map_err(|e| e.at(r.start + inner))?;
+                    check.verify(&f).map_err(|e| e.at(r.start + inner))?;
                 }
                 Backing::Dev { dev, offset: base } => dev.read_at(dst, base + inner)?,
             }
@@ -325,7 +326,7 @@ impl BlockDev for RegionMap {
                 Backing::Dev { dev, offset: base } => {
                     // The inner device may answer short; ask until covered.
                     let mut sub = ExtentList::new(base + inner);
-                    while sub.covered() < n && !out.is_full() {
+                    while sub.covered() < n && !out.is_full() && !sub.is_full() {
                         let at = sub.end();
                         let before = sub.covered();
                         dev.extents(at, n - sub.covered(), &mut sub)?;
@@ -336,6 +337,11 @@ impl BlockDev for RegionMap {
                     sub.truncate_to(base + inner + n);
                     for e in sub.as_slice() {
                         out.push(e.len, e.kind);
+                    }
+                    if sub.covered() < n {
+                        // A partial answer: what follows must not be
+                        // appended as if it were contiguous.
+                        out.close();
                     }
                 }
             }
@@ -354,12 +360,17 @@ impl BlockDev for RegionMap {
                     file: file.clone(),
                     offset: base + inner,
                     len: n,
+                    check: None,
                 }),
-                Backing::Host { file, offset: base } => out.push(ReadChunk::File {
-                    file: file.open().map_err(|e| e.at(r.start + inner))?,
-                    offset: base + inner,
-                    len: n,
-                }),
+                Backing::Host { file, offset: base } => {
+                    let (f, check) = file.open_for_read().map_err(|e| e.at(r.start + inner))?;
+                    out.push(ReadChunk::File {
+                        file: f,
+                        offset: base + inner,
+                        len: n,
+                        check: Some(check),
+                    })
+                }
                 Backing::Dev { dev, offset: base } => {
                     if !dev.read_chunks(base + inner, n, out)? {
                         let mut buf = vec![0u8; n as usize];

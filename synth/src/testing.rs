@@ -56,9 +56,17 @@ fn check_read(dev: &dyn BlockDev, expected: &[u8], offset: u64, len: u64) {
             match c {
                 ReadChunk::Zero(n) => flat.resize(flat.len() + *n as usize, 0),
                 ReadChunk::Bytes(b) => flat.extend_from_slice(b),
-                ReadChunk::File { file, offset, len } => {
+                ReadChunk::File {
+                    file,
+                    offset,
+                    len,
+                    check,
+                } => {
                     let mut v = vec![0u8; *len as usize];
                     std::os::unix::fs::FileExt::read_exact_at(&**file, &mut v, *offset).unwrap();
+                    if let Some(c) = check {
+                        c.verify(file).expect("host file unchanged");
+                    }
                     flat.extend_from_slice(&v);
                 }
             }

@@ -22,4 +22,5 @@ mod run_mode;
 mod signals;
 mod socket_activation;
 mod tmpdisk;
+mod trust;
 mod xz;
