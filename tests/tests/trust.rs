@@ -20,7 +20,7 @@ use disksynth_tests::{
 /// Offset of the first run of `len` bytes equal to `byte`, 512-aligned, in `img`.
 fn find_run(img: &Path, byte: u8, len: usize) -> u64 {
     let data = fs::read(img).unwrap();
-    (0..data.len().saturating_sub(len))
+    (0..=data.len().saturating_sub(len))
         .step_by(512)
         .find(|&o| data[o..o + len].iter().all(|&b| b == byte))
         .unwrap_or_else(|| panic!("no run of {len} bytes {byte:#x} in {}", img.display()))
