@@ -167,7 +167,9 @@ Examples:
 
 The FAT type follows from the cluster count (Microsoft FAT spec): FAT12 below 4085
 clusters, FAT16 below 65525, FAT32 above. Symlinks are followed; times are UTC;
-SOURCE_DATE_EPOCH sets every timestamp; the same tree gives the same bytes.";
+SOURCE_DATE_EPOCH sets every timestamp; the same tree gives the same bytes. Names that
+FAT sees as one (Makefile, makefile) keep the first; later ones become makefile~2 with a
+warning (--strict-names: an error). Files without write permission are read-only.";
 
 /// FAT layout options.
 #[derive(Debug, Args, Clone)]
@@ -191,6 +193,11 @@ pub struct FatArgs {
     /// Volume serial number, 8 hex digits (default: derived from the tree).
     #[arg(long, value_name = "HEX", value_parser = parse_serial)]
     pub serial: Option<u32>,
+    /// Fail when two names in a directory are one name to FAT (`Makefile` and `makefile`,
+    /// `a:b` and `a_b`), instead of keeping the first and storing the later one as
+    /// `makefile~2` with a warning.
+    #[arg(long)]
+    pub strict_names: bool,
     /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
     #[arg(long)]
     pub rw: bool,
