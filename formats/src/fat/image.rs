@@ -54,11 +54,17 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         );
     }
     for r in &plan.renamed {
+        let name = r.path.file_name().unwrap_or_default().to_string_lossy();
+        let why = if name.to_uppercase() == r.first.to_uppercase() {
+            "FAT names are case-insensitive"
+        } else {
+            "FAT sees one name (characters it cannot store become _, case and trailing dots and spaces are ignored)"
+        };
         warn!(
-            "{}: FAT sees the same name as {:?} in this directory (names are case-insensitive; characters FAT cannot store become _); the first keeps it, this one is stored as {:?} (--strict-names makes this an error)",
+            "{}: stored as {:?}: {why} and {:?} is in the same directory (--strict-names makes this an error)",
             r.path.display(),
+            r.stored,
             r.first,
-            r.stored
         );
     }
     let g = plan.geometry;
