@@ -221,8 +221,9 @@ Examples:
 The filesystem is the whole disk (no partition table): 4 KiB blocks, extents, hashed
 directories, metadata_csum, an empty journal, lost+found. Symlinks, hard links, device
 nodes, fifos and sockets are kept; sparse files stay sparse. File times are the host's
-(atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own times. The UUID
-comes from the tree, so the same tree gives the same bytes.";
+(atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own times (default: the
+newest mtime, at most 2026-12-01, the release date; never the clock). The UUID comes
+from the tree, so the same tree gives the same bytes.";
 
 /// ext4 layout options.
 #[derive(Debug, Args, Clone)]
@@ -274,8 +275,8 @@ Examples:
 ISO 9660 level 3 (files of 4 GiB or more take several extents), Rock Ridge (names of
 any length, modes, owners, times, symlinks, device nodes) and Joliet (UCS-2 names up
 to 64 characters; longer ones are shortened with a warning). Times are UTC; volume
-times are SOURCE_DATE_EPOCH or the newest mtime in the tree; the same tree gives the
-same bytes.";
+times are SOURCE_DATE_EPOCH or the newest mtime in the tree, at most 2026-12-01 (the
+release date; never the clock); the same tree gives the same bytes.";
 
 /// ISO 9660 options.
 #[derive(Debug, Args, Clone)]
