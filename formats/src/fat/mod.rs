@@ -311,6 +311,32 @@ mod tests {
     }
 
     #[test]
+    fn directory_sizes_on_the_host_do_not_change_the_image() {
+        // ext4 directories grow with entries and never shrink: the same tree, after files came
+        // and went, has a bigger directory (on tmpfs the size shrinks back and this is moot).
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("kept.txt"), b"kept").unwrap();
+        let mtime = fs::metadata(&sub).unwrap().modified().unwrap();
+        let a = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+        for i in 0..300 {
+            fs::write(
+                sub.join(format!("temporary-file-with-a-long-name-{i}")),
+                b"",
+            )
+            .unwrap();
+        }
+        for i in 0..300 {
+            fs::remove_file(sub.join(format!("temporary-file-with-a-long-name-{i}"))).unwrap();
+        }
+        fs::File::open(&sub).unwrap().set_modified(mtime).unwrap();
+        let b = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+        assert_eq!(a.serial, b.serial);
+        assert!(read_all(&a.map) == read_all(&b.map));
+    }
+
+    #[test]
     fn empty_file_has_cluster_0_and_dotdot_of_a_top_dir_is_0() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir(d.path().join("SUB")).unwrap();
