@@ -252,7 +252,7 @@ pub(crate) fn meta(node: &Node, opts: &Ext4Options) -> mkext4::Meta {
     m
 }
 
-/// The filesystem time (superblock mkfs/write/mount times, `lost+found`,
+/// The filesystem time (superblock mkfs/write/check times, `lost+found`,
 /// reserved inodes; it also feeds the derived UUID and so every checksum):
 /// `opts.timestamp`, else the newest mtime in the tree clamped to the
 /// release date baked into the source ([`crate::time::default_volume_time`]),
