@@ -75,7 +75,7 @@ pub enum Collisions {
 #[non_exhaustive]
 pub enum NameError {
     /// Two host names are the same to FAT's case-insensitive lookup (also after replacement).
-    #[error("\"{first}\" and \"{second}\" differ only in letter case (or in characters FAT cannot store); FAT would see one name")]
+    #[error("\"{first}\" and \"{second}\" differ only in letter case (or in characters FAT cannot store); FAT would see one name (without --strict-names the later one is stored as NAME~N)")]
     CaseCollision { first: String, second: String },
     /// The name needs more UTF-16 units than the 20 LFN entries of a long name can hold.
     #[error("\"{name}\" is {units} UTF-16 units long; FAT long names hold at most 255")]
