@@ -167,7 +167,9 @@ Examples:
 
 The FAT type follows from the cluster count (Microsoft FAT spec): FAT12 below 4085
 clusters, FAT16 below 65525, FAT32 above. Symlinks are followed; times are UTC;
-SOURCE_DATE_EPOCH sets every timestamp; the same tree gives the same bytes.";
+SOURCE_DATE_EPOCH sets every timestamp; the same tree gives the same bytes. Names that
+FAT sees as one (Makefile, makefile) keep the first; later ones become makefile~2 with a
+warning (--strict-names: an error). Files without write permission are read-only.";
 
 /// FAT layout options.
 #[derive(Debug, Args, Clone)]
@@ -191,6 +193,11 @@ pub struct FatArgs {
     /// Volume serial number, 8 hex digits (default: derived from the tree).
     #[arg(long, value_name = "HEX", value_parser = parse_serial)]
     pub serial: Option<u32>,
+    /// Fail when two names in a directory are one name to FAT (`Makefile` and `makefile`,
+    /// `a:b` and `a_b`), instead of keeping the first and storing the later one as
+    /// `makefile~2` with a warning.
+    #[arg(long)]
+    pub strict_names: bool,
     /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
     #[arg(long)]
     pub rw: bool,
@@ -214,8 +221,9 @@ Examples:
 The filesystem is the whole disk (no partition table): 4 KiB blocks, extents, hashed
 directories, metadata_csum, an empty journal, lost+found. Symlinks, hard links, device
 nodes, fifos and sockets are kept; sparse files stay sparse. File times are the host's
-(atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own times. The UUID
-comes from the tree, so the same tree gives the same bytes.";
+(atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own times (default: the
+newest mtime, at most 2026-12-01, the release date; never the clock). The UUID comes
+from the tree, so the same tree gives the same bytes.";
 
 /// ext4 layout options.
 #[derive(Debug, Args, Clone)]
@@ -267,8 +275,8 @@ Examples:
 ISO 9660 level 3 (files of 4 GiB or more take several extents), Rock Ridge (names of
 any length, modes, owners, times, symlinks, device nodes) and Joliet (UCS-2 names up
 to 64 characters; longer ones are shortened with a warning). Times are UTC; volume
-times are SOURCE_DATE_EPOCH or the newest mtime in the tree; the same tree gives the
-same bytes.";
+times are SOURCE_DATE_EPOCH or the newest mtime in the tree, at most 2026-12-01 (the
+release date; never the clock); the same tree gives the same bytes.";
 
 /// ISO 9660 options.
 #[derive(Debug, Args, Clone)]

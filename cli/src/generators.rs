@@ -75,6 +75,7 @@ pub(crate) fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc
         serial: a.serial,
         timestamp,
         max_open_files: a.max_open_files,
+        strict_names: a.strict_names,
     };
     let scanned = t0.elapsed();
     let image = formats::fat::build(&tree, &opts)

@@ -1,5 +1,6 @@
 //! Time helpers shared by the generators: UTC calendar dates (FAT and
-//! ISO 9660 store them broken down) and the default volume time.
+//! ISO 9660 store them broken down) and the default volume time, which
+//! never depends on the clock.
 
 use tree::{Node, Tree};
 
@@ -18,20 +19,28 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// The newest mtime in the tree, never later than now: the default time
-/// of a volume (a superblock or descriptor dated in the future makes
-/// checkers complain).
-pub(crate) fn newest_mtime(tree: &Tree) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+/// The latest default volume time: 2026-12-01T00:00:00Z, the date of this
+/// release, baked in. A volume time must be a pure function of the tree
+/// (the same tree gives the same bytes, whenever and wherever it is built)
+/// and must not lie in the future of whoever checks the image (e2fsck wants
+/// to "fix" a superblock written in the future). The clock gives the
+/// second but not the first; a constant in the past of every run of this
+/// version gives both. Raise it with each release.
+pub(crate) const LATEST_VOLUME_TIME: i64 = 1_796_083_200;
+
+/// The default time of a volume (ext4 superblock and `lost+found`, ISO 9660
+/// volume descriptors) when `SOURCE_DATE_EPOCH` is not set: the newest
+/// mtime in the tree, clamped to [0, [`LATEST_VOLUME_TIME`]]. Never the
+/// clock: a tree holding a file dated 2038 gives the same image today and
+/// tomorrow. (File times are stored as they are, in every format.)
+pub(crate) fn default_volume_time(tree: &Tree) -> i64 {
     fn newest(n: &Node) -> i64 {
         n.children()
             .iter()
             .map(newest)
             .fold(n.meta.mtime.secs, i64::max)
     }
-    newest(&tree.root).min(now)
+    newest(&tree.root).clamp(0, LATEST_VOLUME_TIME)
 }
 
 #[cfg(test)]
@@ -41,5 +50,12 @@ mod tests {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));
         assert_eq!(super::civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(super::civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn latest_volume_time_is_the_release_date() {
+        let days = super::LATEST_VOLUME_TIME.div_euclid(86_400);
+        assert_eq!(super::LATEST_VOLUME_TIME % 86_400, 0);
+        assert_eq!(super::civil_from_days(days), (2026, 12, 1));
     }
 }

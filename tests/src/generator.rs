@@ -1,11 +1,43 @@
 //! Running a directory generator (`disksynth floppy|ext4 TREE …`) the way the image tests need:
 //! with `SOURCE_DATE_EPOCH` removed, writing `-o IMG`, and checking success or a clean failure.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::{disksynth, run, run_ok, Output, CMD_TIMEOUT};
+use crate::{disksynth, nbdcopy_to, run, run_ok, Output, Server, CMD_TIMEOUT};
+
+/// 2038-01-20T00:00:00Z: an mtime past 32-bit `time_t` and in the future of any test run
+/// before then (the generators' volume times once followed the clock for such trees).
+pub const FUTURE_MTIME: i64 = 2_147_558_400;
+
+/// 2026-12-01T00:00:00Z, the latest default volume time baked into disksynth (`formats::time`).
+pub const LATEST_VOLUME_TIME: i64 = 1_796_083_200;
+
+/// Reproducible by default: builds `disksynth KIND TREE ARGS... -o` twice, more than a second
+/// apart, with `SOURCE_DATE_EPOCH` removed, and the two images must be byte-identical; then
+/// serves the same command on a Unix socket and copies the export with nbdcopy, which must give
+/// the `-o` bytes again. Returns the first image, `DIR/KIND-1.img`. Needs nbdcopy.
+pub fn assert_reproducible(kind: &str, tree: &Path, dir: &Path, args: &[&str]) -> PathBuf {
+    let a = dir.join(format!("{kind}-1.img"));
+    let b = dir.join(format!("{kind}-2.img"));
+    build_image(kind, tree, &a, args);
+    let t0 = SystemTime::now();
+    while t0.elapsed().unwrap_or_default() < Duration::from_millis(1100) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    build_image(kind, tree, &b, args);
+    cmp_files(&a, &b);
+    let served = dir.join(format!("{kind}-nbd.img"));
+    {
+        let mut cmd = generator_cmd(kind, tree, args);
+        cmd.arg("-U").arg(dir.join(format!("{kind}.sock")));
+        let server = Server::spawn(cmd);
+        nbdcopy_to(server.uri(), &served);
+    }
+    cmp_files(&a, &served);
+    a
+}
 
 /// `disksynth KIND TREE ARGS...` with `SOURCE_DATE_EPOCH` removed from the environment.
 pub fn generator_cmd(kind: &str, tree: &Path, args: &[&str]) -> Command {

@@ -23,7 +23,8 @@ use disksynth_tests::ext4_util::{
     set_mtime_ns, walk_meta, InodeStat, BLOCK,
 };
 use disksynth_tests::generator::{
-    build_image, build_image_fails, cmp_files, generator_cmd, output_with, qemu_img_identical,
+    assert_reproducible, build_image, build_image_fails, cmp_files, generator_cmd, output_with,
+    qemu_img_identical, FUTURE_MTIME, LATEST_VOLUME_TIME,
 };
 use disksynth_tests::trees::{
     build_awkward_tree, build_deep_dirs, build_wide_dir, chmod, diff_snapshots, is_root, long_name,
@@ -555,6 +556,33 @@ fn future_mtimes_do_not_put_the_superblock_in_the_future() {
         (4_000_000_000, 0)
     );
     e2fsck_clean(&img);
+}
+
+#[test]
+fn reproducible_without_source_date_epoch_with_a_file_from_2038_and_over_nbd() {
+    require_tool!("e2fsck", "dumpe2fs", "debugfs", "nbdcopy");
+    let dir = tempdir();
+    let tree = tree_in(dir.path(), |t| {
+        write_file(t, "today.txt", b"today\n");
+        write_file(t, "sub/from-2038.txt", b"later\n");
+        set_mtime_ns(&t.join("sub/from-2038.txt"), FUTURE_MTIME, 123_456_789);
+        set_mtime_ns(&t.join("sub"), FUTURE_MTIME, 0);
+    });
+    // Built twice a second apart (the volume time and the UUID derived from it once followed
+    // the clock for such a tree), and served: the same bytes every time.
+    let img = assert_reproducible("ext4", &tree, dir.path(), &[]);
+    e2fsck_clean(&img);
+    // The filesystem's own times: the newest mtime clamped to the release date, not now.
+    let h = dumpe2fs_header(&img);
+    assert_eq!(h["Filesystem created"], "Tue Dec  1 00:00:00 2026", "{h:?}");
+    assert_eq!(
+        debugfs_stat(&img, "/lost+found").mtime.0,
+        LATEST_VOLUME_TIME
+    );
+    assert_eq!(
+        debugfs_stat(&img, "/sub/from-2038.txt").mtime,
+        (FUTURE_MTIME, 123_456_789)
+    );
 }
 
 // ------------------------------------------------------------------------------------------------

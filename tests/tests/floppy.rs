@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use disksynth_tests::generator::{build_image, build_image_fails, generator_cmd, output_with};
+use disksynth_tests::generator::{
+    assert_reproducible, build_image, build_image_fails, generator_cmd, output_with, FUTURE_MTIME,
+};
 use disksynth_tests::trees::{
-    build_awkward_tree, build_deep_dirs, build_wide_dir, diff_snapshots, make_dir, mtime_of,
+    build_awkward_tree, build_deep_dirs, build_wide_dir, chmod, diff_snapshots, make_dir, mtime_of,
     set_all_mtimes, set_mtime, snapshot, write_file, Node,
 };
 use disksynth_tests::{
@@ -1446,34 +1448,146 @@ fn names_beyond_the_bmp_are_stored_as_surrogate_pairs() {
 }
 
 #[test]
-fn names_differing_only_in_case_in_one_directory_are_an_error_naming_both() {
+fn names_fat_sees_as_one_keep_the_first_and_rename_the_later_ones_with_a_warning() {
+    require_tool!("mcopy", "mdir", "fsck.fat");
     let dir = tempdir();
+    // (host name, contents, FAT long name): in the tree's bytewise order the first of each
+    // group keeps its name, the later ones get the first free `~N` (Linux trees hold
+    // Makefile/makefile pairs; `a:b` is stored as `a_b`, which a host `a_b` is too).
+    let files = [
+        ("Docs/a.txt", "in Docs\n", "Docs/a.txt"),
+        ("Makefile", "upper\n", "Makefile"),
+        ("README", "README\n", "README"),
+        ("ReadMe", "ReadMe\n", "ReadMe~2"),
+        ("a:b", "colon\n", "a_b"),
+        ("a_b", "underscore\n", "a_b~2"),
+        ("docs", "a file docs\n", "docs~2"),
+        ("makefile", "lower\n", "makefile~2"),
+        ("readme", "readme\n", "readme~3"),
+        ("sub/CaseTwin.txt", "a\n", "sub/CaseTwin.txt"),
+        ("sub/casetwin.TXT", "b\n", "sub/casetwin~2.TXT"),
+    ];
     let tree = tree_in(dir.path(), |t| {
-        write_file(t, "ok/Readme", b"1");
-        write_file(t, "other/readme", b"2");
-        write_file(t, "sub/CaseTwin.txt", b"a");
-        write_file(t, "sub/casetwin.TXT", b"b");
+        for (host, data, _) in files {
+            write_file(t, host, data.as_bytes());
+        }
     });
-    let out = build_fails(&tree, &dir.path().join("x.img"), &[]);
+    let img = dir.path().join("disk.img");
+    let out = build(&tree, &img, &[]);
+    let mut expected = BTreeMap::new();
+    for d in ["Docs", "sub"] {
+        expected.insert(d.to_string(), Node::Dir);
+    }
+    for (_, data, fat) in files {
+        expected.insert(fat.to_string(), Node::File(data.as_bytes().to_vec()));
+    }
+    // fsck.fat -n clean; mcopy -s, fatfs and our reader see every file under its name.
+    verify(&img, PART_OFFSET, &expected, None, dir.path());
+    let listing = mdir(&img, PART_OFFSET, "/");
+    // (README is its own 8.3 name: no long name column.)
+    for name in [
+        "Makefile",
+        "makefile~2",
+        "ReadMe~2",
+        "readme~3",
+        "a_b~2",
+        "docs~2",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!(" {name}"))),
+            "mdir does not list {name}\n{listing}"
+        );
+    }
+    // One warning per renamed file, naming both.
     let err = out.stderr_str();
+    for (second, first, stored) in [
+        ("makefile", "Makefile", "makefile~2"),
+        ("ReadMe", "README", "ReadMe~2"),
+        ("readme", "README", "readme~3"),
+        ("a_b", "a:b", "a_b~2"),
+        ("docs", "Docs", "docs~2"),
+        ("casetwin.TXT", "CaseTwin.txt", "casetwin~2.TXT"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("/{second}: stored as \"{stored}\"")))
+            .unwrap_or_else(|| panic!("no warning about {second}\n{}", out.describe()));
+        assert!(line.contains(&format!("\"{first}\"")), "{line}");
+    }
+
+    // --strict-names: the first such pair (the root's, in order) is an error naming both.
+    let out = build_fails(&tree, &dir.path().join("strict.img"), &["--strict-names"]);
     assert!(
-        err.contains("CaseTwin.txt") && err.contains("casetwin.TXT"),
+        out.stderr_str().contains("\"README\" and \"ReadMe\""),
         "the error must name both colliding names\n{}",
         out.describe()
     );
-
-    // A directory and a file colliding.
-    let dir2 = tempdir();
-    let tree2 = tree_in(dir2.path(), |t| {
-        write_file(t, "Docs/a.txt", b"1");
-        write_file(t, "docs", b"2");
+    fs::create_dir(dir.path().join("only-sub")).unwrap();
+    let sub = tree_in(&dir.path().join("only-sub"), |t| {
+        write_file(t, "CaseTwin.txt", b"a");
+        write_file(t, "casetwin.TXT", b"b");
     });
-    let out = build_fails(&tree2, &dir2.path().join("x.img"), &[]);
+    let out = build_fails(&sub, &dir.path().join("strict2.img"), &["--strict-names"]);
     assert!(
-        out.stderr_str().contains("Docs") && out.stderr_str().contains("docs"),
+        out.stderr_str()
+            .contains("\"CaseTwin.txt\" and \"casetwin.TXT\""),
         "{}",
         out.describe()
     );
+}
+
+#[test]
+fn files_without_write_permission_get_the_read_only_attribute() {
+    require_tool!("mattrib", "mcopy", "mdir", "fsck.fat");
+    let dir = tempdir();
+    let tree = tree_in(dir.path(), |t| {
+        write_file(t, "ro.txt", b"read only\n");
+        write_file(t, "rw.txt", b"writable\n");
+        write_file(t, "owner-only.txt", b"owner may write\n");
+        write_file(t, "rodir/inner.txt", b"inner\n");
+        chmod(&t.join("ro.txt"), 0o444);
+        chmod(&t.join("owner-only.txt"), 0o200);
+        chmod(&t.join("rodir"), 0o555);
+    });
+    let img = dir.path().join("disk.img");
+    build(&tree, &img, &[]);
+    chmod(&tree.join("rodir"), 0o755);
+    let expected: BTreeMap<String, Node> = [
+        ("ro.txt", Some("read only\n")),
+        ("rw.txt", Some("writable\n")),
+        ("owner-only.txt", Some("owner may write\n")),
+        ("rodir", None),
+        ("rodir/inner.txt", Some("inner\n")),
+    ]
+    .into_iter()
+    .map(|(p, d)| {
+        let node = d.map_or(Node::Dir, |d| Node::File(d.as_bytes().to_vec()));
+        (p.to_string(), node)
+    })
+    .collect();
+    verify(&img, PART_OFFSET, &expected, None, dir.path());
+    // `mattrib` lists each entry's attributes: A(rchive), R(ead-only), ... then the path.
+    let out = run_ok(mtools("mattrib").args(["-i", &mspec(&img, PART_OFFSET), "-/", "::/"]));
+    let attrs: BTreeMap<String, String> = out
+        .stdout_str()
+        .lines()
+        .filter_map(|l| l.split_once("::/"))
+        .map(|(a, p)| (p.to_string(), a.split_whitespace().collect()))
+        .collect();
+    let want = [
+        ("ro.txt", "AR"),
+        ("rw.txt", "A"),
+        ("owner-only.txt", "A"),
+        ("rodir", ""),
+        ("rodir/inner.txt", "A"),
+    ];
+    for (path, a) in want {
+        assert_eq!(
+            attrs.get(path).map(String::as_str),
+            Some(a),
+            "{path}: {attrs:?}"
+        );
+    }
 }
 
 #[test]
@@ -1985,6 +2099,32 @@ fn builds_are_byte_identical_and_serial_changes_only_the_serial() {
     }
     assert!(patched >= 1);
     assert!(dc == da, "--serial changed more than the serial number");
+}
+
+#[test]
+fn reproducible_without_source_date_epoch_with_a_file_from_2038_and_over_nbd() {
+    require_tool!("fsck.fat", "nbdcopy", "mcopy", "mdir");
+    let dir = tempdir();
+    let tree = tree_in(dir.path(), |t| {
+        write_file(t, "today.txt", b"today\n");
+        write_file(t, "sub/from-2038.txt", b"later\n");
+        write_file(t, "Makefile", b"M\n");
+        write_file(t, "makefile", b"m\n");
+    });
+    set_mtime(&tree.join("sub/from-2038.txt"), FUTURE_MTIME);
+    set_mtime(&tree.join("sub"), FUTURE_MTIME);
+    for args in [&[][..], &["--floppy", "1.44M"][..]] {
+        let out = dir
+            .path()
+            .join(if args.is_empty() { "disk" } else { "floppy" });
+        fs::create_dir(&out).unwrap();
+        let img = assert_reproducible("floppy", &tree, &out, args);
+        let offset = if args.is_empty() { PART_OFFSET } else { 0 };
+        fsck_clean(&volume_file(&img, offset, &out));
+        // The file keeps its date (FAT holds years up to 2107).
+        let listing = mdir(&img, offset, "/sub");
+        assert!(listing.contains("2038-01-20"), "{listing}");
+    }
 }
 
 #[test]

@@ -17,7 +17,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use disksynth_tests::generator::{
-    build_image, build_image_fails, cmp_files, generator_cmd, output_with, qemu_img_identical,
+    assert_reproducible, build_image, build_image_fails, cmp_files, generator_cmd, output_with,
+    qemu_img_identical, FUTURE_MTIME, LATEST_VOLUME_TIME,
 };
 use disksynth_tests::iso_util::{
     isoinfo_d, isoinfo_list, pvd_dates, read_at, sevenz_extract, utc_digits, walk_lstat,
@@ -805,28 +806,56 @@ fn volume_dates_are_source_date_epoch_or_the_newest_mtime_and_file_times_stay() 
         assert_eq!(fs::metadata(x.join(rel)).unwrap().mtime(), t, "{rel}");
     }
 
-    // A file from the future does not date the volume in the future.
+    // A file from the future does not date the volume in the future, nor after the release
+    // date baked into disksynth (never the clock: see
+    // reproducible_without_source_date_epoch_with_a_file_from_2038_and_over_nbd).
     set_mtime(&tree.join("old.txt"), 4_000_000_000);
-    let before = utc_digits(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            - 1,
-    );
     build(&tree, &img("f"), &[]);
-    let after = utc_digits(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 1,
-    );
     let [created, _, _] = pvd_dates(&img("f"));
-    assert!(
-        created.0[..14] >= *before && created.0[..14] <= *after,
-        "volume created {created:?}, expected now ({before}..{after})"
-    );
+    assert_eq!(created, (utc_digits(LATEST_VOLUME_TIME) + "00", 0));
+}
+
+#[test]
+fn reproducible_without_source_date_epoch_with_a_file_from_2038_and_over_nbd() {
+    require_tool!("xorriso", "isoinfo", "nbdcopy");
+    let dir = tempdir();
+    let tree = tree_named(dir.path(), "future", |t| {
+        write_file(t, "today.txt", b"today\n");
+        write_file(t, "sub/from-2038.txt", b"later\n");
+    });
+    set_mtime(&tree.join("sub/from-2038.txt"), FUTURE_MTIME);
+    set_mtime(&tree.join("sub"), FUTURE_MTIME);
+    let esp = tree_named(dir.path(), "esp", |t| {
+        write_file(t, "EFI/BOOT/BOOTX64.EFI", &random_bytes(4, 3000));
+    });
+    set_mtime(&esp.join("EFI/BOOT/BOOTX64.EFI"), FUTURE_MTIME);
+    // Plain, and hybrid with a synthesized EFI image (GPT and MBR with derived GUIDs and
+    // signature, a FAT volume inside): built twice a second apart, and served, the same bytes.
+    let esp_arg = esp.to_str().unwrap();
+    for (name, args) in [
+        ("plain", vec![]),
+        ("hybrid", vec!["--efi-boot-dir", esp_arg, "--hybrid"]),
+    ] {
+        let out = dir.path().join(name);
+        fs::create_dir(&out).unwrap();
+        let img = assert_reproducible("iso", &tree, &out, &args);
+        let [created, modified, _] = pvd_dates(&img);
+        assert_eq!(
+            created,
+            (utc_digits(LATEST_VOLUME_TIME) + "00", 0),
+            "{name}"
+        );
+        assert_eq!(modified, created, "{name}");
+        assert!(isoinfo_d(&img).contains_key("Volume id"), "{name}");
+        let x = out.join("x");
+        xorriso_extract(&img, &x, &[]);
+        assert_eq!(fs::read(x.join("sub/from-2038.txt")).unwrap(), b"later\n");
+        assert_eq!(
+            fs::metadata(x.join("sub/from-2038.txt")).unwrap().mtime(),
+            FUTURE_MTIME,
+            "{name}"
+        );
+    }
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -87,8 +87,9 @@ pub struct Ext4Options {
     /// Keep host owners or make everything root's.
     pub owner: Owner,
     /// Filesystem-level time (superblock times, `lost+found`, reserved
-    /// inodes), e.g. `SOURCE_DATE_EPOCH`; the newest mtime in the tree if
-    /// `None`. File times are always the host's.
+    /// inodes), e.g. `SOURCE_DATE_EPOCH`; if `None`, the newest mtime in the
+    /// tree clamped to the release date (never the clock). File times are
+    /// always the host's.
     pub timestamp: Option<i64>,
     /// Open host files kept at most (0 = [`synth::DEFAULT_POOL_FDS`]).
     pub max_open_files: usize,

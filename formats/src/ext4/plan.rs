@@ -252,13 +252,16 @@ pub(crate) fn meta(node: &Node, opts: &Ext4Options) -> mkext4::Meta {
     m
 }
 
-/// The filesystem time: `opts.timestamp`, else the newest mtime in the
-/// tree but never later than now (a superblock written "in the future"
-/// makes e2fsck want to fix it), within what the superblock's 32-bit
-/// fields hold.
+/// The filesystem time (superblock mkfs/write/check times, `lost+found`,
+/// reserved inodes; it also feeds the derived UUID and so every checksum):
+/// `opts.timestamp`, else the newest mtime in the tree clamped to the
+/// release date baked into the source ([`crate::time::default_volume_time`]),
+/// never the clock: the same tree gives the same bytes on every run, and a
+/// superblock is never "in the future" (which makes e2fsck want to fix
+/// it). Within what the superblock's 32-bit fields hold.
 pub(crate) fn epoch(tree: &Tree, opts: &Ext4Options) -> i64 {
     opts.timestamp
-        .unwrap_or_else(|| crate::time::newest_mtime(tree))
+        .unwrap_or_else(|| crate::time::default_volume_time(tree))
         .clamp(0, i64::from(u32::MAX))
 }
 

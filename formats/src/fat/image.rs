@@ -17,7 +17,9 @@ use synth::{Backing, FilePool, RegionMap, RegionMapBuilder};
 use tree::{Node, Tree};
 
 use super::boot_sector::{self, BootInfo};
-use super::dir_entry::{self, FatTime, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_VOLUME_ID};
+use super::dir_entry::{
+    self, FatTime, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_READ_ONLY, ATTR_VOLUME_ID,
+};
 use super::layout::{Geometry, SECTOR};
 use super::names;
 use super::plan::{Child, Plan};
@@ -49,6 +51,20 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         warn!(
             "{}: characters FAT cannot store (\\ / : * ? \" < > | or control characters) were replaced by _",
             p.display()
+        );
+    }
+    for r in &plan.renamed {
+        let name = r.path.file_name().unwrap_or_default().to_string_lossy();
+        let why = if name.to_uppercase() == r.first.to_uppercase() {
+            "FAT names are case-insensitive"
+        } else {
+            "FAT sees one name (characters it cannot store become _, case and trailing dots and spaces are ignored)"
+        };
+        warn!(
+            "{}: stored as {:?}: {why} and {:?} is in the same directory (--strict-names makes this an error)",
+            r.path.display(),
+            r.stored,
+            r.first,
         );
     }
     let g = plan.geometry;
@@ -254,7 +270,13 @@ fn dir_bytes(
             Child::File(j) => {
                 let f = &plan.files[j];
                 let size = f.node.meta.size as u32;
-                dir_entry::encode(&name.short, ATTR_ARCHIVE, f.cluster, size, time(f.node))
+                dir_entry::encode(
+                    &name.short,
+                    file_attr(f.node),
+                    f.cluster,
+                    size,
+                    time(f.node),
+                )
             }
         };
         out.extend_from_slice(&e);
@@ -266,6 +288,21 @@ fn dir_bytes(
         plan.dir_path(i).display()
     );
     out
+}
+
+/// A file's `DIR_Attr` (MS FAT spec §6 "Directory Structure"): ARCHIVE, as
+/// every writer sets on a new file, plus READ_ONLY when the host file has no
+/// write bit at all (mode & 0o222 == 0), so a file nobody may write stays
+/// that way. Directories never get READ_ONLY: Windows ignores it on
+/// directories (Explorer uses it to mark folders with a customised view)
+/// and Linux's vfat does too unless mounted with `rodir`, so it would say
+/// nothing reliable.
+fn file_attr(n: &Node) -> u8 {
+    if n.meta.mode & 0o222 == 0 {
+        ATTR_ARCHIVE | ATTR_READ_ONLY
+    } else {
+        ATTR_ARCHIVE
+    }
 }
 
 /// The label as the 11 space-padded bytes FAT stores: upper case, only
@@ -296,8 +333,10 @@ fn encode_label(label: Option<&str>) -> Result<Option<[u8; 11]>, FatError> {
     Ok(Some(out))
 }
 
-/// A serial that depends only on what the image holds: names, sizes,
-/// times and the geometry (FNV-1a, stable across builds and platforms).
+/// A serial that depends only on what the image holds: names, file sizes,
+/// times, read-only attributes and the geometry (FNV-1a, stable across
+/// builds and platforms). Not directory sizes: they depend on the host
+/// filesystem (and on entries deleted long ago), not on the tree.
 fn derive_serial(tree: &Tree, opts: &FatOptions, g: &Geometry) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
@@ -309,8 +348,13 @@ fn derive_serial(tree: &Tree, opts: &FatOptions, g: &Geometry) -> u32 {
     fn walk(n: &Node, eat: &mut dyn FnMut(&[u8]), ts: Option<i64>) {
         eat(n.name.as_encoded_bytes());
         eat(&[0]);
-        eat(&n.meta.size.to_le_bytes());
+        let size = if n.is_dir() { 0 } else { n.meta.size };
+        eat(&size.to_le_bytes());
         eat(&ts.unwrap_or(n.meta.mtime.secs).to_le_bytes());
+        // The attribute is in the image; a byte only for read-only files.
+        if !n.is_dir() && file_attr(n) & ATTR_READ_ONLY != 0 {
+            eat(b"R");
+        }
         for c in n.children() {
             walk(c, eat, ts);
         }

@@ -114,6 +114,10 @@ pub struct FatOptions {
     pub timestamp: Option<i64>,
     /// Open host files kept at most (0 = [`synth::DEFAULT_POOL_FDS`]).
     pub max_open_files: usize,
+    /// Two host names FAT sees as one (`Makefile` and `makefile`; `a:b` and
+    /// `a_b`) are an error (`--strict-names`) instead of the later one being
+    /// renamed `makefile~2` with a warning.
+    pub strict_names: bool,
 }
 
 /// Why a FAT image cannot be built.
@@ -307,6 +311,32 @@ mod tests {
     }
 
     #[test]
+    fn directory_sizes_on_the_host_do_not_change_the_image() {
+        // ext4 directories grow with entries and never shrink: the same tree, after files came
+        // and went, has a bigger directory (on tmpfs the size shrinks back and this is moot).
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("kept.txt"), b"kept").unwrap();
+        let mtime = fs::metadata(&sub).unwrap().modified().unwrap();
+        let a = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+        for i in 0..300 {
+            fs::write(
+                sub.join(format!("temporary-file-with-a-long-name-{i}")),
+                b"",
+            )
+            .unwrap();
+        }
+        for i in 0..300 {
+            fs::remove_file(sub.join(format!("temporary-file-with-a-long-name-{i}"))).unwrap();
+        }
+        fs::File::open(&sub).unwrap().set_modified(mtime).unwrap();
+        let b = build(&tree_of(d.path()), &FatOptions::default()).unwrap();
+        assert_eq!(a.serial, b.serial);
+        assert!(read_all(&a.map) == read_all(&b.map));
+    }
+
+    #[test]
     fn empty_file_has_cluster_0_and_dotdot_of_a_top_dir_is_0() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir(d.path().join("SUB")).unwrap();
@@ -352,13 +382,113 @@ mod tests {
     }
 
     #[test]
-    fn case_collision_names_both() {
+    fn case_collision_is_an_error_naming_both_only_with_strict_names() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("Foo"), b"").unwrap();
         fs::write(d.path().join("foo"), b"").unwrap();
-        let e = build(&tree_of(d.path()), &FatOptions::default()).unwrap_err();
+        let strict = FatOptions {
+            strict_names: true,
+            ..FatOptions::default()
+        };
+        let e = build(&tree_of(d.path()), &strict).unwrap_err();
         let msg = format!("{e}: {}", std::error::Error::source(&e).unwrap());
-        assert!(msg.contains("Foo") && msg.contains("foo"), "{msg}");
+        assert!(msg.contains("\"Foo\" and \"foo\""), "{msg}");
+        build(&tree_of(d.path()), &FatOptions::default()).expect("renamed by default");
+    }
+
+    /// The root directory's short entries of a FAT12/16 superfloppy of
+    /// `dir`, with the long name in front of each: (long name, short, attr).
+    fn root_entries(dir: &Path) -> Vec<(String, [u8; 11], u8)> {
+        use layout::SECTOR;
+        let opts = FatOptions {
+            fat_type: Some(FatType::Fat16),
+            partition: Partitioning::None,
+            ..FatOptions::default()
+        };
+        let img = build(&tree_of(dir), &opts).unwrap();
+        let bytes = read_all(&img.map);
+        let g = img.geometry;
+        let root = &bytes[(g.root_start() * SECTOR) as usize..(g.data_start() * SECTOR) as usize];
+        let mut out = Vec::new();
+        let mut long: Vec<Vec<u16>> = Vec::new();
+        for e in root.chunks_exact(32).take_while(|e| e[0] != 0) {
+            if e[11] == 0x0F {
+                let units = (1..11)
+                    .step_by(2)
+                    .chain((14..26).step_by(2))
+                    .chain((28..32).step_by(2))
+                    .map(|o| u16::from_le_bytes([e[o], e[o + 1]]))
+                    .take_while(|&u| u != 0 && u != 0xFFFF)
+                    .collect();
+                long.push(units);
+                continue;
+            }
+            let name: Vec<u16> = long.drain(..).rev().flatten().collect();
+            let short: [u8; 11] = e[..11].try_into().unwrap();
+            let shown = if name.is_empty() {
+                names::short_display(&short)
+            } else {
+                String::from_utf16(&name).unwrap()
+            };
+            out.push((shown, short, e[11]));
+        }
+        out
+    }
+
+    #[test]
+    fn case_collisions_are_stored_under_unique_names() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "Makefile", "makefile", "README", "readme", "ReadMe", "a:b", "a_b",
+        ] {
+            fs::write(d.path().join(n), n).unwrap();
+        }
+        let got: Vec<String> = root_entries(d.path()).into_iter().map(|e| e.0).collect();
+        // The tree's bytewise order: the first of each group keeps its name.
+        assert_eq!(
+            got,
+            [
+                "Makefile",
+                "README",
+                "ReadMe~2",
+                "a_b",
+                "a_b~2",
+                "makefile~2",
+                "readme~3"
+            ]
+        );
+    }
+
+    #[test]
+    fn files_without_write_bits_are_read_only_and_directories_are_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        for (n, mode) in [
+            ("ro", 0o444),
+            ("rw", 0o644),
+            ("owner-w", 0o200),
+            ("none", 0),
+        ] {
+            fs::write(d.path().join(n), n).unwrap();
+            fs::set_permissions(d.path().join(n), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        fs::create_dir(d.path().join("rodir")).unwrap();
+        fs::set_permissions(d.path().join("rodir"), fs::Permissions::from_mode(0o555)).unwrap();
+        let attrs: Vec<(String, u8)> = root_entries(d.path())
+            .into_iter()
+            .map(|e| (e.0, e.2))
+            .collect();
+        assert_eq!(
+            attrs,
+            [
+                ("none".to_string(), 0x21),
+                ("owner-w".to_string(), 0x20),
+                ("ro".to_string(), 0x21),
+                ("rodir".to_string(), 0x10),
+                ("rw".to_string(), 0x20),
+            ]
+        );
+        fs::set_permissions(d.path().join("rodir"), fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     #[test]

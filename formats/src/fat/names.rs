@@ -15,8 +15,13 @@
 //!
 //! The work is done per directory because short aliases only have to be unique within their
 //! directory, and because FAT lookups are case-insensitive: two host names that differ only in
-//! letter case cannot both exist in one FAT directory, which [`assign`] reports as an error
-//! instead of silently hiding one of the files.
+//! letter case (`Makefile`, `makefile`; common in Linux trees), or that become the same once
+//! characters FAT cannot store are replaced (`a:b`, `a_b`), cannot both exist in one FAT
+//! directory. [`assign`] keeps the first in input order (the tree's bytewise sorted order) and,
+//! as Windows does when it copies such a pair, gives each later one a new long name with a
+//! numeric tail (`makefile~2`, `notes~2.txt`) that is unique case-insensitively in the
+//! directory; the caller warns naming both. With [`Collisions::Error`] (`--strict-names`) the
+//! first such pair is an error instead. Nothing is ever silently hidden.
 //!
 //! Decisions beyond the spec's letter (so generated images are deterministic and portable):
 //!
@@ -46,6 +51,23 @@ pub struct FatName {
     /// True when characters that FAT cannot hold even in a long name were replaced (see below);
     /// the caller logs a warning.
     pub replaced: bool,
+    /// `Some(i)` when the host name is the same FAT name as input `i`, an earlier name of the
+    /// directory (case-insensitive, after replacement): this entry got a new long name with a
+    /// numeric tail instead (see [`Collisions::Rename`]); the caller logs a warning naming both.
+    pub collides_with: Option<usize>,
+}
+
+/// What [`assign`] does with a host name that FAT sees as the same name as an earlier one in
+/// the directory (FAT lookups are case-insensitive; replaced characters merge names too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Collisions {
+    /// Keep the first; rename each later one `stem~N[.ext]` (N = 2, 3, …: the first free one,
+    /// unique case-insensitively against every other name of the directory, renamed ones
+    /// included), shortened to fit FAT's 255-unit long names.
+    #[default]
+    Rename,
+    /// Fail with [`NameError::CaseCollision`] (`--strict-names`).
+    Error,
 }
 
 /// Why a directory's names cannot be represented in FAT.
@@ -53,7 +75,7 @@ pub struct FatName {
 #[non_exhaustive]
 pub enum NameError {
     /// Two host names are the same to FAT's case-insensitive lookup (also after replacement).
-    #[error("\"{first}\" and \"{second}\" differ only in letter case (or in characters FAT cannot store); FAT would see one name")]
+    #[error("\"{first}\" and \"{second}\" differ only in letter case (or in characters FAT cannot store); FAT would see one name (without --strict-names the later one is stored as NAME~N)")]
     CaseCollision { first: String, second: String },
     /// The name needs more UTF-16 units than the 20 LFN entries of a long name can hold.
     #[error("\"{name}\" is {units} UTF-16 units long; FAT long names hold at most 255")]
@@ -296,36 +318,102 @@ fn prepare(name: &str) -> Result<Prepared, NameError> {
     })
 }
 
+/// The long name `long` with numeric tail `n`: `stem~n.ext` when `long` has an extension (so the
+/// file keeps its type for programs that go by it), else `long~n`; the stem is cut (never inside
+/// a surrogate pair) so the result fits the 255 UTF-16 units of a long name (spec §7).
+fn with_long_tail(long: &str, n: u32) -> String {
+    let tail = format!("~{n}");
+    let units = |s: &str| s.encode_utf16().count();
+    let (stem, ext) = match long.rfind('.') {
+        Some(dot) if dot > 0 && dot + 1 < long.len() => long.split_at(dot),
+        _ => (long, ""),
+    };
+    // An extension too long to keep beside any stem is treated as part of the stem.
+    let (stem, ext) = if units(ext) + tail.len() >= MAX_LONG_UNITS {
+        (long, "")
+    } else {
+        (stem, ext)
+    };
+    let budget = MAX_LONG_UNITS - tail.len() - units(ext);
+    let mut out = String::with_capacity(long.len() + tail.len());
+    let mut used = 0;
+    for c in stem.chars() {
+        if used + c.len_utf16() > budget {
+            break;
+        }
+        used += c.len_utf16();
+        out.push(c);
+    }
+    out.push_str(&tail);
+    out.push_str(ext);
+    out
+}
+
 /// Assign FAT names to all entries of ONE directory, given in a fixed order; the result is in the
-/// same order and is deterministic (same input → same output). `names` are host names (never "." or "..").
+/// same order and is deterministic (same input → same output). `names` are host names (never "."
+/// or ".."). Names FAT sees as one are handled as `collisions` says.
 ///
 /// # Errors
 ///
 /// The first problem found, in input order: [`NameError::Invalid`] (empty, only periods and
-/// spaces, or tails exhausted), [`NameError::TooLong`], or [`NameError::CaseCollision`].
-pub fn assign(names: &[&str]) -> Result<Vec<FatName>, NameError> {
+/// spaces, or tails exhausted), [`NameError::TooLong`], or (with [`Collisions::Error`] only)
+/// [`NameError::CaseCollision`].
+pub fn assign(names: &[&str], collisions: Collisions) -> Result<Vec<FatName>, NameError> {
     // Pass 1: validate, replace, detect case-insensitive collisions (O(n) with a HashMap).
     let mut prepared = Vec::with_capacity(names.len());
     let mut seen: HashMap<String, usize> = HashMap::with_capacity(names.len());
+    let mut collides_with = vec![None; names.len()];
     for (i, &name) in names.iter().enumerate() {
         let p = prepare(name)?;
         match seen.entry(lookup_key(&p.long)) {
-            Entry::Occupied(first) => {
-                return Err(NameError::CaseCollision {
-                    first: names[*first.get()].to_owned(),
-                    second: name.to_owned(),
-                });
-            }
+            Entry::Occupied(first) => match collisions {
+                Collisions::Error => {
+                    return Err(NameError::CaseCollision {
+                        first: names[*first.get()].to_owned(),
+                        second: name.to_owned(),
+                    });
+                }
+                Collisions::Rename => collides_with[i] = Some(*first.get()),
+            },
             Entry::Vacant(slot) => {
                 slot.insert(i);
             }
         }
         prepared.push(p);
     }
+
+    // Pass 1b: rename the later name of each colliding pair, in input order. `seen` holds every
+    // name kept so far, so the new name is unique against names before and after it, and
+    // against other renamed ones. The new name is then prepared like a host name (its short
+    // alias comes from it); the replacement flag of the original stays for the warning.
+    for (i, first) in collides_with.iter().enumerate() {
+        if first.is_none() {
+            continue;
+        }
+        let mut n = 2;
+        let renamed = loop {
+            if n > MAX_TAIL {
+                return Err(NameError::Invalid {
+                    name: names[i].to_owned(),
+                    reason: "collides with another name and all tails ~2..~999999 are in use",
+                });
+            }
+            let candidate = with_long_tail(&prepared[i].long, n);
+            n += 1;
+            if let Entry::Vacant(slot) = seen.entry(lookup_key(&candidate)) {
+                slot.insert(i);
+                break candidate;
+            }
+        };
+        let replaced = prepared[i].replaced;
+        prepared[i] = prepare(&renamed)?;
+        prepared[i].replaced = replaced;
+    }
     drop(seen);
 
     // Pass 2: reserve the short names of entries that are exactly their own 8.3 name, so no
-    // generated alias can take them. They are distinct because pass 1 found no collisions.
+    // generated alias can take them. They are distinct because their long names (all unique
+    // case-insensitively after pass 1b) are those very short names.
     let mut taken: HashSet<[u8; 11]> = HashSet::with_capacity(names.len());
     for p in prepared.iter().filter(|p| p.exact) {
         taken.insert(p.basis.short());
@@ -335,7 +423,7 @@ pub fn assign(names: &[&str]) -> Result<Vec<FatName>, NameError> {
     // the first tail not yet known to be taken, so each directory costs O(n) amortised.
     let mut next_tail: HashMap<[u8; 9], u32> = HashMap::new();
     let mut out = Vec::with_capacity(prepared.len());
-    for (p, &name) in prepared.into_iter().zip(names) {
+    for ((p, &name), collides_with) in prepared.into_iter().zip(names).zip(collides_with) {
         let short = if p.exact {
             p.basis.short()
         } else if !p.basis.lossy && taken.insert(p.basis.short()) {
@@ -361,9 +449,22 @@ pub fn assign(names: &[&str]) -> Result<Vec<FatName>, NameError> {
             short,
             long: (!p.exact).then(|| p.long.encode_utf16().collect()),
             replaced: p.replaced,
+            collides_with,
         });
     }
     Ok(out)
+}
+
+/// How a short-only entry's name reads: `BASE` or `BASE.EXT` (spec §6.1: both parts space
+/// padded, the period implied).
+pub fn short_display(short: &[u8; 11]) -> String {
+    let part = |b: &[u8]| String::from_utf8_lossy(b).trim_end().to_owned();
+    let (base, ext) = (part(&short[..8]), part(&short[8..]));
+    if ext.is_empty() {
+        base
+    } else {
+        format!("{base}.{ext}")
+    }
 }
 
 /// The LFN checksum of a short name (MS FAT spec: ChkSum).
@@ -459,7 +560,7 @@ mod tests {
 
     /// `assign` that must succeed, with the invariants checked.
     fn ok(names: &[&str]) -> Vec<FatName> {
-        let out = assign(names).expect("assign should succeed");
+        let out = assign(names, Collisions::Rename).expect("assign should succeed");
         assert_eq!(out.len(), names.len());
         assert_valid_shorts(&out);
         out
@@ -604,7 +705,7 @@ mod tests {
 
         let over = "a".repeat(256);
         assert_eq!(
-            assign(&[&over]),
+            assign(&[&over], Collisions::Rename),
             Err(NameError::TooLong {
                 name: over.clone(),
                 units: 256
@@ -616,13 +717,13 @@ mod tests {
         assert_eq!(ok(&[&fits])[0].long.as_ref().map(Vec::len), Some(255));
         let pairs = "😀".repeat(128);
         assert!(matches!(
-            assign(&[&pairs]),
+            assign(&[&pairs], Collisions::Rename),
             Err(NameError::TooLong { units: 256, .. })
         ));
     }
 
     #[test]
-    fn case_collisions_name_both_originals_in_input_order() {
+    fn strict_case_collisions_name_both_originals_in_input_order() {
         let table: &[(&[&str], &str, &str)] = &[
             (&["Foo", "bar", "foo"], "Foo", "foo"),
             (&["a:b", "a_b"], "a:b", "a_b"),
@@ -632,7 +733,7 @@ mod tests {
         ];
         for &(names, first, second) in table {
             assert_eq!(
-                assign(names),
+                assign(names, Collisions::Error),
                 Err(NameError::CaseCollision {
                     first: first.to_owned(),
                     second: second.to_owned()
@@ -640,15 +741,164 @@ mod tests {
                 "{names:?}"
             );
         }
-        let msg = assign(&["Foo", "foo"]).unwrap_err().to_string();
+        let msg = assign(&["Foo", "foo"], Collisions::Error)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("\"Foo\" and \"foo\""), "{msg}");
+    }
+
+    /// The long name a client sees: the LFN, or the short entry's `BASE[.EXT]`.
+    fn shown(n: &FatName) -> String {
+        match &n.long {
+            Some(l) => String::from_utf16(l).unwrap(),
+            None => short_display(&n.short),
+        }
+    }
+
+    /// Every name is unique to FAT's case-insensitive lookup.
+    fn assert_unique_longs(out: &[FatName]) {
+        let mut seen = HashSet::new();
+        for n in out {
+            let s = shown(n);
+            assert!(
+                s.encode_utf16().count() <= MAX_LONG_UNITS,
+                "{s:?} is too long"
+            );
+            assert!(
+                seen.insert(lookup_key(&s)),
+                "{s:?} twice (case-insensitively)"
+            );
+        }
+    }
+
+    #[test]
+    fn case_collisions_keep_the_first_and_rename_the_later_ones() {
+        // Bytewise order, as the tree gives them: upper case sorts first.
+        let names = [
+            "Makefile", "README", "ReadMe", "makefile", "readme", "readme~3",
+        ];
+        let out = ok(&names);
+        assert_unique_longs(&out);
+        let got: Vec<String> = out.iter().map(shown).collect();
+        assert_eq!(
+            got,
+            [
+                "Makefile",
+                "README",
+                "ReadMe~2",
+                "makefile~2",
+                "readme~4",
+                "readme~3"
+            ]
+        );
+        let with: Vec<Option<usize>> = out.iter().map(|n| n.collides_with).collect();
+        assert_eq!(with, [None, None, Some(1), Some(0), Some(1), None]);
+        // The kept names keep their usual short names; renamed ones get aliases of their own.
+        assert_eq!(out[0].short, sn("MAKEFILE   "));
+        assert_eq!(out[1].short, sn("README     "));
+        assert_eq!(out[1].long, None);
+        assert_eq!(out[3].short, sn("MAKEFI~1   "));
+    }
+
+    #[test]
+    fn renamed_names_keep_their_extension_and_avoid_every_other_name() {
+        let out = ok(&["Notes.TXT", "notes.txt", "notes~2.txt", "NOTES~3.TXT"]);
+        assert_unique_longs(&out);
+        assert_eq!(shown(&out[1]), "notes~4.txt");
+        assert_eq!(out[1].collides_with, Some(0));
+        assert_eq!(out[3].long, None, "an exact 8.3 name stays short-only");
+        // Several renamed names in one directory are unique among themselves too.
+        let out = ok(&["A", "a", "B", "b", "a~2"]);
+        assert_unique_longs(&out);
+        assert_eq!(shown(&out[1]), "a~3");
+        assert_eq!(shown(&out[3]), "b~2");
+    }
+
+    #[test]
+    fn replacement_collisions_are_renamed_too() {
+        // Today's `a:b` is stored as `a_b`, which a host `a_b` also is.
+        let out = ok(&["a:b", "a_b"]);
+        assert_unique_longs(&out);
+        assert_eq!(shown(&out[0]), "a_b");
+        assert!(out[0].replaced);
+        assert_eq!(shown(&out[1]), "a_b~2");
+        assert_eq!(out[1].collides_with, Some(0));
+        assert!(!out[1].replaced);
+        // Both replaced into one name: the second keeps its replaced flag.
+        let out = ok(&["x*y", "x?y", "x_y"]);
+        assert_unique_longs(&out);
+        let got: Vec<String> = out.iter().map(shown).collect();
+        assert_eq!(got, ["x_y", "x_y~2", "x_y~3"]);
+        assert!(out[1].replaced && !out[2].replaced);
+        // Trailing periods are ignored by lookups: `foo.` is `foo`.
+        let out = ok(&["foo", "foo."]);
+        assert_unique_longs(&out);
+        assert_eq!(shown(&out[1]), "foo.~2");
+        // Case folding beyond ASCII.
+        let out = ok(&["ÄRGER", "ärger"]);
+        assert_unique_longs(&out);
+        assert_eq!(shown(&out[1]), "ärger~2");
+    }
+
+    #[test]
+    fn renamed_names_fit_the_255_unit_limit() {
+        let long = "a".repeat(255);
+        let upper = "A".repeat(255);
+        let out = ok(&[&upper, &long]);
+        assert_unique_longs(&out);
+        assert_eq!(shown(&out[1]), format!("{}~2", "a".repeat(253)));
+        // With an extension, the stem is cut and the extension kept.
+        let long = format!("{}.txt", "b".repeat(251));
+        let upper = long.to_uppercase();
+        let out = ok(&[&upper, &long]);
+        assert_eq!(shown(&out[1]), format!("{}~2.txt", "b".repeat(249)));
+        // Never inside a surrogate pair: 127 emoji + "x" = 255 units.
+        let emoji = format!("{}x", "😀".repeat(127));
+        let upper = format!("{}X", "😀".repeat(127));
+        let out = ok(&[&upper, &emoji]);
+        let got = shown(&out[1]);
+        assert_eq!(got, format!("{}~2", "😀".repeat(126)));
+        assert!(got.encode_utf16().count() <= 255);
+        // An extension too long to keep: cut like any name.
+        assert_eq!(
+            with_long_tail(&format!("a.{}", "e".repeat(253)), 2)
+                .encode_utf16()
+                .count(),
+            255
+        );
+    }
+
+    #[test]
+    fn many_case_variants_get_distinct_tails() {
+        let variants: Vec<String> = (0..64u32)
+            .map(|bits| {
+                "makefi"
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if (bits >> i) & 1 == 1 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut sorted = variants.clone();
+        sorted.sort();
+        let refs: Vec<&str> = sorted.iter().map(String::as_str).collect();
+        let out = ok(&refs);
+        assert_unique_longs(&out);
+        assert_eq!(out.iter().filter(|n| n.collides_with.is_some()).count(), 63);
+        assert!(out.iter().all(|n| n.collides_with.is_none_or(|i| i == 0)));
     }
 
     #[test]
     fn empty_and_dot_only_names_are_invalid() {
         for name in ["", "...", " ", ". ."] {
             assert!(
-                matches!(assign(&["ok", name]), Err(NameError::Invalid { name: n, .. }) if n == name),
+                matches!(assign(&["ok", name], Collisions::Rename), Err(NameError::Invalid { name: n, .. }) if n == name),
                 "{name:?}"
             );
         }
@@ -682,7 +932,7 @@ mod tests {
             .collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let start = Instant::now();
-        let out = assign(&refs).expect("assign should succeed");
+        let out = assign(&refs, Collisions::Rename).expect("assign should succeed");
         let elapsed = start.elapsed();
         let limit = if cfg!(debug_assertions) {
             Duration::from_secs(5)

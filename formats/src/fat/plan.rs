@@ -87,6 +87,21 @@ pub struct Plan<'a> {
     pub next_free: u32,
     /// Names with characters FAT cannot store, replaced by `_` (for warnings).
     pub replaced: Vec<std::path::PathBuf>,
+    /// Host files FAT sees under the same name as an earlier one in their
+    /// directory, renamed (for warnings).
+    pub renamed: Vec<Renamed>,
+}
+
+/// A host name renamed because FAT sees it as the same name as an earlier
+/// one in its directory (see [`names::Collisions`]).
+#[derive(Debug)]
+pub struct Renamed {
+    /// The renamed host file or directory.
+    pub path: std::path::PathBuf,
+    /// The earlier name that kept its name.
+    pub first: String,
+    /// The long name it is stored under.
+    pub stored: String,
 }
 
 impl<'a> Plan<'a> {
@@ -107,9 +122,15 @@ impl<'a> Plan<'a> {
             disk_size: 0,
             next_free: 2,
             replaced: Vec::new(),
+            renamed: Vec::new(),
         };
         plan.walk(&tree.root, 0);
-        plan.name_all(opts.label.is_some())?;
+        let collisions = if opts.strict_names {
+            names::Collisions::Error
+        } else {
+            names::Collisions::Rename
+        };
+        plan.name_all(opts.label.is_some(), collisions)?;
         plan.choose_geometry(opts)?;
         plan.allocate();
         Ok(plan)
@@ -151,7 +172,7 @@ impl<'a> Plan<'a> {
 
     /// Give every directory's children their FAT names (in parallel: names
     /// are the bulk of layout time for big trees) and count entries.
-    fn name_all(&mut self, label: bool) -> Result<(), FatError> {
+    fn name_all(&mut self, label: bool, collisions: names::Collisions) -> Result<(), FatError> {
         let named = crate::par::par_map(&self.dirs, |_, d| -> Result<Vec<FatName>, FatError> {
             let mut host = Vec::with_capacity(d.children.len());
             for k in fat_children(d.node) {
@@ -161,7 +182,7 @@ impl<'a> Plan<'a> {
                         .ok_or_else(|| FatError::NonUtf8(k.path.clone()))?,
                 );
             }
-            names::assign(&host).map_err(|source| FatError::Name {
+            names::assign(&host, collisions).map_err(|source| FatError::Name {
                 dir: d.node.path.clone(),
                 source,
             })
@@ -180,9 +201,21 @@ impl<'a> Plan<'a> {
                     entries,
                 });
             }
-            for (k, n) in fat_children(d.node).zip(&names) {
+            let kids: Vec<&Node> = fat_children(d.node).collect();
+            for (k, n) in kids.iter().zip(&names) {
                 if n.replaced {
                     self.replaced.push(k.path.clone());
+                }
+                if let Some(first) = n.collides_with {
+                    let stored = match &n.long {
+                        Some(l) => String::from_utf16_lossy(l),
+                        None => names::short_display(&n.short),
+                    };
+                    self.renamed.push(Renamed {
+                        path: k.path.clone(),
+                        first: kids[first].name.to_string_lossy().into_owned(),
+                        stored,
+                    });
                 }
             }
             d.names = names;

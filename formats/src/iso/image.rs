@@ -42,9 +42,11 @@ pub struct IsoImage {
 /// Build the ISO 9660 image of `tree`.
 pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
     let vol_id = volume_id(opts)?;
+    // Volume dates (ECMA-119 §8.4.26-29) and the hybrid GUID seed: never
+    // the clock, so the same tree gives the same bytes on every run.
     let time = opts
         .timestamp
-        .unwrap_or_else(|| crate::time::newest_mtime(tree));
+        .unwrap_or_else(|| crate::time::default_volume_time(tree));
     let flat = Flat::new(tree, opts.rock_ridge);
     let (mut iso, _) = Namespace::new(&flat, false)?;
     let joliet = if opts.joliet {
@@ -156,7 +158,7 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
             blocks: u64::from(blocks),
             data_blocks,
             efi,
-            seed: hybrid_seed(&vol_id, blocks, time, &flat),
+            seed: hybrid_seed(&vol_id, blocks, time, &tree.root.path, &flat),
         };
         b.push_bytes("hybrid MBR", hybrid.mbr(code.as_ref()).to_vec())?;
         if let Some(gpt) = hybrid.gpt() {
@@ -513,8 +515,16 @@ enum Region {
 }
 
 /// 16 bytes that change with what the image holds (volume id, size, time,
-/// every path, size and mtime), stable across builds and toolchains.
-fn hybrid_seed(vol_id: &str, blocks: u32, time: i64, flat: &Flat<'_>) -> [u8; 16] {
+/// every path, size and mtime), stable across builds and toolchains. Paths
+/// are taken relative to the top directory: where the tree sits on the host
+/// (or how it was named on the command line) is not in the image.
+fn hybrid_seed(
+    vol_id: &str,
+    blocks: u32,
+    time: i64,
+    root: &std::path::Path,
+    flat: &Flat<'_>,
+) -> [u8; 16] {
     let mut h: Vec<crc32fast::Hasher> = (0..4u32)
         .map(|i| crc32fast::Hasher::new_with_initial(0x9E37_79B9u32.wrapping_mul(i + 1)))
         .collect();
@@ -523,7 +533,9 @@ fn hybrid_seed(vol_id: &str, blocks: u32, time: i64, flat: &Flat<'_>) -> [u8; 16
     feed(&blocks.to_le_bytes());
     feed(&time.to_le_bytes());
     for (f, _) in &flat.files {
-        feed(f.path.as_os_str().as_encoded_bytes());
+        let rel = f.path.strip_prefix(root).unwrap_or(&f.path);
+        feed(rel.as_os_str().as_encoded_bytes());
+        feed(&[0]);
         feed(&f.meta.size.to_le_bytes());
         feed(&f.meta.mtime.secs.to_le_bytes());
     }

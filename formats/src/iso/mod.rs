@@ -48,8 +48,8 @@ pub struct IsoOptions {
     /// Joliet: UCS-2 names up to 64 characters for Windows.
     pub joliet: bool,
     /// The volume's times (descriptors, not files), e.g.
-    /// `SOURCE_DATE_EPOCH`; the newest mtime in the tree (never in the
-    /// future) if `None`.
+    /// `SOURCE_DATE_EPOCH`; if `None`, the newest mtime in the tree clamped
+    /// to the release date (never the clock: see `time::default_volume_time`).
     pub timestamp: Option<i64>,
     /// Open host files kept at most (0 = [`synth::DEFAULT_POOL_FDS`]).
     pub max_open_files: usize,

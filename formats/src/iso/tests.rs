@@ -83,6 +83,36 @@ fn same_tree_same_bytes_and_volume_time_from_the_option() {
 }
 
 #[test]
+fn default_volume_time_is_the_newest_mtime_at_most_the_release_date_and_place_free() {
+    let d = tempfile::tempdir().unwrap();
+    let one = d.path().join("one");
+    fs::create_dir(&one).unwrap();
+    fs::write(one.join("a.txt"), b"hello").unwrap();
+    let future = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_147_558_400);
+    fs::File::options()
+        .write(true)
+        .open(one.join("a.txt"))
+        .unwrap()
+        .set_modified(future)
+        .unwrap();
+    let opts = IsoOptions {
+        hybrid: true,
+        ..IsoOptions::default()
+    };
+    let a = build(&tree_of(&one), &opts).unwrap();
+    // 2038 in the tree, 2026-12-01 (crate::time::LATEST_VOLUME_TIME) on the volume.
+    assert_eq!(&read(&a, 16, 1)[813..829], b"2026120100000000");
+    let all = |i: &IsoImage| read(i, 0, u64::from(i.blocks));
+    let bytes_a = all(&a);
+    // The same tree elsewhere: the same bytes (the MBR signature is derived from the content,
+    // with paths relative to the top directory).
+    let two = d.path().join("elsewhere");
+    fs::rename(&one, &two).unwrap();
+    let b = build(&tree_of(&two), &opts).unwrap();
+    assert!(bytes_a == all(&b));
+}
+
+#[test]
 fn root_dot_starts_with_sp_and_entries_carry_their_full_names() {
     let d = tempfile::tempdir().unwrap();
     let long = "n".repeat(250);
