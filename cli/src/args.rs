@@ -198,9 +198,8 @@ pub struct FatArgs {
     /// `makefile~2` with a warning.
     #[arg(long)]
     pub strict_names: bool,
-    /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
-    #[arg(long)]
-    pub rw: bool,
+    #[command(flatten)]
+    pub write: WriteArgs,
     /// Most host files kept open at once.
     #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
     pub max_open_files: usize,
@@ -243,9 +242,8 @@ pub struct Ext4Args {
     /// `keep` the host's uid/gid, or make everything owned by `root` (0:0).
     #[arg(long, value_name = "keep|root", default_value = "keep")]
     pub owner: formats::ext4::Owner,
-    /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
-    #[arg(long)]
-    pub rw: bool,
+    #[command(flatten)]
+    pub write: WriteArgs,
     /// Most host files kept open at once.
     #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
     pub max_open_files: usize,
@@ -317,9 +315,8 @@ pub struct IsoArgs {
     /// /usr/lib/ISOLINUX/isohdpfx.bin (implies --hybrid).
     #[arg(long, value_name = "FILE")]
     pub hybrid_mbr: Option<PathBuf>,
-    /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
-    #[arg(long)]
-    pub rw: bool,
+    #[command(flatten)]
+    pub write: WriteArgs,
     /// Most host files kept open at once.
     #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
     pub max_open_files: usize,
@@ -380,6 +377,21 @@ pub struct TmpdiskArgs {
     pub max_clients: usize,
     /// Disk space all clients' disks may use together; writes past it fail with ENOSPC.
     #[arg(long, value_name = "SIZE")]
+    pub max_disk: Option<Size>,
+}
+
+/// Client writes to a generated disk (`floppy`, `ext4`, `iso`).
+#[derive(Debug, Args, Clone)]
+pub struct WriteArgs {
+    /// Let clients write: writes go to a copy-on-write overlay (pages in an unlinked
+    /// temp file in --dir), never to DIR.
+    #[arg(long)]
+    pub rw: bool,
+    /// Directory for the overlay's unlinked temp file (default: $TMPDIR or /var/tmp).
+    #[arg(long = "dir", value_name = "DIR", requires = "rw")]
+    pub overlay_dir: Option<PathBuf>,
+    /// Disk space the clients' writes may take together; writes past it fail with ENOSPC.
+    #[arg(long, value_name = "SIZE", requires = "rw")]
     pub max_disk: Option<Size>,
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use synth::BlockDev;
 
-use crate::args::{ExportArgs, Ext4Args, FatArgs, IsoArgs};
+use crate::args::{ExportArgs, Ext4Args, FatArgs, IsoArgs, WriteArgs};
 use crate::size::Size;
 
 /// Scan a host directory for a generator.
@@ -26,17 +26,33 @@ fn source_date_epoch() -> Result<Option<i64>> {
     }
 }
 
-/// A generated image, writable through an in-memory overlay under `--rw`
-/// (clients never reach the host tree).
-fn with_overlay(map: Arc<dyn BlockDev>, rw: bool) -> Result<Arc<dyn BlockDev>> {
-    Ok(if rw {
-        Arc::new(synth::CowOverlay::new(
-            map,
-            synth::OverlayOptions::default(),
-        )?)
-    } else {
-        map
-    })
+/// A generated image, writable under `--rw` through an overlay whose
+/// pages live in an unlinked temp file in `--dir` (clients never reach the
+/// host tree, and a client writing gigabytes costs disk, not memory), with
+/// `--max-disk` as the space all writes may take.
+fn with_overlay(
+    map: Arc<dyn BlockDev>,
+    w: &WriteArgs,
+    export: &ExportArgs,
+) -> Result<Arc<dyn BlockDev>> {
+    if !w.rw || export.readonly {
+        return Ok(map);
+    }
+    let dir = w
+        .overlay_dir
+        .clone()
+        .unwrap_or_else(crate::tmpdisk::default_dir);
+    let opts = synth::OverlayOptions {
+        store: synth::OverlayStore::TempFile,
+        // ext4's block and the common guest page: a small write copies
+        // little of the page beneath.
+        page_size: 4096,
+        temp_dir: Some(dir.clone()),
+        quota: w.max_disk.map(|s| Arc::new(synth::SpaceQuota::new(s.0))),
+    };
+    let overlay = synth::CowOverlay::new(map, opts)
+        .with_context(|| format!("making the --rw overlay in {}", dir.display()))?;
+    Ok(Arc::new(overlay))
 }
 
 /// A FAT volume (no partition table) holding `dir`, for an ISO's UEFI
@@ -96,7 +112,7 @@ pub(crate) fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc
         scanned.as_secs_f64() * 1000.0,
         (t0.elapsed() - scanned).as_secs_f64() * 1000.0
     );
-    with_overlay(Arc::new(image.map), a.rw && !export.readonly)
+    with_overlay(Arc::new(image.map), &a.write, export)
 }
 
 /// Scan `dir` and build its ext4 image (with an overlay under `--rw`).
@@ -148,7 +164,7 @@ pub(crate) fn ext4(dir: &Path, a: &Ext4Args, export: &ExportArgs) -> Result<Arc<
         scanned.as_secs_f64() * 1000.0,
         (t0.elapsed() - scanned).as_secs_f64() * 1000.0
     );
-    with_overlay(Arc::new(image.map), a.rw && !export.readonly)
+    with_overlay(Arc::new(image.map), &a.write, export)
 }
 
 /// Scan `dir` and build its ISO 9660 image (with an overlay under `--rw`).
@@ -211,5 +227,5 @@ pub(crate) fn iso(dir: &Path, a: &IsoArgs, export: &ExportArgs) -> Result<Arc<dy
         scanned.as_secs_f64() * 1000.0,
         (t0.elapsed() - scanned).as_secs_f64() * 1000.0
     );
-    with_overlay(Arc::new(image.map), a.rw && !export.readonly)
+    with_overlay(Arc::new(image.map), &a.write, export)
 }

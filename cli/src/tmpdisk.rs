@@ -117,6 +117,15 @@ else
 fi"#;
 
 /// The tmpdisk export for `disksynth tmpdisk SIZE`.
+/// Where unlinked temp files for client writes go without `--dir`:
+/// `$TMPDIR`, else `/var/tmp` (disk-backed on most systems, unlike a tmpfs
+/// `/tmp`: client writes must not fill memory).
+pub(crate) fn default_dir() -> PathBuf {
+    std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
 pub(crate) fn export(size: u64, a: &TmpdiskArgs) -> Result<TmpdiskExport> {
     if size == 0 || !size.is_multiple_of(512) {
         bail!("the disk size must be a positive multiple of 512 bytes, not {size}");
@@ -124,12 +133,7 @@ pub(crate) fn export(size: u64, a: &TmpdiskArgs) -> Result<TmpdiskExport> {
     if a.max_clients == 0 {
         bail!("--max-clients must be at least 1");
     }
-    let dir = match &a.dir {
-        Some(d) => d.clone(),
-        None => std::env::var_os("TMPDIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp")),
-    };
+    let dir = a.dir.clone().unwrap_or_else(default_dir);
     // The directory must take temp files now, not at the first client.
     tempfile::tempfile_in(&dir)
         .with_context(|| format!("cannot create temp files in {}", dir.display()))?;

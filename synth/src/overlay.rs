@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,6 +123,19 @@ enum Page {
     Mem(Bytes),
     Stored,
     Zero,
+}
+
+/// One run of a read, as planned under the lock and served after it.
+#[derive(Debug)]
+enum Run {
+    /// Nothing written: the inner device (or zeros).
+    Inner,
+    /// Written as zeros.
+    Zero,
+    /// Written bytes in memory (a reference, no copy).
+    Mem(Bytes),
+    /// Written bytes in the temp file, at the same offset.
+    Stored,
 }
 
 /// A writable copy-on-write view of an inner device (or of zeros).
@@ -248,9 +262,45 @@ impl CowOverlay {
         Ok(())
     }
 
+    /// What `len` bytes at `offset` are made of now, as `(offset, length,
+    /// run)`; adjacent see-through runs are merged. Only this takes the
+    /// lock: the bytes are read after it is let go. (A write racing with the
+    /// read lands before or after it, as NBD allows for overlapping
+    /// requests in flight.)
+    fn plan(&self, offset: u64, len: u64) -> Vec<(u64, u64, Run)> {
+        let pages = self.read_pages();
+        let mut runs: Vec<(u64, u64, Run)> = Vec::new();
+        let _ = self.walk(&pages, offset, len, |page, at, n| {
+            let run = match page {
+                None => Run::Inner,
+                Some((_, Page::Zero)) => Run::Zero,
+                Some((p, Page::Mem(b))) => {
+                    let i = (at - p * self.page) as usize;
+                    Run::Mem(b.slice(i..i + n as usize))
+                }
+                Some((_, Page::Stored)) => Run::Stored,
+            };
+            match (runs.last_mut(), &run) {
+                (Some((_, ln, Run::Inner)), Run::Inner)
+                | (Some((_, ln, Run::Zero)), Run::Zero)
+                | (Some((_, ln, Run::Stored)), Run::Stored) => *ln += n,
+                _ => runs.push((at, n, run)),
+            }
+            Ok(())
+        });
+        runs
+    }
+
     /// The current bytes of page `p` as an owned buffer (for a partial
-    /// update), taking it out of the map.
-    fn take_page_bytes(&self, pages: &mut BTreeMap<u64, Page>, p: u64) -> Result<BytesMut> {
+    /// update), taking it out of the map. An unwritten page is read from
+    /// the inner device: from `prefetched` (read before the lock was
+    /// taken) when there.
+    fn take_page_bytes(
+        &self,
+        pages: &mut BTreeMap<u64, Page>,
+        p: u64,
+        prefetched: &mut Vec<(u64, BytesMut)>,
+    ) -> Result<BytesMut> {
         let plen = self.page_len(p) as usize;
         let start = p * self.page;
         match pages.remove(&p) {
@@ -266,11 +316,42 @@ impl CowOverlay {
                 Ok(v)
             }
             None => {
+                if let Some(i) = prefetched.iter().position(|(q, _)| *q == p) {
+                    return Ok(prefetched.swap_remove(i).1);
+                }
                 let mut v = BytesMut::zeroed(plen);
                 self.read_inner(&mut v, start)?;
                 Ok(v)
             }
         }
+    }
+
+    /// The inner bytes of the partially covered pages at the ends of `len`
+    /// bytes at `offset` that nothing was written to yet, read before the
+    /// write lock is taken (the device beneath may be slow).
+    fn prefetch_partial(&self, offset: u64, len: u64) -> Result<Vec<(u64, BytesMut)>> {
+        if self.inner.is_none() {
+            return Ok(Vec::new());
+        }
+        let end = offset + len;
+        let mut ends = vec![offset / self.page, (end - 1) / self.page];
+        ends.dedup();
+        let partial: Vec<u64> = {
+            let pages = self.read_pages();
+            ends.into_iter()
+                .filter(|&p| {
+                    let (ps, pl) = (p * self.page, self.page_len(p));
+                    !(offset <= ps && ps + pl <= end) && !pages.contains_key(&p)
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(partial.len());
+        for p in partial {
+            let mut v = BytesMut::zeroed(self.page_len(p) as usize);
+            self.read_inner(&mut v, p * self.page)?;
+            out.push((p, v));
+        }
+        Ok(out)
     }
 
     /// Whether page `p` holds written data (and so is charged).
@@ -365,16 +446,17 @@ impl CowOverlay {
         part: P,
     ) -> Result<()>
     where
-        W: FnMut(&mut BTreeMap<u64, Page>, u64, u64) -> Result<()>,
+        W: FnMut(&mut BTreeMap<u64, Page>, Range<u64>, u64) -> Result<()>,
         P: FnMut(&mut [u8], usize, u64),
     {
         check_range(offset, len, self.size)?;
         if len == 0 {
             return Ok(());
         }
+        let mut prefetched = self.prefetch_partial(offset, len)?;
         let mut pages = self.write_pages();
         let charged = self.precharge(&pages, offset, len, whole_pages_store)?;
-        let result = self.update_locked(&mut pages, offset, len, whole, part);
+        let result = self.update_locked(&mut pages, offset, len, &mut prefetched, whole, part);
         if result.is_err() {
             // Pages a failed update did not get to store give their charge
             // back.
@@ -392,11 +474,12 @@ impl CowOverlay {
         pages: &mut BTreeMap<u64, Page>,
         offset: u64,
         len: u64,
+        prefetched: &mut Vec<(u64, BytesMut)>,
         mut whole: W,
         mut part: P,
     ) -> Result<()>
     where
-        W: FnMut(&mut BTreeMap<u64, Page>, u64, u64) -> Result<()>,
+        W: FnMut(&mut BTreeMap<u64, Page>, Range<u64>, u64) -> Result<()>,
         P: FnMut(&mut [u8], usize, u64),
     {
         let end = offset + len;
@@ -407,9 +490,17 @@ impl CowOverlay {
             let plen = self.page_len(p);
             let n = (pstart + plen).min(end) - pos;
             if pos == pstart && n == plen {
-                whole(pages, p, pos)?;
+                // The run of whole pages from here, in one call (one pwrite
+                // into the temp file for a big write).
+                let mut last = p + 1;
+                while last * self.page < end && last * self.page + self.page_len(last) <= end {
+                    last += 1;
+                }
+                whole(pages, p..last, pos)?;
+                pos = (last * self.page).min(self.size);
+                continue;
             } else {
-                let mut buf = self.take_page_bytes(pages, p)?;
+                let mut buf = self.take_page_bytes(pages, p, prefetched)?;
                 part(&mut buf, (pos - pstart) as usize, pos);
                 self.put_page(pages, p, buf.freeze())?;
             }
@@ -426,34 +517,30 @@ impl BlockDev for CowOverlay {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
-        let pages = self.read_pages();
-        self.walk(&pages, offset, buf.len() as u64, |page, at, n| {
+        // Plan under the lock, read without it: the device beneath may be
+        // slow (HTTP, xz), and one slow read must not stall every writer
+        // (and, behind a waiting writer, every reader).
+        let plan = self.plan(offset, buf.len() as u64);
+        for (at, n, run) in plan {
             let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
-            match page {
-                None => self.read_inner(dst, at),
-                Some((_, Page::Zero)) => {
-                    dst.fill(0);
-                    Ok(())
-                }
-                Some((p, Page::Mem(b))) => {
-                    let i = (at - p * self.page) as usize;
-                    dst.copy_from_slice(&b[i..i + n as usize]);
-                    Ok(())
-                }
-                Some((_, Page::Stored)) => self
+            match run {
+                Run::Inner => self.read_inner(dst, at)?,
+                Run::Zero => dst.fill(0),
+                Run::Mem(b) => dst.copy_from_slice(&b),
+                Run::Stored => self
                     .store_file()
                     .read_exact_at(dst, at)
-                    .map_err(|e| Error::io("reading the overlay temp file", e).at(at)),
+                    .map_err(|e| Error::io("reading the overlay temp file", e).at(at))?,
             }
-        })
+        }
+        Ok(())
     }
 
     fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
         check_range(offset, len, self.size)?;
-        let pages = self.read_pages();
-        self.walk(&pages, offset, len, |page, at, n| {
-            match page {
-                None => match &self.inner {
+        for (at, n, run) in self.plan(offset, len) {
+            match run {
+                Run::Inner => match &self.inner {
                     None => out.push(ReadChunk::Zero(n)),
                     Some(inner) => {
                         if !inner.read_chunks(at, n, out)? {
@@ -463,12 +550,9 @@ impl BlockDev for CowOverlay {
                         }
                     }
                 },
-                Some((_, Page::Zero)) => out.push(ReadChunk::Zero(n)),
-                Some((p, Page::Mem(b))) => {
-                    let i = (at - p * self.page) as usize;
-                    out.push(ReadChunk::Bytes(b.slice(i..i + n as usize)));
-                }
-                Some((_, Page::Stored)) => {
+                Run::Zero => out.push(ReadChunk::Zero(n)),
+                Run::Mem(b) => out.push(ReadChunk::Bytes(b)),
+                Run::Stored => {
                     let file = self
                         .file
                         .clone()
@@ -481,8 +565,7 @@ impl BlockDev for CowOverlay {
                     });
                 }
             }
-            Ok(())
-        })?;
+        }
         Ok(true)
     }
 
@@ -491,10 +574,22 @@ impl BlockDev for CowOverlay {
             offset,
             buf.len() as u64,
             true,
-            |pages, p, at| {
-                let i = (at - offset) as usize;
-                let src = &buf[i..i + self.page_len(p) as usize];
-                if self.file.is_none() {
+            |pages, run, at| {
+                if let Some(f) = &self.file {
+                    // The whole run straight from the request buffer to the
+                    // temp file, in one pwrite.
+                    let i = (at - offset) as usize;
+                    let bytes: u64 = run.clone().map(|p| self.page_len(p)).sum();
+                    f.write_all_at(&buf[i..i + bytes as usize], at)
+                        .map_err(|e| Error::io("writing the overlay temp file", e).at(at))?;
+                    for p in run {
+                        pages.insert(p, Page::Stored);
+                    }
+                    return Ok(());
+                }
+                for p in run {
+                    let i = (p * self.page - offset) as usize;
+                    let src = &buf[i..i + self.page_len(p) as usize];
                     // Each page is its own allocation, so overwriting a page
                     // nobody is reading right now is a copy in place: no
                     // allocation and no free on the hot path. (Slicing one
@@ -511,18 +606,11 @@ impl BlockDev for CowOverlay {
                             // to them and store a fresh copy.
                             _ => *b = Bytes::copy_from_slice(src),
                         }
-                        return Ok(());
+                        continue;
                     }
+                    self.put_page(pages, p, Bytes::copy_from_slice(src))?;
                 }
-                if let Some(f) = &self.file {
-                    // Straight from the request buffer to the temp file.
-                    let at = p * self.page;
-                    f.write_all_at(src, at)
-                        .map_err(|e| Error::io("writing the overlay temp file", e).at(at))?;
-                    pages.insert(p, Page::Stored);
-                    return Ok(());
-                }
-                self.put_page(pages, p, Bytes::copy_from_slice(src))
+                Ok(())
             },
             |page, i, at| {
                 let src_start = (at - offset) as usize;
@@ -552,8 +640,10 @@ impl BlockDev for CowOverlay {
             offset,
             len,
             false,
-            |pages, p, _| {
-                self.zero_page(pages, p);
+            |pages, run, _| {
+                for p in run {
+                    self.zero_page(pages, p);
+                }
                 Ok(())
             },
             |page, i, at| {
@@ -577,13 +667,12 @@ impl BlockDev for CowOverlay {
 
     fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
         check_range(offset, len, self.size)?;
-        let pages = self.read_pages();
-        self.walk(&pages, offset, len, |page, at, n| {
+        for (at, n, run) in self.plan(offset, len) {
             if out.is_full() {
-                return Ok(());
+                break;
             }
-            match page {
-                None => match &self.inner {
+            match run {
+                Run::Inner => match &self.inner {
                     None => out.push(n, ExtentKind::Hole),
                     Some(inner) => {
                         let mut sub = ExtentList::new(at);
@@ -604,11 +693,11 @@ impl BlockDev for CowOverlay {
                         }
                     }
                 },
-                Some((_, Page::Zero)) => out.push(n, ExtentKind::Hole),
-                Some(_) => out.push(n, ExtentKind::Data),
+                Run::Zero => out.push(n, ExtentKind::Hole),
+                Run::Mem(_) | Run::Stored => out.push(n, ExtentKind::Data),
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     fn caps(&self) -> Caps {
@@ -778,6 +867,86 @@ mod tests {
             let bounds: Vec<u64> = (0..=14).map(|i| i * 4096).collect();
             check_dev(&ov, &expected, &bounds);
         }
+    }
+
+    /// An inner device whose reads of its first page block until released.
+    #[derive(Debug)]
+    struct SlowDev {
+        gate: std::sync::Mutex<bool>,
+        cv: std::sync::Condvar,
+        entered: std::sync::atomic::AtomicBool,
+    }
+
+    impl BlockDev for SlowDev {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            if offset < 4096 {
+                self.entered.store(true, Ordering::SeqCst);
+                let mut open = self.gate.lock().unwrap();
+                while !*open {
+                    open = self.cv.wait(open).unwrap();
+                }
+            }
+            buf.fill(7);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_read_beneath_stalls_no_writer_and_no_other_reader() {
+        for store in [OverlayStore::Memory, OverlayStore::TempFile] {
+            let slow = Arc::new(SlowDev {
+                gate: std::sync::Mutex::new(false),
+                cv: std::sync::Condvar::new(),
+                entered: std::sync::atomic::AtomicBool::new(false),
+            });
+            let ov = Arc::new(CowOverlay::new(slow.clone(), opts(store)).unwrap());
+            let reader = {
+                let ov = ov.clone();
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 100];
+                    ov.read_at(&mut b, 0).unwrap();
+                    b
+                })
+            };
+            while !slow.entered.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            // The slow read is in progress: writes (whole and partial pages,
+            // which read the page beneath first) and reads elsewhere finish.
+            let t0 = std::time::Instant::now();
+            ov.write_at(&[1u8; 8192], 8192).unwrap();
+            ov.write_at(&[2u8; 10], 20_000).unwrap();
+            let mut b = [0u8; 20];
+            ov.read_at(&mut b, 19_995).unwrap();
+            assert_eq!(b[..5], [7; 5]);
+            assert_eq!(b[5..15], [2; 10]);
+            ov.write_zeroes(65536, 4096, ZeroFlags::default()).unwrap();
+            let mut list = ExtentList::new(8192);
+            ov.extents(8192, 8192, &mut list).unwrap();
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "{store:?}"
+            );
+            assert!(!reader.is_finished(), "the slow read was not slow");
+            *slow.gate.lock().unwrap() = true;
+            slow.cv.notify_all();
+            assert_eq!(reader.join().unwrap(), [7u8; 100]);
+        }
+    }
+
+    #[test]
+    fn a_big_write_to_the_temp_file_store_lands_whole() {
+        let (inner, mut expected) = base();
+        let ov = CowOverlay::new(inner, opts(OverlayStore::TempFile)).unwrap();
+        // Partial first page, eleven whole pages, partial last page.
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        ov.write_at(&data, 3000).unwrap();
+        expected[3000..53_000].copy_from_slice(&data);
+        let bounds: Vec<u64> = (0..32).map(|i| i * 4096).collect();
+        check_dev(&ov, &expected, &bounds);
     }
 
     #[test]

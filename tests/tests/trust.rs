@@ -389,3 +389,125 @@ fn a_host_file_swapped_after_start_up_is_never_served() {
         }
     }
 }
+
+// ---- 7. client writes are bounded and live on disk ---------------------------------------------
+
+/// `VmHWM` (peak resident memory) of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in\n{status}"));
+    kb * 1024
+}
+
+/// The server's open, unlinked files below `dir`, with their sizes on disk (allocated bytes).
+fn unlinked_files_in(pid: u32, dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let e = e.unwrap();
+        let Ok(target) = fs::read_link(e.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy().to_string();
+        if t.starts_with(&*dir.to_string_lossy()) && t.ends_with(" (deleted)") {
+            let m = fs::metadata(e.path()).unwrap();
+            out.push((t, m.blocks() * 512));
+        }
+    }
+    out
+}
+
+#[test]
+fn rw_writes_go_to_an_unlinked_file_and_memory_stays_bounded() {
+    require_tool!("qemu-io");
+    let dir = tempdir();
+    let tree = dir.path().join("tree");
+    tree_with_files(&tree);
+    let before = fs::read(tree.join("data/big.bin")).unwrap();
+    let spill = dir.path().join("spill");
+    fs::create_dir(&spill).unwrap();
+    let server = serve(
+        "ext4",
+        &tree,
+        dir.path(),
+        &["--size", "1280M", "--rw", "--dir", spill.to_str().unwrap()],
+    );
+    // 1 GiB of writes in 128 MiB commands, then read some of it back.
+    let mut cmds: Vec<String> = (0..8)
+        .map(|i| format!("write -P 0xab {} 128M", 200 * MIB + i * 128 * MIB))
+        .collect();
+    cmds.push(format!("read -P 0xab {} 1M", 200 * MIB));
+    cmds.push(format!("read -P 0xab {} 1M", 1223 * MIB));
+    let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let out = disksynth_tests::qemu_io(server.uri(), &refs);
+    assert_eq!(
+        disksynth_tests::qemu_io_transfers(&out).len(),
+        10,
+        "{}",
+        out.describe()
+    );
+    let rss = peak_rss(server.pid());
+    let files = unlinked_files_in(server.pid(), &spill);
+    eprintln!("peak RSS {} MiB; overlay files {files:?}", rss / MIB);
+    assert!(
+        rss < 256 * MIB,
+        "peak RSS {} MiB after 1 GiB of writes",
+        rss / MIB
+    );
+    // The pages are in one unlinked file in --dir, which shows nothing.
+    assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].1 >= 1024 * MIB, "{files:?}");
+    // The host tree was never touched.
+    assert_eq!(fs::read(tree.join("data/big.bin")).unwrap(), before);
+}
+
+#[test]
+fn rw_max_disk_refuses_writes_past_it_with_enospc() {
+    require_tool!("qemu-io");
+    for kind in ["floppy", "ext4", "iso"] {
+        let dir = tempdir();
+        let tree = dir.path().join("tree");
+        tree_with_files(&tree);
+        let server = serve(
+            kind,
+            &tree,
+            dir.path(),
+            &[
+                "--rw",
+                "--max-disk",
+                "1M",
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ],
+        );
+        let out = disksynth_tests::qemu_io_unchecked(
+            server.uri(),
+            &[
+                "write -P 0x11 0 512K",
+                "write -P 0x22 1M 1M",
+                "read -P 0x11 0 512K",
+            ],
+        );
+        let text = format!("{}{}", out.stdout_str(), out.stderr_str());
+        assert!(
+            text.contains("wrote 524288/524288 bytes at offset 0"),
+            "{kind}: {}",
+            out.describe()
+        );
+        assert!(
+            text.contains("write failed: No space left on device"),
+            "{kind}: {}",
+            out.describe()
+        );
+        assert!(
+            text.contains("read 524288/524288 bytes at offset 0"),
+            "{kind}: {}",
+            out.describe()
+        );
+    }
+}
