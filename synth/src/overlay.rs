@@ -341,7 +341,8 @@ impl CowOverlay {
             ends.into_iter()
                 .filter(|&p| {
                     let (ps, pl) = (p * self.page, self.page_len(p));
-                    !(offset <= ps && ps + pl <= end) && !pages.contains_key(&p)
+                    let whole = offset <= ps && ps + pl <= end;
+                    !whole && !pages.contains_key(&p)
                 })
                 .collect()
         };
