@@ -588,6 +588,50 @@ mod tests {
         assert_eq!(ex.clients(), 2);
     }
 
+    /// A fragmented "filesystem" (zeros, metadata, zeros, metadata ...), as
+    /// the synthesized ones are.
+    fn fragmented(size: u64) -> Box<Synthesize> {
+        Box::new(move |_id| {
+            let mut b = synth::RegionMapBuilder::new();
+            let mut at = 0;
+            while at + 12_288 <= size {
+                b.push("gap", 8192, synth::Backing::Zero)?;
+                b.push_bytes("meta", vec![0xC0u8; 4096])?;
+                at += 12_288;
+            }
+            b.pad_to(size)?;
+            Ok(Arc::new(b.finish()) as Arc<dyn BlockDev>)
+        })
+    }
+
+    #[test]
+    fn a_written_tmpdisk_disk_passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1 << 20;
+        let ex = TmpdiskExport::new(
+            opts(dir.path(), 2, None),
+            Initializer::Synthesized(fragmented(size)),
+        );
+        let disk = ex.open().unwrap();
+        let mut expected = vec![0u8; size as usize];
+        disk.read_at(&mut expected, 0).unwrap();
+        for (at, len) in [
+            (0usize, 512usize),
+            (9000, 100),
+            (200_000, 70_000),
+            (size as usize - 10, 10),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 250) as u8 + 1).collect();
+            disk.write_at(&data, at as u64).unwrap();
+            expected[at..at + len].copy_from_slice(&data);
+        }
+        disk.write_zeroes(400_000, 50_000, synth::ZeroFlags::default())
+            .unwrap();
+        expected[400_000..450_000].fill(0);
+        let bounds: Vec<u64> = (0..size / 4096).map(|i| i * 4096).collect();
+        synth::testing::check_dev(&*disk, &expected, &bounds);
+    }
+
     #[test]
     fn the_disk_budget_gives_enospc_and_is_returned_on_disconnect() {
         let dir = tempfile::tempdir().unwrap();
