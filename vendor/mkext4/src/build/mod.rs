@@ -287,16 +287,19 @@ impl FsBuilder {
         })
     }
 
-    fn intern(&mut self, name: &str) -> Result<NameRef> {
-        let bytes = name.as_bytes();
+    fn intern(&mut self, name: &[u8]) -> Result<NameRef> {
+        let bytes = name;
         if bytes.is_empty() || bytes.len() > 255 {
             return Err(Error::Invalid(format!(
                 "name length {} (must be 1..=255)",
                 bytes.len()
             )));
         }
-        if bytes.contains(&b'/') || bytes.contains(&0) || name == "." || name == ".." {
-            return Err(Error::Invalid(format!("invalid name {name:?}")));
+        if bytes.contains(&b'/') || bytes.contains(&0) || name == b"." || name == b".." {
+            return Err(Error::Invalid(format!(
+                "invalid name \"{}\"",
+                name.escape_ascii()
+            )));
         }
         let off = u32::try_from(self.names.len())
             .map_err(|_| Error::Invalid("name arena overflow".into()))?;
@@ -326,30 +329,42 @@ impl FsBuilder {
         }
     }
 
-    fn check_duplicate(&self, dir: InodeHandle, name: &str) -> Result<()> {
+    fn check_duplicate(&self, dir: InodeHandle, name: &[u8]) -> Result<()> {
         let Some(NodeKind::Dir { index, .. }) = self.nodes.get(dir.0 as usize).map(|n| &n.kind)
         else {
             return Err(Error::Invalid("parent is not a directory".into()));
         };
-        if index.contains_key(name.as_bytes()) {
+        if index.contains_key(name) {
             return Err(Error::Invalid(format!(
-                "duplicate name {name:?} (remove it first)"
+                "duplicate name \"{}\" (remove it first)",
+                name.escape_ascii()
             )));
         }
         Ok(())
     }
 
-    fn add_entry(&mut self, dir: InodeHandle, name: &str, child: u32) -> Result<()> {
+    fn add_entry(&mut self, dir: InodeHandle, name: &[u8], child: u32) -> Result<()> {
         self.check_duplicate(dir, name)?;
         let nref = self.intern(name)?;
         let (children, index) = self.dir_mut(dir)?;
-        index.insert(name.as_bytes().into(), children.len());
+        index.insert(name.into(), children.len());
         children.push((nref, child, false));
         Ok(())
     }
 
     /// Declare a directory.
     pub fn mkdir(&mut self, parent: InodeHandle, name: &str, meta: Meta) -> Result<InodeHandle> {
+        self.mkdir_bytes(parent, name.as_bytes(), meta)
+    }
+
+    /// [`FsBuilder::mkdir`] with a name of any bytes (ext4 names need not
+    /// be UTF-8). (Vendored patch.)
+    pub fn mkdir_bytes(
+        &mut self,
+        parent: InodeHandle,
+        name: &[u8],
+        meta: Meta,
+    ) -> Result<InodeHandle> {
         let slot = self.nodes.len() as u32;
         self.add_entry(parent, name, slot)?;
         self.nodes.push(Node {
@@ -372,6 +387,17 @@ impl FsBuilder {
         meta: Meta,
         size: u64,
     ) -> Result<InodeHandle> {
+        self.file_bytes(parent, name.as_bytes(), meta, size)
+    }
+
+    /// [`FsBuilder::file`] with a name of any bytes. (Vendored patch.)
+    pub fn file_bytes(
+        &mut self,
+        parent: InodeHandle,
+        name: &[u8],
+        meta: Meta,
+        size: u64,
+    ) -> Result<InodeHandle> {
         let slot = self.nodes.len() as u32;
         self.add_entry(parent, name, slot)?;
         self.nodes.push(Node {
@@ -390,6 +416,17 @@ impl FsBuilder {
         &mut self,
         parent: InodeHandle,
         name: &str,
+        meta: Meta,
+        segments: &[SparseSeg],
+    ) -> Result<InodeHandle> {
+        self.file_sparse_bytes(parent, name.as_bytes(), meta, segments)
+    }
+
+    /// [`FsBuilder::file_sparse`] with a name of any bytes. (Vendored patch.)
+    pub fn file_sparse_bytes(
+        &mut self,
+        parent: InodeHandle,
+        name: &[u8],
         meta: Meta,
         segments: &[SparseSeg],
     ) -> Result<InodeHandle> {
@@ -438,7 +475,19 @@ impl FsBuilder {
         target: &str,
         meta: Meta,
     ) -> Result<InodeHandle> {
-        let t = target.as_bytes();
+        self.symlink_bytes(parent, name.as_bytes(), target.as_bytes(), meta)
+    }
+
+    /// [`FsBuilder::symlink`] with a name and a target of any bytes.
+    /// (Vendored patch.)
+    pub fn symlink_bytes(
+        &mut self,
+        parent: InodeHandle,
+        name: &[u8],
+        target: &[u8],
+        meta: Meta,
+    ) -> Result<InodeHandle> {
+        let t = target;
         if t.is_empty() || t.len() > 4095 || t.contains(&0) {
             return Err(Error::Invalid(format!(
                 "symlink target length {} (must be 1..=4095, no NUL)",
@@ -460,6 +509,17 @@ impl FsBuilder {
         &mut self,
         parent: InodeHandle,
         name: &str,
+        meta: Meta,
+        kind: SpecialKind,
+    ) -> Result<InodeHandle> {
+        self.mknod_bytes(parent, name.as_bytes(), meta, kind)
+    }
+
+    /// [`FsBuilder::mknod`] with a name of any bytes. (Vendored patch.)
+    pub fn mknod_bytes(
+        &mut self,
+        parent: InodeHandle,
+        name: &[u8],
         meta: Meta,
         kind: SpecialKind,
     ) -> Result<InodeHandle> {
@@ -493,43 +553,62 @@ impl FsBuilder {
     /// does not affect the output; setting the same name again replaces
     /// the value.
     pub fn set_xattr(&mut self, handle: InodeHandle, name: &str, value: &[u8]) -> Result<()> {
+        self.set_xattr_bytes(handle, name.as_bytes(), value)
+    }
+
+    /// [`FsBuilder::set_xattr`] with a name of any bytes (the namespace
+    /// prefix is still one of the recognized ones). (Vendored patch.)
+    pub fn set_xattr_bytes(
+        &mut self,
+        handle: InodeHandle,
+        name: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
         if self.nodes.get(handle.0 as usize).is_none() {
             return Err(Error::Invalid("invalid handle".into()));
         }
-        let (index, suffix): (u8, &str) = if let Some(s) = name.strip_prefix("user.") {
+        let (index, suffix): (u8, &[u8]) = if let Some(s) = name.strip_prefix(b"user.") {
             (1, s)
-        } else if name == "system.posix_acl_access" {
-            (2, "")
-        } else if name == "system.posix_acl_default" {
-            (3, "")
-        } else if let Some(s) = name.strip_prefix("trusted.") {
+        } else if name == b"system.posix_acl_access" {
+            (2, b"")
+        } else if name == b"system.posix_acl_default" {
+            (3, b"")
+        } else if let Some(s) = name.strip_prefix(b"trusted.") {
             (4, s)
-        } else if let Some(s) = name.strip_prefix("security.") {
+        } else if let Some(s) = name.strip_prefix(b"security.") {
             (6, s)
-        } else if let Some(s) = name.strip_prefix("system.") {
+        } else if let Some(s) = name.strip_prefix(b"system.") {
             (7, s)
         } else {
             return Err(Error::Invalid(format!(
-                "xattr name {name:?} has no recognized namespace"
+                "xattr name \"{}\" has no recognized namespace",
+                name.escape_ascii()
             )));
         };
         if suffix.len() > 255 {
             return Err(Error::Invalid("xattr name too long".into()));
         }
         let list = self.xattrs.entry(handle.0).or_default();
-        if let Some(e) = list
-            .iter_mut()
-            .find(|(i, n, _)| *i == index && n == suffix.as_bytes())
-        {
+        if let Some(e) = list.iter_mut().find(|(i, n, _)| *i == index && n == suffix) {
             e.2 = value.to_vec();
         } else {
-            list.push((index, suffix.as_bytes().to_vec(), value.to_vec()));
+            list.push((index, suffix.to_vec(), value.to_vec()));
         }
         Ok(())
     }
 
     /// Add another name for an existing file (shared inode).
     pub fn hardlink(&mut self, parent: InodeHandle, name: &str, target: InodeHandle) -> Result<()> {
+        self.hardlink_bytes(parent, name.as_bytes(), target)
+    }
+
+    /// [`FsBuilder::hardlink`] with a name of any bytes. (Vendored patch.)
+    pub fn hardlink_bytes(
+        &mut self,
+        parent: InodeHandle,
+        name: &[u8],
+        target: InodeHandle,
+    ) -> Result<()> {
         match self.nodes.get(target.0 as usize).map(|n| &n.kind) {
             Some(NodeKind::Dir { .. }) => {
                 return Err(Error::Invalid("hardlink to a directory".into()))
