@@ -235,6 +235,10 @@ pub struct Ext4Args {
     /// `keep` the host's uid/gid, or make everything owned by `root` (0:0).
     #[arg(long, value_name = "keep|root", default_value = "keep")]
     pub owner: formats::ext4::Owner,
+    /// Leave out extended attributes and ACLs (kept by default: user.*, trusted.*,
+    /// security.* such as file capabilities and SELinux labels, POSIX ACLs).
+    #[arg(long)]
+    pub no_xattrs: bool,
     /// Let clients write; writes go to a copy-on-write overlay in memory, never to DIR.
     #[arg(long)]
     pub rw: bool,

@@ -43,6 +43,7 @@ fn empty_tree(now: i64) -> tree::Tree {
             path: PathBuf::from("/"),
             meta,
             kind: tree::NodeKind::Dir(Vec::new()),
+            xattrs: Vec::new(),
         },
         stats: tree::TreeStats {
             dirs: 1,

@@ -19,6 +19,8 @@
 //! - [`plan`]: tree → declarations (names, hard-link groups, sparse data
 //!   ranges), the UUID, the filesystem time;
 //! - [`layout`]: how big the filesystem must be (pure arithmetic);
+//! - `xattr`: which extended attributes ext4 holds, POSIX ACLs in ext4's
+//!   format, whether they fit the inode and one block;
 //! - [`image`]: declarations → sealed layout → region map;
 //! - `crate::sparse`: data ranges of sparse host files (`SEEK_DATA`/`SEEK_HOLE`).
 //!
@@ -32,6 +34,7 @@
 mod image;
 pub mod layout;
 mod plan;
+mod xattr;
 
 #[cfg(test)]
 mod tests;
@@ -98,12 +101,30 @@ pub struct Ext4Options {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Ext4Error {
-    /// ext4 names are bytes, but the engine takes UTF-8 names.
-    #[error("{0}: the name is not valid UTF-8 (not supported by the ext4 generator)")]
-    NonUtf8Name(PathBuf),
-    /// The same for symlink targets.
-    #[error("{0}: the symlink target is not valid UTF-8 (not supported by the ext4 generator)")]
-    NonUtf8Target(PathBuf),
+    /// A POSIX ACL the host gave cannot be converted to ext4's format.
+    #[error("{path}: extended attribute {name}: {reason}")]
+    Acl {
+        /// The host entry.
+        path: PathBuf,
+        /// `system.posix_acl_access` or `system.posix_acl_default`.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An inode's extended attributes do not fit the inode and one 4 KiB
+    /// block (ext4 without the `ea_inode` feature holds no more).
+    #[error(
+        "{path}: its {count} extended attributes ({bytes} bytes of names and values) do not fit \
+         an ext4 inode and one 4 KiB xattr block (--no-xattrs leaves all attributes out)"
+    )]
+    XattrsTooBig {
+        /// The host entry.
+        path: PathBuf,
+        /// How many attributes it has.
+        count: usize,
+        /// Their names and values, in bytes.
+        bytes: usize,
+    },
     /// A device number ext4's inode cannot hold (major > 4095 or minor > 2^20 - 1).
     #[error("{path}: device number {major}:{minor} does not fit an ext4 inode")]
     DeviceNumber {
