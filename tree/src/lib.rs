@@ -447,16 +447,28 @@ fn fill_parallel(
 }
 
 /// The extended attributes of `path` (of what it points to if `follow`),
-/// sorted by name. `buf` is scratch space, grown to [`XATTR_MAX`] on first
-/// use: no list or value can be longer, so every call is answered at once
-/// (no size query, no retry). An attribute removed between the list and
-/// the read is left out, as if listed a moment later; a filesystem without
-/// xattr support has none.
+/// sorted by name. `buf` is scratch space shared by the calls for one
+/// directory: it starts at 4 KiB (most entries have no or few attributes:
+/// one `llistxattr` answers) and grows to [`XATTR_MAX`] when a list or a
+/// value is longer, past which nothing can be (`ERANGE` there is an error).
+/// An attribute removed between the list and the read is left out, as if
+/// listed a moment later; a filesystem without xattr support has none.
 fn read_xattrs(path: &Path, follow: bool, buf: &mut Vec<u8>) -> Result<Vec<Xattr>, ScanError> {
     use rustix::io::Errno;
-    if buf.len() < XATTR_MAX {
-        buf.resize(XATTR_MAX, 0);
+    if buf.is_empty() {
+        buf.resize(4096, 0);
     }
+    // Run `call` on `buf`, growing it once to the largest size on ERANGE.
+    let with_buf =
+        |buf: &mut Vec<u8>, call: &dyn Fn(&mut [u8]) -> rustix::io::Result<usize>| match call(
+            &mut buf[..],
+        ) {
+            Err(Errno::RANGE) if buf.len() < XATTR_MAX => {
+                buf.resize(XATTR_MAX, 0);
+                call(&mut buf[..])
+            }
+            r => r,
+        };
     let err = |name: &[u8], e: Errno| {
         let name = String::from_utf8_lossy(name).into_owned();
         if e == Errno::RANGE || e == Errno::TOOBIG {
@@ -472,14 +484,16 @@ fn read_xattrs(path: &Path, follow: bool, buf: &mut Vec<u8>) -> Result<Vec<Xattr
             }
         }
     };
-    let listed = if follow {
-        rustix::fs::listxattr(path, &mut buf[..])
-    } else {
-        rustix::fs::llistxattr(path, &mut buf[..])
-    };
+    let listed = with_buf(buf, &|b| {
+        if follow {
+            rustix::fs::listxattr(path, b)
+        } else {
+            rustix::fs::llistxattr(path, b)
+        }
+    });
     let len = match listed {
         Ok(n) => n,
-        Err(e) if e == Errno::NOTSUP => return Ok(Vec::new()),
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(err(b"list", e)),
     };
     if len == 0 {
@@ -493,17 +507,19 @@ fn read_xattrs(path: &Path, follow: bool, buf: &mut Vec<u8>) -> Result<Vec<Xattr
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         let cname = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&name);
-        let got = if follow {
-            rustix::fs::getxattr(path, cname, &mut buf[..])
-        } else {
-            rustix::fs::lgetxattr(path, cname, &mut buf[..])
-        };
+        let got = with_buf(buf, &|b| {
+            if follow {
+                rustix::fs::getxattr(path, cname, b)
+            } else {
+                rustix::fs::lgetxattr(path, cname, b)
+            }
+        });
         match got {
             Ok(n) => out.push(Xattr {
                 value: buf[..n].to_vec(),
                 name,
             }),
-            Err(e) if e == Errno::NODATA => continue,
+            Err(Errno::NODATA) => continue,
             Err(e) => return Err(err(&name, e)),
         }
     }
@@ -639,5 +655,40 @@ mod tests {
         assert!(t.root.children()[1].xattrs.is_empty());
         assert_eq!(t.root.xattrs[0].name, b"user.top");
         assert_eq!(t.stats.xattrs, 3);
+    }
+
+    #[test]
+    fn xattr_values_and_lists_longer_than_4_kib_are_read_whole() {
+        // tmpfs holds user xattrs of any size up to the kernel's limit;
+        // ext4 without ea_inode would not.
+        let Ok(d) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("SKIPPED: no /dev/shm");
+            return;
+        };
+        let f = d.path().join("f");
+        fs::write(&f, b"").unwrap();
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let flags = rustix::fs::XattrFlags::empty();
+        if let Err(e) = rustix::fs::setxattr(&f, "user.big", &big, flags) {
+            eprintln!("SKIPPED: /dev/shm has no user xattrs ({e})");
+            return;
+        }
+        // A list of names longer than the first 4 KiB buffer.
+        let names: Vec<String> = (0..100)
+            .map(|i| format!("user.{i:03}{}", "n".repeat(40)))
+            .collect();
+        for n in &names {
+            rustix::fs::setxattr(&f, n.as_str(), b"v", flags).unwrap();
+        }
+        let opts = ScanOptions {
+            xattrs: true,
+            ..ScanOptions::default()
+        };
+        let t = scan(d.path(), &opts).unwrap();
+        let x = &t.root.children()[0].xattrs;
+        assert_eq!(x.len(), 101);
+        assert_eq!(x[0].name, names[0].as_bytes(), "sorted");
+        assert_eq!(x[100].name, b"user.big");
+        assert_eq!(x[100].value, big);
     }
 }
