@@ -177,7 +177,7 @@ const ACL_OTHER: u16 = 0x20;
 pub(crate) fn acl_to_ext4(value: &[u8]) -> Result<Vec<u8>, String> {
     let le16 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
     let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    if value.len() < 4 || (value.len() - 4) % 8 != 0 {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
         return Err(format!(
             "{} bytes is not a POSIX ACL (4-byte header, 8-byte entries)",
             value.len()
