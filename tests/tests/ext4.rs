@@ -1035,6 +1035,7 @@ fn build_xattr_tree(t: &Path) -> Vec<&'static str> {
     write_file(t, "plain", b"no attributes");
     std::os::unix::fs::symlink("hostname", t.join("etc/link")).unwrap();
     std::os::unix::fs::symlink("s".repeat(100), t.join("etc/slow-link")).unwrap();
+    mknod(&t.join("dev-fifo"), rustix::fs::FileType::Fifo, 0o600, 0, 0);
 
     let f = |rel: &str| t.join(rel);
     set_attr("setfattr", &["-n", "user.root", "-v", "top"], t);
@@ -1099,7 +1100,30 @@ fn build_xattr_tree(t: &Path) -> Vec<&'static str> {
             &f(link),
         );
     }
+    // Symlinks with an xattr block too: a fast symlink's target is in the inode, and the kernel
+    // tells it from a slow one by i_blocks less the xattr block.
+    set_attr(
+        "setfattr",
+        &["-h", "-n", "trusted.big", "-v", &"L".repeat(200)],
+        &f("etc/link"),
+    );
+    set_attr(
+        "setfattr",
+        &["-h", "-n", "trusted.big", "-v", &"L".repeat(200)],
+        &f("etc/slow-link"),
+    );
+    set_attr(
+        "setfattr",
+        &[
+            "-n",
+            "security.selinux",
+            "-v",
+            "system_u:object_r:fifo_t:s0",
+        ],
+        &f("dev-fifo"),
+    );
     vec![
+        "dev-fifo",
         "",
         "etc",
         "etc/hostname",
@@ -1238,6 +1262,13 @@ fn xattrs_capabilities_and_acls_are_kept_and_read_back_through_the_kernel() {
     );
     let getcap =
         |root: &Path| run_ok(Command::new("getcap").arg("bin/ping").current_dir(root)).stdout_str();
+    for link in ["etc/link", "etc/slow-link"] {
+        assert_eq!(
+            fs::read_link(mnt.dir.join(link)).unwrap(),
+            fs::read_link(tree.join(link)).unwrap(),
+            "{link}"
+        );
+    }
     assert_eq!(getcap(&mnt.dir).trim(), "bin/ping cap_net_raw=ep");
     assert_eq!(getcap(&mnt.dir), getcap(&tree));
 }
