@@ -754,6 +754,35 @@ mod tests {
         b.mkdir(ROOT, "d", meta()).unwrap();
     }
 
+    /// Vendored patch: names, symlink targets and xattr names of any bytes.
+    #[test]
+    fn byte_names_targets_and_xattr_names_round_trip() {
+        let mut b = builder();
+        let d = b.mkdir_bytes(ROOT, b"dir-\xff", meta()).unwrap();
+        let f = b.file_bytes(d, b"caf\xe9", meta(), 0).unwrap();
+        b.hardlink_bytes(ROOT, b"link-\xe9", f).unwrap();
+        b.symlink_bytes(d, b"sym-\xfe", b"t\xff", meta()).unwrap();
+        b.set_xattr_bytes(f, b"user.\xe9t\xe9", b"v").unwrap();
+        assert!(matches!(
+            b.file_bytes(d, b"caf\xe9", meta(), 0),
+            Err(Error::Invalid(_))
+        ));
+        assert!(b.file_bytes(d, b"a/b", meta(), 0).is_err());
+        assert!(b.set_xattr_bytes(f, b"nope.\xff", b"").is_err());
+        let layout = b.seal().unwrap();
+        let mut sink = crate::sink::VecSink::default();
+        layout.writer(&mut sink).unwrap().finish().unwrap();
+        let fs = crate::reader::Fs::open(&sink.buf[..]).unwrap();
+        let dir = fs.lookup(2, b"dir-\xff").unwrap().unwrap();
+        let file = fs.lookup(dir, b"caf\xe9").unwrap().unwrap();
+        assert_eq!(fs.lookup(2, b"link-\xe9").unwrap(), Some(file));
+        let sym = fs.lookup(dir, b"sym-\xfe").unwrap().unwrap();
+        assert_eq!(fs.symlink_target(sym).unwrap(), b"t\xff");
+        let x = fs.xattrs(file).unwrap();
+        assert_eq!(x[0].full_name().unwrap(), b"user.\xe9t\xe9");
+        assert!(fs.verify().unwrap().is_empty());
+    }
+
     #[test]
     fn deep_namespace_removal_does_not_recurse() {
         // 100k-deep chain: stack-safe removal is required.
