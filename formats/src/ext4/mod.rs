@@ -1,7 +1,8 @@
 //! ext4 filesystems synthesized from a host directory.
 //!
 //! [`build`] turns a scanned [`tree::Tree`] (scanned without following
-//! symlinks, so links, fifos, sockets and device nodes are kept) into a
+//! symlinks, so links, fifos, sockets and device nodes are kept, and with
+//! [`tree::ScanOptions::xattrs`] for extended attributes and ACLs) into a
 //! [`synth::RegionMap`]: superblocks, group descriptors, bitmaps, inode
 //! tables, directories, extent trees and the journal are bytes in memory,
 //! file contents are regions backed by lazily opened host files, and free
@@ -9,7 +10,8 @@
 //!
 //! The on-disk encoding (the ext4 wiki's "Disk Layout" page) is done by the
 //! `mkext4` engine, pinned to an exact version so the same tree always
-//! gives the same bytes. It declares a namespace, seals the complete
+//! gives the same bytes (vendored, with a bytes API for names that are not
+//! UTF-8: `vendor/mkext4/VENDORED.md`). It declares a namespace, seals the complete
 //! physical layout, and then emits every metadata byte before any file data
 //! through a `RegionSink`; we record those emissions as regions and map each
 //! file's final data extents (`Layout::extents`) onto its host file instead
@@ -26,7 +28,8 @@
 //!
 //! ```no_run
 //! use formats::ext4::{build, Ext4Options};
-//! let tree = tree::scan("./rootfs".as_ref(), &tree::ScanOptions::default()).unwrap();
+//! let scan = tree::ScanOptions { xattrs: true, ..Default::default() };
+//! let tree = tree::scan("./rootfs".as_ref(), &scan).unwrap();
 //! let image = build(&tree, &Ext4Options::default()).unwrap();
 //! println!("{} inodes in {} bytes", image.used_inodes, image.size);
 //! ```
