@@ -333,3 +333,45 @@ fn xattrs_too_big_for_an_inode_and_a_block_name_the_file() {
     let fs = Fs::open(&bytes[..]).unwrap();
     assert_eq!(fs.xattrs(fs.resolve("/crowded").unwrap()).unwrap().len(), 2);
 }
+
+#[test]
+fn namespaces_ext4_cannot_hold_are_left_out_and_malformed_acls_refused() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f"), b"").unwrap();
+    let mut t = tree_of(d.path());
+    let x = |name: &[u8], value: &[u8]| tree::Xattr {
+        name: name.to_vec(),
+        value: value.to_vec(),
+    };
+    let tree::NodeKind::Dir(children) = &mut t.root.kind else {
+        unreachable!()
+    };
+    children[0].xattrs = vec![
+        x(b"btrfs.compression", b"zstd"),
+        x(b"system.data", b""),
+        x(b"system.nfs4_acl", b"\0\0\0\0"),
+        x(b"user.kept", b"yes"),
+    ];
+    let image = build(&t, &Ext4Options::default()).unwrap();
+    let bytes = read_all(&image.map);
+    let fs = Fs::open(&bytes[..]).unwrap();
+    let got: Vec<Vec<u8>> = fs
+        .xattrs(fs.resolve("/f").unwrap())
+        .unwrap()
+        .iter()
+        .map(|e| e.full_name().unwrap())
+        .collect();
+    assert_eq!(got, [b"user.kept".to_vec()]);
+    // An ACL the kernel would not have given: an error naming the file and the attribute.
+    let tree::NodeKind::Dir(children) = &mut t.root.kind else {
+        unreachable!()
+    };
+    children[0].xattrs = vec![x(b"system.posix_acl_access", b"\x02\0\0\0\x01")];
+    let e = build(&t, &Ext4Options::default()).unwrap_err();
+    assert!(matches!(e, Ext4Error::Acl { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/f") && msg.contains("posix_acl_access"),
+        "{msg}"
+    );
+}
