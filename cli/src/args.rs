@@ -213,9 +213,11 @@ Examples:
 
 The filesystem is the whole disk (no partition table): 4 KiB blocks, extents, hashed
 directories, metadata_csum, an empty journal, lost+found. Symlinks, hard links, device
-nodes, fifos and sockets are kept; sparse files stay sparse. File times are the host's
-(atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own times. The UUID
-comes from the tree, so the same tree gives the same bytes.";
+nodes, fifos and sockets are kept; sparse files stay sparse. Names and symlink targets
+are stored as their bytes. Extended attributes (user.*, trusted.*, security.* such as file
+capabilities and SELinux labels) and POSIX ACLs are kept unless --no-xattrs. File times
+are the host's (atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own
+times. The UUID comes from the tree, so the same tree gives the same bytes.";
 
 /// ext4 layout options.
 #[derive(Debug, Args, Clone)]

@@ -2,7 +2,9 @@
 //! metadata, gathered with `readdir` and `stat` only — no file is opened
 //! and no data is read, so scanning costs O(metadata). Extended attributes
 //! (`llistxattr`/`lgetxattr`) are read only when asked for
-//! ([`ScanOptions::xattrs`], ext4): one more system call per entry.
+//! ([`ScanOptions::xattrs`], ext4): one more system call per entry, and a
+//! path-based one (there is no `llistxattrat` before Linux 6.13), which
+//! about doubles the scan time of a tree whose entries have no attributes.
 //!
 //! FAT, ISO 9660 and ext4 all start from a [`Tree`]. It lives in its own
 //! crate so that `formats` (which may only depend on `synth`) and the CLI can
