@@ -6,7 +6,9 @@
 //! mode, owner, link count, size and nanosecond mtime (atime is stored as the mtime, so it is
 //! not compared). debugfs does not dump fifos, sockets or devices and adds `lost+found`: those
 //! are checked with `debugfs stat` alone. Served images are compared with `-o` output
-//! (`qemu-img compare`) and driven with qemu-io, nbdcopy and nbdinfo.
+//! (`qemu-img compare`) and driven with qemu-io, nbdcopy and nbdinfo. Extended attributes and
+//! ACLs are checked with `debugfs ea_list` and, through a loop mount (as root), with `getfattr`,
+//! `getfacl` and `getcap` against the host; names that are not UTF-8 through both as well.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
