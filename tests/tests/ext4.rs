@@ -1271,7 +1271,8 @@ fn xattrs_capabilities_and_acls_are_kept_and_read_back_through_the_kernel() {
             "{link}"
         );
     }
-    assert_eq!(getcap(&mnt.dir).trim(), "bin/ping cap_net_raw=ep");
+    let cap = getcap(&mnt.dir);
+    assert!(cap.contains("cap_net_raw"), "getcap in the image: {cap:?}");
     assert_eq!(getcap(&mnt.dir), getcap(&tree));
 }
 
