@@ -13,7 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # qemu-system-x86 must match qemu-utils (7.2's would downgrade a backported qemu-utils).
 QEMU_PACKAGES=(qemu-utils qemu-system-x86)
 PACKAGES=(qemu-utils qemu-system-x86 libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
-  xorriso genisoimage p7zip-full gdisk fdisk isolinux syslinux-common ovmf grub-efi-amd64-bin xz-utils nginx openssl)
+  xorriso genisoimage p7zip-full gdisk fdisk isolinux syslinux-common ovmf grub-efi-amd64-bin xz-utils nginx openssl
+  attr acl libcap2-bin mount)
 # tool -> package that provides it
 declare -A PROVIDES=(
   [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
@@ -26,6 +27,8 @@ declare -A PROVIDES=(
   [diff]=diffutils [cmp]=diffutils
   [xorriso]=xorriso [isoinfo]=genisoimage [7z]=p7zip-full
   [sgdisk]=gdisk [sfdisk]=fdisk [xz]=xz-utils [nginx]=nginx [openssl]=openssl
+  [setfattr]=attr [getfattr]=attr [setfacl]=acl [getfacl]=acl [setcap]=libcap2-bin [getcap]=libcap2-bin
+  [mount]=mount [umount]=mount
 )
 # data files -> package that provides them
 declare -A PROVIDES_FILE=(

@@ -219,10 +219,12 @@ Examples:
 
 The filesystem is the whole disk (no partition table): 4 KiB blocks, extents, hashed
 directories, metadata_csum, an empty journal, lost+found. Symlinks, hard links, device
-nodes, fifos and sockets are kept; sparse files stay sparse. File times are the host's
-(atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own times (default: the
-newest mtime, at most 2026-12-01, the release date; never the clock). The UUID comes
-from the tree, so the same tree gives the same bytes.";
+nodes, fifos and sockets are kept; sparse files stay sparse. Names and symlink targets
+are stored as their bytes. Extended attributes (user.*, trusted.*, security.* such as file
+capabilities and SELinux labels) and POSIX ACLs are kept unless --no-xattrs. File times
+are the host's (atime is set to mtime); SOURCE_DATE_EPOCH sets the filesystem's own times
+(default: the newest mtime, at most 2026-12-01, the release date; never the clock). The
+UUID comes from the tree, so the same tree gives the same bytes.";
 
 /// ext4 layout options.
 #[derive(Debug, Args, Clone)]
@@ -242,6 +244,10 @@ pub struct Ext4Args {
     /// `keep` the host's uid/gid, or make everything owned by `root` (0:0).
     #[arg(long, value_name = "keep|root", default_value = "keep")]
     pub owner: formats::ext4::Owner,
+    /// Leave out extended attributes and ACLs (kept by default: user.*, trusted.*,
+    /// security.* such as file capabilities and SELinux labels, POSIX ACLs).
+    #[arg(long)]
+    pub no_xattrs: bool,
     #[command(flatten)]
     pub write: WriteArgs,
     /// Most host files kept open at once.

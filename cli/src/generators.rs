@@ -12,8 +12,17 @@ use crate::size::Size;
 
 /// Scan a host directory for a generator.
 fn scan(dir: &Path, follow_symlinks: bool) -> Result<tree::Tree> {
-    tree::scan(dir, &tree::ScanOptions { follow_symlinks })
-        .with_context(|| format!("scanning {}", dir.display()))
+    scan_with(
+        dir,
+        &tree::ScanOptions {
+            follow_symlinks,
+            ..tree::ScanOptions::default()
+        },
+    )
+}
+
+fn scan_with(dir: &Path, opts: &tree::ScanOptions) -> Result<tree::Tree> {
+    tree::scan(dir, opts).with_context(|| format!("scanning {}", dir.display()))
 }
 
 /// `SOURCE_DATE_EPOCH` (reproducible-builds.org), if set.
@@ -119,8 +128,15 @@ pub(crate) fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc
 pub(crate) fn ext4(dir: &Path, a: &Ext4Args, export: &ExportArgs) -> Result<Arc<dyn BlockDev>> {
     use formats::ext4::Ext4Options;
     let t0 = std::time::Instant::now();
-    // Not following links: ext4 keeps symlinks, devices, fifos and sockets.
-    let tree = scan(dir, false)?;
+    // Not following links: ext4 keeps symlinks, devices, fifos and sockets
+    // (and their extended attributes, unless --no-xattrs).
+    let tree = scan_with(
+        dir,
+        &tree::ScanOptions {
+            follow_symlinks: false,
+            xattrs: !a.no_xattrs,
+        },
+    )?;
     let timestamp = source_date_epoch()?;
     if let Some(t) = timestamp {
         if !(0..=i64::from(u32::MAX)).contains(&t) {
@@ -149,12 +165,13 @@ pub(crate) fn ext4(dir: &Path, a: &Ext4Args, export: &ExportArgs) -> Result<Arc<
         })
         .collect();
     log::info!(
-        "{}: {} files, {} directories, {} symlinks, {} special, {} of data ({} sparse files); ext4 {}, {} of {} inodes used, UUID {uuid}, {} regions (scanned in {:.1} ms, laid out in {:.1} ms)",
+        "{}: {} files, {} directories, {} symlinks, {} special, {} extended attributes, {} of data ({} sparse files); ext4 {}, {} of {} inodes used, UUID {uuid}, {} regions (scanned in {:.1} ms, laid out in {:.1} ms)",
         dir.display(),
         tree.stats.files,
         tree.stats.dirs,
         tree.stats.symlinks,
         tree.stats.specials,
+        tree.stats.xattrs,
         Size(tree.stats.bytes),
         image.sparse_files,
         Size(image.size),

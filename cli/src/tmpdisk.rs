@@ -44,6 +44,7 @@ fn empty_tree(now: i64) -> tree::Tree {
             followed_link: false,
             meta,
             kind: tree::NodeKind::Dir(Vec::new()),
+            xattrs: Vec::new(),
         },
         stats: tree::TreeStats {
             dirs: 1,

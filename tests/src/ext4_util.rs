@@ -353,6 +353,144 @@ pub fn walk_meta(root: &Path) -> BTreeMap<String, fs::Metadata> {
     out
 }
 
+/// `debugfs ea_list PATH` for every image path in `paths` in one debugfs run: per path, the
+/// attribute names with their stored value lengths (ACLs in ext4's own format), empty when the
+/// inode has none.
+pub fn debugfs_ea_lists(img: &Path, paths: &[String]) -> Vec<BTreeMap<String, usize>> {
+    let cmds: Vec<String> = paths
+        .iter()
+        .map(|p| format!("ea_list {}", debugfs_quote(p)))
+        .collect();
+    let out = debugfs_script(img, &cmds);
+    let text = out.stdout_str();
+    let mut lists: Vec<BTreeMap<String, usize>> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("debugfs: ea_list ") {
+            lists.push(BTreeMap::new());
+            continue;
+        }
+        // `  user.mime (10) = "text/plain"`; values may span lines, names never start a line
+        // with two spaces and end with a parenthesized length.
+        let Some(list) = lists.last_mut() else {
+            continue;
+        };
+        let Some(rest) = line.strip_prefix("  ") else {
+            continue;
+        };
+        let Some((name, after)) = rest.split_once(" (") else {
+            continue;
+        };
+        let Some(len) = after.split_once(')').and_then(|(n, _)| n.parse().ok()) else {
+            continue;
+        };
+        list.insert(name.to_string(), len);
+    }
+    assert_eq!(
+        lists.len(),
+        paths.len(),
+        "debugfs answered {} of {} ea_list commands\n{}",
+        lists.len(),
+        paths.len(),
+        out.describe()
+    );
+    assert!(
+        !out.stderr_str().contains("rror"),
+        "debugfs ea_list complained\n{}",
+        out.describe()
+    );
+    lists
+}
+
+/// The extended attributes of `path` (not following a symlink), by name.
+pub fn host_xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(path, &mut buf[..])
+        .unwrap_or_else(|e| panic!("llistxattr {}: {e}", path.display()));
+    let names: Vec<Vec<u8>> = buf[..n]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let len = rustix::fs::lgetxattr(path, std::ffi::OsStr::from_bytes(&name), &mut buf[..])
+                .unwrap_or_else(|e| panic!("lgetxattr {}: {e}", path.display()));
+            (name, buf[..len].to_vec())
+        })
+        .collect()
+}
+
+/// The length ext4 stores for an attribute whose value the kernel's xattr API gives as
+/// `value`: POSIX ACLs shrink to ext4's format (fs/ext4/acl.h: 4-byte header, 4-byte entries
+/// for the owner, owning group, mask and others, 8-byte ones for named users and groups).
+pub fn ext4_xattr_len(name: &[u8], value: &[u8]) -> usize {
+    if !name.starts_with(b"system.posix_acl_") {
+        return value.len();
+    }
+    4 + value[4..]
+        .chunks_exact(8)
+        .map(|e| match u16::from_le_bytes([e[0], e[1]]) {
+            0x02 | 0x08 => 8,
+            _ => 4,
+        })
+        .sum::<usize>()
+}
+
+/// A read-only loop mount of an image, unmounted on drop.
+pub struct LoopMount {
+    /// Where the image is mounted.
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl LoopMount {
+    /// `mount -o loop,ro IMG DIR`, or `None` (with a SKIPPED line) where this machine cannot:
+    /// not root, or no loop devices. Under CI=true, where the tests run as root on a kernel with
+    /// ext4 and loop devices, a failure to mount is a test failure.
+    pub fn new(img: &Path) -> Option<LoopMount> {
+        if !crate::trees::is_root() {
+            eprintln!("SKIPPED: loop-mounting an image needs root");
+            return None;
+        }
+        let tmp = crate::tempdir();
+        let dir = tmp.path().join("mnt");
+        fs::create_dir(&dir).expect("creating the mount point");
+        let out = run(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop,ro"])
+                .arg(img)
+                .arg(&dir),
+            CMD_TIMEOUT,
+        );
+        if !out.status.success() {
+            assert!(
+                !crate::in_ci(),
+                "mounting the image failed\n{}",
+                out.describe()
+            );
+            eprintln!("SKIPPED: cannot loop-mount here\n{}", out.describe());
+            return None;
+        }
+        Some(LoopMount { dir, _tmp: tmp })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        // A lazy unmount if something still holds it, so the temp directory never goes away
+        // with an image still mounted on it (the loop device is freed with the last user).
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,9 @@
 //! mode, owner, link count, size and nanosecond mtime (atime is stored as the mtime, so it is
 //! not compared). debugfs does not dump fifos, sockets or devices and adds `lost+found`: those
 //! are checked with `debugfs stat` alone. Served images are compared with `-o` output
-//! (`qemu-img compare`) and driven with qemu-io, nbdcopy and nbdinfo.
+//! (`qemu-img compare`) and driven with qemu-io, nbdcopy and nbdinfo. Extended attributes and
+//! ACLs are checked with `debugfs ea_list` and, through a loop mount (as root), with `getfattr`,
+//! `getfacl` and `getcap` against the host; names that are not UTF-8 through both as well.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -941,28 +943,402 @@ fn too_small_or_unaligned_sizes_are_clear_errors_and_the_needed_size_works() {
     assert_eq!(fs::metadata(&img).unwrap().len(), 16 * MIB);
 }
 
+/// Names and symlink targets are bytes in ext4: names that are not UTF-8 (one in a directory
+/// big enough to be hashed, where the kernel finds entries by the hash of their bytes) and fast
+/// and slow symlink targets that are not UTF-8 come out exactly, through debugfs and through the
+/// kernel.
 #[test]
-fn names_and_symlink_targets_that_are_not_utf8_are_clear_errors() {
+fn names_and_symlink_targets_that_are_not_utf8_are_stored_as_bytes() {
+    require_tool!("e2fsck", "debugfs", "diff", "mount", "umount");
     let dir = tempdir();
+    let b = |bytes: &[u8]| OsStr::from_bytes(bytes).to_os_string();
+    let hashed: Vec<std::ffi::OsString> = (0..400)
+        .map(|i| b(&[&b"n\xe9\xff-"[..], format!("{i:03}").as_bytes()].concat()))
+        .collect();
     let tree = tree_in(dir.path(), |t| {
         write_file(t, "ok.txt", b"ok");
-        fs::write(t.join(OsStr::from_bytes(b"bad-\xff-name")), b"x").unwrap();
+        let bytes = make_dir(t, "bytes");
+        fs::write(bytes.join(b(b"caf\xe9")), b"latin-1").unwrap();
+        fs::create_dir(bytes.join(b(b"dir-\xff"))).unwrap();
+        fs::write(bytes.join(b(b"dir-\xff")).join("inner"), b"inner").unwrap();
+        std::os::unix::fs::symlink(b(b"t\xff\xfe"), bytes.join("fast")).unwrap();
+        std::os::unix::fs::symlink(b(&[0xe9; 100]), bytes.join("slow")).unwrap();
+        let big = make_dir(&bytes, "hashed");
+        for n in &hashed {
+            fs::write(big.join(n), n.as_bytes()).unwrap();
+        }
     });
-    let out = build_fails(&tree, &dir.path().join("a.img"), &[]);
+    let img = dir.path().join("bytes.img");
+    build(&tree, &img, &[]);
+    e2fsck_clean(&img);
+    let hashed_stat = debugfs_stat(&img, "/bytes/hashed");
+    assert_ne!(
+        hashed_stat.flags & 0x1000,
+        0,
+        "/bytes/hashed is not a hashed directory"
+    );
+    // debugfs shows a name's bytes that are not printable as \xNN, a fast link's target raw.
+    let ls = disksynth_tests::ext4_util::debugfs_script(&img, &["ls /bytes".to_string()]);
     assert!(
-        out.stderr_str().contains("bad-") && out.stderr_str().contains("UTF-8"),
+        ls.stdout_str().contains("caf\\xe9") && ls.stdout_str().contains("dir-\\xff"),
+        "{}",
+        ls.describe()
+    );
+    let stat = disksynth_tests::ext4_util::debugfs_script(&img, &["stat /bytes/fast".into()]);
+    assert!(
+        {
+            let want = b"Fast link dest: \"t\xff\xfe\"";
+            stat.stdout.windows(want.len()).any(|w| w == want)
+        },
+        "{}",
+        stat.describe()
+    );
+    // debugfs extracts them byte for byte (diff compares names and symlink targets).
+    let out = dir.path().join("rdump");
+    rdump(&img, &["/bytes".to_string()], &out);
+    let res = run(
+        Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(tree.join("bytes"))
+            .arg(out.join("bytes")),
+        CMD_TIMEOUT,
+    );
+    assert!(res.status.success(), "{}", res.describe());
+
+    // The kernel finds every name (the hashed ones by their hash) and reads the same bytes.
+    let Some(mnt) = disksynth_tests::ext4_util::LoopMount::new(&img) else {
+        return;
+    };
+    let names = |d: &Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&mnt.dir.join("bytes")), names(&tree.join("bytes")));
+    for n in &hashed {
+        assert_eq!(
+            fs::read(mnt.dir.join("bytes/hashed").join(n)).unwrap(),
+            n.as_bytes(),
+            "{n:?}"
+        );
+    }
+    for link in ["fast", "slow"] {
+        assert_eq!(
+            fs::read_link(mnt.dir.join("bytes").join(link)).unwrap(),
+            fs::read_link(tree.join("bytes").join(link)).unwrap()
+        );
+    }
+    let res = run(
+        Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(tree.join("bytes"))
+            .arg(mnt.dir.join("bytes")),
+        CMD_TIMEOUT,
+    );
+    assert!(res.status.success(), "{}", res.describe());
+}
+
+// ------------------------------------------------------------------------------------------------
+// Extended attributes and ACLs
+
+/// `setfattr ARGS PATH`, `setfacl ARGS PATH`, `setcap ARGS PATH`: must succeed.
+fn set_attr(tool: &str, args: &[&str], path: &Path) {
+    run_ok(Command::new(tool).args(args).arg(path));
+}
+
+/// A tree with what a root filesystem carries in extended attributes: SELinux labels,
+/// `trusted.*` (overlayfs), `user.*`, a file capability, access ACLs with named users and
+/// groups, a directory's default ACL, a value big enough for an xattr block, many attributes,
+/// labelled fast and slow symlinks, a hard link, and the root directory's own attributes.
+/// Returns the tree-relative paths (`""` is the root) worth checking.
+fn build_xattr_tree(t: &Path) -> Vec<&'static str> {
+    write_file(t, "etc/hostname", b"husky\n");
+    write_file(t, "bin/ping", b"\x7fELF (not really)");
+    write_file(t, "big", b"");
+    write_file(t, "many", b"");
+    write_file(t, "shared", b"one inode, two names");
+    fs::hard_link(t.join("shared"), t.join("etc/shared-link")).unwrap();
+    make_dir(t, "srv/acl-dir");
+    write_file(t, "plain", b"no attributes");
+    std::os::unix::fs::symlink("hostname", t.join("etc/link")).unwrap();
+    std::os::unix::fs::symlink("s".repeat(100), t.join("etc/slow-link")).unwrap();
+    mknod(&t.join("dev-fifo"), rustix::fs::FileType::Fifo, 0o600, 0, 0);
+
+    let f = |rel: &str| t.join(rel);
+    set_attr("setfattr", &["-n", "user.root", "-v", "top"], t);
+    set_attr(
+        "setfattr",
+        &[
+            "-n",
+            "security.selinux",
+            "-v",
+            "system_u:object_r:root_t:s0",
+        ],
+        t,
+    );
+    set_attr(
+        "setfattr",
+        &["-n", "user.mime_type", "-v", "text/plain"],
+        &f("etc/hostname"),
+    );
+    set_attr(
+        "setfattr",
+        &["-n", "trusted.overlay.opaque", "-v", "y"],
+        &f("etc/hostname"),
+    );
+    set_attr(
+        "setfattr",
+        &["-n", "security.selinux", "-v", "system_u:object_r:etc_t:s0"],
+        &f("etc/hostname"),
+    );
+    set_attr("setfacl", &["-m", "u:1234:rw,g:4321:r"], &f("etc/hostname"));
+    set_attr("setcap", &["cap_net_raw+ep"], &f("bin/ping"));
+    set_attr("setfacl", &["-m", "u:1000:rwx,g:100:rx"], &f("srv/acl-dir"));
+    set_attr(
+        "setfacl",
+        &["-d", "-m", "u:1000:rwx,g:100:rx,o::-"],
+        &f("srv/acl-dir"),
+    );
+    set_attr(
+        "setfattr",
+        &["-n", "user.big", "-v", &"B".repeat(3000)],
+        &f("big"),
+    );
+    for i in 0..60 {
+        let (n, v) = (format!("user.attr{i:02}"), format!("value-{i}"));
+        set_attr("setfattr", &["-n", &n, "-v", &v], &f("many"));
+    }
+    set_attr("setfattr", &["-n", "user.shared", "-v", "s"], &f("shared"));
+    for link in ["etc/link", "etc/slow-link"] {
+        set_attr(
+            "setfattr",
+            &["-h", "-n", "trusted.link", "-v", "t"],
+            &f(link),
+        );
+        set_attr(
+            "setfattr",
+            &[
+                "-h",
+                "-n",
+                "security.selinux",
+                "-v",
+                "system_u:object_r:bin_t:s0",
+            ],
+            &f(link),
+        );
+    }
+    // Symlinks with an xattr block too: a fast symlink's target is in the inode, and the kernel
+    // tells it from a slow one by i_blocks less the xattr block.
+    set_attr(
+        "setfattr",
+        &["-h", "-n", "trusted.big", "-v", &"L".repeat(200)],
+        &f("etc/link"),
+    );
+    set_attr(
+        "setfattr",
+        &["-h", "-n", "trusted.big", "-v", &"L".repeat(200)],
+        &f("etc/slow-link"),
+    );
+    set_attr(
+        "setfattr",
+        &[
+            "-n",
+            "security.selinux",
+            "-v",
+            "system_u:object_r:fifo_t:s0",
+        ],
+        &f("dev-fifo"),
+    );
+    vec![
+        "dev-fifo",
+        "",
+        "etc",
+        "etc/hostname",
+        "bin/ping",
+        "big",
+        "many",
+        "shared",
+        "etc/shared-link",
+        "srv/acl-dir",
+        "plain",
+        "etc/link",
+        "etc/slow-link",
+    ]
+}
+
+/// `TOOL ARGS -R .` run in `dir`, split into its per-file blocks (`# file: NAME` headers), so
+/// that directory order does not matter; `lost+found` is left out.
+fn per_file_dump(tool: &str, args: &[&str], dir: &Path) -> BTreeMap<String, String> {
+    let out = run_ok(
+        Command::new(tool)
+            .args(args)
+            .arg("-R")
+            .arg(".")
+            .current_dir(dir),
+    );
+    out.stdout_str()
+        .split("\n\n")
+        .filter_map(|block| {
+            let (head, body) = block.trim().split_once('\n').unwrap_or((block.trim(), ""));
+            let name = head.strip_prefix("# file: ")?.to_string();
+            (!name.contains("lost+found")).then(|| (name, body.to_string()))
+        })
+        .collect()
+}
+
+/// Every attribute is in the image as debugfs reads it (names, lengths, ACLs in ext4's format,
+/// values that overflow the inode in an xattr block), `e2fsck` checks their checksums, and
+/// through the kernel `getfattr`, `getfacl` and `getcap` give what they give on the host.
+/// `--no-xattrs` leaves every attribute out.
+#[test]
+fn xattrs_capabilities_and_acls_are_kept_and_read_back_through_the_kernel() {
+    require_tool!(
+        "setfattr", "getfattr", "setfacl", "getfacl", "setcap", "getcap", "e2fsck", "debugfs",
+        "cmp", "mount", "umount"
+    );
+    if !is_root() {
+        // trusted.* and file capabilities can only be set (and trusted.* read) by root.
+        eprintln!("SKIPPED: trusted.* attributes and capabilities need root");
+        return;
+    }
+    let dir = tempdir();
+    let mut paths = Vec::new();
+    let tree = tree_in(dir.path(), |t| paths = build_xattr_tree(t));
+    let img = dir.path().join("x.img");
+    build(&tree, &img, &[]);
+    e2fsck_clean(&img);
+    let again = dir.path().join("again.img");
+    build(&tree, &again, &[]);
+    cmp_files(&img, &again);
+
+    // debugfs: every host attribute, with ext4's length for it.
+    let image_paths: Vec<String> = paths.iter().map(|p| image_path(p)).collect();
+    let lists = disksynth_tests::ext4_util::debugfs_ea_lists(&img, &image_paths);
+    for (rel, got) in paths.iter().zip(&lists) {
+        let want: BTreeMap<String, usize> =
+            disksynth_tests::ext4_util::host_xattrs(&tree.join(rel))
+                .iter()
+                .map(|(n, v)| {
+                    let len = disksynth_tests::ext4_util::ext4_xattr_len(n, v);
+                    (String::from_utf8_lossy(n).into_owned(), len)
+                })
+                .collect();
+        assert_eq!(
+            got, &want,
+            "{rel:?}: attributes in the image (left) and on the host"
+        );
+    }
+    assert!(lists[paths.iter().position(|p| *p == "bin/ping").unwrap()]
+        .contains_key("security.capability"));
+    assert!(
+        lists[paths.iter().position(|p| *p == "srv/acl-dir").unwrap()]
+            .contains_key("system.posix_acl_default")
+    );
+    // The big value and the many small ones take an xattr block (8 sectors; the files are
+    // empty); a file without attributes has none.
+    for (rel, blocks) in [("/big", 8), ("/many", 8), ("/plain", 8)] {
+        let stat = debugfs_stat(&img, rel);
+        let want = if rel == "/plain" { 0 } else { blocks };
+        assert_eq!(
+            stat.blockcount,
+            want + stat.size.div_ceil(BLOCK) * 8,
+            "{rel}"
+        );
+    }
+
+    // --no-xattrs: none at all, and still clean.
+    let bare = dir.path().join("bare.img");
+    build(&tree, &bare, &["--no-xattrs"]);
+    e2fsck_clean(&bare);
+    for (rel, got) in paths
+        .iter()
+        .zip(disksynth_tests::ext4_util::debugfs_ea_lists(
+            &bare,
+            &image_paths,
+        ))
+    {
+        assert!(
+            got.is_empty(),
+            "{rel:?} has attributes under --no-xattrs: {got:?}"
+        );
+    }
+
+    // The kernel reads what the host has.
+    let Some(mnt) = disksynth_tests::ext4_util::LoopMount::new(&img) else {
+        return;
+    };
+    let getfattr = ["-d", "-m", "-", "-e", "hex", "-h", "--absolute-names"];
+    let host_attrs = per_file_dump("getfattr", &getfattr, &tree);
+    // Every checked path but the plain file and the bare `etc` directory has attributes.
+    assert_eq!(host_attrs.len(), paths.len() - 2, "{host_attrs:#?}");
+    assert_eq!(
+        per_file_dump("getfattr", &getfattr, &mnt.dir),
+        host_attrs,
+        "getfattr in the mounted image (left) and on the host"
+    );
+    let host_acls = per_file_dump("getfacl", &["-n", "-p"], &tree);
+    let acl_dir = &host_acls["./srv/acl-dir"];
+    assert!(
+        acl_dir.contains("user:1000:rwx") && acl_dir.contains("default:group:100:r-x"),
+        "{acl_dir}"
+    );
+    assert_eq!(
+        per_file_dump("getfacl", &["-n", "-p"], &mnt.dir),
+        host_acls,
+        "getfacl in the mounted image (left) and on the host"
+    );
+    let getcap =
+        |root: &Path| run_ok(Command::new("getcap").arg("bin/ping").current_dir(root)).stdout_str();
+    for link in ["etc/link", "etc/slow-link"] {
+        assert_eq!(
+            fs::read_link(mnt.dir.join(link)).unwrap(),
+            fs::read_link(tree.join(link)).unwrap(),
+            "{link}"
+        );
+    }
+    let cap = getcap(&mnt.dir);
+    assert!(cap.contains("cap_net_raw"), "getcap in the image: {cap:?}");
+    assert_eq!(getcap(&mnt.dir), getcap(&tree));
+}
+
+/// Attributes that cannot fit an inode and one 4 KiB block (possible on a host filesystem with
+/// larger xattr storage, such as tmpfs) are an error naming the file; `--no-xattrs` builds.
+#[test]
+fn xattrs_too_big_for_ext4_are_an_error_naming_the_file_and_no_xattrs_builds() {
+    require_tool!("e2fsck");
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("SKIPPED: no /dev/shm");
+        return;
+    };
+    let tree = tree_in(shm.path(), |t| {
+        write_file(t, "crowded", b"x");
+    });
+    for i in 0..3 {
+        let r = rustix::fs::setxattr(
+            tree.join("crowded"),
+            format!("user.v{i}").as_str(),
+            &[b'v'; 2000],
+            rustix::fs::XattrFlags::empty(),
+        );
+        if let Err(e) = r {
+            eprintln!("SKIPPED: /dev/shm holds no user xattrs ({e})");
+            return;
+        }
+    }
+    let dir = tempdir();
+    let img = dir.path().join("x.img");
+    let out = build_fails(&tree, &img, &[]);
+    let err = out.stderr_str();
+    assert!(
+        err.contains("crowded") && err.contains("--no-xattrs") && err.contains("4 KiB"),
         "{}",
         out.describe()
     );
-    let tree2 = dir.path().join("tree2");
-    fs::create_dir(&tree2).unwrap();
-    std::os::unix::fs::symlink(OsStr::from_bytes(b"target-\xfe"), tree2.join("link")).unwrap();
-    let out = build_fails(&tree2, &dir.path().join("b.img"), &[]);
-    assert!(
-        out.stderr_str().contains("link") && out.stderr_str().contains("UTF-8"),
-        "{}",
-        out.describe()
-    );
+    build(&tree, &img, &["--no-xattrs"]);
+    e2fsck_clean(&img);
 }
 
 // ------------------------------------------------------------------------------------------------

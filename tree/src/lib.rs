@@ -1,6 +1,10 @@
 //! A host directory as the filesystem generators see it: names, kinds and
 //! metadata, gathered with `readdir` and `stat` only — no file is opened
-//! and no data is read, so scanning costs O(metadata).
+//! and no data is read, so scanning costs O(metadata). Extended attributes
+//! (`llistxattr`/`lgetxattr`) are read only when asked for
+//! ([`ScanOptions::xattrs`], ext4): one more system call per entry, and a
+//! path-based one (there is no `llistxattrat` before Linux 6.13), which
+//! about doubles the scan time of a tree whose entries have no attributes.
 //!
 //! FAT, ISO 9660 and ext4 all start from a [`Tree`]. It lives in its own
 //! crate so that `formats` (which may only depend on `synth`) and the CLI can
@@ -11,8 +15,9 @@
 //! println!("{} files, {} bytes", tree.stats.files, tree.stats.bytes);
 //! ```
 //!
-//! Children are sorted by name (bytewise), so the same directory always
-//! gives the same tree and the generators give the same bytes.
+//! Children are sorted by name (bytewise), and so are extended attributes,
+//! so the same directory always gives the same tree and the generators
+//! give the same bytes.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -30,6 +35,26 @@ pub struct ScanOptions {
     /// for this): a link becomes what it points to; dangling links and
     /// links back into their own ancestors are skipped with a warning.
     pub follow_symlinks: bool,
+    /// Read every entry's extended attributes into [`Node::xattrs`]
+    /// (`user.*`, `trusted.*` — visible to root only —, `security.*`, and
+    /// POSIX ACLs as `system.posix_acl_*` in the kernel's xattr format).
+    /// Symlinks are not followed for this unless `follow_symlinks` is set.
+    /// A host filesystem without xattr support gives none.
+    pub xattrs: bool,
+}
+
+/// The largest extended attribute value or name list Linux has
+/// (`XATTR_SIZE_MAX`, `XATTR_LIST_MAX` in include/uapi/linux/limits.h).
+pub const XATTR_MAX: usize = 65536;
+
+/// One extended attribute of a [`Node`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Xattr {
+    /// The full name with its namespace prefix (`user.mime_type`,
+    /// `security.capability`, `system.posix_acl_access`), as bytes.
+    pub name: Vec<u8>,
+    /// The value, as the kernel's xattr API gives it.
+    pub value: Vec<u8>,
 }
 
 /// A scanned directory tree.
@@ -52,6 +77,8 @@ pub struct TreeStats {
     pub symlinks: u64,
     /// Devices, fifos and sockets.
     pub specials: u64,
+    /// Extended attributes read (see [`ScanOptions::xattrs`]).
+    pub xattrs: u64,
     /// Bytes in regular files.
     pub bytes: u64,
 }
@@ -71,6 +98,9 @@ pub struct Node {
     pub meta: Meta,
     /// What it is.
     pub kind: NodeKind,
+    /// Extended attributes, sorted by name (empty unless the scan asked
+    /// for them).
+    pub xattrs: Vec<Xattr>,
 }
 
 /// The kind of a [`Node`].
@@ -162,6 +192,27 @@ pub enum ScanError {
     /// A file the image must hold cannot be read by us.
     #[error("{0}: permission denied (the image could not serve this file)")]
     Unreadable(PathBuf),
+    /// An extended attribute value (or the list of names) is larger than
+    /// Linux allows; the host filesystem is not one the kernel's xattr
+    /// API can read completely.
+    #[error("{path}: extended attribute {name} is larger than 64 KiB")]
+    XattrTooBig {
+        /// The entry.
+        path: PathBuf,
+        /// The attribute, or "list" for the list of names.
+        name: String,
+    },
+    /// Reading an extended attribute failed.
+    #[error("{path}: reading extended attribute {name}: {source}")]
+    Xattr {
+        /// The entry.
+        path: PathBuf,
+        /// The attribute, or "list" for the list of names.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// `stat`, `readdir` or similar failed.
     #[error("{path}: {source}")]
     Io {
@@ -193,6 +244,12 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Tree, ScanError> {
     let mut ancestors = HashSet::new();
     ancestors.insert((meta.dev(), meta.ino()));
     let children = scan_dir(root, opts, &mut ancestors, &mut stats)?;
+    let xattrs = if opts.xattrs {
+        read_xattrs(root, true, &mut Vec::new())?
+    } else {
+        Vec::new()
+    };
+    stats.xattrs += xattrs.len() as u64;
     Ok(Tree {
         root: Node {
             name: OsString::new(),
@@ -200,6 +257,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Tree, ScanError> {
             followed_link: false,
             meta: Meta::from_std(&meta),
             kind: NodeKind::Dir(children),
+            xattrs,
         },
         stats,
     })
@@ -238,6 +296,8 @@ fn scan_dir_fan(
     }
     entries.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
     let mut nodes = Vec::with_capacity(entries.len());
+    // One buffer for every xattr call in this directory (see `read_xattrs`).
+    let mut xattr_buf = Vec::new();
     // Subdirectories are filled in after this loop: (index in `nodes`, key).
     let mut subdirs: Vec<(usize, (u64, u64))> = Vec::new();
     for (name, path, lmeta) in entries {
@@ -304,12 +364,20 @@ fn scan_dir_fan(
             stats.specials += 1;
             NodeKind::Special
         };
+        let xattrs = if opts.xattrs {
+            // A followed link stands for its target, and so do its xattrs.
+            read_xattrs(&path, is_link && opts.follow_symlinks, &mut xattr_buf)?
+        } else {
+            Vec::new()
+        };
+        stats.xattrs += xattrs.len() as u64;
         nodes.push(Node {
             name,
             path,
             followed_link: is_link && opts.follow_symlinks,
             meta: Meta::from_std(&meta),
             kind,
+            xattrs,
         });
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -380,9 +448,91 @@ fn fill_parallel(
         stats.dirs += st.dirs;
         stats.symlinks += st.symlinks;
         stats.specials += st.specials;
+        stats.xattrs += st.xattrs;
         stats.bytes += st.bytes;
     }
     Ok(())
+}
+
+/// The extended attributes of `path` (of what it points to if `follow`),
+/// sorted by name. `buf` is scratch space shared by the calls for one
+/// directory: it starts at 4 KiB (most entries have no or few attributes:
+/// one `llistxattr` answers) and grows to [`XATTR_MAX`] when a list or a
+/// value is longer, past which nothing can be (`ERANGE` there is an error).
+/// An attribute removed between the list and the read is left out, as if
+/// listed a moment later; a filesystem without xattr support has none.
+fn read_xattrs(path: &Path, follow: bool, buf: &mut Vec<u8>) -> Result<Vec<Xattr>, ScanError> {
+    use rustix::io::Errno;
+    if buf.is_empty() {
+        buf.resize(4096, 0);
+    }
+    // Run `call` on `buf`, growing it once to the largest size on ERANGE.
+    let with_buf =
+        |buf: &mut Vec<u8>, call: &dyn Fn(&mut [u8]) -> rustix::io::Result<usize>| match call(
+            &mut buf[..],
+        ) {
+            Err(Errno::RANGE) if buf.len() < XATTR_MAX => {
+                buf.resize(XATTR_MAX, 0);
+                call(&mut buf[..])
+            }
+            r => r,
+        };
+    let err = |name: &[u8], e: Errno| {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if e == Errno::RANGE || e == Errno::TOOBIG {
+            ScanError::XattrTooBig {
+                path: path.to_path_buf(),
+                name,
+            }
+        } else {
+            ScanError::Xattr {
+                path: path.to_path_buf(),
+                name,
+                source: e.into(),
+            }
+        }
+    };
+    let listed = with_buf(buf, &|b| {
+        if follow {
+            rustix::fs::listxattr(path, b)
+        } else {
+            rustix::fs::llistxattr(path, b)
+        }
+    });
+    let len = match listed {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(err(b"list", e)),
+    };
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let names: Vec<Vec<u8>> = buf[..len]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let cname = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&name);
+        let got = with_buf(buf, &|b| {
+            if follow {
+                rustix::fs::getxattr(path, cname, b)
+            } else {
+                rustix::fs::lgetxattr(path, cname, b)
+            }
+        });
+        match got {
+            Ok(n) => out.push(Xattr {
+                value: buf[..n].to_vec(),
+                name,
+            }),
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(err(&name, e)),
+        }
+    }
+    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 fn is_root() -> bool {
@@ -450,6 +600,7 @@ mod tests {
         symlink("self", d.path().join("self")).unwrap();
         let opts = ScanOptions {
             follow_symlinks: true,
+            ..ScanOptions::default()
         };
         let t = scan(d.path(), &opts).unwrap();
         assert_eq!(names(&t.root), ["link-to-file", "sub"]);
@@ -476,5 +627,76 @@ mod tests {
         fs::write(&f, b"").unwrap();
         let e = scan(&f, &ScanOptions::default()).unwrap_err();
         assert!(e.to_string().contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn xattrs_are_read_sorted_only_when_asked_and_not_through_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, b"x").unwrap();
+        symlink("f", d.path().join("link")).unwrap();
+        // Set in an order that is not the sorted one.
+        for (name, value) in [("user.b", &b"2"[..]), ("user.a", b"1\0bin")] {
+            if let Err(e) = rustix::fs::setxattr(&f, name, value, rustix::fs::XattrFlags::empty()) {
+                eprintln!("SKIPPED: the temp filesystem has no user xattrs ({e})");
+                return;
+            }
+        }
+        rustix::fs::setxattr(d.path(), "user.top", b"t", rustix::fs::XattrFlags::empty()).unwrap();
+        let plain = scan(d.path(), &ScanOptions::default()).unwrap();
+        assert!(plain.root.children().iter().all(|c| c.xattrs.is_empty()));
+        assert_eq!(plain.stats.xattrs, 0);
+        let opts = ScanOptions {
+            xattrs: true,
+            ..ScanOptions::default()
+        };
+        let t = scan(d.path(), &opts).unwrap();
+        let got: Vec<(&[u8], &[u8])> = t.root.children()[0]
+            .xattrs
+            .iter()
+            .map(|x| (&x.name[..], &x.value[..]))
+            .collect();
+        assert_eq!(got, [(&b"user.a"[..], &b"1\0bin"[..]), (b"user.b", b"2")]);
+        // The link itself has none (user.* cannot be set on a symlink);
+        // its target's are not its own.
+        assert_eq!(t.root.children()[1].name, "link");
+        assert!(t.root.children()[1].xattrs.is_empty());
+        assert_eq!(t.root.xattrs[0].name, b"user.top");
+        assert_eq!(t.stats.xattrs, 3);
+    }
+
+    #[test]
+    fn xattr_values_and_lists_longer_than_4_kib_are_read_whole() {
+        // tmpfs holds user xattrs of any size up to the kernel's limit;
+        // ext4 without ea_inode would not.
+        let Ok(d) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("SKIPPED: no /dev/shm");
+            return;
+        };
+        let f = d.path().join("f");
+        fs::write(&f, b"").unwrap();
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let flags = rustix::fs::XattrFlags::empty();
+        if let Err(e) = rustix::fs::setxattr(&f, "user.big", &big, flags) {
+            eprintln!("SKIPPED: /dev/shm has no user xattrs ({e})");
+            return;
+        }
+        // A list of names longer than the first 4 KiB buffer.
+        let names: Vec<String> = (0..100)
+            .map(|i| format!("user.{i:03}{}", "n".repeat(40)))
+            .collect();
+        for n in &names {
+            rustix::fs::setxattr(&f, n.as_str(), b"v", flags).unwrap();
+        }
+        let opts = ScanOptions {
+            xattrs: true,
+            ..ScanOptions::default()
+        };
+        let t = scan(d.path(), &opts).unwrap();
+        let x = &t.root.children()[0].xattrs;
+        assert_eq!(x.len(), 101);
+        assert_eq!(x[0].name, names[0].as_bytes(), "sorted");
+        assert_eq!(x[100].name, b"user.big");
+        assert_eq!(x[100].value, big);
     }
 }

@@ -153,21 +153,38 @@ fn try_seal(
     let mut b = FsBuilder::new(o).map_err(Ext4Error::Engine)?;
     b.set_meta(ROOT, plan::meta(&tree.root, opts))
         .map_err(Ext4Error::Engine)?;
+    for (name, value) in &plan.root_xattrs {
+        b.set_xattr_bytes(ROOT, name, value)
+            .map_err(|source| Ext4Error::Declare {
+                path: tree.root.path.clone(),
+                source,
+            })?;
+    }
     let mut handles: Vec<InodeHandle> = Vec::with_capacity(plan.entries.len());
     for e in &plan.entries {
         let parent = e.parent.map_or(ROOT, |p| handles[p]);
         let m = plan::meta(e.node, opts);
         let size = e.node.meta.size;
         let h = match &e.what {
-            What::Dir => b.mkdir(parent, e.name, m),
-            What::File { data: None } => b.file(parent, e.name, m, size),
-            What::File { data: Some(r) } => b.file_sparse(parent, e.name, m, &segments(r, size)),
+            What::Dir => b.mkdir_bytes(parent, e.name, m),
+            What::File { data: None } => b.file_bytes(parent, e.name, m, size),
+            What::File { data: Some(r) } => {
+                b.file_sparse_bytes(parent, e.name, m, &segments(r, size))
+            }
             What::Link { first } => b
-                .hardlink(parent, e.name, handles[*first])
+                .hardlink_bytes(parent, e.name, handles[*first])
                 .map(|()| handles[*first]),
-            What::Symlink { target } => b.symlink(parent, e.name, target, m),
-            What::Special(kind) => b.mknod(parent, e.name, m, *kind),
+            What::Symlink { target } => b.symlink_bytes(parent, e.name, target, m),
+            What::Special(kind) => b.mknod_bytes(parent, e.name, m, *kind),
         }
+        .and_then(|h| {
+            // Names and values were checked by `xattr::of`; the engine
+            // sorts them on disk, so this order does not matter.
+            for (name, value) in &e.xattrs {
+                b.set_xattr_bytes(h, name, value)?;
+            }
+            Ok(h)
+        })
         .map_err(|source| Ext4Error::Declare {
             path: e.node.path.clone(),
             source,

@@ -1,7 +1,8 @@
 //! ext4 filesystems synthesized from a host directory.
 //!
 //! [`build`] turns a scanned [`tree::Tree`] (scanned without following
-//! symlinks, so links, fifos, sockets and device nodes are kept) into a
+//! symlinks, so links, fifos, sockets and device nodes are kept, and with
+//! [`tree::ScanOptions::xattrs`] for extended attributes and ACLs) into a
 //! [`synth::RegionMap`]: superblocks, group descriptors, bitmaps, inode
 //! tables, directories, extent trees and the journal are bytes in memory,
 //! file contents are regions backed by lazily opened host files, and free
@@ -9,7 +10,8 @@
 //!
 //! The on-disk encoding (the ext4 wiki's "Disk Layout" page) is done by the
 //! `mkext4` engine, pinned to an exact version so the same tree always
-//! gives the same bytes. It declares a namespace, seals the complete
+//! gives the same bytes (vendored, with a bytes API for names that are not
+//! UTF-8: `vendor/mkext4/VENDORED.md`). It declares a namespace, seals the complete
 //! physical layout, and then emits every metadata byte before any file data
 //! through a `RegionSink`; we record those emissions as regions and map each
 //! file's final data extents (`Layout::extents`) onto its host file instead
@@ -19,12 +21,15 @@
 //! - [`plan`]: tree → declarations (names, hard-link groups, sparse data
 //!   ranges), the UUID, the filesystem time;
 //! - [`layout`]: how big the filesystem must be (pure arithmetic);
+//! - `xattr`: which extended attributes ext4 holds, POSIX ACLs in ext4's
+//!   format, whether they fit the inode and one block;
 //! - [`image`]: declarations → sealed layout → region map;
 //! - `crate::sparse`: data ranges of sparse host files (`SEEK_DATA`/`SEEK_HOLE`).
 //!
 //! ```no_run
 //! use formats::ext4::{build, Ext4Options};
-//! let tree = tree::scan("./rootfs".as_ref(), &tree::ScanOptions::default()).unwrap();
+//! let scan = tree::ScanOptions { xattrs: true, ..Default::default() };
+//! let tree = tree::scan("./rootfs".as_ref(), &scan).unwrap();
 //! let image = build(&tree, &Ext4Options::default()).unwrap();
 //! println!("{} inodes in {} bytes", image.used_inodes, image.size);
 //! ```
@@ -32,6 +37,7 @@
 mod image;
 pub mod layout;
 mod plan;
+mod xattr;
 
 #[cfg(test)]
 mod tests;
@@ -99,12 +105,30 @@ pub struct Ext4Options {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Ext4Error {
-    /// ext4 names are bytes, but the engine takes UTF-8 names.
-    #[error("{0}: the name is not valid UTF-8 (not supported by the ext4 generator)")]
-    NonUtf8Name(PathBuf),
-    /// The same for symlink targets.
-    #[error("{0}: the symlink target is not valid UTF-8 (not supported by the ext4 generator)")]
-    NonUtf8Target(PathBuf),
+    /// A POSIX ACL the host gave cannot be converted to ext4's format.
+    #[error("{path}: extended attribute {name}: {reason}")]
+    Acl {
+        /// The host entry.
+        path: PathBuf,
+        /// `system.posix_acl_access` or `system.posix_acl_default`.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An inode's extended attributes do not fit the inode and one 4 KiB
+    /// block (ext4 without the `ea_inode` feature holds no more).
+    #[error(
+        "{path}: its {count} extended attributes ({bytes} bytes of names and values) do not fit \
+         an ext4 inode and one 4 KiB xattr block (--no-xattrs leaves all attributes out)"
+    )]
+    XattrsTooBig {
+        /// The host entry.
+        path: PathBuf,
+        /// How many attributes it has.
+        count: usize,
+        /// Their names and values, in bytes.
+        bytes: usize,
+    },
     /// A device number ext4's inode cannot hold (major > 4095 or minor > 2^20 - 1).
     #[error("{path}: device number {major}:{minor} does not fit an ext4 inode")]
     DeviceNumber {

@@ -1,8 +1,9 @@
 //! From a tree to declarations: every entry in pre-order with its parent,
-//! its UTF-8 name and what it becomes in ext4 — a directory, a file (dense
-//! or with data ranges), another name for an earlier inode, a symlink or a
-//! special inode. Also what the layout estimate needs to know (block
-//! counts), the UUID and the filesystem time. No bytes.
+//! its name (bytes, as ext4 stores them) and what it becomes in ext4 — a
+//! directory, a file (dense or with data ranges), another name for an
+//! earlier inode, a symlink or a special inode — and its extended
+//! attributes. Also what the layout estimate needs to know (block counts),
+//! the UUID and the filesystem time. No bytes.
 //!
 //! Declaration order is the inode order, and the engine allocates
 //! directories and then file data in inode order, so pre-order keeps a
@@ -10,11 +11,13 @@
 //! image.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 
 use mkext4::SpecialKind;
 use tree::{Node, NodeKind, Tree};
 
 use super::layout::Content;
+use super::xattr::{self, Attr};
 use super::{Ext4Error, Ext4Options, Owner};
 use crate::par::par_map;
 use crate::sparse;
@@ -31,9 +34,12 @@ pub(crate) struct Entry<'t> {
     /// Index of the parent directory in [`Plan::entries`]; `None` is the root.
     pub parent: Option<usize>,
     /// The entry's name.
-    pub name: &'t str,
+    pub name: &'t [u8],
     /// What it becomes.
     pub what: What<'t>,
+    /// Its extended attributes (none for a [`What::Link`], whose inode has
+    /// them).
+    pub xattrs: Vec<Attr>,
 }
 
 /// What an [`Entry`] becomes.
@@ -46,7 +52,7 @@ pub(crate) enum What<'t> {
     /// Another name for the inode of an earlier entry.
     Link { first: usize },
     /// A symbolic link.
-    Symlink { target: &'t str },
+    Symlink { target: &'t [u8] },
     /// A device node, fifo or socket.
     Special(SpecialKind),
 }
@@ -56,6 +62,8 @@ pub(crate) enum What<'t> {
 pub(crate) struct Plan<'t> {
     /// Every entry but the root, in pre-order.
     pub entries: Vec<Entry<'t>>,
+    /// The root directory's extended attributes.
+    pub root_xattrs: Vec<Attr>,
     /// What must fit.
     pub content: Content,
     /// Files declared with holes.
@@ -69,6 +77,7 @@ impl<'t> Plan<'t> {
             entries: Vec::with_capacity((tree.stats.files + tree.stats.dirs) as usize),
             content: Content::default(),
             sparse_files: 0,
+            root_xattrs: xattr::of(&tree.root)?,
         };
         let mut first_of: HashMap<(u64, u64), usize> = HashMap::new();
         plan.walk(&tree.root, None, &mut first_of)?;
@@ -84,10 +93,7 @@ impl<'t> Plan<'t> {
         first_of: &mut HashMap<(u64, u64), usize>,
     ) -> Result<(), Ext4Error> {
         for node in dir.children() {
-            let name = node
-                .name
-                .to_str()
-                .ok_or_else(|| Ext4Error::NonUtf8Name(node.path.clone()))?;
+            let name = node.name.as_bytes();
             let index = self.entries.len();
             // Hard links: the first name of an inode declares it, later
             // names link to it (regular files, symlinks and specials alike).
@@ -99,6 +105,7 @@ impl<'t> Plan<'t> {
                         parent,
                         name,
                         what: What::Link { first },
+                        xattrs: Vec::new(),
                     });
                     continue;
                 }
@@ -108,9 +115,7 @@ impl<'t> Plan<'t> {
                 NodeKind::Dir(_) => What::Dir,
                 NodeKind::File => What::File { data: None },
                 NodeKind::Symlink { target } => What::Symlink {
-                    target: target
-                        .to_str()
-                        .ok_or_else(|| Ext4Error::NonUtf8Target(node.path.clone()))?,
+                    target: target.as_os_str().as_bytes(),
                 },
                 NodeKind::Special => What::Special(special(node)?),
             };
@@ -119,6 +124,7 @@ impl<'t> Plan<'t> {
                 parent,
                 name,
                 what,
+                xattrs: xattr::of(node)?,
             });
             if node.is_dir() {
                 self.walk(node, Some(index), first_of)?;
@@ -161,6 +167,14 @@ impl<'t> Plan<'t> {
         // Inodes 1..=10 (the root is 2) and lost+found (11), with its 4 blocks.
         c.inodes = 11;
         c.blocks = 4;
+        // One xattr block for each inode whose attributes overflow it.
+        let attr_sets =
+            std::iter::once(&self.root_xattrs).chain(self.entries.iter().map(|e| &e.xattrs));
+        for attrs in attr_sets.filter(|a| !a.is_empty()) {
+            if xattr::needs_block(attrs) {
+                c.blocks += 1;
+            }
+        }
         // Directory entry bytes per directory (index = entry index + 1, 0 = root).
         let mut dir_bytes = vec![0u64; self.entries.len() + 1];
         dir_bytes[0] = rec_len("lost+found".len());
@@ -292,6 +306,17 @@ pub(crate) fn derive_uuid(tree: &Tree, opts: &Ext4Options, size: u64, epoch: i64
         eat(&m.mtime.secs.to_le_bytes());
         eat(&m.mtime.nanos.to_le_bytes());
         eat(&m.rdev.to_le_bytes());
+        // Only when there are any, so trees without xattrs (or scanned
+        // with --no-xattrs) keep the UUIDs they always had.
+        if !n.xattrs.is_empty() {
+            eat(&[0xfe]);
+            for x in &n.xattrs {
+                eat(&x.name);
+                eat(&[0]);
+                eat(&(x.value.len() as u64).to_le_bytes());
+                eat(&x.value);
+            }
+        }
         if let NodeKind::Symlink { target } = &n.kind {
             eat(target.as_os_str().as_encoded_bytes());
             eat(&[0]);

@@ -213,3 +213,165 @@ fn big_directories_fit_the_estimate() {
     let ino = fs.resolve("/a-rather-long-file-name-002999").unwrap();
     assert_eq!(fs.read_file(ino).unwrap(), b"x");
 }
+
+#[test]
+fn xattrs_acls_and_non_utf8_names_are_stored_exactly() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    fs::write(p.join(name), b"x").unwrap();
+    symlink(std::ffi::OsStr::from_bytes(b"t\xff\xfe"), p.join("link")).unwrap();
+    fs::write(p.join("f"), b"f").unwrap();
+    let set = |path: &Path, n: &str, v: &[u8]| {
+        rustix::fs::setxattr(path, n, v, rustix::fs::XattrFlags::empty())
+    };
+    if let Err(e) = set(&p.join("f"), "user.small", b"v") {
+        eprintln!("SKIPPED: the temp filesystem has no user xattrs ({e})");
+        return;
+    }
+    set(&p.join("f"), "user.big", &[0x5a; 3000]).unwrap();
+    // An ACL with a named user (kernel xattr format, version 2).
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 4321),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    set(&p.join(name), "system.posix_acl_access", &acl).unwrap();
+    let opts = tree::ScanOptions {
+        xattrs: true,
+        ..tree::ScanOptions::default()
+    };
+    let t = tree::scan(p, &opts).unwrap();
+    let image = build(&t, &Ext4Options::default()).unwrap();
+    let bytes = read_all(&image.map);
+    let fs = Fs::open(&bytes[..]).unwrap();
+    assert!(fs.verify().unwrap().is_empty(), "{:?}", fs.verify());
+    // Names and targets are bytes.
+    let cafe = fs
+        .lookup(2, b"caf\xe9")
+        .unwrap()
+        .expect("caf\\xe9 is there");
+    let link = fs.resolve("/link").unwrap();
+    assert_eq!(fs.symlink_target(link).unwrap(), b"t\xff\xfe");
+    // user.small in the inode, user.big in the block, both exact.
+    let f = fs.resolve("/f").unwrap();
+    let got: Vec<(Vec<u8>, Vec<u8>)> = fs
+        .xattrs(f)
+        .unwrap()
+        .into_iter()
+        .map(|x| (x.full_name().unwrap(), x.value))
+        .collect();
+    assert!(got.contains(&(b"user.small".to_vec(), b"v".to_vec())));
+    assert!(got.contains(&(b"user.big".to_vec(), vec![0x5a; 3000])));
+    assert_ne!(fs.inode(f).unwrap().file_acl, 0, "an xattr block");
+    // The ACL in ext4's format: version 1, short entries but for the named user.
+    let acls = fs.xattrs(cafe).unwrap();
+    let a = acls
+        .iter()
+        .find(|x| x.name_index == 2)
+        .expect("an access ACL");
+    assert_eq!(
+        a.value,
+        [
+            &[1, 0, 0, 0][..],
+            &[1, 0, 6, 0],
+            &[2, 0, 4, 0, 0xe1, 0x10, 0, 0],
+            &[4, 0, 4, 0],
+            &[0x10, 0, 4, 0],
+            &[0x20, 0, 0, 0]
+        ]
+        .concat()
+    );
+    // The same tree gives the same bytes; without xattrs, none.
+    let again = read_all(
+        &build(&tree::scan(p, &opts).unwrap(), &Ext4Options::default())
+            .unwrap()
+            .map,
+    );
+    assert!(again == bytes, "two builds differ");
+    let plain = build(&tree_of(p), &Ext4Options::default()).unwrap();
+    let plain_bytes = read_all(&plain.map);
+    let fs = Fs::open(&plain_bytes[..]).unwrap();
+    assert!(fs.xattrs(fs.resolve("/f").unwrap()).unwrap().is_empty());
+}
+
+#[test]
+fn xattrs_too_big_for_an_inode_and_a_block_name_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("crowded"), b"").unwrap();
+    let mut t = tree_of(d.path());
+    // More than a host filesystem without ea_inode holds, so made up here.
+    let tree::NodeKind::Dir(children) = &mut t.root.kind else {
+        unreachable!()
+    };
+    let xattrs: Vec<tree::Xattr> = (0..3)
+        .map(|i| tree::Xattr {
+            name: format!("user.v{i}").into_bytes(),
+            value: vec![1; 2000],
+        })
+        .collect();
+    children[0].xattrs = xattrs.clone();
+    let e = build(&t, &Ext4Options::default()).unwrap_err();
+    assert!(matches!(e, Ext4Error::XattrsTooBig { .. }), "{e}");
+    assert!(e.to_string().contains("crowded"), "{e}");
+    // Two fit one block: 32-byte header + 2 x (20-byte entry + 2000) + 4.
+    let tree::NodeKind::Dir(children) = &mut t.root.kind else {
+        unreachable!()
+    };
+    children[0].xattrs = xattrs[..2].to_vec();
+    let image = build(&t, &Ext4Options::default()).unwrap();
+    let bytes = read_all(&image.map);
+    let fs = Fs::open(&bytes[..]).unwrap();
+    assert_eq!(fs.xattrs(fs.resolve("/crowded").unwrap()).unwrap().len(), 2);
+}
+
+#[test]
+fn namespaces_ext4_cannot_hold_are_left_out_and_malformed_acls_refused() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f"), b"").unwrap();
+    let mut t = tree_of(d.path());
+    let x = |name: &[u8], value: &[u8]| tree::Xattr {
+        name: name.to_vec(),
+        value: value.to_vec(),
+    };
+    let tree::NodeKind::Dir(children) = &mut t.root.kind else {
+        unreachable!()
+    };
+    children[0].xattrs = vec![
+        x(b"btrfs.compression", b"zstd"),
+        x(b"system.data", b""),
+        x(b"system.nfs4_acl", b"\0\0\0\0"),
+        x(b"user.kept", b"yes"),
+    ];
+    let image = build(&t, &Ext4Options::default()).unwrap();
+    let bytes = read_all(&image.map);
+    let fs = Fs::open(&bytes[..]).unwrap();
+    let got: Vec<Vec<u8>> = fs
+        .xattrs(fs.resolve("/f").unwrap())
+        .unwrap()
+        .iter()
+        .map(|e| e.full_name().unwrap())
+        .collect();
+    assert_eq!(got, [b"user.kept".to_vec()]);
+    // An ACL the kernel would not have given: an error naming the file and the attribute.
+    let tree::NodeKind::Dir(children) = &mut t.root.kind else {
+        unreachable!()
+    };
+    children[0].xattrs = vec![x(b"system.posix_acl_access", b"\x02\0\0\0\x01")];
+    let e = build(&t, &Ext4Options::default()).unwrap_err();
+    assert!(matches!(e, Ext4Error::Acl { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/f") && msg.contains("posix_acl_access"),
+        "{msg}"
+    );
+}

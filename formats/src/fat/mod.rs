@@ -14,7 +14,7 @@
 //!
 //! ```no_run
 //! use formats::fat::{build, FatOptions};
-//! let tree = tree::scan("./dir".as_ref(), &tree::ScanOptions { follow_symlinks: true }).unwrap();
+//! let tree = tree::scan("./dir".as_ref(), &tree::ScanOptions { follow_symlinks: true, ..Default::default() }).unwrap();
 //! let image = build(&tree, &FatOptions::default()).unwrap();
 //! println!("{:?} with {} clusters", image.geometry.fat_type, image.geometry.clusters);
 //! ```
@@ -206,6 +206,7 @@ mod tests {
             dir,
             &tree::ScanOptions {
                 follow_symlinks: true,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -543,6 +544,7 @@ mod conformance {
             d.path(),
             &tree::ScanOptions {
                 follow_symlinks: true,
+                ..Default::default()
             },
         )
         .unwrap();
