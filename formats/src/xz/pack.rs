@@ -60,6 +60,9 @@ pub struct PackStats {
 /// Input read per encoder call.
 const CHUNK: usize = 1 << 20;
 
+/// How often (ms) a call into the encoder comes back to check `stop`.
+const STOP_CHECK_MS: u32 = 100;
+
 fn encode_error(e: liblzma::stream::Error) -> XzError {
     XzError::Encode {
         what: e.to_string(),
@@ -174,8 +177,10 @@ pub fn pack_with(
         .block_size(opts.block_size)
         .preset(opts.preset)
         .check(check)
-        // Block until there is output rather than spin.
-        .timeout_ms(0)
+        // Wait for the encoder threads at most this long per call, so a
+        // raised `stop` is seen within it (a 16 MiB block at preset 9 takes
+        // seconds), yet never spin.
+        .timeout_ms(STOP_CHECK_MS)
         .encoder()
         .map_err(encode_error)?;
 
@@ -223,9 +228,10 @@ pub fn pack_with(
             (None, Some(s)) => s,
             (None, None) => unreachable!("one output is open"),
         };
-        feed(&mut encoder, &inbuf[..n], &mut outbuf, finish, out).map_err(|e| match e {
+        feed(&mut encoder, &inbuf[..n], &mut outbuf, finish, out, stop).map_err(|e| match e {
             Fed::Encode(e) => encode_error(e),
             Fed::Write(e) => out_err(e),
+            Fed::Stopped => XzError::Interrupted,
         })?;
         if finish {
             break;
@@ -272,6 +278,7 @@ pub fn temp_prefix(output: &Path) -> (PathBuf, String) {
 enum Fed {
     Encode(liblzma::stream::Error),
     Write(std::io::Error),
+    Stopped,
 }
 
 /// Give `data` to the encoder (all of it), or finish the Stream, writing
@@ -282,9 +289,13 @@ fn feed(
     outbuf: &mut [u8],
     finish: bool,
     out: &mut File,
+    stop: &AtomicBool,
 ) -> Result<(), Fed> {
     let action = if finish { Action::Finish } else { Action::Run };
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Fed::Stopped);
+        }
         let (in_before, out_before) = (encoder.total_in(), encoder.total_out());
         let status = encoder.process(data, outbuf, action).map_err(Fed::Encode)?;
         let used = (encoder.total_in() - in_before) as usize;
