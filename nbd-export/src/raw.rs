@@ -8,6 +8,10 @@
 //! so a failed or interrupted run never leaves a partial image behind.
 //! An existing block device, character device or FIFO (`-o /dev/sdX`,
 //! `-o /dev/null`) is written in place, every byte, never replaced.
+//!
+//! Host-file bytes are checked, never trusted: a file that ends early or is
+//! modified while a piece is copied fails the run naming it ([`watch`] and
+//! [`confirm`]), instead of leaving zeros where its data belongs.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};

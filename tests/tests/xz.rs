@@ -373,6 +373,12 @@ fn pack_reads_a_pipe_and_writes_stdout() {
     let (code, err) = finish(pack, CMD_TIMEOUT);
     assert_eq!(code, Some(0), "pack - a.xz: {err}");
     assert!(cat.wait().unwrap().success());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&from_pipe).unwrap().permissions().mode() & 0o777,
+        0o644,
+        "a pipe's 0600 is not an image's mode"
+    );
     let to_stdout = dir.path().join("b.xz");
     let pack = disksynth_tests::disksynth()
         .arg("pack")

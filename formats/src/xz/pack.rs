@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -164,7 +165,16 @@ pub fn pack_with(
                 .map_err(in_err)?,
         ),
     };
-    let permissions = src.metadata().map_err(in_err)?.permissions();
+    // The output gets a regular input's permissions; a pipe's (0600) or a
+    // device's say nothing about the image: an ordinary file's then.
+    let permissions = {
+        let meta = src.metadata().map_err(in_err)?;
+        if meta.is_file() {
+            meta.permissions()
+        } else {
+            std::fs::Permissions::from_mode(0o644)
+        }
+    };
 
     let check = match opts.check {
         Check::None => liblzma::stream::Check::None,
