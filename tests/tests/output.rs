@@ -417,6 +417,67 @@ fn sigint_during_output_to_a_fifo_or_device_says_incomplete() {
         .is_char_device());
 }
 
+/// SIGINT while `-o` waits on a stalled HTTP read (nothing checks the flag): after the grace
+/// period the signal thread removes our temp file itself, prints the same line, exits 130.
+#[test]
+fn sigint_while_a_read_is_stuck_still_removes_the_temp_file() {
+    use disksynth_tests::httpd::{Fault, FaultServer};
+    let server = FaultServer::start(random_bytes(5, 16 << 20));
+    server.fail_next(1000, Fault::Stall(Duration::from_secs(60)));
+    let dir = tempdir();
+    let out = dir.path().join("remote.img");
+    let running = Running::spawn(
+        disksynth()
+            .args(["http", &server.url(), "--timeout", "60", "-o"])
+            .arg(&out),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !names_in(dir.path())
+        .iter()
+        .any(|n| n.starts_with(".remote.img."))
+    {
+        assert!(Instant::now() < deadline, "-o never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    running.signal(disksynth_tests::Signal::INT);
+    let sent = Instant::now();
+    let (status, stderr) = running.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(130), "{status} {stderr:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        stderr.trim_end(),
+        format!("disksynth: interrupted; {} not written", out.display())
+    );
+    assert_eq!(names_in(dir.path()), Vec::<String>::new(), "left behind");
+}
+
+/// SIGINT during `-o -`: 130, and the line says stdout is incomplete.
+#[test]
+fn sigint_during_output_to_stdout_says_incomplete() {
+    let mut running = Running::spawn(
+        disksynth()
+            .args(["pattern", "20G", "-o", "-"])
+            .stdout(std::process::Stdio::piped()),
+    );
+    let mut stdout = running.child.stdout.take().unwrap();
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    std::thread::sleep(Duration::from_millis(300));
+    running.signal(disksynth_tests::Signal::INT);
+    let (status, stderr) = running.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{status} {stderr:?}");
+    assert_eq!(
+        stderr.trim_end(),
+        "disksynth: interrupted; the output on stdout is incomplete"
+    );
+    let got = drain.join().unwrap().unwrap();
+    assert!(got > 0 && got < 20 << 30, "{got} bytes on stdout");
+}
+
 /// `disksynth pattern 20G -o - | head -c 1M`: head gets its MiB, disksynth exits promptly with
 /// 141 (as `cat` killed by SIGPIPE) and prints nothing.
 #[test]

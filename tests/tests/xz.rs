@@ -390,6 +390,23 @@ fn pack_reads_a_pipe_and_writes_stdout() {
         .unwrap();
     let (code, err) = finish(pack, CMD_TIMEOUT);
     assert_eq!(code, Some(0), "pack disk.raw -: {err}");
+    // `pack IN - | head -c 100`: quiet, 141 as `cat`.
+    let mut pack = disksynth_tests::disksynth()
+        .arg("pack")
+        .arg(&raw)
+        .args(["-", "--preset", "0", "--block-size", "1M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let head = Command::new("head")
+        .args(["-c", "100"])
+        .stdin(pack.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(head.stdout.len(), 100);
+    let (code, err) = finish(pack, CMD_TIMEOUT);
+    assert_eq!((code, err.as_str()), (Some(141), ""), "pack IN - | head");
     let mut names: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
