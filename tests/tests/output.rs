@@ -328,9 +328,16 @@ fn interrupted_output(sig: disksynth_tests::Signal, code: i32) {
     let dir = tempdir();
     let out = dir.path().join("big.img");
     let running = Running::spawn(disksynth().args(["pattern", "20G", "-o"]).arg(&out));
-    std::thread::sleep(Duration::from_millis(300));
     // The temp file exists while it runs (the interruption really has something to clean up).
-    let during = names_in(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !names_in(dir.path())
+        .iter()
+        .any(|n| n.starts_with(".big.img."))
+    {
+        assert!(Instant::now() < deadline, "no temp file while writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     running.signal(sig);
     let sent = Instant::now();
     let (status, stderr) = running.finish(Duration::from_secs(30));
@@ -348,10 +355,6 @@ fn interrupted_output(sig: disksynth_tests::Signal, code: i32) {
         stderr.trim_end(),
         format!("disksynth: interrupted; {} not written", out.display()),
         "{sig:?}: want one line"
-    );
-    assert!(
-        during.iter().any(|n| n.starts_with(".big.img.")),
-        "no temp file while writing: {during:?}"
     );
     assert_eq!(names_in(dir.path()), Vec::<String>::new(), "left behind");
 }

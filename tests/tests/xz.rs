@@ -492,18 +492,21 @@ fn interrupted_pack_exits_130_or_143_and_leaves_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let names = |d: &Path| -> Vec<String> {
         fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
     };
-    assert!(
-        names(&work).iter().any(|n| n.starts_with(".out.xz.")),
-        "no temp file while packing: {:?}",
-        names(&work)
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !names(&work).iter().any(|n| n.starts_with(".out.xz.")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temp file while packing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     signal(&pack, Signal::INT);
     let (code, err) = finish(pack, Duration::from_secs(10));
     assert_eq!(code, Some(130), "{err}");
@@ -524,6 +527,14 @@ fn interrupted_pack_exits_130_or_143_and_leaves_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !names(&work).iter().any(|n| n.starts_with(".out.xz.")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temp file while packing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::thread::sleep(Duration::from_millis(300));
     signal(&pack, Signal::TERM);
     let sent = std::time::Instant::now();
