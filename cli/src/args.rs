@@ -120,9 +120,9 @@ pub enum Source {
     /// and other random-access readers serve without decompressing it all.
     #[command(after_help = XZ_EXAMPLES)]
     Pack {
-        /// The image to compress.
+        /// The image to compress; `-` reads standard input (a pipe works).
         input: PathBuf,
-        /// The .xz file to write (replaced only when complete).
+        /// The .xz file to write (replaced only when complete); `-` writes standard output.
         output: PathBuf,
         /// Uncompressed bytes per xz block: the unit of random access.
         #[arg(long, value_name = "SIZE", default_value = "16M")]
@@ -344,6 +344,7 @@ Examples:
   disksynth xz https://host/fedora.raw.xz --serve    boot a compressed image without downloading it
   disksynth xz ./local.raw.xz -o disk.raw            decompress (sparse: zero blocks stay holes)
   disksynth pack disk.raw disk.raw.xz --block-size 16M
+  zcat disk.raw.gz | disksynth pack - disk.raw.xz     from a pipe (`pack IN -` writes stdout)
 
 Random access needs many blocks: plain `xz` writes one block per file (refused above
 --max-block). `disksynth pack` or `xz -T0 --block-size=16MiB` write indexed files.

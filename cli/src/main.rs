@@ -3,6 +3,7 @@
 
 mod args;
 mod generators;
+mod interrupt;
 mod remote;
 mod serve;
 mod size;
@@ -15,11 +16,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use nbd_export::{write_raw, RawOutput, ServerOptions};
+use nbd_export::{write_raw_until, RawOutput, ServerOptions};
 use synth::{BlockDev, Export, SharedExport};
 
 use crate::args::{Cli, ExportArgs, Source};
 use crate::generators::{ext4, floppy, iso};
+use crate::interrupt::{target_of, Interrupt};
 use crate::serve::{serve, systemd_listener, tcp_endpoint, Endpoint};
 use crate::size::Size;
 
@@ -130,7 +132,9 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
     })
 }
 
-fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {
+/// `-o PATH`: the raw image. SIGINT/SIGTERM stop it (exit 130/143, one
+/// line, no temp file left); a closed pipe on stdout ends it quietly (141).
+fn output(dev: &dyn BlockDev, path: &Path) -> Result<ExitCode> {
     let size = dev.size();
     let bar = if std::io::stderr().is_terminal() && path.as_os_str() != "-" {
         let b = indicatif::ProgressBar::new(size);
@@ -154,10 +158,21 @@ fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {
     } else {
         RawOutput::File(path)
     };
-    let stats = write_raw(dev, target, &mut progress)?;
+    let interrupt = Interrupt::catch(target_of(path, nbd_export::temp_prefix))?;
+    let result = write_raw_until(dev, target, interrupt.stop(), &mut progress);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let stats = match result {
+        Ok(stats) => stats,
+        // Whatever failed after a signal (a consumer killed by the same ^C
+        // closes the pipe), the signal is the story.
+        Err(_) if interrupt.signalled() => return Ok(interrupt.report()),
+        Err(e) if path.as_os_str() == "-" && e.is_broken_pipe() => {
+            return Ok(ExitCode::from(interrupt::BROKEN_PIPE))
+        }
+        Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+    };
     if path.as_os_str() != "-" {
         log::info!(
             "wrote {} ({} of data, {} left sparse) to {}",
@@ -167,7 +182,7 @@ fn output(dev: &dyn BlockDev, path: &Path) -> Result<()> {
             path.display()
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -180,8 +195,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         ..
     } = &cli.source
     {
-        remote::pack(input, output, block_size.0, *threads, *preset)?;
-        return Ok(ExitCode::SUCCESS);
+        return remote::pack(input, output, block_size.0, *threads, *preset);
     }
     let systemd = systemd_listener()?;
     let (export, a): (Arc<dyn Export>, &ExportArgs) = match &cli.source {
@@ -197,8 +211,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Mode::Output(path) => {
             // For tmpdisk: one fresh disk, e.g. an empty filesystem image.
             let dev = export.open()?;
-            output(&*dev, &path).with_context(|| format!("writing {}", path.display()))?;
-            Ok(ExitCode::SUCCESS)
+            output(&*dev, &path)
         }
         Mode::Serve(endpoint) => {
             let opts = ServerOptions {

@@ -1,6 +1,7 @@
 //! Remote and compressed sources: `http URL`, `xz FILE|URL`, and `pack`.
 
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use sources::http::{HttpAuth, HttpDev, HttpOptions};
 use synth::BlockDev;
 
 use crate::args::{HttpArgs, XzArgs};
+use crate::interrupt::{Interrupt, Target};
 use crate::size::Size;
 
 /// Whether `s` names an HTTP(S) resource rather than a local path.
@@ -117,25 +119,46 @@ pub(crate) fn xz(source: &str, x: &XzArgs, h: &HttpArgs) -> Result<Arc<dyn Block
     Ok(Arc::new(dev))
 }
 
-/// `disksynth pack IN OUT`: a block-indexed .xz, multithreaded.
+/// `disksynth pack IN OUT`: a block-indexed .xz, multithreaded. `-` as IN
+/// reads standard input (a pipe: size unknown), as OUT writes standard
+/// output (no temp file). SIGINT/SIGTERM: exit 130/143, OUT not written.
 pub(crate) fn pack(
     input: &Path,
     output: &Path,
     block_size: u64,
     threads: Option<u32>,
     preset: u32,
-) -> Result<()> {
+) -> Result<ExitCode> {
     use std::io::IsTerminal;
-    let size = std::fs::metadata(input)
-        .with_context(|| format!("reading {}", input.display()))?
-        .len();
+    use std::os::unix::fs::FileTypeExt;
+    let from_stdin = input.as_os_str() == "-";
+    let to_stdout = output.as_os_str() == "-";
+    if to_stdout && std::io::stdout().is_terminal() {
+        bail!("refusing to write compressed data to a terminal; redirect standard output");
+    }
+    // A regular file's size is known (a progress bar); a pipe's is not.
+    let size = if from_stdin {
+        None
+    } else {
+        let meta =
+            std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?;
+        let t = meta.file_type();
+        (!(t.is_fifo() || t.is_char_device() || t.is_socket())).then_some(meta.len())
+    };
     let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(size);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
+        let (b, template) = match size {
+            Some(size) => (
+                indicatif::ProgressBar::new(size),
                 "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            ),
+            None => (
+                indicatif::ProgressBar::no_length(),
+                "{spinner} {bytes} {bytes_per_sec}",
+            ),
+        };
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
@@ -145,20 +168,54 @@ pub(crate) fn pack(
         preset,
         ..formats::xz::PackOptions::default()
     };
+    let pin = if from_stdin {
+        formats::xz::PackInput::Stdin
+    } else {
+        formats::xz::PackInput::Path(input)
+    };
+    let (pout, target) = if to_stdout {
+        (formats::xz::PackOutput::Stdout, Target::Stdout)
+    } else {
+        (
+            formats::xz::PackOutput::Path(output),
+            Target::File {
+                path: output.to_owned(),
+                temp: formats::xz::pack::temp_prefix(output),
+            },
+        )
+    };
+    let interrupt = Interrupt::catch(target)?;
     let t0 = std::time::Instant::now();
-    let stats = formats::xz::pack(input, output, &opts, &mut |pos| {
+    let result = formats::xz::pack_with(pin, pout, &opts, interrupt.stop(), &mut |pos| {
         if let Some(b) = &bar {
             b.set_position(pos);
         }
-    })
-    .with_context(|| format!("packing {} into {}", input.display(), output.display()))?;
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let stats = match result {
+        Ok(stats) => stats,
+        Err(_) if interrupt.signalled() => return Ok(interrupt.report()),
+        Err(formats::xz::XzError::File { path, source })
+            if to_stdout && path == output && source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return Ok(ExitCode::from(crate::interrupt::BROKEN_PIPE))
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "packing {} into {}",
+                    name(input, "standard input"),
+                    name(output, "standard output")
+                )
+            })
+        }
+    };
     log::info!(
         "{} → {}: {} blocks of {}, {} → {} ({} threads, {:.1} s)",
-        input.display(),
-        output.display(),
+        name(input, "standard input"),
+        name(output, "standard output"),
         stats.blocks,
         Size(block_size),
         Size(stats.input_bytes),
@@ -166,7 +223,15 @@ pub(crate) fn pack(
         stats.threads,
         t0.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A path for messages, `-` as what it means (`stdio`).
+fn name(p: &Path, stdio: &str) -> String {
+    match p.to_str() {
+        Some("-") => stdio.into(),
+        _ => p.display().to_string(),
+    }
 }
 
 #[cfg(test)]

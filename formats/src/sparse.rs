@@ -35,6 +35,7 @@ pub(crate) fn host_file(pool: &Arc<FilePool>, node: &tree::Node) -> Arc<HostFile
             ino: m.ino,
             size: m.size,
             mtime: (m.mtime.secs, i64::from(m.mtime.nanos)),
+            ctime: (m.ctime.secs, i64::from(m.ctime.nanos)),
             follow_link: node.followed_link,
         },
     )

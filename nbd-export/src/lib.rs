@@ -27,6 +27,8 @@ mod stream;
 mod transmission;
 
 pub use handshake::transmission_flags;
-pub use raw::{write_raw, RawError, RawOutput, RawStats};
+pub use raw::{
+    temp_prefix, write_raw, write_raw_until, writes_in_place, RawError, RawOutput, RawStats,
+};
 pub use server::{Server, ServerConfig, ServerOptions, ShutdownHandle};
 pub use stream::{Listener, Stream};

@@ -8,11 +8,18 @@
 //! so a failed or interrupted run never leaves a partial image behind.
 //! An existing block device, character device or FIFO (`-o /dev/sdX`,
 //! `-o /dev/null`) is written in place, every byte, never replaced.
+//!
+//! Host-file bytes are checked, never trusted: a file that ends early or is
+//! modified while a piece is copied fails the run naming it ([`watch`] and
+//! [`confirm`]), instead of leaving zeros where its data belongs.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use synth::{BlockDev, ExtentList, ReadChunk};
 
@@ -58,6 +65,35 @@ pub enum RawError {
     /// Reading the device failed.
     #[error("reading the device: {0}")]
     Device(#[from] synth::Error),
+    /// A host file the image maps could not be read.
+    #[error("reading host file {path}: {source}")]
+    HostRead {
+        /// The host file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A host file the image maps ended early or was modified while it was
+    /// copied: the image would hold wrong bytes, so none is written.
+    #[error("host file {path} changed while it was copied ({what}); refusing to write mixed data")]
+    HostChanged {
+        /// The host file.
+        path: PathBuf,
+        /// What changed.
+        what: String,
+    },
+    /// The caller's stop flag was raised (a signal): a file target was not
+    /// written (its temp file is removed), a device or stream is incomplete.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl RawError {
+    /// Whether the output was a pipe whose reader went away (`EPIPE`), as
+    /// when `-o - | head -c 1M` has read what it wanted.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, RawError::Write { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
 }
 
 const PIECE: u64 = 8 << 20;
@@ -65,6 +101,119 @@ const ZERO_BLOCK: usize = 64 * 1024;
 
 fn is_zero(b: &[u8]) -> bool {
     b.iter().all(|&x| x == 0)
+}
+
+/// The name of an open host file, for messages: chunks carry descriptors,
+/// not paths, and the kernel knows where each one points.
+fn name_of(file: &File) -> PathBuf {
+    let fd = file.as_raw_fd();
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .unwrap_or_else(|_| PathBuf::from(format!("(descriptor {fd})")))
+}
+
+/// What a host file looked like: any write or truncate changes the ctime
+/// (which, unlike the mtime, cannot be set back), so equal stamps before
+/// and after a copy mean the bytes copied are one state of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+}
+
+fn stamp(file: &File) -> Result<Stamp, RawError> {
+    let m = file.metadata().map_err(|source| RawError::HostRead {
+        path: name_of(file),
+        source,
+    })?;
+    Ok(Stamp {
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        ino: m.ino(),
+    })
+}
+
+fn changed(file: &File, what: String) -> RawError {
+    RawError::HostChanged {
+        path: name_of(file),
+        what,
+    }
+}
+
+/// The host files a piece's chunks read, with their stamps before the
+/// copy. A file that no longer holds the bytes a chunk needs is an error
+/// now: past its end there is nothing to copy, and a hole is not data.
+fn watch(chunks: &[ReadChunk]) -> Result<Vec<(Arc<File>, Stamp)>, RawError> {
+    let mut files: Vec<(Arc<File>, Stamp)> = Vec::new();
+    for c in chunks {
+        let ReadChunk::File {
+            file, offset, len, ..
+        } = c
+        else {
+            continue;
+        };
+        let s = match files.last() {
+            // Consecutive chunks of one file (overlay pages, extents).
+            Some((f, s)) if Arc::ptr_eq(f, file) => *s,
+            _ => {
+                let s = stamp(file)?;
+                files.push((file.clone(), s));
+                s
+            }
+        };
+        if s.len < offset + len {
+            return Err(changed(
+                file,
+                format!(
+                    "it holds {} bytes, the image needs bytes up to {}",
+                    s.len,
+                    offset + len
+                ),
+            ));
+        }
+    }
+    Ok(files)
+}
+
+/// After a piece was copied: the device still vouches for its host files
+/// (a region map checks size and mtime against the scan again), and none of
+/// them changed since [`watch`] (so what was copied is what the device
+/// vouches for, even if a writer put size and mtime back afterwards).
+fn confirm(
+    dev: &dyn BlockDev,
+    offset: u64,
+    len: u64,
+    before: &[(Arc<File>, Stamp)],
+    scratch: &mut Vec<ReadChunk>,
+) -> Result<(), RawError> {
+    if before.is_empty() {
+        return Ok(());
+    }
+    scratch.clear();
+    dev.read_chunks(offset, len, scratch)?;
+    scratch.clear();
+    for (file, s) in before {
+        let now = stamp(file)?;
+        if now != *s {
+            let what = if now.len != s.len {
+                format!("size {} -> {}", s.len, now.len)
+            } else {
+                "modified during the copy".to_string()
+            };
+            return Err(changed(file, what));
+        }
+    }
+    Ok(())
+}
+
+fn check_stop(stop: &AtomicBool) -> Result<(), RawError> {
+    if stop.load(Ordering::Relaxed) {
+        Err(RawError::Interrupted)
+    } else {
+        Ok(())
+    }
 }
 
 /// Write `b` at `at`, leaving all-zero 64 KiB blocks as holes.
@@ -84,7 +233,9 @@ fn write_sparse(out: &File, b: &[u8], at: u64, stats: &mut RawStats) -> io::Resu
 /// on most filesystems fallocated-but-unwritten extents, read as zeros
 /// and are skipped so the output stays sparse. Only worth two `lseek`s
 /// for big ranges; small ones (and filesystems without `SEEK_DATA`) are
-/// one segment.
+/// one segment. The caller has checked that the file reaches `off + len`
+/// ([`watch`]), so "no more data" (`ENXIO`) is a trailing hole; a file
+/// that shrinks or is rewritten meanwhile is caught by [`confirm`].
 fn data_segments(file: &File, off: u64, len: u64) -> Vec<(u64, u64)> {
     use rustix::fs::{seek, SeekFrom};
     if len < 1 << 20 {
@@ -112,36 +263,86 @@ fn data_segments(file: &File, off: u64, len: u64) -> Vec<(u64, u64)> {
     segs
 }
 
+/// `pread` exactly `dst.len()` bytes; the file ending first is an error
+/// naming it, never zeros.
+fn read_file_exact(file: &File, dst: &mut [u8], at: u64) -> Result<(), RawError> {
+    let mut done = 0;
+    while done < dst.len() {
+        match file.read_at(&mut dst[done..], at + done as u64) {
+            Ok(0) => {
+                return Err(changed(
+                    file,
+                    format!(
+                        "it ended at byte {}, {} expected",
+                        at + done as u64,
+                        at + dst.len() as u64
+                    ),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(RawError::HostRead {
+                    path: name_of(file),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copy `len` bytes at `off` of `src` to `at` in `out` (`path`, for
+/// messages), in the kernel where it can.
 fn copy_file(
     src: &File,
     mut off: u64,
     len: u64,
     out: &File,
+    path: &Path,
     mut at: u64,
     buf: &mut Vec<u8>,
-) -> io::Result<()> {
+) -> Result<(), RawError> {
+    use rustix::io::Errno;
     let end = off + len;
+    let mut in_kernel = true;
     while off < end {
-        let want = (end - off).min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(src, Some(&mut off), out, Some(&mut at), want) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "host file shrank while copying",
-                ))
-            }
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => {
-                // Cross-device or unsupported: copy through memory.
-                let n = (end - off).min(PIECE) as usize;
-                buf.resize(n, 0);
-                src.read_exact_at(buf, off)?;
-                out.write_all_at(buf, at)?;
-                off += n as u64;
-                at += n as u64;
+        if in_kernel {
+            let want = (end - off).min(PIECE) as usize;
+            match rustix::fs::copy_file_range(src, Some(&mut off), out, Some(&mut at), want) {
+                Ok(0) => {
+                    return Err(changed(
+                        src,
+                        format!("it ended at byte {off}, {end} expected"),
+                    ))
+                }
+                Ok(_) => continue,
+                Err(Errno::INTR) => continue,
+                // Cross-device, or not offered for these files: through memory.
+                Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL) => {
+                    in_kernel = false;
+                }
+                Err(e) => {
+                    return Err(RawError::Write {
+                        path: path.to_owned(),
+                        source: io::Error::new(
+                            io::Error::from(e).kind(),
+                            format!("copying from {}: {e}", name_of(src).display()),
+                        ),
+                    })
+                }
             }
         }
+        let n = (end - off).min(PIECE) as usize;
+        buf.resize(n, 0);
+        read_file_exact(src, buf, off)?;
+        out.write_all_at(buf, at)
+            .map_err(|source| RawError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        off += n as u64;
+        at += n as u64;
     }
     Ok(())
 }
@@ -150,6 +351,7 @@ fn write_to_file(
     dev: &dyn BlockDev,
     out: &File,
     path: &Path,
+    stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RawStats, RawError> {
     let werr = |source| RawError::Write {
@@ -160,9 +362,11 @@ fn write_to_file(
     out.set_len(size).map_err(werr)?;
     let mut stats = RawStats::default();
     let mut chunks = Vec::new();
+    let mut scratch = Vec::new();
     let mut buf = Vec::new();
     let mut pos = 0u64;
     while pos < size {
+        check_stop(stop)?;
         let mut list = ExtentList::new(pos);
         dev.extents(pos, (size - pos).min(1 << 30), &mut list)?;
         if list.covered() == 0 {
@@ -175,9 +379,11 @@ fn write_to_file(
             }
             let mut p = off;
             while p < off + e.len {
+                check_stop(stop)?;
                 let n = (off + e.len - p).min(PIECE);
                 chunks.clear();
                 if dev.read_chunks(p, n, &mut chunks)? {
+                    let before = watch(&chunks)?;
                     let mut at = p;
                     for c in &chunks {
                         match c {
@@ -194,13 +400,12 @@ fn write_to_file(
                                 // What is not copied is left sparse.
                                 stats.skipped += len;
                                 for (o, l) in data_segments(file, *offset, *len) {
-                                    copy_file(file, o, l, out, at + (o - offset), &mut buf)
-                                        .map_err(werr)?;
+                                    copy_file(file, o, l, out, path, at + (o - offset), &mut buf)?;
                                     stats.written += l;
                                     stats.skipped -= l;
                                 }
-                                // Copied whole, but a file that changed
-                                // meanwhile may have given zeros or torn bytes.
+                                // The host file's own check, stamped when
+                                // the device handed it out (before `watch`).
                                 if let Some(check) = check {
                                     check.verify(file).map_err(|e| e.at(at))?;
                                 }
@@ -208,6 +413,8 @@ fn write_to_file(
                         }
                         at += c.len();
                     }
+                    chunks.clear();
+                    confirm(dev, p, n, &before, &mut scratch)?;
                 } else {
                     buf.resize(n as usize, 0);
                     dev.read_at(&mut buf, p)?;
@@ -226,11 +433,14 @@ fn write_to_file(
 /// Every byte in order (zeros included) to a stream: stdout, a pipe, a
 /// character device, or a block device opened at offset 0 (a block device
 /// keeps its old contents where nothing is written, so holes must be
-/// written as zeros too).
+/// written as zeros too). Host-file bytes are checked like
+/// [`write_to_file`]'s before they are written: a stream cannot take them
+/// back.
 fn write_stream(
     dev: &dyn BlockDev,
     out: &mut dyn Write,
     path: &Path,
+    stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RawStats, RawError> {
     let werr = |source| RawError::Write {
@@ -239,10 +449,42 @@ fn write_stream(
     };
     let size = dev.size();
     let mut buf = vec![0u8; PIECE as usize];
+    let mut chunks = Vec::new();
+    let mut scratch = Vec::new();
     let mut pos = 0u64;
     while pos < size {
+        check_stop(stop)?;
         let n = (size - pos).min(PIECE) as usize;
-        dev.read_at(&mut buf[..n], pos)?;
+        chunks.clear();
+        if dev.read_chunks(pos, n as u64, &mut chunks)? {
+            let before = watch(&chunks)?;
+            let mut at = 0usize;
+            for c in &chunks {
+                let l = c.len() as usize;
+                let dst = &mut buf[at..at + l];
+                match c {
+                    ReadChunk::Zero(_) => dst.fill(0),
+                    ReadChunk::Bytes(b) => dst.copy_from_slice(b),
+                    ReadChunk::File {
+                        file,
+                        offset,
+                        check,
+                        ..
+                    } => {
+                        read_file_exact(file, dst, *offset)?;
+                        if let Some(check) = check {
+                            check.verify(file).map_err(|e| e.at(pos + at as u64))?;
+                        }
+                    }
+                }
+                at += l;
+            }
+            chunks.clear();
+            confirm(dev, pos, n as u64, &before, &mut scratch)?;
+        } else {
+            dev.read_at(&mut buf[..n], pos)?;
+        }
+        check_stop(stop)?;
         out.write_all(&buf[..n]).map_err(werr)?;
         pos += n as u64;
         progress(pos);
@@ -260,6 +502,7 @@ fn write_to_device(
     dev: &dyn BlockDev,
     path: &Path,
     block_device: bool,
+    stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RawStats, RawError> {
     let cerr = |source| RawError::Create {
@@ -284,7 +527,7 @@ fn write_to_device(
             )));
         }
     }
-    let stats = write_stream(dev, &mut out, path, progress)?;
+    let stats = write_stream(dev, &mut out, path, stop, progress)?;
     if block_device {
         out.sync_all().map_err(|source| RawError::Write {
             path: path.to_owned(),
@@ -294,16 +537,61 @@ fn write_to_device(
     Ok(stats)
 }
 
+/// Whether `-o path` is written in place (an existing block device,
+/// character device or FIFO) rather than replaced by a complete file.
+pub fn writes_in_place(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| {
+        let kind = meta.file_type();
+        kind.is_block_device() || kind.is_char_device() || kind.is_fifo()
+    })
+}
+
+/// The prefix of the hidden temp file [`write_raw`] writes `path` under,
+/// in `path`'s directory: `.NAME.PID.` (then random characters and
+/// `.part`). The process id lets a caller that must exit at once (a second
+/// signal) remove its own temp file and nobody else's.
+pub fn temp_prefix(path: &Path) -> (PathBuf, String) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    (dir, format!(".{name}.{}.", std::process::id()))
+}
+
 /// Write all of `dev` to `output`. `progress` gets the offset reached.
 pub fn write_raw(
     dev: &dyn BlockDev,
     output: RawOutput<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RawStats, RawError> {
+    write_raw_until(dev, output, &AtomicBool::new(false), progress)
+}
+
+/// [`write_raw`], stopping with [`RawError::Interrupted`] soon after `stop`
+/// is raised (it is checked before every piece of at most 8 MiB). A file
+/// target is then not written (the temp file is removed); a device, FIFO
+/// or stdout keeps what was written so far.
+pub fn write_raw_until(
+    dev: &dyn BlockDev,
+    output: RawOutput<'_>,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RawStats, RawError> {
     let path = match output {
         RawOutput::Stdout => {
-            let stdout = io::stdout();
-            return write_stream(dev, &mut stdout.lock(), Path::new("-"), progress);
+            // The descriptor itself, not std's line-buffered handle.
+            let fd = io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| RawError::Write {
+                    path: "-".into(),
+                    source,
+                })?;
+            return write_stream(dev, &mut File::from(fd), Path::new("-"), stop, progress);
         }
         RawOutput::File(p) => p,
     };
@@ -312,23 +600,17 @@ pub fn write_raw(
     if let Ok(meta) = std::fs::metadata(path) {
         let kind = meta.file_type();
         if kind.is_block_device() || kind.is_char_device() || kind.is_fifo() {
-            return write_to_device(dev, path, kind.is_block_device(), progress);
+            return write_to_device(dev, path, kind.is_block_device(), stop, progress);
         }
     }
     let cerr = |source| RawError::Create {
         path: path.to_owned(),
         source,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
+    let (dir, prefix) = temp_prefix(path);
+    // Removed when dropped: on every error and interruption below.
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&prefix)
         .suffix(".part")
         .tempfile_in(dir)
         .map_err(cerr)?;
@@ -336,11 +618,13 @@ pub fn write_raw(
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))
         .map_err(cerr)?;
-    let stats = write_to_file(dev, tmp.as_file(), path, progress)?;
+    let stats = write_to_file(dev, tmp.as_file(), path, stop, progress)?;
+    check_stop(stop)?;
     tmp.as_file().sync_all().map_err(|source| RawError::Write {
         path: path.to_owned(),
         source,
     })?;
+    check_stop(stop)?;
     tmp.persist(path).map_err(|e| RawError::Write {
         path: path.to_owned(),
         source: e.error,
@@ -434,6 +718,124 @@ mod tests {
             "fallocated zeros were copied: {} blocks",
             meta.blocks()
         );
+    }
+
+    /// A host-file-backed map of `len` bytes over `file` (shorter, maybe).
+    fn map_over(file: std::sync::Arc<File>, len: u64) -> synth::RegionMap {
+        let mut b = synth::RegionMapBuilder::new();
+        b.push("f", len, synth::Backing::file(file, 0)).unwrap();
+        b.finish()
+    }
+
+    #[test]
+    fn a_host_file_shorter_than_its_region_is_an_error_naming_it_not_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("shrunk.bin");
+        std::fs::write(&src_path, vec![0x5A; 3 << 20]).unwrap();
+        let src = std::sync::Arc::new(File::open(&src_path).unwrap());
+        // The layout says 4 MiB; the file now holds 3 (and ends in a "hole").
+        let map = map_over(src, 4 << 20);
+        let path = dir.path().join("out.img");
+        let err = write_raw(&map, RawOutput::File(&path), &mut |_| {}).unwrap_err();
+        assert!(matches!(err, RawError::HostChanged { .. }), "{err:?}");
+        assert!(err.to_string().contains("shrunk.bin"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["shrunk.bin"], "a failed -o left files behind");
+        // The stream path (stdout, devices) checks before writing.
+        let mut sink = Vec::new();
+        let err = write_stream(
+            &map,
+            &mut sink,
+            Path::new("-"),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("shrunk.bin"), "{err}");
+        assert!(sink.is_empty(), "bytes of a short file reached the stream");
+    }
+
+    /// A device whose host file is rewritten (same bytes, mtime put back)
+    /// between the copy and the check after it: only the ctime tells.
+    #[derive(Debug)]
+    struct Rewritten {
+        map: synth::RegionMap,
+        path: PathBuf,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlockDev for Rewritten {
+        fn size(&self) -> u64 {
+            self.map.size()
+        }
+        fn read_at(&self, buf: &mut [u8], off: u64) -> synth::Result<()> {
+            self.map.read_at(buf, off)
+        }
+        fn read_chunks(&self, off: u64, len: u64, out: &mut Vec<ReadChunk>) -> synth::Result<bool> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 1 {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .unwrap();
+                let mtime = f.metadata().unwrap().modified().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                f.write_all_at(&[0x5A; 4096], 0).unwrap();
+                f.set_modified(mtime).unwrap();
+            }
+            self.map.read_chunks(off, len, out)
+        }
+    }
+
+    #[test]
+    fn a_host_file_modified_during_the_copy_fails_even_if_size_and_mtime_are_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("busy.bin");
+        std::fs::write(&src_path, vec![0x5A; 2 << 20]).unwrap();
+        let src = std::sync::Arc::new(File::open(&src_path).unwrap());
+        let dev = Rewritten {
+            map: map_over(src, 2 << 20),
+            path: src_path.clone(),
+            calls: Default::default(),
+        };
+        let path = dir.path().join("out.img");
+        let err = write_raw(&dev, RawOutput::File(&path), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("busy.bin"), "{err}");
+        assert!(
+            err.to_string().contains("modified during the copy"),
+            "{err}"
+        );
+        assert!(!path.exists());
+        dev.calls.store(0, Ordering::SeqCst);
+        let mut sink = Vec::new();
+        let err = write_stream(
+            &dev,
+            &mut sink,
+            Path::new("-"),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("busy.bin"), "{err}");
+        assert!(sink.is_empty());
+    }
+
+    #[test]
+    fn a_raised_stop_flag_interrupts_and_removes_the_temp_file() {
+        let dev = sources::PatternDev::new(64 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.img");
+        let stop = AtomicBool::new(false);
+        let err = write_raw_until(&dev, RawOutput::File(&path), &stop, &mut |pos| {
+            if pos >= 16 << 20 {
+                stop.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, RawError::Interrupted), "{err:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! A directory with 100,000 files must not need 100,000 open descriptors, and
 //! start-up must not open anything (it costs `stat` calls only). So a
 //! [`HostFile`] is just a path plus the identity the scan saw
-//! ([`ScannedFile`]: device, inode, size, mtime); its descriptor is opened on
+//! ([`ScannedFile`]: device, inode, size, mtime, change time); its descriptor is opened on
 //! first read and kept in a [`FilePool`], an LRU with a fixed capacity. An
 //! evicted descriptor that a request is still using (for `sendfile`, say)
 //! stays open until that request drops its `Arc`.
@@ -144,6 +144,13 @@ pub struct ScannedFile {
     pub size: u64,
     /// Modification time (seconds, nanoseconds).
     pub mtime: (i64, i64),
+    /// Status change time (seconds, nanoseconds): anyone can put size and
+    /// mtime back (`touch -r`), nobody can put the change time back, so a
+    /// file rewritten in place after the scan (holes found by `SEEK_DATA`
+    /// moved, bytes changed) is caught too. A `chmod` or a new hard link
+    /// counts as a change as well: such a file is refused rather than
+    /// trusted.
+    pub ctime: (i64, i64),
     /// The path's last component is a symlink the scan followed (the
     /// fields above are its target's); otherwise it is opened with
     /// `O_NOFOLLOW`.
@@ -307,6 +314,7 @@ impl HostFile {
 
     fn check_size_mtime(&self, meta: &std::fs::Metadata) -> Result<()> {
         let mtime = (meta.mtime(), meta.mtime_nsec());
+        let ctime = (meta.ctime(), meta.ctime_nsec());
         if meta.len() != self.scanned.size || mtime != self.scanned.mtime {
             return Err(self.changed(format!(
                 "size {} -> {}, mtime {}.{:09} -> {}.{:09}",
@@ -316,6 +324,12 @@ impl HostFile {
                 self.scanned.mtime.1,
                 mtime.0,
                 mtime.1
+            )));
+        }
+        if ctime != self.scanned.ctime {
+            return Err(self.changed(format!(
+                "change time {}.{:09} -> {}.{:09}: modified, or its size and mtime put back",
+                self.scanned.ctime.0, self.scanned.ctime.1, ctime.0, ctime.1
             )));
         }
         Ok(())
@@ -335,7 +349,7 @@ impl HostFile {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
 
     use super::*;
     use crate::{Backing, BlockDev, ErrorKind, RegionMapBuilder};
@@ -353,6 +367,7 @@ mod tests {
             ino: m.ino(),
             size: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
             follow_link: false,
         }
     }
@@ -590,6 +605,21 @@ mod tests {
         assert!(f.open().unwrap_err().to_string().contains("inode"));
         // A refused file is not kept in the pool.
         assert_eq!(pool.open_count(), 0);
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_with_size_and_mtime_put_back_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::new(4);
+        let f = host(&pool, dir.path(), "f", &[1u8; 100]);
+        let m = std::fs::metadata(f.path()).unwrap();
+        // Change time moves on at the kernel's granularity: make sure it can.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let w = std::fs::File::options().write(true).open(f.path()).unwrap();
+        w.write_all_at(&[2u8; 100], 0).unwrap();
+        w.set_modified(m.modified().unwrap()).unwrap();
+        let err = f.open().unwrap_err();
+        assert!(err.to_string().contains("change time"), "{err}");
     }
 
     #[test]

@@ -162,7 +162,8 @@ fn counts(text: &str) -> (u64, u64, u64) {
 }
 
 /// Reads racing with a file that shrinks: simple, structured and extended replies (libnbd for the
-/// first two, qemu-io for extended headers) see the right bytes or an error, never zeros as data.
+/// first two, qemu-io for extended headers) see the right bytes or an error, never zeros as data:
+/// thousands of reads, before, while and after the file shrinks and is put back in a loop.
 #[test]
 fn a_shrinking_host_file_never_reads_as_zeros() {
     require_tool!("python3-nbd", "qemu-io");
@@ -175,7 +176,16 @@ fn a_shrinking_host_file_never_reads_as_zeros() {
     let at = find_run(&reference, 0x5A, len);
     let server = serve("floppy", &tree, dir.path(), &["--threads", "4"]);
     let stop = Arc::new(AtomicBool::new(false));
-    let shrinker = shrink_loop(tree.join("data/big.bin"), 0x5A, stop.clone());
+    // The clients start on the intact file; the shrinking starts under them. (Once the file has
+    // changed, every later read fails at once: its change time is no longer the scanned one.)
+    let shrinker = {
+        let stop = stop.clone();
+        let path = tree.join("data/big.bin");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            shrink_loop(path, 0x5A, stop).join().unwrap()
+        })
+    };
 
     let py = |style: &'static str| {
         let uri = server.uri().to_string();
@@ -256,11 +266,21 @@ fn a_shrinking_host_file_never_reads_as_zeros() {
         structured.describe()
     );
     assert!(q_ok > 0 && q_err > 0, "extended: {}", q_brief());
-    // And the server is still serving correct bytes once the file is whole again.
-    let out = qemu_io_readonly(server.uri(), &[&format!("read -P 0x5a {at} {len}")]);
+    // The server lives on: the changed file stays refused (whole again, with its old size and
+    // mtime, it is still not the file that was scanned), the rest is served.
+    let other = find_run(&reference, 0x22, 64 * 1024);
+    let out = qemu_io_readonly(
+        server.uri(),
+        &[
+            &format!("read -P 0x5a {at} {len}"),
+            &format!("read -P 0x22 {other} 65536"),
+        ],
+    );
+    let text = format!("{}{}", out.stdout_str(), out.stderr_str());
     assert!(
-        out.stdout_str()
-            .contains(&format!("read {len}/{len} bytes")),
+        text.contains("read failed: Input/output error")
+            && text.contains("read 65536/65536 bytes")
+            && !text.contains("Pattern verification failed"),
         "{}",
         out.describe()
     );

@@ -343,3 +343,207 @@ fn https_with_http2_and_an_internal_ca() {
         "HTTP/2 was not used: {log:?}"
     );
 }
+
+/// `cat disk.raw | disksynth pack - a.xz` (a pipe: size unknown) and
+/// `disksynth pack disk.raw - > b.xz` (no temp file, no rename): both pass `xz -t`, hold one
+/// block per 2 MiB in the index, decode with `xz -dc` to the input, and serve it with
+/// `disksynth xz -o`.
+#[test]
+fn pack_reads_a_pipe_and_writes_stdout() {
+    require_tool!("xz", "cmp", "cat");
+    use std::process::Stdio;
+    let dir = tempdir();
+    let raw = dir.path().join("disk.raw");
+    image(&raw, 20);
+    let from_pipe = dir.path().join("a.xz");
+    let mut cat = Command::new("cat")
+        .arg(&raw)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = cat.stdout.take().unwrap();
+    let pack = disksynth_tests::disksynth()
+        .args(["pack", "-"])
+        .arg(&from_pipe)
+        .args(["--block-size", "2M", "--preset", "1"])
+        .stdin(pipe)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = finish(pack, CMD_TIMEOUT);
+    assert_eq!(code, Some(0), "pack - a.xz: {err}");
+    assert!(cat.wait().unwrap().success());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&from_pipe).unwrap().permissions().mode() & 0o777,
+        0o644,
+        "a pipe's 0600 is not an image's mode"
+    );
+    let to_stdout = dir.path().join("b.xz");
+    let pack = disksynth_tests::disksynth()
+        .arg("pack")
+        .arg(&raw)
+        .args(["-", "--block-size", "2M", "--preset", "1"])
+        .stdout(fs::File::create(&to_stdout).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = finish(pack, CMD_TIMEOUT);
+    assert_eq!(code, Some(0), "pack disk.raw -: {err}");
+    // `pack IN - | head -c 100`: quiet, 141 as `cat`.
+    let mut pack = disksynth_tests::disksynth()
+        .arg("pack")
+        .arg(&raw)
+        .args(["-", "--preset", "0", "--block-size", "1M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let head = Command::new("head")
+        .args(["-c", "100"])
+        .stdin(pack.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(head.stdout.len(), 100);
+    let (code, err) = finish(pack, CMD_TIMEOUT);
+    assert_eq!((code, err.as_str()), (Some(141), ""), "pack IN - | head");
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.xz", "b.xz", "disk.raw"], "temp files left");
+    for xzf in [&from_pipe, &to_stdout] {
+        let t = run(Command::new("xz").arg("-t").arg(xzf), CMD_TIMEOUT);
+        assert!(t.status.success(), "xz -t {xzf:?}: {}", t.describe());
+        assert_eq!(blocks_of(xzf), 10, "{xzf:?}: one block per 2 MiB");
+        let reference = dir.path().join("ref.raw");
+        unxz(xzf, &reference);
+        cmp_files(&reference, &raw);
+        let back = dir.path().join("back.raw");
+        run_ok(
+            disksynth_tests::disksynth()
+                .arg("xz")
+                .arg(xzf)
+                .arg("-o")
+                .arg(&back),
+        );
+        cmp_files(&back, &raw);
+        fs::remove_file(&reference).unwrap();
+        fs::remove_file(&back).unwrap();
+    }
+    assert!(
+        fs::read(&from_pipe).unwrap() == fs::read(&to_stdout).unwrap(),
+        "a pipe and a file give different .xz files"
+    );
+}
+
+/// Waits (bounded) for `child`; kills it (by pid) and fails if it does not exit.
+fn finish(mut child: std::process::Child, timeout: std::time::Duration) -> (Option<i32>, String) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {timeout:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.code(), err)
+}
+
+fn signal(child: &std::process::Child, sig: disksynth_tests::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_child(child), sig).unwrap();
+}
+
+/// SIGINT ~300 ms into `disksynth pattern 20G -o - | disksynth pack - out.xz`, SIGTERM into
+/// `disksynth pack big.raw out.xz` (a sparse 16 GiB file): exit 130 / 143 promptly, one line,
+/// no temp file, no output. The producer of the pipe then ends quietly on the closed pipe.
+#[test]
+fn interrupted_pack_exits_130_or_143_and_leaves_nothing() {
+    use disksynth_tests::Signal;
+    use std::process::Stdio;
+    use std::time::Duration;
+    let dir = tempdir();
+    let work = dir.path().join("out");
+    fs::create_dir(&work).unwrap();
+    let target = work.join("out.xz");
+
+    let mut producer = disksynth_tests::disksynth()
+        .args(["pattern", "20G", "-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = producer.stdout.take().unwrap();
+    let pack = disksynth_tests::disksynth()
+        .args(["pack", "-"])
+        .arg(&target)
+        .args(["--preset", "0"])
+        .stdin(pipe)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let names = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !names(&work).iter().any(|n| n.starts_with(".out.xz.")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temp file while packing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&pack, Signal::INT);
+    let (code, err) = finish(pack, Duration::from_secs(10));
+    assert_eq!(code, Some(130), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!("disksynth: interrupted; {} not written", target.display())
+    );
+    assert_eq!(names(&work), Vec::<String>::new());
+    let (code, err) = finish(producer, Duration::from_secs(10));
+    assert_eq!((code, err.as_str()), (Some(141), ""), "the producer");
+
+    let big = dir.path().join("big.raw");
+    fs::File::create(&big).unwrap().set_len(16 << 30).unwrap();
+    let pack = disksynth_tests::disksynth()
+        .arg("pack")
+        .arg(&big)
+        .arg(&target)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !names(&work).iter().any(|n| n.starts_with(".out.xz.")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temp file while packing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&pack, Signal::TERM);
+    let sent = std::time::Instant::now();
+    let (code, err) = finish(pack, Duration::from_secs(10));
+    assert_eq!(code, Some(143), "{err}");
+    assert!(sent.elapsed() < Duration::from_millis(2500), "slow to stop");
+    assert_eq!(
+        err.trim_end(),
+        format!("disksynth: interrupted; {} not written", target.display())
+    );
+    assert_eq!(names(&work), Vec::<String>::new());
+}

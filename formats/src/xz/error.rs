@@ -112,6 +112,10 @@ pub enum XzError {
     /// Bad options for [`super::pack()`] or [`super::XzDev::open`].
     #[error("invalid option: {0}")]
     InvalidOption(String),
+
+    /// [`super::pack::pack_with`] was stopped by its caller (a signal).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl XzError {

@@ -48,7 +48,7 @@ mod tests;
 pub use dev::{XzDev, XzOptions, XzStats};
 pub use error::XzError;
 pub use index::{XzBlock, XzIndex};
-pub use pack::{pack, PackOptions, PackStats};
+pub use pack::{pack, pack_with, PackInput, PackOptions, PackOutput, PackStats};
 
 /// The integrity check of a Stream's Blocks (§2.1.1.2 Stream Flags, §3.4
 /// Check). Only the four types liblzma implements are accepted: a reserved

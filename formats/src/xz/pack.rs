@@ -4,12 +4,17 @@
 //! liblzma's multithreaded Stream encoder cuts the input into Blocks of
 //! exactly `block_size` uncompressed bytes (the last one shorter), encodes
 //! them on `threads` threads, and records every Block in the Index (§4):
-//! just what random access needs. The output appears only when complete:
-//! it is written to a temp file beside it, synced and renamed.
+//! just what random access needs. The input is read as a stream (a pipe
+//! works: its size is never needed). A file output appears only when
+//! complete: it is written to a temp file beside it, synced and renamed;
+//! standard output gets the bytes as they are made.
 
 use std::fs::File;
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
 
@@ -56,10 +61,32 @@ pub struct PackStats {
 /// Input read per encoder call.
 const CHUNK: usize = 1 << 20;
 
+/// How often (ms) a call into the encoder comes back to check `stop`.
+const STOP_CHECK_MS: u32 = 100;
+
 fn encode_error(e: liblzma::stream::Error) -> XzError {
     XzError::Encode {
         what: e.to_string(),
     }
+}
+
+/// Where [`pack_with`] reads the raw image.
+#[derive(Debug, Clone, Copy)]
+pub enum PackInput<'a> {
+    /// A file (or anything `open` reads: a FIFO, a device).
+    Path(&'a Path),
+    /// Standard input, read to its end (its size need not be known).
+    Stdin,
+}
+
+/// Where [`pack_with`] writes the `.xz` file.
+#[derive(Debug, Clone, Copy)]
+pub enum PackOutput<'a> {
+    /// A file, replaced only when complete (temp file beside it, synced,
+    /// renamed).
+    Path(&'a Path),
+    /// Standard output, as it is produced (no temp file, no rename).
+    Stdout,
 }
 
 /// Compress `input` into the `.xz` file `output` with Blocks of
@@ -70,6 +97,31 @@ pub fn pack(
     input: &Path,
     output: &Path,
     opts: &PackOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<PackStats, XzError> {
+    pack_with(
+        PackInput::Path(input),
+        PackOutput::Path(output),
+        opts,
+        &AtomicBool::new(false),
+        progress,
+    )
+}
+
+/// [`pack`] from a file or standard input to a file or standard output,
+/// stopping with [`XzError::Interrupted`] soon after `stop` is raised (it is
+/// checked for every MiB of input). A file output is then not written (the
+/// temp file is removed); standard output keeps what was written.
+///
+/// The input is a stream: its size need not be known in advance (a pipe).
+/// liblzma's multithreaded encoder cuts it into Blocks of `block_size` and
+/// records each in the Index, so the result has the same random access
+/// whatever the input was.
+pub fn pack_with(
+    input: PackInput<'_>,
+    output: PackOutput<'_>,
+    opts: &PackOptions,
+    stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<PackStats, XzError> {
     if opts.block_size == 0 {
@@ -87,16 +139,42 @@ pub fn pack(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         n => n,
     };
+    let in_path = match input {
+        PackInput::Path(p) => p,
+        PackInput::Stdin => Path::new("-"),
+    };
+    let out_path = match output {
+        PackOutput::Path(p) => p,
+        PackOutput::Stdout => Path::new("-"),
+    };
     let in_err = |source| XzError::File {
-        path: input.to_path_buf(),
+        path: in_path.to_path_buf(),
         source,
     };
     let out_err = |source| XzError::File {
-        path: output.to_path_buf(),
+        path: out_path.to_path_buf(),
         source,
     };
-    let mut src = File::open(input).map_err(in_err)?;
-    let permissions = src.metadata().map_err(in_err)?.permissions();
+    // The descriptors themselves, not std's buffered standard streams.
+    let mut src = match input {
+        PackInput::Path(p) => File::open(p).map_err(in_err)?,
+        PackInput::Stdin => File::from(
+            std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(in_err)?,
+        ),
+    };
+    // The output gets a regular input's permissions; a pipe's (0600) or a
+    // device's say nothing about the image: an ordinary file's then.
+    let permissions = {
+        let meta = src.metadata().map_err(in_err)?;
+        if meta.is_file() {
+            meta.permissions()
+        } else {
+            std::fs::Permissions::from_mode(0o644)
+        }
+    };
 
     let check = match opts.check {
         Check::None => liblzma::stream::Check::None,
@@ -109,43 +187,61 @@ pub fn pack(
         .block_size(opts.block_size)
         .preset(opts.preset)
         .check(check)
-        // Block until there is output rather than spin.
-        .timeout_ms(0)
+        // Wait for the encoder threads at most this long per call, so a
+        // raised `stop` is seen within it (a 16 MiB block at preset 9 takes
+        // seconds), yet never spin.
+        .timeout_ms(STOP_CHECK_MS)
         .encoder()
         .map_err(encode_error)?;
 
-    // A hidden temp file in the output's directory, so the rename is
-    // atomic; dropped (deleted) on any error below.
-    let dir = match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+    // A file output goes to a hidden temp file in its directory, so the
+    // rename is atomic; dropped (deleted) on any error below.
+    let mut tmp = match output {
+        PackOutput::Path(output) => {
+            let (dir, prefix) = temp_prefix(output);
+            Some(
+                tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .suffix(".tmp")
+                    .tempfile_in(dir)
+                    .map_err(out_err)?,
+            )
+        }
+        PackOutput::Stdout => None,
     };
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(out_err)?;
+    let mut stdout = match &tmp {
+        Some(_) => None,
+        None => Some(File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(out_err)?,
+        )),
+    };
 
     let mut inbuf = vec![0u8; CHUNK];
     let mut outbuf = vec![0u8; CHUNK];
     let mut input_bytes = 0u64;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(XzError::Interrupted);
+        }
         let n = read_full(&mut src, &mut inbuf).map_err(in_err)?;
         let finish = n == 0;
-        feed(
-            &mut encoder,
-            &inbuf[..n],
-            &mut outbuf,
-            finish,
-            tmp.as_file_mut(),
-        )
-        .map_err(|e| match e {
+        // A signal that ended the writer of a pipe arrives with its EOF:
+        // a cut input must not become a complete-looking file.
+        if finish && stop.load(Ordering::Relaxed) {
+            return Err(XzError::Interrupted);
+        }
+        let out = match (&mut tmp, &mut stdout) {
+            (Some(t), _) => t.as_file_mut(),
+            (None, Some(s)) => s,
+            (None, None) => unreachable!("one output is open"),
+        };
+        feed(&mut encoder, &inbuf[..n], &mut outbuf, finish, out, stop).map_err(|e| match e {
             Fed::Encode(e) => encode_error(e),
             Fed::Write(e) => out_err(e),
+            Fed::Stopped => XzError::Interrupted,
         })?;
         if finish {
             break;
@@ -154,11 +250,16 @@ pub fn pack(
         progress(input_bytes);
     }
 
-    let file = tmp.as_file();
-    file.set_permissions(permissions).map_err(out_err)?;
-    file.sync_all().map_err(out_err)?;
     let output_bytes = encoder.total_out();
-    tmp.persist(output).map_err(|e| out_err(e.error))?;
+    if let (Some(tmp), PackOutput::Path(output)) = (tmp, output) {
+        let file = tmp.as_file();
+        file.set_permissions(permissions).map_err(out_err)?;
+        file.sync_all().map_err(out_err)?;
+        if stop.load(Ordering::Relaxed) {
+            return Err(XzError::Interrupted);
+        }
+        tmp.persist(output).map_err(|e| out_err(e.error))?;
+    }
     Ok(PackStats {
         input_bytes,
         output_bytes,
@@ -167,10 +268,27 @@ pub fn pack(
     })
 }
 
+/// The prefix of the hidden temp file [`pack`] writes `output` under, in
+/// `output`'s directory: `.NAME.PID.` (then random characters and `.tmp`).
+/// The process id lets a caller that must exit at once remove its own temp
+/// file and nobody else's.
+pub fn temp_prefix(output: &Path) -> (PathBuf, String) {
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, format!(".{name}.{}.", std::process::id()))
+}
+
 /// Why feeding the encoder failed.
 enum Fed {
     Encode(liblzma::stream::Error),
     Write(std::io::Error),
+    Stopped,
 }
 
 /// Give `data` to the encoder (all of it), or finish the Stream, writing
@@ -181,9 +299,13 @@ fn feed(
     outbuf: &mut [u8],
     finish: bool,
     out: &mut File,
+    stop: &AtomicBool,
 ) -> Result<(), Fed> {
     let action = if finish { Action::Finish } else { Action::Run };
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Fed::Stopped);
+        }
         let (in_before, out_before) = (encoder.total_in(), encoder.total_out());
         let status = encoder.process(data, outbuf, action).map_err(Fed::Encode)?;
         let used = (encoder.total_in() - in_before) as usize;
