@@ -101,6 +101,7 @@ pub(crate) fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc
         timestamp,
         max_open_files: a.max_open_files,
         strict_names: a.strict_names,
+        hidden_sectors: None,
     };
     let scanned = t0.elapsed();
     let image = formats::fat::build(&tree, &opts)
