@@ -250,8 +250,8 @@ fn gpt_disk_with_fat_esp_passes_sgdisk_sfdisk_fdisk_fsck() {
 }
 
 #[test]
-fn mbr_disk_passes_sfdisk_fdisk() {
-    require_tool!("sfdisk", "fdisk", "fsck.fat");
+fn mbr_disk_passes_sgdisk_sfdisk_fdisk() {
+    require_tool!("sgdisk", "sfdisk", "fdisk", "fsck.fat");
     let dir = tempfile::tempdir().unwrap();
     let opts = DiskOptions {
         table: TableKind::Mbr,
@@ -277,6 +277,9 @@ fn mbr_disk_passes_sfdisk_fdisk() {
     write_image(&disk.map, &img);
     let target = img.to_str().unwrap();
     check_sfdisk(target, &disk.report, "dos");
+    // sgdisk reads the MBR as a GPT in memory (the last 3 MiB are free, so
+    // a backup GPT would fit) and finds nothing wrong.
+    sgdisk_clean(target);
     let j = sfdisk_json(target);
     assert_eq!(j["partitiontable"]["partitions"][0]["bootable"], true);
     let fdisk = run_ok("fdisk", &["-l", target]);

@@ -147,11 +147,6 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
     let vol = plan.volume_offset;
     let map = if opts.floppy.is_none() && opts.partition == Partitioning::Mbr {
         b.pad_to(g.volume_bytes())?;
-        let kind = match g.fat_type {
-            FatType::Fat12 => 0x01,
-            FatType::Fat16 => 0x0E,
-            FatType::Fat32 => 0x0C,
-        };
         let disk = partition::build(
             &DiskOptions {
                 table: TableKind::Mbr,
@@ -165,7 +160,7 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
                 label: String::new(),
                 kind: PartType {
                     gpt: Some(partition::types::BASIC_DATA),
-                    mbr: Some(kind),
+                    mbr: Some(g.fat_type.mbr_type()),
                 },
                 content: Arc::new(b.finish()),
                 size: g.volume_bytes(),

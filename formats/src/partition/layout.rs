@@ -245,7 +245,8 @@ pub fn build(opts: &DiskOptions, parts: Vec<PartitionSpec>) -> Result<Disk, Part
         TableKind::Mbr | TableKind::Hybrid => {
             Some(opts.mbr_signature.unwrap_or_else(derived_signature))
         }
-        TableKind::Gpt | TableKind::None => opts.mbr_signature,
+        TableKind::Gpt => opts.mbr_signature,
+        TableKind::None => None,
     };
     let code = opts.mbr_boot_code.unwrap_or_else(mbr::stub_code);
 

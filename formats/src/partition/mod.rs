@@ -99,7 +99,8 @@ pub struct DiskOptions {
     /// The disk GUID; derived from the seed if `None`.
     pub disk_guid: Option<Guid>,
     /// The MBR disk signature (MBR and hybrid tables); derived from the seed
-    /// if `None`. A GPT's protective MBR has 0 unless this is given.
+    /// if `None`. A GPT's protective MBR has 0 unless this is given (UEFI
+    /// 2.10 §5.2.3: unused). Ignored without a table.
     pub mbr_signature: Option<u32>,
     /// MBR boot code; default: the "not bootable" stub ([`crate::bootstub`]).
     pub mbr_boot_code: Option<[u8; 440]>,
