@@ -517,3 +517,91 @@ fn a_built_disk_served_rw_takes_writes_in_the_overlay_and_never_touches_the_tree
     );
     assert_eq!(fs::read(d.join("blob.bin")).unwrap(), before);
 }
+
+#[test]
+fn inspect_reads_a_built_disk_and_a_disk_sfdisk_partitioned() {
+    require_tool!("sfdisk", "mkfs.fat");
+    let dir = tempdir();
+    let d = dir.path();
+    trees(d);
+    let img = d.join("disk.img");
+    build_ok(
+        d,
+        SPEC,
+        &[
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+            d.join("r.json").to_str().unwrap(),
+        ],
+    );
+    let r = report(&d.join("r.json"));
+    let out = run_ok(disksynth().arg("inspect").arg("--json").arg(&img));
+    let i: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(i["table"], "gpt");
+    assert_eq!(i["disk_guid"], r["disk_guid"]);
+    assert_eq!(i["problems"].as_array().unwrap().len(), 0, "{i}");
+    for (a, b) in i["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["partitions"].as_array().unwrap())
+    {
+        for key in ["offset", "size", "label", "type_guid", "guid", "attributes"] {
+            assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
+        }
+    }
+    assert_eq!(i["partitions"][0]["filesystem"]["type"], "vfat");
+    assert_eq!(
+        i["partitions"][0]["filesystem"]["uuid"],
+        r["partitions"][0]["filesystem"]["uuid"]
+    );
+    assert_eq!(i["partitions"][1]["filesystem"]["type"], "ext4");
+    assert_eq!(
+        i["partitions"][1]["filesystem"]["uuid"],
+        r["partitions"][1]["filesystem"]["uuid"]
+    );
+
+    // A table another tool wrote, with a filesystem another tool made.
+    let peer = d.join("peer.img");
+    fs::File::create(&peer).unwrap().set_len(64 << 20).unwrap();
+    let mut sf = Command::new("sfdisk");
+    sf.arg("--quiet")
+        .arg(&peer)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sf.spawn().unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, size=40960, type=c, bootable\nstart=43008, type=83\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let part = d.join("p1.img");
+    fs::File::create(&part)
+        .unwrap()
+        .set_len(40960 * 512)
+        .unwrap();
+    run_ok(
+        Command::new("mkfs.fat")
+            .args(["-F", "16", "-n", "PEERFAT", "-i", "1234ABCD"])
+            .arg(&part),
+    );
+    let bytes = fs::read(&part).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&peer).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 2048 * 512).unwrap();
+    let out = run_ok(disksynth().arg("inspect").arg("--json").arg(&peer));
+    let i: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(i["table"], "mbr", "{i}");
+    let p = i["partitions"].as_array().unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0]["offset"], 2048 * 512);
+    assert_eq!(p[0]["mbr_type"], "0x0c");
+    assert_eq!(p[0]["bootable"], true);
+    assert_eq!(p[0]["filesystem"]["type"], "vfat");
+    assert_eq!(p[0]["filesystem"]["uuid"], "1234-ABCD");
+    assert_eq!(p[0]["filesystem"]["label"], "PEERFAT");
+    assert_eq!(p[1]["offset"], 43008 * 512);
+    assert_eq!(p[1]["filesystem"], Value::Null);
+}
