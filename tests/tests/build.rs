@@ -605,3 +605,67 @@ fn inspect_reads_a_built_disk_and_a_disk_sfdisk_partitioned() {
     assert_eq!(p[1]["offset"], 43008 * 512);
     assert_eq!(p[1]["filesystem"], Value::Null);
 }
+
+#[test]
+fn iso_partitions_take_the_iso_options_el_torito_included() {
+    require_tool!("xorriso");
+    let dir = tempdir();
+    let d = dir.path();
+    write_file(d, "media/boot/loader.bin", &vec![0x90u8; 4096]);
+    write_file(d, "media/README.TXT", b"hello\n");
+    let spec = r#"
+[disk]
+seed = "iso"
+[[partition]]
+label = "media"
+type = "basic-data"
+fs = "iso"
+source = "media"
+fs_label = "MEDIA_1"
+boot = "boot/loader.bin"
+boot_load_size = 4
+no_joliet = true
+"#;
+    let img = d.join("disk.img");
+    build_ok(
+        d,
+        spec,
+        &[
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+            d.join("r.json").to_str().unwrap(),
+        ],
+    );
+    let r = report(&d.join("r.json"));
+    let p = &r["partitions"][0];
+    assert_eq!(p["filesystem"]["label"], "MEDIA_1");
+    let part = extract(
+        &img,
+        p["offset"].as_u64().unwrap(),
+        p["size"].as_u64().unwrap(),
+        &d.join("p.iso"),
+    );
+    let out = run(
+        Command::new("xorriso")
+            .args(["-indev"])
+            .arg(&part)
+            .args(["-report_el_torito", "plain", "-pvd_info"])
+            .env("LC_ALL", "C"),
+        CMD_TIMEOUT,
+    );
+    let text = format!("{}{}", out.stdout_str(), out.stderr_str());
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(text.contains("El Torito boot img :   1  BIOS"), "{text}");
+    assert!(text.contains("MEDIA_1"), "{text}");
+    assert!(!text.contains("Joliet"), "--no-joliet: {text}");
+    // An ISO option on an ext4 partition is refused.
+    let bad = spec.replace("fs = \"iso\"", "fs = \"ext4\"");
+    let out = build(d, &bad, &["-o", d.join("bad.img").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_str().contains("does not apply"),
+        "{}",
+        out.describe()
+    );
+}

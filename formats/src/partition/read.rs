@@ -100,7 +100,8 @@ fn text(b: &[u8]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn uuid_text(u: &[u8]) -> String {
+/// A 16-byte UUID in its usual text form, `0b9f2a4c-…` (lower case, as blkid prints it).
+pub fn uuid_text(u: &[u8]) -> String {
     u.iter()
         .enumerate()
         .map(|(i, b)| {
