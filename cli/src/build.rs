@@ -30,6 +30,21 @@ struct FsInfo {
     label: Option<String>,
 }
 
+/// The `http` and `xz` subcommands' defaults, for remote and compressed partitions.
+#[derive(clap::Parser)]
+struct RemoteDefaults {
+    #[command(flatten)]
+    http: crate::args::HttpArgs,
+    #[command(flatten)]
+    xz: crate::args::XzArgs,
+}
+
+impl RemoteDefaults {
+    fn defaults() -> RemoteDefaults {
+        <RemoteDefaults as clap::Parser>::parse_from(["disksynth"])
+    }
+}
+
 /// A partition's content at its first, natural size.
 enum Prepared {
     Fat {
@@ -213,6 +228,18 @@ fn prepare(p: &PartSpec, epoch: Option<i64>) -> Result<Prepared> {
             let dev = sources::FileDev::open(path, false)
                 .with_context(|| format!("opening raw = {}", path.display()))?;
             Prepared::Raw { dev: Arc::new(dev) }
+        }
+        Content::Http(url) => {
+            let d = RemoteDefaults::defaults();
+            Prepared::Raw {
+                dev: crate::remote::http(url, &d.http)?,
+            }
+        }
+        Content::Xz(src) => {
+            let d = RemoteDefaults::defaults();
+            Prepared::Raw {
+                dev: crate::remote::xz(src, &d.xz, &d.http)?,
+            }
         }
     })
 }

@@ -75,6 +75,10 @@ pub enum Content {
     Empty,
     /// A file's bytes, mapped (never copied).
     Raw(PathBuf),
+    /// A remote raw image (`source = "https://…"`), read lazily with range requests.
+    Http(String),
+    /// A block-indexed `.xz` image, a path or an http(s) URL (`xz = "…"`).
+    Xz(String),
 }
 
 /// One partition.
@@ -165,6 +169,7 @@ struct PartToml {
     fs: Option<String>,
     source: Option<SourceList>,
     raw: Option<String>,
+    xz: Option<String>,
     size: Option<String>,
     attributes: Option<Vec<String>>,
     bootable: Option<bool>,
@@ -290,6 +295,42 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         Some(SourceList::Many(v)) if v.is_empty() => bail!("source = [] names no directory"),
         Some(SourceList::Many(v)) => Some(v),
     };
+    let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+    if let Some(x) = p.xz {
+        if p.fs.is_some() || sources.is_some() || p.raw.is_some() {
+            bail!("xz = … takes no fs, source or raw");
+        }
+        let x = if is_url(&x) {
+            x
+        } else {
+            resolve(base, &x).to_string_lossy().into_owned()
+        };
+        return finish_part(
+            p.label,
+            p.kind,
+            Content::Xz(x),
+            p.size,
+            p.attributes,
+            p.bootable,
+            p.guid,
+            FsOptions::default(),
+        );
+    }
+    if let (None, Some(src), None) = (&p.fs, &sources, &p.raw) {
+        if src.len() == 1 && is_url(&src[0]) {
+            let url = src[0].clone();
+            return finish_part(
+                p.label,
+                p.kind,
+                Content::Http(url),
+                p.size,
+                p.attributes,
+                p.bootable,
+                p.guid,
+                FsOptions::default(),
+            );
+        }
+    }
     let content = match (p.fs.as_deref(), sources, p.raw) {
         (_, Some(_), Some(_)) => bail!("give either source or raw, not both"),
         (Some("empty"), None, None) => Content::Empty,
@@ -310,7 +351,7 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         (None, None, Some(raw)) => Content::Raw(resolve(base, &raw)),
         (Some(_), None, Some(_)) => bail!("raw partitions take no fs"),
         (None, Some(src), None) => {
-            bail!("source = {src:?} needs fs = \"fat\", \"ext4\" or \"iso\"")
+            bail!("source = {src:?} needs fs = \"fat\", \"ext4\" or \"iso\" (or is an http(s) URL of a raw image)")
         }
         (None, None, None) => bail!("say what the partition holds: fs = \"…\" with source, fs = \"empty\", or raw = \"FILE\""),
     };
@@ -330,17 +371,40 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         efi_boot: p.efi_boot.map(PathBuf::from),
     };
     check_fs_options(&content, &fs, &p.label)?;
-    Ok(PartSpec {
-        label: p.label,
-        kind: p.kind,
+    finish_part(
+        p.label,
+        p.kind,
         content,
-        size: match p.size.as_deref() {
+        p.size,
+        p.attributes,
+        p.bootable,
+        p.guid,
+        fs,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_part(
+    label: String,
+    kind: String,
+    content: Content,
+    size: Option<String>,
+    attributes: Option<Vec<String>>,
+    bootable: Option<bool>,
+    guid: Option<String>,
+    fs: FsOptions,
+) -> Result<PartSpec> {
+    Ok(PartSpec {
+        label,
+        kind,
+        content,
+        size: match size.as_deref() {
             None => PartSize::Auto,
             Some(s) => parse_part_size(s)?,
         },
-        attributes: p.attributes.unwrap_or_default(),
-        bootable: p.bootable.unwrap_or(false),
-        guid: p.guid,
+        attributes: attributes.unwrap_or_default(),
+        bootable: bootable.unwrap_or(false),
+        guid,
         fs,
     })
 }

@@ -669,3 +669,41 @@ no_joliet = true
         out.describe()
     );
 }
+
+#[test]
+fn remote_and_xz_partitions_are_read_lazily_into_the_disk() {
+    require_tool!("xz");
+    let dir = tempdir();
+    let d = dir.path();
+    let raw: Vec<u8> = (0..3u32 << 20).map(|i| (i % 249) as u8 + 1).collect();
+    fs::write(d.join("img.raw"), &raw).unwrap();
+    run_ok(
+        disksynth()
+            .args(["pack"])
+            .arg(d.join("img.raw"))
+            .arg(d.join("img.raw.xz"))
+            .args(["--block-size", "1M"]),
+    );
+    let server = disksynth_tests::httpd::FaultServer::start(raw.clone());
+    let spec = format!(
+        "[disk]\nseed = \"remote\"\n[[partition]]\nlabel = \"packed\"\ntype = \"linux-generic\"\nxz = \"img.raw.xz\"\n[[partition]]\nlabel = \"web\"\ntype = \"linux-generic\"\nsource = \"{}\"\n",
+        server.url()
+    );
+    let img = d.join("disk.img");
+    build_ok(
+        d,
+        &spec,
+        &[
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+            d.join("r.json").to_str().unwrap(),
+        ],
+    );
+    let r = report(&d.join("r.json"));
+    for p in r["partitions"].as_array().unwrap() {
+        let at = p["offset"].as_u64().unwrap();
+        assert_eq!(p["size"].as_u64().unwrap(), raw.len() as u64, "{p}");
+        assert!(read_image(&img, at, raw.len()) == raw, "{p}: bytes differ");
+    }
+}
