@@ -43,6 +43,18 @@ pub enum FatType {
     Fat32,
 }
 
+impl FatType {
+    /// The MBR partition type of a volume of this type: 0x01 (FAT12),
+    /// 0x0E (FAT16, LBA), 0x0C (FAT32, LBA).
+    pub fn mbr_type(self) -> u8 {
+        match self {
+            FatType::Fat12 => 0x01,
+            FatType::Fat16 => 0x0E,
+            FatType::Fat32 => 0x0C,
+        }
+    }
+}
+
 impl fmt::Display for FatType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -106,6 +118,14 @@ pub struct FatOptions {
     pub label: Option<String>,
     /// MBR or whole-disk volume (ignored for floppies, which have none).
     pub partition: Partitioning,
+    /// `BPB_HiddSec` of a whole-disk volume (`partition` is
+    /// [`Partitioning::None`]) that will be placed in a partition of another
+    /// disk: the sectors preceding the partition, i.e. its start in 512-byte
+    /// sectors (Microsoft FAT specification, §3.1 "BPB_HiddSec: count of
+    /// hidden sectors preceding the partition that contains this FAT
+    /// volume"). `None`: 0. Ignored with an MBR (there it is the MBR
+    /// partition's start) and for floppies (0).
+    pub hidden_sectors: Option<u32>,
     /// A standard floppy instead of a sized disk.
     pub floppy: Option<FloppyFormat>,
     /// Volume serial; derived from the tree's metadata if `None`.
@@ -174,6 +194,9 @@ pub enum FatError {
     /// Assembling the region map failed (a bug if it happens).
     #[error("building the image: {0}")]
     Region(#[from] synth::Error),
+    /// The partition table cannot be laid out (a bug if it happens).
+    #[error("partition table: {0}")]
+    Partition(#[from] crate::partition::PartitionError),
 }
 
 /// `n` bytes in the largest binary unit that keeps a short number.
@@ -277,6 +300,33 @@ mod tests {
             ..FatOptions::default()
         };
         assert!(build(&tree_of(d.path()), &opts).is_err());
+    }
+
+    #[test]
+    fn hidden_sectors_are_the_partition_start() {
+        let d = with_file(1000);
+        let hidden = |opts: &FatOptions| {
+            let img = build(&tree_of(d.path()), opts).unwrap();
+            let mut bpb = [0u8; 4];
+            img.map.read_at(&mut bpb, img.volume_offset + 28).unwrap();
+            (u32::from_le_bytes(bpb), img.geometry.hidden_sectors)
+        };
+        let none = FatOptions {
+            partition: Partitioning::None,
+            ..FatOptions::default()
+        };
+        assert_eq!(hidden(&none), (0, 0));
+        let placed = FatOptions {
+            hidden_sectors: Some(4096),
+            ..none
+        };
+        assert_eq!(hidden(&placed), (4096, 4096));
+        // With our own MBR it is that partition's start.
+        let mbr = FatOptions {
+            hidden_sectors: Some(4096),
+            ..FatOptions::default()
+        };
+        assert_eq!(hidden(&mbr), (2048, 2048));
     }
 
     #[test]
