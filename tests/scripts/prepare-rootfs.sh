@@ -80,29 +80,32 @@ fi
 
 start=$SECONDS
 mirror=${DISKSYNTH_DEBIAN_MIRROR:-$(debian_mirror)}
-tmp=$(mktemp -d "$cache/.$ROOTFS_NAME.XXXXXX")
-cleanup() {
-  # debootstrap mounts /proc and /sys in the target; never let rm descend into a mount.
+# Removes a tree, first unmounting whatever is mounted below it (debootstrap mounts /proc and /sys
+# in its target; an interrupted build may leave them), and never crossing into another filesystem.
+remove_tree() {
   local m
-  for m in proc sys dev/pts dev; do
-    if mountpoint -q "$tmp/$m" 2>/dev/null; then
-      umount -l "$tmp/$m" || true
-    fi
-  done
-  rm -rf --one-file-system "$tmp"
+  awk -v t="$1/" 'index($2, t) == 1 { print $2 }' /proc/self/mounts | sort -r |
+    while read -r m; do umount -l "$m" || true; done
+  rm -rf --one-file-system "$1"
 }
-trap cleanup EXIT
+tmp=$(mktemp -d "$cache/.$ROOTFS_NAME.XXXXXX")
+trap 'remove_tree "$tmp"; rm -f "$tmp.log"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 echo "rootfs: building $dest from $mirror (debootstrap $SUITE, minbase + kernel)"
 # Leftovers of older recipes and of interrupted builds (we hold the lock: nobody else is building).
-find "$cache" -mindepth 1 -maxdepth 1 \( -name 'rootfs-*' -o -name '.rootfs-*' \) \
-  ! -path "$dest" ! -path "$tmp" -exec rm -rf --one-file-system {} +
+for old in "$cache"/rootfs-* "$cache"/.rootfs-*; do
+  if [[ -e "$old" && "$old" != "$dest" && "$old" != "$tmp" && "$old" != "$tmp.log" ]]; then
+    echo "rootfs: removing $old"
+    remove_tree "$old"
+  fi
+done
 
 debootstrap --variant=minbase --include=linux-image-amd64,initramfs-tools \
   "$SUITE" "$tmp" "$mirror" >"$tmp.log" 2>&1 || {
   echo "error: debootstrap failed; its log:" >&2
   tail -n 40 "$tmp.log" >&2
-  rm -f "$tmp.log"
   exit 1
 }
 rm -f "$tmp.log"
