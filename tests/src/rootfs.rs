@@ -35,10 +35,11 @@ pub const GRUB_EFI: &str = "/usr/lib/grub/x86_64-efi/monolithic/grubx64.efi";
 
 /// The kernel command line: the root is found by its GPT partition name (the initramfs resolves
 /// it with blkid), the marker script is init, and a panic, or an initramfs that has not found the
-/// root after 30 s (its default wait), reboots at once, which `-no-reboot` turns into qemu exiting: a visible
-/// failure well within [`LINUX_BOOT_TIMEOUT`]. `quiet`: under TCG every line on the emulated
-/// serial port costs time (the kernel's usual few hundred lines are about 10 s of a 30 s boot);
-/// errors, panics and the init's own output still appear.
+/// root after 30 s (its default wait), reboots at once, which `-no-reboot` turns into qemu
+/// exiting: a visible failure well within [`LINUX_BOOT_TIMEOUT`]. `quiet`: under TCG every line
+/// on the emulated serial port costs time (the kernel's usual few hundred lines are about 10 s of
+/// a 30 s boot); errors, panics and the init's own output still appear. No `rootdelay=`: with it
+/// the boot took its full length longer here.
 pub const KERNEL_CMDLINE: &str =
     "root=PARTLABEL=root ro console=ttyS0 init=/sbin/disksynth-init panic=-1 quiet";
 
