@@ -104,6 +104,15 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// What a disk image or block device holds: its partition table, partitions and
+    /// filesystems (exit status 1 if its tables have problems).
+    Inspect {
+        /// The image file or block device.
+        path: PathBuf,
+        /// Print JSON (the same keys as `build --json` where they overlap).
+        #[arg(long)]
+        json: bool,
+    },
     /// A remote image over HTTP(S), read lazily with range requests (read-only).
     #[command(after_help = HTTP_EXAMPLES)]
     Http {

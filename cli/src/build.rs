@@ -87,18 +87,6 @@ fn round_up(n: u64, unit: u64) -> u64 {
     n.div_ceil(unit) * unit
 }
 
-fn uuid_text(u: &[u8; 16]) -> String {
-    u.iter()
-        .enumerate()
-        .map(|(i, b)| {
-            format!(
-                "{}{b:02x}",
-                if [4, 6, 8, 10].contains(&i) { "-" } else { "" }
-            )
-        })
-        .collect()
-}
-
 fn parse_uuid(s: &str) -> Result<[u8; 16]> {
     let hex: String = s.chars().filter(|&c| c != '-').collect();
     if hex.len() != 32 || !hex.is_ascii() {
@@ -202,6 +190,10 @@ fn prepare(p: &PartSpec, epoch: Option<i64>) -> Result<Prepared> {
                 rock_ridge: !p.fs.no_rock_ridge,
                 joliet: !p.fs.no_joliet,
                 timestamp: epoch,
+                boot: p.fs.boot.clone(),
+                boot_load_size: p.fs.boot_load_size,
+                boot_info_table: !p.fs.no_boot_info_table,
+                efi_boot: p.fs.efi_boot.clone(),
                 ..Default::default()
             };
             let image = formats::iso::build(&tree, &opts)
@@ -425,7 +417,7 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
                     .with_context(|| format!("partition {:?}: building its ext4", p.label))?;
                 let info = FsInfo {
                     kind: "ext4",
-                    uuid: Some(uuid_text(&image.uuid)),
+                    uuid: Some(partition::uuid_text(&image.uuid)),
                     label: p.fs.fs_label.clone(),
                 };
                 (Arc::new(image.map), info)

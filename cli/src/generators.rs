@@ -157,14 +157,7 @@ pub(crate) fn ext4(dir: &Path, a: &Ext4Args, export: &ExportArgs) -> Result<Arc<
     let scanned = t0.elapsed();
     let image = formats::ext4::build(&tree, &opts)
         .with_context(|| format!("building an ext4 filesystem of {}", dir.display()))?;
-    let uuid: String = (image.uuid.iter().enumerate())
-        .map(|(i, b)| {
-            format!(
-                "{}{b:02x}",
-                if [4, 6, 8, 10].contains(&i) { "-" } else { "" }
-            )
-        })
-        .collect();
+    let uuid = formats::partition::uuid_text(&image.uuid);
     log::info!(
         "{}: {} files, {} directories, {} symlinks, {} special, {} extended attributes, {} of data ({} sparse files); ext4 {}, {} of {} inodes used, UUID {uuid}, {} regions (scanned in {:.1} ms, laid out in {:.1} ms)",
         dir.display(),

@@ -4,6 +4,7 @@
 mod args;
 mod build;
 mod generators;
+mod inspect;
 mod interrupt;
 mod remote;
 mod serve;
@@ -165,6 +166,7 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
             export,
         ),
         Source::Pack { .. } => bail!("pack writes a .xz file; it has no disk to export"),
+        Source::Inspect { .. } => bail!("inspect reads a disk; it has none to export"),
         Source::Tmpdisk { .. } => bail!("tmpdisk makes a disk per client; run() handles it"),
     })
 }
@@ -223,6 +225,13 @@ fn output(dev: &dyn BlockDev, path: &Path) -> Result<ExitCode> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Source::Inspect { path, json } = &cli.source {
+        return Ok(if inspect::inspect(path, *json)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     if let Source::Pack {
         input,
         output,
@@ -277,6 +286,7 @@ fn verbosity(src: &Source) -> u8 {
         | Source::Xz { export, .. }
         | Source::Tmpdisk { export, .. } => export.verbose,
         Source::Pack { verbose, .. } => *verbose,
+        Source::Inspect { .. } => 0,
     }
 }
 

@@ -119,6 +119,14 @@ pub struct FsOptions {
     pub no_rock_ridge: bool,
     /// ISO: no Joliet.
     pub no_joliet: bool,
+    /// ISO: El Torito BIOS boot image, a path inside the tree (`iso --boot`).
+    pub boot: Option<PathBuf>,
+    /// ISO: sectors of the BIOS boot image loaded (`iso --boot-load-size`).
+    pub boot_load_size: Option<u16>,
+    /// ISO: leave the boot image unpatched (`iso --no-boot-info-table`).
+    pub no_boot_info_table: bool,
+    /// ISO: El Torito UEFI boot image (a FAT image file), a path inside the tree (`iso --efi-boot`).
+    pub efi_boot: Option<PathBuf>,
 }
 
 // ---- TOML ----------------------------------------------------------------------------------
@@ -170,6 +178,10 @@ struct PartToml {
     no_xattrs: Option<bool>,
     no_rock_ridge: Option<bool>,
     no_joliet: Option<bool>,
+    boot: Option<String>,
+    boot_load_size: Option<u16>,
+    no_boot_info_table: Option<bool>,
+    efi_boot: Option<String>,
 }
 
 /// Defaults of `[disk]`.
@@ -312,6 +324,10 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         no_xattrs: p.no_xattrs.unwrap_or(false),
         no_rock_ridge: p.no_rock_ridge.unwrap_or(false),
         no_joliet: p.no_joliet.unwrap_or(false),
+        boot: p.boot.map(PathBuf::from),
+        boot_load_size: p.boot_load_size,
+        no_boot_info_table: p.no_boot_info_table.unwrap_or(false),
+        efi_boot: p.efi_boot.map(PathBuf::from),
     };
     check_fs_options(&content, &fs, &p.label)?;
     Ok(PartSpec {
@@ -336,7 +352,7 @@ fn check_fs_options(content: &Content, o: &FsOptions, label: &str) -> Result<()>
         matches!(content, Content::Ext4(_)),
         matches!(content, Content::Iso(_)),
     );
-    let checks: [(&str, bool, bool); 9] = [
+    let checks: [(&str, bool, bool); 13] = [
         ("fs_label", o.fs_label.is_some(), fat || ext4 || iso),
         ("uuid", o.uuid.is_some(), ext4),
         ("owner", o.owner.is_some(), ext4),
@@ -346,6 +362,10 @@ fn check_fs_options(content: &Content, o: &FsOptions, label: &str) -> Result<()>
         ("strict_names", o.strict_names, fat),
         ("no_rock_ridge", o.no_rock_ridge, iso),
         ("no_joliet", o.no_joliet, iso),
+        ("boot", o.boot.is_some(), iso),
+        ("boot_load_size", o.boot_load_size.is_some(), iso),
+        ("no_boot_info_table", o.no_boot_info_table, iso),
+        ("efi_boot", o.efi_boot.is_some(), iso),
     ];
     for (key, given, applies) in checks {
         if given && !applies {

@@ -517,3 +517,155 @@ fn a_built_disk_served_rw_takes_writes_in_the_overlay_and_never_touches_the_tree
     );
     assert_eq!(fs::read(d.join("blob.bin")).unwrap(), before);
 }
+
+#[test]
+fn inspect_reads_a_built_disk_and_a_disk_sfdisk_partitioned() {
+    require_tool!("sfdisk", "mkfs.fat");
+    let dir = tempdir();
+    let d = dir.path();
+    trees(d);
+    let img = d.join("disk.img");
+    build_ok(
+        d,
+        SPEC,
+        &[
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+            d.join("r.json").to_str().unwrap(),
+        ],
+    );
+    let r = report(&d.join("r.json"));
+    let out = run_ok(disksynth().arg("inspect").arg("--json").arg(&img));
+    let i: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(i["table"], "gpt");
+    assert_eq!(i["disk_guid"], r["disk_guid"]);
+    assert_eq!(i["problems"].as_array().unwrap().len(), 0, "{i}");
+    for (a, b) in i["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["partitions"].as_array().unwrap())
+    {
+        for key in ["offset", "size", "label", "type_guid", "guid", "attributes"] {
+            assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
+        }
+    }
+    assert_eq!(i["partitions"][0]["filesystem"]["type"], "vfat");
+    assert_eq!(
+        i["partitions"][0]["filesystem"]["uuid"],
+        r["partitions"][0]["filesystem"]["uuid"]
+    );
+    assert_eq!(i["partitions"][1]["filesystem"]["type"], "ext4");
+    assert_eq!(
+        i["partitions"][1]["filesystem"]["uuid"],
+        r["partitions"][1]["filesystem"]["uuid"]
+    );
+
+    // A table another tool wrote, with a filesystem another tool made.
+    let peer = d.join("peer.img");
+    fs::File::create(&peer).unwrap().set_len(64 << 20).unwrap();
+    let mut sf = Command::new("sfdisk");
+    sf.arg("--quiet")
+        .arg(&peer)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sf.spawn().unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, size=40960, type=c, bootable\nstart=43008, type=83\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let part = d.join("p1.img");
+    fs::File::create(&part)
+        .unwrap()
+        .set_len(40960 * 512)
+        .unwrap();
+    run_ok(
+        Command::new("mkfs.fat")
+            .args(["-F", "16", "-n", "PEERFAT", "-i", "1234ABCD"])
+            .arg(&part),
+    );
+    let bytes = fs::read(&part).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&peer).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 2048 * 512).unwrap();
+    let out = run_ok(disksynth().arg("inspect").arg("--json").arg(&peer));
+    let i: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(i["table"], "mbr", "{i}");
+    let p = i["partitions"].as_array().unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0]["offset"], 2048 * 512);
+    assert_eq!(p[0]["mbr_type"], "0x0c");
+    assert_eq!(p[0]["bootable"], true);
+    assert_eq!(p[0]["filesystem"]["type"], "vfat");
+    assert_eq!(p[0]["filesystem"]["uuid"], "1234-ABCD");
+    assert_eq!(p[0]["filesystem"]["label"], "PEERFAT");
+    assert_eq!(p[1]["offset"], 43008 * 512);
+    assert_eq!(p[1]["filesystem"], Value::Null);
+}
+
+#[test]
+fn iso_partitions_take_the_iso_options_el_torito_included() {
+    require_tool!("xorriso");
+    let dir = tempdir();
+    let d = dir.path();
+    write_file(d, "media/boot/loader.bin", &vec![0x90u8; 4096]);
+    write_file(d, "media/README.TXT", b"hello\n");
+    let spec = r#"
+[disk]
+seed = "iso"
+[[partition]]
+label = "media"
+type = "basic-data"
+fs = "iso"
+source = "media"
+fs_label = "MEDIA_1"
+boot = "boot/loader.bin"
+boot_load_size = 4
+no_joliet = true
+"#;
+    let img = d.join("disk.img");
+    build_ok(
+        d,
+        spec,
+        &[
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+            d.join("r.json").to_str().unwrap(),
+        ],
+    );
+    let r = report(&d.join("r.json"));
+    let p = &r["partitions"][0];
+    assert_eq!(p["filesystem"]["label"], "MEDIA_1");
+    let part = extract(
+        &img,
+        p["offset"].as_u64().unwrap(),
+        p["size"].as_u64().unwrap(),
+        &d.join("p.iso"),
+    );
+    let out = run(
+        Command::new("xorriso")
+            .args(["-indev"])
+            .arg(&part)
+            .args(["-report_el_torito", "plain", "-pvd_info"])
+            .env("LC_ALL", "C"),
+        CMD_TIMEOUT,
+    );
+    let text = format!("{}{}", out.stdout_str(), out.stderr_str());
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(text.contains("El Torito boot img :   1  BIOS"), "{text}");
+    assert!(text.contains("MEDIA_1"), "{text}");
+    assert!(!text.contains("Joliet"), "--no-joliet: {text}");
+    // An ISO option on an ext4 partition is refused.
+    let bad = spec.replace("fs = \"iso\"", "fs = \"ext4\"");
+    let out = build(d, &bad, &["-o", d.join("bad.img").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_str().contains("does not apply"),
+        "{}",
+        out.describe()
+    );
+}

@@ -524,7 +524,6 @@ pub fn lfn_entries(long: &[u16], short: &[u8; 11]) -> Vec<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     /// An 11-byte short name written the way it sits on disk, e.g. `"README  TXT"`.
     fn sn(s: &str) -> [u8; 11] {
@@ -926,20 +925,14 @@ mod tests {
     }
 
     #[test]
-    fn hundred_thousand_names_are_fast_and_unique() {
+    fn hundred_thousand_names_are_unique() {
+        // How fast is bench/floppy.sh's business (100,000 files ready), not a timed unit test's:
+        // this one only checks the aliases at the ~N limits.
         let names: Vec<String> = (1..=100_000)
             .map(|i| format!("longfilename{i:06}.txt"))
             .collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let start = Instant::now();
         let out = assign(&refs, Collisions::Rename).expect("assign should succeed");
-        let elapsed = start.elapsed();
-        let limit = if cfg!(debug_assertions) {
-            Duration::from_secs(5)
-        } else {
-            Duration::from_millis(500)
-        };
-        assert!(elapsed < limit, "took {elapsed:?}");
         assert_valid_shorts(&out);
         assert_eq!(out[0].short, sn("LONGFI~1TXT"));
         assert_eq!(out[9].short, sn("LONGF~10TXT"));

@@ -23,6 +23,7 @@
 pub mod gpt;
 mod layout;
 pub mod mbr;
+mod read;
 pub mod types;
 
 use std::fmt;
@@ -33,6 +34,7 @@ use synth::BlockDev;
 pub use gpt::{Gpt, GptError, GptPartition, Guid};
 pub use layout::{build, plan, table_overhead};
 pub use mbr::MbrPartition;
+pub use read::{detect_filesystem, inspect, uuid_text, FoundFs, FoundPartition, Inspection};
 pub use types::{attribute_bit, PartType};
 
 /// Which partition table a disk gets.
