@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 QEMU_PACKAGES=(qemu-utils qemu-system-x86)
 PACKAGES=(qemu-utils qemu-system-x86 libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
   xorriso genisoimage p7zip-full gdisk fdisk isolinux syslinux-common ovmf grub-efi-amd64-bin xz-utils nginx openssl
-  attr acl libcap2-bin mount)
+  attr acl libcap2-bin mount debootstrap)
 # tool -> package that provides it
 declare -A PROVIDES=(
   [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
@@ -28,7 +28,7 @@ declare -A PROVIDES=(
   [xorriso]=xorriso [isoinfo]=genisoimage [7z]=p7zip-full
   [sgdisk]=gdisk [sfdisk]=fdisk [xz]=xz-utils [nginx]=nginx [openssl]=openssl
   [setfattr]=attr [getfattr]=attr [setfacl]=acl [getfacl]=acl [setcap]=libcap2-bin [getcap]=libcap2-bin
-  [mount]=mount [umount]=mount
+  [mount]=mount [umount]=mount [debootstrap]=debootstrap
 )
 # data files -> package that provides them
 declare -A PROVIDES_FILE=(
@@ -116,6 +116,17 @@ if ((${#missing[@]})); then
   echo "warning: still missing ${missing[*]}; the end-to-end tests that need them will be SKIPPED" >&2
 else
   echo "all test tools present"
+fi
+
+# The Linux boot tests (tests/tests/build_boot.rs) boot a small Debian root filesystem, built once
+# with debootstrap and kept in /var/cache/disksynth-tests (a few minutes the first time).
+step "boot tests' root filesystem (tests/scripts/prepare-rootfs.sh)"
+if ! tests/scripts/prepare-rootfs.sh; then
+  if [[ "${CI:-}" == "true" || "${CI:-}" == "1" ]]; then
+    echo "error: CI=true and the boot tests' root filesystem could not be prepared" >&2
+    exit 1
+  fi
+  echo "warning: no root filesystem for the boot tests; they will be SKIPPED" >&2
 fi
 
 step "cargo fmt --all -- --check"

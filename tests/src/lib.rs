@@ -10,7 +10,9 @@
 //! * [`pattern`], [`random_bytes`], [`Extent`] build and check expected data;
 //! * [`trees`] builds, snapshots and compares host directory trees (the `floppy` tests);
 //! * [`ext4_util`] drives e2fsck, debugfs and dumpe2fs for the `ext4` tests;
-//! * [`iso_util`] parses isoinfo listings and drives xorriso and 7z for the `iso` tests.
+//! * [`iso_util`] parses isoinfo listings and drives xorriso and 7z for the `iso` tests;
+//! * [`qemu_boot`] boots images in qemu (SeaBIOS or OVMF) and watches the console;
+//! * [`rootfs`] the cached Debian root filesystem, ESP and GPT disk of the Linux boot tests.
 //!
 //! ```no_run
 //! use disksynth_tests::{require_tool, run_ok, tempdir, Server};
@@ -32,6 +34,7 @@ pub mod iso_util;
 pub mod nginx;
 mod process;
 pub mod qemu_boot;
+pub mod rootfs;
 mod server;
 pub mod trees;
 

@@ -60,9 +60,67 @@ pub fn boot_until(
     needles: &[&str],
     debugcon: bool,
 ) -> String {
+    let options = BootOptions {
+        debugcon,
+        ..BootOptions::default()
+    };
+    boot(work, firmware, drive_args, needles, &options).text
+}
+
+/// How [`boot`] runs qemu.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// Give up (kill qemu and return what was seen) after this long.
+    pub timeout: Duration,
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// Watch the 0xE9 debug port instead of the serial port.
+    pub debugcon: bool,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            timeout: BOOT_TIMEOUT,
+            memory_mib: 256,
+            debugcon: false,
+        }
+    }
+}
+
+/// What a [`boot`] saw.
+#[derive(Debug)]
+pub struct Boot {
+    /// Everything the guest printed on the watched port.
+    pub text: String,
+    /// Whether every needle appeared (else the time ran out).
+    pub found: bool,
+    /// From spawning qemu until every needle had appeared (or the time ran out).
+    pub elapsed: Duration,
+}
+
+/// [`boot_until`] with [`BootOptions`]: boots under TCG until every needle has appeared or
+/// `options.timeout` passes, then kills qemu (by its pid). A qemu that exits before the needles
+/// appear is a panic showing its stderr and the console.
+pub fn boot(
+    work: &Path,
+    firmware: Firmware,
+    drive_args: &[String],
+    needles: &[&str],
+    options: &BootOptions,
+) -> Boot {
     let log = unique(work, "console", "log");
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-display", "none", "-nodefaults", "-no-reboot", "-m", "256"]);
+    cmd.args([
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-reboot",
+        "-accel",
+        "tcg",
+    ])
+    .arg("-m")
+    .arg(options.memory_mib.to_string());
     if firmware == Firmware::Uefi {
         let vars = unique(work, "ovmf-vars", "fd");
         fs::copy(OVMF_VARS, &vars).expect("copying the OVMF variable store");
@@ -71,7 +129,7 @@ pub fn boot_until(
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
-    if debugcon {
+    if options.debugcon {
         cmd.arg("-debugcon").arg(format!("file:{}", log.display()));
     } else {
         cmd.arg("-serial").arg(format!("file:{}", log.display()));
@@ -80,16 +138,27 @@ pub fn boot_until(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let started = Instant::now();
     let mut qemu = KillOnDrop(cmd.spawn().expect("spawning qemu-system-x86_64"));
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let text = fs::read(&log)
+    let deadline = started + options.timeout;
+    let read_log = || {
+        fs::read(&log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if needles.iter().all(|n| text.contains(n)) || Instant::now() > deadline {
-            return text;
+            .unwrap_or_default()
+    };
+    loop {
+        let exited = qemu.0.try_wait().ok().flatten();
+        // Read after the exit check: a guest that prints and powers off at once is not a failure.
+        let text = read_log();
+        let found = needles.iter().all(|n| text.contains(n));
+        if found || Instant::now() > deadline {
+            return Boot {
+                text,
+                found,
+                elapsed: started.elapsed(),
+            };
         }
-        if let Ok(Some(status)) = qemu.0.try_wait() {
+        if let Some(status) = exited {
             let mut err = String::new();
             if let Some(mut e) = qemu.0.stderr.take() {
                 let _ = e.read_to_string(&mut err);

@@ -3,6 +3,7 @@
 //! module per client or feature, as in ripgrep; helpers live in `disksynth_tests`.
 
 mod build;
+mod build_boot;
 mod cli_errors;
 mod ext4;
 mod extended_headers;
