@@ -322,7 +322,8 @@ fn target_size(p: &PartSpec, prep: &Prepared, align: u64) -> Result<Option<u64>>
         PartSize::AtLeast(min) => round_up(natural.max(min), FS_UNIT),
         PartSize::Remaining => return Ok(None),
     };
-    Ok(Some(size))
+    // A partition is whole sectors (4096 covers both sector sizes).
+    Ok(Some(round_up(size, FS_UNIT)))
 }
 
 /// Build the disk a spec describes.
@@ -439,7 +440,7 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
                     u[8] = (u[8] & 0x3f) | 0x80;
                     u
                 });
-                let o = ext4_options(p, Some(round_up(size, FS_UNIT)), uuid, epoch)?;
+                let o = ext4_options(p, Some(size / FS_UNIT * FS_UNIT), uuid, epoch)?;
                 let image = formats::ext4::build(&tree, &o)
                     .with_context(|| format!("partition {:?}: building its ext4", p.label))?;
                 let info = FsInfo {
