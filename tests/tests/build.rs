@@ -707,3 +707,88 @@ fn remote_and_xz_partitions_are_read_lazily_into_the_disk() {
         assert!(read_image(&img, at, raw.len()) == raw, "{p}: bytes differ");
     }
 }
+
+#[test]
+fn every_filesystem_key_reaches_its_filesystem() {
+    require_tool!("debugfs", "e2fsck");
+    let dir = tempdir();
+    let d = dir.path();
+    trees(d);
+    let spec = r#"
+[disk]
+table = "gpt"
+seed = "keys"
+align = "4K"
+[[partition]]
+label = "esp"
+type = "esp"
+fs = "fat"
+source = "esp"
+size = "min:40M"
+fat = 32
+serial = "1234ABCD"
+fs_label = "EFIBOOT"
+strict_names = true
+guid = "11111111-2222-4333-8444-555555555555"
+[[partition]]
+label = "root"
+type = "root-x86-64"
+fs = "ext4"
+source = "rootfs"
+owner = "root"
+uuid = "01234567-89ab-4def-8123-456789abcdef"
+fs_label = "rootfs"
+no_xattrs = true
+"#;
+    let img = d.join("disk.img");
+    build_ok(
+        d,
+        spec,
+        &[
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+            d.join("r.json").to_str().unwrap(),
+        ],
+    );
+    let r = report(&d.join("r.json"));
+    let esp = &r["partitions"][0];
+    let root = &r["partitions"][1];
+    assert_eq!(esp["guid"], "11111111-2222-4333-8444-555555555555");
+    assert!(esp["size"].as_u64().unwrap() >= 40 << 20);
+    // align = 4K: the first partition starts right after the GPT, on a 4 KiB boundary.
+    assert_eq!(esp["offset"].as_u64().unwrap() % 4096, 0);
+    assert!(esp["offset"].as_u64().unwrap() < 1 << 20, "{esp}");
+    let out = run_ok(disksynth().arg("inspect").arg("--json").arg(&img));
+    let i: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(i["partitions"][0]["filesystem"]["uuid"], "1234-ABCD");
+    assert_eq!(i["partitions"][0]["filesystem"]["label"], "EFIBOOT");
+    assert_eq!(
+        read_image(&img, esp["offset"].as_u64().unwrap() + 82, 5),
+        b"FAT32"
+    );
+    assert_eq!(
+        i["partitions"][1]["filesystem"]["uuid"],
+        "01234567-89ab-4def-8123-456789abcdef"
+    );
+    assert_eq!(i["partitions"][1]["filesystem"]["label"], "rootfs");
+    let part = extract(
+        &img,
+        root["offset"].as_u64().unwrap(),
+        root["size"].as_u64().unwrap(),
+        &d.join("root.part"),
+    );
+    e2fsck_clean(&part);
+    let st = disksynth_tests::ext4_util::debugfs_stat(&part, "/etc/hostname");
+    assert_eq!((st.uid, st.gid), (0, 0), "owner = root");
+
+    // table = "none": the disk is the one filesystem.
+    let none = "[disk]\ntable = \"none\"\n[[partition]]\nlabel = \"only\"\ntype = \"linux-generic\"\nfs = \"ext4\"\nsource = \"rootfs\"\n";
+    let img = d.join("none.img");
+    build_ok(d, none, &["-o", img.to_str().unwrap()]);
+    e2fsck_clean(&img);
+    let out = run_ok(disksynth().arg("inspect").arg("--json").arg(&img));
+    let i: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(i["table"], Value::Null);
+    assert_eq!(i["filesystem"]["type"], "ext4");
+}
