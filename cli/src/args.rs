@@ -93,6 +93,17 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// A whole disk (GPT, MBR, hybrid) composed of filesystems and files, from a TOML spec
+    /// or --part flags: served at once, every partition virtual; -o writes each byte once.
+    #[command(after_help = BUILD_EXAMPLES)]
+    Build {
+        /// The disk spec (TOML; relative paths are relative to it). Or give --part flags.
+        spec: Option<PathBuf>,
+        #[command(flatten)]
+        build: BuildArgs,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
     /// A remote image over HTTP(S), read lazily with range requests (read-only).
     #[command(after_help = HTTP_EXAMPLES)]
     Http {
@@ -387,7 +398,51 @@ pub struct TmpdiskArgs {
     pub max_disk: Option<Size>,
 }
 
-/// Client writes to a generated disk (`floppy`, `ext4`, `iso`).
+const BUILD_EXAMPLES: &str = "\
+Examples:
+  disksynth build disk.toml --serve                  served at once over NBD, every partition virtual
+  disksynth build disk.toml -o disk.img --json report.json
+  disksynth build disk.toml --rw -U -                writable through an overlay
+  disksynth build --table gpt --part esp:fat:./esp:64M --part root-x86-64:ext4:./rootfs -o disk.img
+
+--part TYPE:FS:SOURCE[:SIZE]: FS is fat, ext4, iso, raw (SOURCE is a file) or empty
+(no SOURCE, a SIZE); SIZE is auto, 64M, auto+20%, min:1G or remaining. The spec file
+format is in the README.";
+
+/// `build` options (flags instead of a spec file).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Disk")]
+pub struct BuildArgs {
+    /// Partition table: gpt, mbr, hybrid (GPT + MBR mirroring up to 3 partitions) or none.
+    #[arg(long, value_name = "TABLE", conflicts_with = "spec")]
+    pub table: Option<String>,
+    /// A partition, repeatable, in order: TYPE:FS:SOURCE[:SIZE].
+    #[arg(
+        long = "part",
+        value_name = "TYPE:FS:SOURCE[:SIZE]",
+        conflicts_with = "spec"
+    )]
+    pub parts: Vec<String>,
+    /// Disk size (default: exactly what the partitions need).
+    #[arg(long = "disk-size", value_name = "SIZE", conflicts_with = "spec")]
+    pub disk_size: Option<Size>,
+    /// Seed of every GUID, UUID and serial (default: derived from the spec and the trees).
+    #[arg(long, value_name = "TEXT", conflicts_with = "spec")]
+    pub seed: Option<String>,
+    /// Logical sector size: 512 or 4096.
+    #[arg(long, value_name = "BYTES", conflicts_with = "spec")]
+    pub sector_size: Option<u64>,
+    /// Partition alignment (default 1M).
+    #[arg(long, value_name = "SIZE", conflicts_with = "spec")]
+    pub align: Option<Size>,
+    /// Write a JSON report (every partition: offset, size, type, GUIDs, filesystem); `-`: stdout.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// Client writes to a generated disk (`floppy`, `ext4`, `iso`, `build`).
 #[derive(Debug, Args, Clone)]
 pub struct WriteArgs {
     /// Let clients write: writes go to a copy-on-write overlay (pages in an unlinked

@@ -21,12 +21,12 @@ fn scan(dir: &Path, follow_symlinks: bool) -> Result<tree::Tree> {
     )
 }
 
-fn scan_with(dir: &Path, opts: &tree::ScanOptions) -> Result<tree::Tree> {
+pub(crate) fn scan_with(dir: &Path, opts: &tree::ScanOptions) -> Result<tree::Tree> {
     tree::scan(dir, opts).with_context(|| format!("scanning {}", dir.display()))
 }
 
 /// `SOURCE_DATE_EPOCH` (reproducible-builds.org), if set.
-fn source_date_epoch() -> Result<Option<i64>> {
+pub(crate) fn source_date_epoch() -> Result<Option<i64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => Ok(Some(v.trim().parse::<i64>().with_context(|| {
             format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
@@ -39,7 +39,7 @@ fn source_date_epoch() -> Result<Option<i64>> {
 /// pages live in an unlinked temp file in `--dir` (clients never reach the
 /// host tree, and a client writing gigabytes costs disk, not memory), with
 /// `--max-disk` as the space all writes may take.
-fn with_overlay(
+pub(crate) fn with_overlay(
     map: Arc<dyn BlockDev>,
     w: &WriteArgs,
     export: &ExportArgs,
@@ -101,6 +101,7 @@ pub(crate) fn floppy(dir: &Path, a: &FatArgs, export: &ExportArgs) -> Result<Arc
         timestamp,
         max_open_files: a.max_open_files,
         strict_names: a.strict_names,
+        hidden_sectors: None,
     };
     let scanned = t0.elapsed();
     let image = formats::fat::build(&tree, &opts)

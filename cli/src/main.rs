@@ -2,11 +2,13 @@
 //! over NBD or as a raw image.
 
 mod args;
+mod build;
 mod generators;
 mod interrupt;
 mod remote;
 mod serve;
 mod size;
+mod spec;
 mod tmpdisk;
 
 use std::io::IsTerminal;
@@ -116,6 +118,41 @@ fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)>
             format!("ISO 9660 image of {}", dir.display()),
             export,
         ),
+        Source::Build {
+            spec,
+            build,
+            export,
+        } => {
+            let (s, what) = match spec {
+                Some(path) => (
+                    spec::from_file(path)?,
+                    format!("disk of {}", path.display()),
+                ),
+                None => {
+                    if build.parts.is_empty() {
+                        bail!("give a spec file (disksynth build disk.toml) or --part flags");
+                    }
+                    let s = spec::from_flags(
+                        build.table.as_deref().unwrap_or("gpt"),
+                        build.disk_size.map(|s| s.0),
+                        build.seed.clone(),
+                        build.sector_size.unwrap_or(512),
+                        build.align.map_or(1 << 20, |a| a.0),
+                        &build.parts,
+                    )?;
+                    (s, "disk of --part flags".to_string())
+                }
+            };
+            let built = build::build(&s)?;
+            if let Some(j) = &build.json {
+                build::write_report(&built.report, j)?;
+            }
+            (
+                generators::with_overlay(built.dev, &build.write, export)?,
+                what,
+                export,
+            )
+        }
         Source::Http { url, http, export } => (remote::http(url, http)?, url.clone(), export),
         Source::Xz {
             source,
@@ -235,6 +272,7 @@ fn verbosity(src: &Source) -> u8 {
         | Source::Floppy { export, .. }
         | Source::Ext4 { export, .. }
         | Source::Iso { export, .. }
+        | Source::Build { export, .. }
         | Source::Http { export, .. }
         | Source::Xz { export, .. }
         | Source::Tmpdisk { export, .. } => export.verbose,

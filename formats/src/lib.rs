@@ -7,15 +7,15 @@
 //! - [`fat`]: FAT12/16/32 from a directory (`disksynth floppy`).
 //! - [`ext4`]: ext4 from a directory (`disksynth ext4`).
 //! - [`iso`]: ISO 9660 with Rock Ridge and Joliet from a directory (`disksynth iso`).
-//! - [`mbr`]: a DOS partition table around a volume.
+//! - [`partition`]: GPT, MBR and hybrid tables; whole disks whose partitions
+//!   are other devices (every generator's partition table comes from here).
 
 pub mod bootstub;
 pub mod ext4;
 pub mod fat;
-pub mod gpt;
 pub mod iso;
-pub mod mbr;
 mod par;
+pub mod partition;
 mod sparse;
 mod time;
 pub mod xz;

@@ -2,6 +2,7 @@
 //! libnbd Python scripts) and reference servers (nbdkit, qemu-nbd). One test binary with one
 //! module per client or feature, as in ripgrep; helpers live in `disksynth_tests`.
 
+mod build;
 mod cli_errors;
 mod ext4;
 mod extended_headers;

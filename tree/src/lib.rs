@@ -540,6 +540,106 @@ fn is_root() -> bool {
     *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
 }
 
+impl Tree {
+    /// Lay `other` over this tree at `at` (a path inside it, `/` for the top): entries of `other`
+    /// replace entries of the same name, except that a directory over a directory merges into
+    /// it. Directories on the way to `at` that do not exist are made, with `other`'s top
+    /// directory's metadata. What a disk spec's `source = ["./rootfs", "./overlay:/etc"]` does.
+    pub fn merge(&mut self, other: Tree, at: &Path) -> Result<(), MergeError> {
+        let mut node = &mut self.root;
+        for comp in at.components() {
+            let name = match comp {
+                std::path::Component::RootDir | std::path::Component::CurDir => continue,
+                std::path::Component::Normal(n) => n.to_os_string(),
+                _ => return Err(MergeError::BadPath(at.to_path_buf())),
+            };
+            let NodeKind::Dir(children) = &mut node.kind else {
+                return Err(MergeError::NotADirectory(at.to_path_buf()));
+            };
+            let i = match children
+                .binary_search_by(|c| c.name.as_encoded_bytes().cmp(name.as_encoded_bytes()))
+            {
+                Ok(i) => i,
+                Err(i) => {
+                    children.insert(
+                        i,
+                        Node {
+                            name: name.clone(),
+                            path: other.root.path.clone(),
+                            followed_link: false,
+                            meta: other.root.meta,
+                            kind: NodeKind::Dir(Vec::new()),
+                            xattrs: Vec::new(),
+                        },
+                    );
+                    i
+                }
+            };
+            node = &mut children[i];
+            if !node.is_dir() {
+                return Err(MergeError::NotADirectory(at.to_path_buf()));
+            }
+        }
+        let NodeKind::Dir(theirs) = other.root.kind else {
+            unreachable!("a scanned tree's top is a directory");
+        };
+        merge_children(node, theirs);
+        self.stats = count(&self.root);
+        Ok(())
+    }
+}
+
+fn merge_children(into: &mut Node, theirs: Vec<Node>) {
+    let NodeKind::Dir(ours) = &mut into.kind else {
+        return;
+    };
+    for t in theirs {
+        match ours.binary_search_by(|c| c.name.as_encoded_bytes().cmp(t.name.as_encoded_bytes())) {
+            Ok(i) if ours[i].is_dir() && t.is_dir() => {
+                let NodeKind::Dir(grand) = t.kind else {
+                    unreachable!()
+                };
+                merge_children(&mut ours[i], grand);
+            }
+            Ok(i) => ours[i] = t,
+            Err(i) => ours.insert(i, t),
+        }
+    }
+}
+
+fn count(n: &Node) -> TreeStats {
+    let mut st = TreeStats::default();
+    fn walk(n: &Node, st: &mut TreeStats) {
+        st.xattrs += n.xattrs.len() as u64;
+        match &n.kind {
+            NodeKind::Dir(c) => {
+                st.dirs += 1;
+                c.iter().for_each(|c| walk(c, st));
+            }
+            NodeKind::File => {
+                st.files += 1;
+                st.bytes += n.meta.size;
+            }
+            NodeKind::Symlink { .. } => st.symlinks += 1,
+            NodeKind::Special => st.specials += 1,
+        }
+    }
+    walk(n, &mut st);
+    st
+}
+
+/// Why a tree cannot be laid over another.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeError {
+    /// The place is not a plain path inside the tree.
+    #[error("{0}: not a path inside the tree (no `..`)")]
+    BadPath(PathBuf),
+    /// Something on the way is not a directory.
+    #[error("{0}: not a directory in the tree below")]
+    NotADirectory(PathBuf),
+}
+
 impl Node {
     /// The entries of a directory (empty for anything else).
     pub fn children(&self) -> &[Node] {
@@ -566,6 +666,33 @@ mod tests {
             .iter()
             .map(|c| c.name.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn merge_lays_a_tree_over_another_at_a_path() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(a.path().join("etc/ssh")).unwrap();
+        std::fs::write(a.path().join("etc/hostname"), b"base").unwrap();
+        std::fs::write(a.path().join("etc/ssh/keep"), b"k").unwrap();
+        std::fs::write(a.path().join("top"), b"t").unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(b.path().join("ssh")).unwrap();
+        std::fs::write(b.path().join("hostname"), b"over").unwrap();
+        std::fs::write(b.path().join("ssh/new"), b"n").unwrap();
+        let mut t = scan(a.path(), &ScanOptions::default()).unwrap();
+        let o = scan(b.path(), &ScanOptions::default()).unwrap();
+        t.merge(o.clone(), Path::new("/etc")).unwrap();
+        let etc = &t.root.children()[0];
+        assert_eq!(names(etc), ["hostname", "ssh"]);
+        assert_eq!(etc.children()[0].path, b.path().join("hostname"));
+        assert_eq!(names(&etc.children()[1]), ["keep", "new"]);
+        assert_eq!(t.stats.files, 4);
+        // A path that does not exist yet is made.
+        t.merge(o, Path::new("opt/extra")).unwrap();
+        assert_eq!(names(&t.root), ["etc", "opt", "top"]);
+        assert_eq!(t.stats.files, 6);
+        let again = scan(b.path(), &ScanOptions::default()).unwrap();
+        assert!(t.merge(again, Path::new("top/x")).is_err());
     }
 
     #[test]

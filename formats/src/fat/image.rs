@@ -2,6 +2,8 @@
 //!
 //! ```text
 //!  disk:   [MBR][pad to 1 MiB][ volume .................................... ][pad]
+//!          (with an MBR, `partition::build` puts the volume's own map in a
+//!          `Dev` region; without, the volume map is the disk)
 //!  volume: [reserved: boot, FSInfo, backups][FAT 1][FAT 2][root (12/16)][dirs][files][free]
 //!  FAT n:  [used entries: Bytes][unused entries: Zero]     (both FATs share the bytes)
 //!  files:  [Host file][Zero to the cluster end] ...
@@ -24,7 +26,7 @@ use super::layout::{Geometry, SECTOR};
 use super::names;
 use super::plan::{Child, Plan};
 use super::{FatError, FatOptions, FatType, Partitioning};
-use crate::mbr::{self, MbrPartition};
+use crate::partition::{self, DiskOptions, PartType, PartitionSpec, TableKind};
 
 /// A built FAT image.
 #[derive(Debug)]
@@ -75,23 +77,8 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
     };
     let pool = FilePool::new(opts.max_open_files);
 
+    // The volume's own map; offsets below are from the volume's start.
     let mut b = RegionMapBuilder::new();
-    if opts.floppy.is_none() && opts.partition == Partitioning::Mbr {
-        let kind = match g.fat_type {
-            FatType::Fat12 => 0x01,
-            FatType::Fat16 => 0x0E,
-            FatType::Fat32 => 0x0C,
-        };
-        let part = MbrPartition {
-            kind,
-            start: (plan.volume_offset / SECTOR) as u32,
-            sectors: g.total_sectors,
-            active: false,
-        };
-        b.push_bytes("MBR", Bytes::copy_from_slice(&mbr::encode(&[part], serial)))?;
-        b.pad_to(plan.volume_offset)?;
-    }
-    let vol = plan.volume_offset;
 
     // Reserved area: boot sector (and FAT32's FSInfo and backups).
     let info = BootInfo {
@@ -124,10 +111,10 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
     // Two identical FATs; only the used prefix is in memory.
     let fat = Bytes::from(fat_table(&plan));
     for n in 0..2u32 {
-        debug_assert_eq!(b.position(), vol + g.fat_start(n) * SECTOR);
+        debug_assert_eq!(b.position(), g.fat_start(n) * SECTOR);
         let name = if n == 0 { "FAT 1" } else { "FAT 2" };
         b.push(name, fat.len() as u64, Backing::Bytes(fat.clone()))?;
-        b.pad_to(vol + g.fat_start(n + 1) * SECTOR)?;
+        b.pad_to(g.fat_start(n + 1) * SECTOR)?;
     }
 
     // Directories.
@@ -139,13 +126,13 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         root.resize((g.root_sectors() * SECTOR) as usize, 0);
         b.push_bytes("root directory", root)?;
     }
-    debug_assert_eq!(b.position(), vol + g.data_start() * SECTOR);
+    debug_assert_eq!(b.position(), g.data_start() * SECTOR);
     let cs = g.cluster_bytes();
     for (i, (d, mut bytes)) in plan.dirs.iter().zip(dir_bytes).enumerate() {
         if i == 0 && g.fat_type != FatType::Fat32 {
             continue;
         }
-        debug_assert_eq!(b.position(), vol + g.cluster_offset(d.cluster));
+        debug_assert_eq!(b.position(), g.cluster_offset(d.cluster));
         bytes.resize((u64::from(d.clusters) * cs) as usize, 0);
         b.push_bytes(&format!("directory {}", d.node.path.display()), bytes)?;
     }
@@ -153,12 +140,46 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         if f.clusters == 0 {
             continue;
         }
-        let start = vol + g.cluster_offset(f.cluster);
+        let start = g.cluster_offset(f.cluster);
         crate::sparse::push_host_data(&mut b, &pool, f.node, start)?;
         b.pad_to(start + u64::from(f.clusters) * cs)?;
     }
-    b.pad_to(plan.disk_size)?;
-    let map = b.finish();
+    let vol = plan.volume_offset;
+    let map = if opts.floppy.is_none() && opts.partition == Partitioning::Mbr {
+        b.pad_to(g.volume_bytes())?;
+        let kind = match g.fat_type {
+            FatType::Fat12 => 0x01,
+            FatType::Fat16 => 0x0E,
+            FatType::Fat32 => 0x0C,
+        };
+        let disk = partition::build(
+            &DiskOptions {
+                table: TableKind::Mbr,
+                sector_size: SECTOR,
+                align: vol,
+                size: Some(plan.disk_size),
+                mbr_signature: Some(serial),
+                ..DiskOptions::default()
+            },
+            vec![PartitionSpec {
+                label: String::new(),
+                kind: PartType {
+                    gpt: Some(partition::types::BASIC_DATA),
+                    mbr: Some(kind),
+                },
+                content: Arc::new(b.finish()),
+                size: g.volume_bytes(),
+                attributes: 0,
+                guid: None,
+                bootable: false,
+            }],
+        )?;
+        debug_assert_eq!(disk.report.partitions[0].offset, vol);
+        disk.map
+    } else {
+        b.pad_to(plan.disk_size)?;
+        b.finish()
+    };
     debug_assert_eq!(synth::BlockDev::size(&map), plan.disk_size);
     Ok(FatImage {
         map,

@@ -106,6 +106,14 @@ pub struct FatOptions {
     pub label: Option<String>,
     /// MBR or whole-disk volume (ignored for floppies, which have none).
     pub partition: Partitioning,
+    /// `BPB_HiddSec` of a whole-disk volume (`partition` is
+    /// [`Partitioning::None`]) that will be placed in a partition of another
+    /// disk: the sectors preceding the partition, i.e. its start in 512-byte
+    /// sectors (Microsoft FAT specification, §3.1 "BPB_HiddSec: count of
+    /// hidden sectors preceding the partition that contains this FAT
+    /// volume"). `None`: 0. Ignored with an MBR (there it is the MBR
+    /// partition's start) and for floppies (0).
+    pub hidden_sectors: Option<u32>,
     /// A standard floppy instead of a sized disk.
     pub floppy: Option<FloppyFormat>,
     /// Volume serial; derived from the tree's metadata if `None`.
@@ -174,6 +182,9 @@ pub enum FatError {
     /// Assembling the region map failed (a bug if it happens).
     #[error("building the image: {0}")]
     Region(#[from] synth::Error),
+    /// The partition table cannot be laid out (a bug if it happens).
+    #[error("partition table: {0}")]
+    Partition(#[from] crate::partition::PartitionError),
 }
 
 /// `n` bytes in the largest binary unit that keeps a short number.

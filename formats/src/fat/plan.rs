@@ -133,6 +133,13 @@ impl<'a> Plan<'a> {
         plan.name_all(opts.label.is_some(), collisions)?;
         plan.choose_geometry(opts)?;
         plan.allocate();
+        // A superfloppy built to sit in a partition of a larger disk
+        // records where that partition starts.
+        if opts.floppy.is_none() && opts.partition == Partitioning::None {
+            if let Some(h) = opts.hidden_sectors {
+                plan.geometry.hidden_sectors = h;
+            }
+        }
         Ok(plan)
     }
 

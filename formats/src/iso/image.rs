@@ -137,7 +137,7 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
     let data_blocks = next;
     let gpt_tail = opts.hybrid && efi.is_some();
     if gpt_tail {
-        next += (crate::gpt::TABLE_SECTORS * crate::gpt::SECTOR).div_ceil(SECTOR);
+        next += (crate::partition::gpt::table_sectors(512) * 512).div_ceil(SECTOR);
     }
     let blocks = u32::try_from(next).map_err(|_| IsoError::TooLarge)?;
 
@@ -408,7 +408,7 @@ impl Hybrid {
     /// (0xEF) mirroring the GPT's, so BIOSes that want an active partition
     /// and MBR-only firmware still boot. Entries never overlap.
     fn mbr(&self, code: Option<&[u8; 440]>) -> [u8; 512] {
-        use crate::mbr::{encode_with_code, MbrPartition};
+        use crate::partition::mbr::{encode_with_code, MbrPartition};
         let sectors = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         let mut parts = Vec::new();
         match self.gpt_ranges() {
@@ -420,7 +420,7 @@ impl Hybrid {
             }),
             Some(ranges) => {
                 parts.push(MbrPartition {
-                    kind: 0xEE,
+                    kind: crate::partition::mbr::PROTECTIVE_TYPE,
                     start: 1,
                     sectors: sectors(ranges[0].1 - 1),
                     active: false,
@@ -443,7 +443,7 @@ impl Hybrid {
         let signature = u32::from_le_bytes(self.seed[..4].try_into().expect("4 bytes"));
         match code {
             Some(c) => encode_with_code(&parts, signature, c),
-            None => crate::mbr::encode(&parts, signature),
+            None => crate::partition::mbr::encode(&parts, signature),
         }
     }
 
@@ -469,22 +469,16 @@ impl Hybrid {
         Some(r)
     }
 
-    fn gpt(&self) -> Option<crate::gpt::Gpt> {
-        use crate::gpt::{Gpt, GptPartition, Guid, BASIC_DATA, ESP};
+    fn gpt(&self) -> Option<crate::partition::Gpt> {
+        use crate::partition::types::{BASIC_DATA, ESP};
+        use crate::partition::{derive_guid, Gpt, GptPartition};
         let ranges = self.gpt_ranges()?;
         // Each GUID hashes the seed with its own number.
-        let guid = |n: u8| {
-            let mut g = [0u8; 16];
-            for (i, part) in g.chunks_mut(4).enumerate() {
-                let mut h = crc32fast::Hasher::new_with_initial(u32::from(n) << 8 | i as u32);
-                h.update(&self.seed);
-                part.copy_from_slice(&h.finalize().to_le_bytes());
-            }
-            Guid::from_hash(g)
-        };
+        let guid = |n: u8| derive_guid(&self.seed, n, b"");
         // Bit 60: read-only (the ISO 9660 regions are never written).
         const READ_ONLY: u64 = 1 << 60;
         Some(Gpt {
+            sector_size: 512,
             disk_guid: guid(0),
             disk_sectors: self.blocks * PER_BLOCK,
             partitions: ranges

@@ -129,7 +129,7 @@ pub enum IsoError {
     },
     /// The hybrid image's GUID partition table cannot be laid out.
     #[error("hybrid partition table: {0}")]
-    Gpt(#[from] crate::gpt::GptError),
+    Gpt(#[from] crate::partition::GptError),
     /// Assembling the region map failed (a bug if it happens).
     #[error("building the image: {0}")]
     Region(#[from] synth::Error),

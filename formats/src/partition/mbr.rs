@@ -10,8 +10,15 @@
 //! sector, type, CHS of the last sector, LBA start (LE u32), sector count
 //! (LE u32). CHS is computed for the conventional 255 heads × 63 sectors
 //! translation and saturates at cylinder 1023, as every tool since LBA does.
+//! (UEFI 2.10 §5.2.1 "Legacy Master Boot Record", Tables 5.1 and 5.2.)
+//! LBAs and counts are in logical blocks of the disk (512 or 4096 bytes);
+//! on a 4096-byte-sector disk these 512 bytes start LBA 0 and the rest of
+//! the sector is zero.
 
 use crate::bootstub;
+
+/// The partition type of a protective MBR's one entry (§5.2.3).
+pub const PROTECTIVE_TYPE: u8 = 0xEE;
 
 /// Sectors per track used for CHS fields.
 pub const SECTORS_PER_TRACK: u32 = 63;
@@ -29,6 +36,25 @@ pub struct MbrPartition {
     pub sectors: u32,
     /// Marked active (bootable).
     pub active: bool,
+}
+
+/// The entry of a protective MBR (UEFI 2.10 §5.2.3, Table 5.4): type 0xEE
+/// from LBA 1 over the rest of the disk, the count capped at 0xFFFFFFFF.
+pub fn protective(disk_sectors: u64) -> MbrPartition {
+    MbrPartition {
+        kind: PROTECTIVE_TYPE,
+        start: 1,
+        sectors: u32::try_from(disk_sectors.saturating_sub(1)).unwrap_or(u32::MAX),
+        active: false,
+    }
+}
+
+/// The default boot code: our "not bootable" stub (`bootstub`), zero-padded.
+pub fn stub_code() -> [u8; 440] {
+    let stub = bootstub::code(0);
+    let mut code = [0u8; 440];
+    code[..stub.len()].copy_from_slice(&stub);
+    code
 }
 
 /// CHS address of `lba` as the three packed bytes of a partition entry.
@@ -49,10 +75,7 @@ fn chs(lba: u32) -> [u8; 3] {
 /// Encode an MBR with up to four partitions and the given disk signature;
 /// the boot code is our "not bootable" stub.
 pub fn encode(parts: &[MbrPartition], signature: u32) -> [u8; 512] {
-    let stub = bootstub::code(0);
-    let mut code = [0u8; 440];
-    code[..stub.len()].copy_from_slice(&stub);
-    encode_with_code(parts, signature, &code)
+    encode_with_code(parts, signature, &stub_code())
 }
 
 /// Encode an MBR with the given 440 bytes of boot code.
@@ -106,5 +129,15 @@ mod tests {
             0xDEADBEEF
         );
         assert!(m[462..510].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn protective_entry_caps_at_32_bits() {
+        let p = protective(1 << 40);
+        assert_eq!((p.kind, p.start, p.sectors), (0xEE, 1, u32::MAX));
+        assert_eq!(protective(2048).sectors, 2047);
+        let m = encode(&[protective(2048)], 0);
+        // §5.2.3: StartingCHS 0x000200.
+        assert_eq!(&m[446..450], &[0, 0, 2, 0]);
     }
 }

@@ -1,7 +1,7 @@
 //! The GUID partition table (UEFI specification 2.10, §5.3): a header at
 //! LBA 1 and a 128-entry partition array after it, mirrored at the end of
 //! the disk (array, then the backup header in the last sector). Sectors are
-//! 512 bytes here.
+//! 512 or 4096 bytes: the array is 16 KiB either way (32 or 4 sectors).
 //!
 //! ```text
 //! header (92 bytes, rest of the sector zero; integers little-endian)
@@ -13,21 +13,36 @@
 //!  48 attributes  56 name (36 UTF-16LE code units)
 //! ```
 
-/// Bytes per sector the table is laid out for.
-pub const SECTOR: u64 = 512;
-/// Entries in the partition array (the minimum the spec allows: 16 KiB).
+/// Entries in the partition array (the minimum the spec allows: 16 KiB,
+/// UEFI 2.10 §5.3.2 "SizeOfPartitionEntry * NumberOfPartitionEntries").
 pub const ENTRIES: usize = 128;
-const ENTRY_SIZE: usize = 128;
-const HEADER_SIZE: usize = 92;
-/// Sectors of the partition array.
-pub const ARRAY_SECTORS: u64 = (ENTRIES * ENTRY_SIZE) as u64 / SECTOR;
+/// Bytes per entry (§5.3.3, Table 5.6).
+pub const ENTRY_SIZE: usize = 128;
+/// Bytes of the header proper (§5.3.2, Table 5.5); the rest of its sector is zero.
+pub const HEADER_SIZE: usize = 92;
+/// Bytes of the partition array.
+pub const ARRAY_BYTES: u64 = (ENTRIES * ENTRY_SIZE) as u64;
+
+/// Sectors of the partition array: 32 of 512 bytes, 4 of 4096.
+pub const fn array_sectors(sector_size: u64) -> u64 {
+    ARRAY_BYTES.div_ceil(sector_size)
+}
+
 /// Sectors a table takes at each end of the disk besides LBA 0 (the
-/// protective MBR): header + array.
-pub const TABLE_SECTORS: u64 = 1 + ARRAY_SECTORS;
+/// protective MBR): header + array (33 of 512 bytes, 5 of 4096).
+pub const fn table_sectors(sector_size: u64) -> u64 {
+    1 + array_sectors(sector_size)
+}
+
+/// The first LBA a partition may use: after the protective MBR, the
+/// primary header and the array (34 with 512-byte sectors, 6 with 4096).
+pub const fn first_usable(sector_size: u64) -> u64 {
+    2 + array_sectors(sector_size)
+}
 
 /// A GUID as it is stored on disk (the first three fields little-endian,
 /// §Appendix A "GUID and Time Formats").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Guid(pub [u8; 16]);
 
 impl Guid {
@@ -66,6 +81,18 @@ impl Guid {
         Guid(out)
     }
 
+    /// Parse the text form of user input: `None` unless it is 36
+    /// characters of 8-4-4-4-12 hex digits.
+    pub fn try_parse(s: &str) -> Option<Guid> {
+        let b = s.as_bytes();
+        let ok = b.len() == 36
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                8 | 13 | 18 | 23 => c == b'-',
+                _ => c.is_ascii_hexdigit(),
+            });
+        ok.then(|| Guid::parse(s))
+    }
+
     /// A version-4 (random-format) GUID from 16 bytes of a hash: a
     /// reproducible image gets the same GUIDs every build.
     pub fn from_hash(mut bytes: [u8; 16]) -> Guid {
@@ -87,11 +114,6 @@ impl std::fmt::Display for Guid {
         b[10..].iter().try_for_each(|x| write!(f, "{x:02X}"))
     }
 }
-
-/// EFI system partition.
-pub const ESP: Guid = Guid::parse("C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
-/// Microsoft basic data (what ISO 9660 regions of hybrid images are typed as).
-pub const BASIC_DATA: Guid = Guid::parse("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7");
 
 /// One partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +159,8 @@ pub enum GptError {
 /// A complete table for a disk of `disk_sectors` sectors.
 #[derive(Debug, Clone)]
 pub struct Gpt {
+    /// Bytes per logical block (512 or 4096).
+    pub sector_size: u64,
     /// The disk's GUID.
     pub disk_guid: Guid,
     /// Sectors on the disk.
@@ -147,17 +171,19 @@ pub struct Gpt {
 
 impl Gpt {
     /// First sector partitions may use: after the primary header and array.
-    pub const FIRST_USABLE: u64 = 2 + ARRAY_SECTORS;
+    pub fn first_usable(&self) -> u64 {
+        first_usable(self.sector_size)
+    }
 
     /// Last sector partitions may use: before the backup array.
     pub fn last_usable(&self) -> u64 {
-        self.disk_sectors - 1 - TABLE_SECTORS
+        self.disk_sectors - 1 - table_sectors(self.sector_size)
     }
 
     /// Check that every partition lies in the usable area, is not empty and
     /// overlaps no other (§5.3.3).
     pub fn validate(&self) -> Result<(), GptError> {
-        if self.disk_sectors < Self::FIRST_USABLE + TABLE_SECTORS + 1 {
+        if self.disk_sectors < self.first_usable() + table_sectors(self.sector_size) + 1 {
             return Err(GptError::DiskTooSmall(self.disk_sectors));
         }
         if self.partitions.len() > ENTRIES {
@@ -173,7 +199,7 @@ impl Gpt {
             if p.last < p.first {
                 return Err(err("ends before it starts"));
             }
-            if p.first < Self::FIRST_USABLE || p.last > self.last_usable() {
+            if p.first < self.first_usable() || p.last > self.last_usable() {
                 return Err(err("is outside the usable sectors"));
             }
             if self.partitions[..i]
@@ -186,6 +212,8 @@ impl Gpt {
         Ok(())
     }
 
+    /// The partition array (§5.3.3): one 128-byte entry per partition,
+    /// unused entries zero.
     fn array(&self) -> Vec<u8> {
         let mut a = vec![0u8; ENTRIES * ENTRY_SIZE];
         for (p, e) in self.partitions.iter().zip(a.chunks_mut(ENTRY_SIZE)) {
@@ -201,14 +229,15 @@ impl Gpt {
         a
     }
 
-    fn header(&self, this: u64, other: u64, array_lba: u64, array_crc: u32) -> [u8; 512] {
-        let mut h = [0u8; 512];
+    /// A header (§5.3.2, Table 5.5) in a sector of its own.
+    fn header(&self, this: u64, other: u64, array_lba: u64, array_crc: u32) -> Vec<u8> {
+        let mut h = vec![0u8; self.sector_size as usize];
         h[0..8].copy_from_slice(b"EFI PART");
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
         h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
         h[24..32].copy_from_slice(&this.to_le_bytes());
         h[32..40].copy_from_slice(&other.to_le_bytes());
-        h[40..48].copy_from_slice(&Self::FIRST_USABLE.to_le_bytes());
+        h[40..48].copy_from_slice(&self.first_usable().to_le_bytes());
         h[48..56].copy_from_slice(&self.last_usable().to_le_bytes());
         h[56..72].copy_from_slice(&self.disk_guid.0);
         h[72..80].copy_from_slice(&array_lba.to_le_bytes());
@@ -221,31 +250,43 @@ impl Gpt {
         h
     }
 
-    /// The primary table: header and array, for sectors 1..=33 (to be
-    /// placed at byte 512).
+    /// The array padded to whole sectors (the padding is not in its CRC).
+    fn padded_array(&self) -> (Vec<u8>, u32) {
+        let mut a = self.array();
+        let crc = crc32fast::hash(&a);
+        a.resize(
+            (array_sectors(self.sector_size) * self.sector_size) as usize,
+            0,
+        );
+        (a, crc)
+    }
+
+    /// The primary table (§5.3.1): header at LBA 1, array from LBA 2; to be
+    /// placed at byte `sector_size`.
     pub fn primary(&self) -> Result<Vec<u8>, GptError> {
         self.validate()?;
-        let array = self.array();
+        let (array, crc) = self.padded_array();
         let last = self.disk_sectors - 1;
-        let mut out = self.header(1, last, 2, crc32fast::hash(&array)).to_vec();
+        let mut out = self.header(1, last, 2, crc);
         out.extend_from_slice(&array);
         Ok(out)
     }
 
-    /// The backup table: array then header, for the last 33 sectors of the
-    /// disk (to be placed at byte `(disk_sectors - 33) * 512`).
+    /// The backup table (§5.3.1): array, then the header in the last LBA;
+    /// to be placed at byte `(disk_sectors - table_sectors) * sector_size`.
     pub fn backup(&self) -> Result<Vec<u8>, GptError> {
         self.validate()?;
-        let mut out = self.array();
+        let (mut out, crc) = self.padded_array();
         let last = self.disk_sectors - 1;
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&self.header(last, 1, last - ARRAY_SECTORS, crc));
+        let array_lba = last - array_sectors(self.sector_size);
+        out.extend_from_slice(&self.header(last, 1, array_lba, crc));
         Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::types::{BASIC_DATA, ESP};
     use super::*;
 
     #[test]
@@ -265,6 +306,7 @@ mod tests {
 
     fn table(parts: &[(u64, u64)]) -> Gpt {
         Gpt {
+            sector_size: 512,
             disk_guid: Guid::from_hash([7; 16]),
             disk_sectors: 4096,
             partitions: parts
@@ -296,8 +338,8 @@ mod tests {
         let t = table(&[(64, 1000)]);
         let p = t.primary().unwrap();
         let b = t.backup().unwrap();
-        assert_eq!(p.len() as u64, TABLE_SECTORS * SECTOR);
-        assert_eq!(b.len() as u64, TABLE_SECTORS * SECTOR);
+        assert_eq!(p.len() as u64, table_sectors(512) * 512);
+        assert_eq!(b.len() as u64, table_sectors(512) * 512);
         let u64_at = |h: &[u8], o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
         let (ph, bh) = (&p[..512], &b[b.len() - 512..]);
         assert_eq!(
