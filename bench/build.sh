@@ -142,8 +142,8 @@ ESP_DIR=$TREE_ROOT/esp
 ROOT_DIR=$TREE_ROOT/rootfs
 TREE[esp]=$ESP_DIR
 TREE[root]=$ROOT_DIR
-describe_tree esp 1 "ESP $ESP_DIR: "
-describe_tree root 1 "root $ROOT_DIR: "
+describe_tree esp 1 "$ESP_DIR: "
+describe_tree root 1 "$ROOT_DIR: "
 ROOT_ENTRIES=$(find "$ROOT_DIR" | wc -l) # files + directories + the root itself
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
