@@ -17,5 +17,7 @@ pub mod iso;
 mod par;
 pub mod partition;
 mod sparse;
+#[cfg(test)]
+mod testutil;
 mod time;
 pub mod xz;

@@ -785,6 +785,21 @@ impl Connection {
         Ok(())
     }
 
+    /// End a structured reply with an empty `NONE` chunk carrying `DONE`.
+    fn send_done(&self, req: &Request, io: &mut SendBufs) -> io::Result<()> {
+        let mut h = [0u8; MAX_REPLY_HEADER];
+        let n = chunk_header(
+            &mut h,
+            self.style,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_NONE,
+            req.cookie,
+            req.offset,
+            0,
+        );
+        self.write_pieces(&[Piece::Mem(&h[..n])], io).map(drop)
+    }
+
     /// Send a structured read reply: `OFFSET_DATA` chunks for data,
     /// `OFFSET_HOLE` chunks for zero runs (sparse reads; a single data
     /// chunk when `df`). Returns the payload offset of a short file read
@@ -798,17 +813,7 @@ impl Connection {
         io: &mut SendBufs,
     ) -> io::Result<Option<u64>> {
         if req.len == 0 {
-            let mut h = [0u8; MAX_REPLY_HEADER];
-            let n = chunk_header(
-                &mut h,
-                self.style,
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_NONE,
-                req.cookie,
-                req.offset,
-                0,
-            );
-            return self.write_pieces(&[Piece::Mem(&h[..n])], io).map(|_| None);
+            return self.send_done(req, io).map(|()| None);
         }
         // Plan the chunks: (is_hole, start index in body, end index, offset, len).
         let is_hole = |p: &Piece<'_>| !df && matches!(p, Piece::Zeros(n) if *n >= HOLE_MIN);
@@ -902,17 +907,7 @@ impl Connection {
         let Some(wire_at) = out.short_at else {
             if has_file {
                 // Every file piece arrived whole: now the reply may end.
-                let mut h = [0u8; MAX_REPLY_HEADER];
-                let n = chunk_header(
-                    &mut h,
-                    self.style,
-                    REPLY_FLAG_DONE,
-                    REPLY_TYPE_NONE,
-                    req.cookie,
-                    req.offset,
-                    0,
-                );
-                self.write_pieces(&[Piece::Mem(&h[..n])], io)?;
+                self.send_done(req, io)?;
             }
             return Ok(None);
         };

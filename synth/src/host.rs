@@ -459,6 +459,16 @@ mod tests {
         assert!(err.to_string().contains("gone.bin"), "{err}");
     }
 
+    /// Give `path` the mtime of `m` (as `touch -r` would).
+    fn set_mtime_of(path: &Path, m: &std::fs::Metadata) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(m.modified().unwrap())
+            .unwrap();
+    }
+
     /// A host file, and a function that swaps something else in at its path
     /// with the same size and mtime (as `touch -r` would).
     fn swap_keeping_times(path: &Path, make: impl FnOnce(&Path)) {
@@ -501,12 +511,7 @@ mod tests {
         let f = host(&pool, dir.path(), "public", &[1u8; 4096]);
         // Same size and mtime as the scanned file.
         let m = std::fs::metadata(f.path()).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&secret)
-            .unwrap()
-            .set_modified(m.modified().unwrap())
-            .unwrap();
+        set_mtime_of(&secret, &m);
         swap_keeping_times(f.path(), |p| {
             std::os::unix::fs::symlink(&secret, p).unwrap()
         });
@@ -532,12 +537,7 @@ mod tests {
         // Re-pointed at another file of the same size and mtime.
         let other = dir.path().join("other");
         std::fs::write(&other, b"wrong").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&other)
-            .unwrap()
-            .set_modified(m.modified().unwrap())
-            .unwrap();
+        set_mtime_of(&other, &m);
         std::fs::remove_file(&link).unwrap();
         std::os::unix::fs::symlink(&other, &link).unwrap();
         let f = HostFile::new(&pool, link, scanned);
@@ -594,12 +594,7 @@ mod tests {
         let m = std::fs::metadata(f.path()).unwrap();
         let other = dir.path().join("other");
         std::fs::write(&other, [2u8; 100]).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&other)
-            .unwrap()
-            .set_modified(m.modified().unwrap())
-            .unwrap();
+        set_mtime_of(&other, &m);
         std::fs::rename(&other, f.path()).unwrap();
         assert_refused(&f, "rename over");
         assert!(f.open().unwrap_err().to_string().contains("inode"));

@@ -570,11 +570,6 @@ mod tests {
 
 #[cfg(test)]
 mod conformance {
-    use std::fs;
-    use std::sync::Arc;
-
-    use synth::BlockDev;
-
     use super::*;
 
     /// A FAT image and an overlay on it pass the device conformance check
@@ -582,14 +577,7 @@ mod conformance {
     /// start: every zero or hole extent reads zeros).
     #[test]
     fn fat_images_and_overlays_on_them_pass_conformance() {
-        let d = tempfile::tempdir().unwrap();
-        fs::write(d.path().join("a.txt"), b"hello").unwrap();
-        fs::write(d.path().join("b.bin"), vec![0x5Au8; 70_000]).unwrap();
-        let sparse = fs::File::create(d.path().join("sparse.bin")).unwrap();
-        sparse.set_len(1 << 20).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&sparse, &[1u8; 4096], 512 * 1024).unwrap();
-        fs::create_dir(d.path().join("sub")).unwrap();
-        fs::write(d.path().join("sub/c"), vec![3u8; 9000]).unwrap();
+        let d = crate::testutil::sample_dir();
         let tree = tree::scan(
             d.path(),
             &tree::ScanOptions {
@@ -599,27 +587,11 @@ mod conformance {
         )
         .unwrap();
         let image = build(&tree, &FatOptions::default()).unwrap();
-        let mut expected = vec![0u8; image.map.size() as usize];
-        image.map.read_at(&mut expected, 0).unwrap();
-        let starts: Vec<u64> = image.map.regions().iter().map(|r| r.start).collect();
-        synth::testing::check_dev(&image.map, &expected, &starts);
-
-        let map: Arc<dyn BlockDev> = Arc::new(image.map);
-        let ov = synth::CowOverlay::new(
-            map,
-            synth::OverlayOptions {
-                store: synth::OverlayStore::TempFile,
-                page_size: 4096,
-                ..synth::OverlayOptions::default()
-            },
-        )
-        .unwrap();
         // A write into a hole and one over the boot sector's neighbourhood.
-        let end = expected.len() - 5000;
-        ov.write_at(&[9u8; 100], end as u64).unwrap();
-        expected[end..end + 100].fill(9);
-        ov.write_at(&[8u8; 10], (1 << 20) + 600).unwrap();
-        expected[(1 << 20) + 600..(1 << 20) + 610].fill(8);
-        synth::testing::check_dev(&ov, &expected, &starts);
+        let end = synth::BlockDev::size(&image.map) as usize - 5000;
+        crate::testutil::check_image_and_overlay(
+            image.map,
+            &[(end, 100, 9), ((1 << 20) + 600, 10, 8)],
+        );
     }
 }

@@ -214,31 +214,7 @@ fn bad_volume_ids_are_refused() {
 
 #[test]
 fn iso_images_and_overlays_on_them_pass_conformance() {
-    use std::sync::Arc;
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("a.txt"), b"hello").unwrap();
-    std::fs::write(d.path().join("b.bin"), vec![0x5Au8; 70_000]).unwrap();
-    let sparse = std::fs::File::create(d.path().join("sparse.bin")).unwrap();
-    sparse.set_len(1 << 20).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&sparse, &[1u8; 4096], 512 * 1024).unwrap();
-    std::fs::create_dir(d.path().join("sub")).unwrap();
-    std::fs::write(d.path().join("sub/c"), vec![3u8; 9000]).unwrap();
+    let d = crate::testutil::sample_dir();
     let img = build(&tree_of(d.path()), &IsoOptions::default()).unwrap();
-    let mut expected = vec![0u8; img.map.size() as usize];
-    img.map.read_at(&mut expected, 0).unwrap();
-    let starts: Vec<u64> = img.map.regions().iter().map(|r| r.start).collect();
-    synth::testing::check_dev(&img.map, &expected, &starts);
-    let map: Arc<dyn BlockDev> = Arc::new(img.map);
-    let ov = synth::CowOverlay::new(
-        map,
-        synth::OverlayOptions {
-            store: synth::OverlayStore::TempFile,
-            page_size: 4096,
-            ..synth::OverlayOptions::default()
-        },
-    )
-    .unwrap();
-    ov.write_at(&[9u8; 3000], 40_000).unwrap();
-    expected[40_000..43_000].fill(9);
-    synth::testing::check_dev(&ov, &expected, &starts);
+    crate::testutil::check_image_and_overlay(img.map, &[(40_000, 3000, 9)]);
 }
