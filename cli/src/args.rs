@@ -178,6 +178,26 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// How the disk is exported, for the subcommands that export one.
+    pub fn export(&self) -> Option<&ExportArgs> {
+        match self {
+            Source::File { export, .. }
+            | Source::Memory { export, .. }
+            | Source::Zero { export, .. }
+            | Source::Pattern { export, .. }
+            | Source::Floppy { export, .. }
+            | Source::Ext4 { export, .. }
+            | Source::Iso { export, .. }
+            | Source::Build { export, .. }
+            | Source::Http { export, .. }
+            | Source::Xz { export, .. }
+            | Source::Tmpdisk { export, .. } => Some(export),
+            Source::Pack { .. } | Source::Inspect { .. } => None,
+        }
+    }
+}
+
 const FLOPPY_EXAMPLES: &str = "\
 Examples:
   disksynth floppy ./dir --serve                     a FAT disk holding ./dir, over NBD
@@ -211,7 +231,7 @@ pub struct FatArgs {
     #[arg(long, value_name = "FORMAT")]
     pub floppy: Option<formats::fat::FloppyFormat>,
     /// Volume serial number, 8 hex digits (default: derived from the tree).
-    #[arg(long, value_name = "HEX", value_parser = parse_serial)]
+    #[arg(long, value_name = "HEX", value_parser = crate::spec::parse_serial)]
     pub serial: Option<u32>,
     /// Fail when two names in a directory are one name to FAT (`Makefile` and `makefile`,
     /// `a:b` and `a_b`), instead of keeping the first and storing the later one as
@@ -223,12 +243,6 @@ pub struct FatArgs {
     /// Most host files kept open at once.
     #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
     pub max_open_files: usize,
-}
-
-fn parse_serial(s: &str) -> Result<u32, String> {
-    let t = s.trim_start_matches("0x").replace('-', "");
-    u32::from_str_radix(&t, 16)
-        .map_err(|_| format!("{s:?} is not a serial number (8 hex digits, e.g. 1234-ABCD)"))
 }
 
 const EXT4_EXAMPLES: &str = "\
@@ -259,7 +273,7 @@ pub struct Ext4Args {
     pub label: Option<String>,
     /// Filesystem UUID, e.g. 0b9f4f8e-35d5-4d63-9c3e-5a1d2f7e8a10 (default: derived from
     /// the tree).
-    #[arg(long, value_name = "UUID", value_parser = parse_uuid)]
+    #[arg(long, value_name = "UUID", value_parser = crate::spec::parse_uuid)]
     pub uuid: Option<[u8; 16]>,
     /// `keep` the host's uid/gid, or make everything owned by `root` (0:0).
     #[arg(long, value_name = "keep|root", default_value = "keep")]
@@ -273,19 +287,6 @@ pub struct Ext4Args {
     /// Most host files kept open at once.
     #[arg(long, value_name = "N", default_value_t = synth::DEFAULT_POOL_FDS)]
     pub max_open_files: usize,
-}
-
-fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
-    let hex: String = s.chars().filter(|&c| c != '-').collect();
-    let bad = || format!("{s:?} is not a UUID (32 hex digits, dashes allowed)");
-    if hex.len() != 32 || !hex.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
 }
 
 const ISO_EXAMPLES: &str = "\

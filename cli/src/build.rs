@@ -17,7 +17,7 @@ use synth::BlockDev;
 
 use crate::generators::{scan_with, source_date_epoch};
 use crate::size::Size;
-use crate::spec::{Content, PartSize, PartSpec, Sources, Spec};
+use crate::spec::{Content, FsOptions, PartSize, PartSpec, Remote, Sources, Spec};
 
 /// Filesystem sizes are whole 4 KiB blocks (ext4's block; a whole number of sectors).
 const FS_UNIT: u64 = 4096;
@@ -30,46 +30,42 @@ struct FsInfo {
     label: Option<String>,
 }
 
-/// The `http` and `xz` subcommands' defaults, for remote and compressed partitions.
-#[derive(clap::Parser)]
-struct RemoteDefaults {
-    #[command(flatten)]
-    http: crate::args::HttpArgs,
-    #[command(flatten)]
-    xz: crate::args::XzArgs,
+/// A filesystem built for a size and a place: the sizes and the partition start it was built
+/// for decide whether the next pass can keep it.
+struct BuiltFs {
+    dev: Arc<dyn BlockDev>,
+    info: FsInfo,
+    /// The size asked of the generator (`None`: its own default).
+    asked: Option<u64>,
+    /// The partition start in 512-byte sectors (FAT BPB hidden sectors).
+    hidden: u32,
+    /// What was built, for the log once it is the final one.
+    summary: String,
 }
 
-impl RemoteDefaults {
-    fn defaults() -> RemoteDefaults {
-        <RemoteDefaults as clap::Parser>::parse_from(["disksynth"])
-    }
-}
-
-/// A partition's content at its first, natural size.
+/// A partition's content after the first pass.
 enum Prepared {
-    Fat {
-        tree: tree::Tree,
-        natural: u64,
+    /// A filesystem of a tree, which can be rebuilt for another size or place.
+    Fs {
+        tree: Box<tree::Tree>,
+        first: BuiltFs,
+        /// How long scanning took (for the log).
+        scanned: std::time::Duration,
     },
-    Ext4 {
-        tree: tree::Tree,
-        natural: u64,
-    },
-    Iso {
+    /// A content of its own size: an ISO image, a file, a remote or compressed image, RAM.
+    Fixed {
         dev: Arc<dyn BlockDev>,
         info: FsInfo,
     },
+    /// Zeros.
     Empty,
-    Raw {
-        dev: Arc<dyn BlockDev>,
-    },
 }
 
 impl Prepared {
     fn natural(&self) -> u64 {
         match self {
-            Prepared::Fat { natural, .. } | Prepared::Ext4 { natural, .. } => *natural,
-            Prepared::Iso { dev, .. } | Prepared::Raw { dev } => dev.size(),
+            Prepared::Fs { first, .. } => first.dev.size(),
+            Prepared::Fixed { dev, .. } => dev.size(),
             Prepared::Empty => 0,
         }
     }
@@ -102,25 +98,21 @@ fn round_up(n: u64, unit: u64) -> u64 {
     n.div_ceil(unit) * unit
 }
 
-fn parse_uuid(s: &str) -> Result<[u8; 16]> {
-    let hex: String = s.chars().filter(|&c| c != '-').collect();
-    if hex.len() != 32 || !hex.is_ascii() {
-        bail!("{s:?} is not a UUID (32 hex digits, dashes allowed)");
-    }
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .with_context(|| format!("{s:?} is not a UUID"))?;
-    }
-    Ok(out)
-}
-
 fn table_kind(t: &str) -> TableKind {
     match t {
         "mbr" => TableKind::Mbr,
         "hybrid" => TableKind::Hybrid,
         "none" => TableKind::None,
         _ => TableKind::Gpt,
+    }
+}
+
+/// How each filesystem scans its tree: FAT has no symlinks (they are followed); ext4 and ISO
+/// (Rock Ridge) keep links and special files, ext4 also extended attributes.
+fn scan_options(content: &Content, fs: &FsOptions) -> tree::ScanOptions {
+    tree::ScanOptions {
+        follow_symlinks: matches!(content, Content::Fat(_)),
+        xattrs: matches!(content, Content::Ext4(_)) && !fs.no_xattrs,
     }
 }
 
@@ -162,63 +154,72 @@ fn shown(dirs: &Sources) -> String {
         .join(" + ")
 }
 
-/// Scan and build each filesystem once at its natural size.
-fn prepare(p: &PartSpec, epoch: Option<i64>) -> Result<Prepared> {
+/// A FAT volume (no partition table) holding `dir`, for an ISO's UEFI boot entry.
+fn efi_image(dir: &Path, epoch: Option<i64>) -> Result<Arc<dyn BlockDev>> {
+    let tree = scan_with(
+        dir,
+        &tree::ScanOptions {
+            follow_symlinks: true,
+            ..Default::default()
+        },
+    )?;
+    let opts = formats::fat::FatOptions {
+        partition: formats::fat::Partitioning::None,
+        timestamp: epoch,
+        ..formats::fat::FatOptions::default()
+    };
+    let image = formats::fat::build(&tree, &opts)
+        .with_context(|| format!("building the EFI boot image of {}", dir.display()))?;
+    Ok(Arc::new(image.map))
+}
+
+/// The first pass: scan, and build each filesystem once (at its fixed size where that is
+/// known, else at its natural size: metadata only, milliseconds).
+fn prepare(p: &PartSpec, whole: bool, epoch: Option<i64>, remote: &Remote) -> Result<Prepared> {
+    // A filesystem that is the disk is built at exactly the size asked; one in a partition
+    // first at its natural size, which sizes `auto`, `auto+N%`, `min:` and `remaining`.
+    let first_size = match p.size {
+        PartSize::Fixed(n) if whole => Some(n),
+        _ => None,
+    };
     Ok(match &p.content {
-        Content::Fat(dir) => {
-            let tree = scan_sources(
-                dir,
-                &tree::ScanOptions {
-                    follow_symlinks: true,
-                    ..Default::default()
-                },
-            )?;
-            let image = formats::fat::build(&tree, &fat_options(p, None, 0, epoch)?)
-                .with_context(|| format!("building the FAT filesystem of {}", shown(dir)))?;
-            Prepared::Fat {
-                natural: image.map.size(),
-                tree,
+        Content::Fat(dirs) | Content::Ext4(dirs) => {
+            let t0 = std::time::Instant::now();
+            let tree = scan_sources(dirs, &scan_options(&p.content, &p.fs))?;
+            let scanned = t0.elapsed();
+            let first = build_fs(p, &tree, first_size, 0, epoch, None, scanned)?;
+            Prepared::Fs {
+                tree: Box::new(tree),
+                first,
+                scanned,
             }
         }
-        Content::Ext4(dir) => {
-            let tree = scan_sources(
-                dir,
-                &tree::ScanOptions {
-                    follow_symlinks: false,
-                    xattrs: !p.fs.no_xattrs,
-                },
-            )?;
-            let image = formats::ext4::build(&tree, &ext4_options(p, None, None, epoch)?)
-                .with_context(|| format!("building the ext4 filesystem of {}", shown(dir)))?;
-            Prepared::Ext4 {
-                natural: image.map.size(),
-                tree,
-            }
-        }
-        Content::Iso(dir) => {
-            let tree = scan_sources(dir, &tree::ScanOptions::default())?;
-            let opts = formats::iso::IsoOptions {
-                volume_id: Some(match &p.fs.fs_label {
-                    Some(v) => v.clone(),
-                    None => formats::iso::volume_id_from_name(&p.label),
-                }),
-                rock_ridge: !p.fs.no_rock_ridge,
-                joliet: !p.fs.no_joliet,
-                timestamp: epoch,
-                boot: p.fs.boot.clone(),
-                boot_load_size: p.fs.boot_load_size,
-                boot_info_table: !p.fs.no_boot_info_table,
-                efi_boot: p.fs.efi_boot.clone(),
-                ..Default::default()
-            };
+        Content::Iso(dirs) => {
+            let t0 = std::time::Instant::now();
+            let tree = scan_sources(dirs, &scan_options(&p.content, &p.fs))?;
+            let scanned = t0.elapsed();
+            let opts = iso_options(p, epoch)?;
             let image = formats::iso::build(&tree, &opts)
-                .with_context(|| format!("building the ISO 9660 image of {}", shown(dir)))?;
+                .with_context(|| format!("building the ISO 9660 image of {}", shown(dirs)))?;
+            log::info!(
+                "{}: {}; ISO 9660 {:?}{}{}, {} blocks ({}), {} regions (scanned in {:.1} ms, laid out in {:.1} ms)",
+                shown(dirs),
+                tree_summary(&tree),
+                image.volume_id,
+                if opts.rock_ridge { " + Rock Ridge" } else { "" },
+                if opts.joliet { " + Joliet" } else { "" },
+                image.blocks,
+                Size(image.map.size()),
+                image.map.regions().len(),
+                scanned.as_secs_f64() * 1000.0,
+                (t0.elapsed() - scanned).as_secs_f64() * 1000.0
+            );
             let info = FsInfo {
                 kind: "iso9660",
                 uuid: None,
                 label: Some(image.volume_id.clone()),
             };
-            Prepared::Iso {
+            Prepared::Fixed {
                 dev: Arc::new(image.map),
                 info,
             }
@@ -227,20 +228,124 @@ fn prepare(p: &PartSpec, epoch: Option<i64>) -> Result<Prepared> {
         Content::Raw(path) => {
             let dev = sources::FileDev::open(path, false)
                 .with_context(|| format!("opening raw = {}", path.display()))?;
-            Prepared::Raw { dev: Arc::new(dev) }
+            raw(Arc::new(dev))
         }
-        Content::Http(url) => {
-            let d = RemoteDefaults::defaults();
-            Prepared::Raw {
-                dev: crate::remote::http(url, &d.http)?,
+        Content::File { path, writable } => raw(Arc::new(sources::FileDev::open(path, *writable)?)),
+        Content::Memory => raw(Arc::new(sources::memory(fixed_size(p)?)?)),
+        Content::Pattern => raw(Arc::new(sources::PatternDev::new(fixed_size(p)?))),
+        Content::Http(url) => raw(crate::remote::http(url, &remote.http)?),
+        Content::Xz(src) => raw(crate::remote::xz(src, &remote.xz, &remote.http)?),
+    })
+}
+
+fn raw(dev: Arc<dyn BlockDev>) -> Prepared {
+    Prepared::Fixed {
+        dev,
+        info: FsInfo {
+            kind: "raw",
+            ..FsInfo::default()
+        },
+    }
+}
+
+fn fixed_size(p: &PartSpec) -> Result<u64> {
+    match p.size {
+        PartSize::Fixed(n) => Ok(n),
+        _ => bail!("partition {:?} needs a size", p.label),
+    }
+}
+
+fn tree_summary(tree: &tree::Tree) -> String {
+    let s = &tree.stats;
+    format!(
+        "{} files, {} directories, {} symlinks, {} special, {} extended attributes, {} of data",
+        s.files,
+        s.dirs,
+        s.symlinks,
+        s.specials,
+        s.xattrs,
+        Size(s.bytes)
+    )
+}
+
+/// Build a FAT or ext4 filesystem of `tree` for a size and a partition start; the only place
+/// a filesystem's options are put together (for `floppy`, `ext4` and every `build` partition).
+fn build_fs(
+    p: &PartSpec,
+    tree: &tree::Tree,
+    asked: Option<u64>,
+    hidden: u32,
+    epoch: Option<i64>,
+    derived_id: Option<[u8; 16]>,
+    scanned: std::time::Duration,
+) -> Result<BuiltFs> {
+    let t0 = std::time::Instant::now();
+    let summary;
+    let (dev, info): (Arc<dyn BlockDev>, FsInfo) = match &p.content {
+        Content::Fat(dirs) => {
+            let mut o = fat_options(p, asked, hidden, epoch);
+            if o.serial.is_none() {
+                o.serial = derived_id.map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
             }
+            let image = formats::fat::build(tree, &o)
+                .with_context(|| format!("building a FAT filesystem of {}", shown(dirs)))?;
+            let g = &image.geometry;
+            summary = format!(
+                "{}: {}; {} with {} clusters of {} ({} used), volume at {}, {} (scanned in {:.1} ms, laid out in {:.1} ms)",
+                shown(dirs),
+                tree_summary(tree),
+                g.fat_type,
+                g.clusters,
+                Size(g.cluster_bytes()),
+                image.used_clusters,
+                image.volume_offset,
+                Size(image.map.size()),
+                scanned.as_secs_f64() * 1000.0,
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
+            let info = FsInfo {
+                kind: "vfat",
+                uuid: Some(format!(
+                    "{:04X}-{:04X}",
+                    image.serial >> 16,
+                    image.serial & 0xFFFF
+                )),
+                label: p.fs.fs_label.clone(),
+            };
+            (Arc::new(image.map), info)
         }
-        Content::Xz(src) => {
-            let d = RemoteDefaults::defaults();
-            Prepared::Raw {
-                dev: crate::remote::xz(src, &d.xz, &d.http)?,
-            }
+        Content::Ext4(dirs) => {
+            let o = ext4_options(p, asked, derived_id, epoch)?;
+            let image = formats::ext4::build(tree, &o)
+                .with_context(|| format!("building an ext4 filesystem of {}", shown(dirs)))?;
+            let uuid = partition::uuid_text(&image.uuid);
+            summary = format!(
+                "{}: {}; ext4 {}, {} of {} inodes used, UUID {uuid}, {} sparse files, {} regions (scanned in {:.1} ms, laid out in {:.1} ms)",
+                shown(dirs),
+                tree_summary(tree),
+                Size(image.size),
+                image.used_inodes,
+                image.inodes,
+                image.sparse_files,
+                image.map.regions().len(),
+                scanned.as_secs_f64() * 1000.0,
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
+            let info = FsInfo {
+                kind: "ext4",
+                uuid: Some(uuid),
+                label: p.fs.fs_label.clone(),
+            };
+            (Arc::new(image.map), info)
         }
+        other => unreachable!("build_fs of {other:?}"),
+    };
+    Ok(BuiltFs {
+        dev,
+        info,
+        asked,
+        hidden,
+        summary,
     })
 }
 
@@ -249,63 +354,82 @@ fn fat_options(
     size: Option<u64>,
     hidden_sectors: u32,
     epoch: Option<i64>,
-) -> Result<formats::fat::FatOptions> {
-    let fat_type = match p.fs.fat {
-        None => None,
-        Some(12) => Some(formats::fat::FatType::Fat12),
-        Some(16) => Some(formats::fat::FatType::Fat16),
-        Some(32) => Some(formats::fat::FatType::Fat32),
-        Some(n) => bail!("partition {:?}: fat = {n}: use 12, 16 or 32", p.label),
-    };
-    let serial = match &p.fs.serial {
-        Some(s) => Some(
-            u32::from_str_radix(s, 16)
-                .with_context(|| format!("partition {:?}: serial {s:?} is not hex", p.label))?,
-        ),
-        None => None,
-    };
-    Ok(formats::fat::FatOptions {
+) -> formats::fat::FatOptions {
+    let w = &p.fs.whole_disk;
+    formats::fat::FatOptions {
         size,
-        fat_type,
+        fat_type: p.fs.fat,
         label: p.fs.fs_label.clone(),
-        partition: formats::fat::Partitioning::None,
+        partition: if w.fat_mbr {
+            formats::fat::Partitioning::Mbr
+        } else {
+            formats::fat::Partitioning::None
+        },
+        floppy: w.floppy,
         hidden_sectors: Some(hidden_sectors),
-        serial,
+        serial: p.fs.serial,
         timestamp: epoch,
         strict_names: p.fs.strict_names,
-        ..Default::default()
-    })
+        max_open_files: p.fs.max_open_files.unwrap_or(synth::DEFAULT_POOL_FDS),
+    }
 }
 
 fn ext4_options(
     p: &PartSpec,
     size: Option<u64>,
-    uuid: Option<[u8; 16]>,
+    derived_uuid: Option<[u8; 16]>,
     epoch: Option<i64>,
 ) -> Result<formats::ext4::Ext4Options> {
-    let owner = match p.fs.owner.as_deref() {
-        None | Some("keep") => formats::ext4::Owner::Keep,
-        Some("root") => formats::ext4::Owner::Root,
-        Some(o) => bail!("partition {:?}: owner = {o:?}: use keep or root", p.label),
-    };
-    let uuid = match (&p.fs.uuid, uuid) {
-        (Some(u), _) => Some(parse_uuid(u).with_context(|| format!("partition {:?}", p.label))?),
-        (None, u) => u,
-    };
+    if let Some(t) = epoch {
+        if !(0..=i64::from(u32::MAX)).contains(&t) {
+            bail!(
+                "SOURCE_DATE_EPOCH={t} is outside what an ext4 superblock holds (0 to 4294967295)"
+            );
+        }
+    }
     Ok(formats::ext4::Ext4Options {
         size,
         label: p.fs.fs_label.clone(),
-        uuid,
-        owner,
+        uuid: p.fs.uuid.or(derived_uuid),
+        owner: p.fs.owner.unwrap_or_default(),
         timestamp: epoch,
-        ..Default::default()
+        max_open_files: p.fs.max_open_files.unwrap_or(synth::DEFAULT_POOL_FDS),
+    })
+}
+
+fn iso_options(p: &PartSpec, epoch: Option<i64>) -> Result<formats::iso::IsoOptions> {
+    let w = &p.fs.whole_disk;
+    Ok(formats::iso::IsoOptions {
+        volume_id: Some(match &p.fs.fs_label {
+            Some(v) => v.clone(),
+            None => formats::iso::volume_id_from_name(&p.label),
+        }),
+        rock_ridge: !p.fs.no_rock_ridge,
+        joliet: !p.fs.no_joliet,
+        timestamp: epoch,
+        max_open_files: p.fs.max_open_files.unwrap_or(synth::DEFAULT_POOL_FDS),
+        boot: p.fs.boot.clone(),
+        boot_load_size: Some(p.fs.boot_load_size.unwrap_or(4)),
+        boot_info_table: !p.fs.no_boot_info_table,
+        efi_boot: p.fs.efi_boot.clone(),
+        efi_image: match &p.fs.efi_boot_dir {
+            Some(d) => Some(efi_image(d, epoch)?),
+            None => None,
+        },
+        hybrid: w.hybrid || w.hybrid_mbr.is_some(),
+        hybrid_boot_code: match &w.hybrid_mbr {
+            Some(f) => Some(
+                std::fs::read(f).with_context(|| format!("reading hybrid_mbr {}", f.display()))?,
+            ),
+            None => None,
+        },
     })
 }
 
 /// The size a partition gets, before any `remaining` share is known (`None` for that one).
 fn target_size(p: &PartSpec, prep: &Prepared, align: u64) -> Result<Option<u64>> {
     let natural = prep.natural();
-    let resizable = matches!(prep, Prepared::Fat { .. } | Prepared::Ext4 { .. });
+    let resizable = matches!(prep, Prepared::Fs { .. });
     let size = match p.size {
         PartSize::Auto => round_up(natural.max(1), FS_UNIT),
         PartSize::Fixed(n) => {
@@ -330,10 +454,19 @@ fn target_size(p: &PartSpec, prep: &Prepared, align: u64) -> Result<Option<u64>>
 pub(crate) fn build(spec: &Spec) -> Result<Built> {
     let t0 = std::time::Instant::now();
     let epoch = source_date_epoch()?;
+    let whole = spec.table == "none";
     let prepared: Vec<Prepared> = spec
         .partitions
         .iter()
-        .map(|p| prepare(p, epoch).with_context(|| format!("partition {:?}", p.label)))
+        .map(|p| {
+            let r = prepare(p, whole, epoch, &spec.remote);
+            // A disk that is one filesystem or file: its errors name the directory or file.
+            if whole {
+                r
+            } else {
+                r.with_context(|| format!("partition {:?}", p.label))
+            }
+        })
         .collect::<Result<_>>()?;
 
     // The seed: given, or derived from what shapes the disk (never paths or the clock).
@@ -345,7 +478,7 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
                 parts.push(p.label.as_bytes().to_vec());
                 parts.push(p.kind.as_bytes().to_vec());
                 parts.push(prep.natural().to_le_bytes().to_vec());
-                if let Prepared::Fat { tree, .. } | Prepared::Ext4 { tree, .. } = prep {
+                if let Prepared::Fs { tree, .. } = prep {
                     parts.push(tree.stats.bytes.to_le_bytes().to_vec());
                     parts.push(tree.stats.files.to_le_bytes().to_vec());
                 }
@@ -354,7 +487,44 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
             hash128(&refs).to_vec()
         }
     };
-    let derived = |label: &str, what: &str| hash128(&[&seed, label.as_bytes(), what.as_bytes()]);
+    // Filesystem identifiers derive from a given seed; without one the generators derive
+    // them from their trees (so `floppy`/`ext4` of a tree equal its one-partition disk).
+    let derived = |label: &str, what: &str| {
+        spec.seed
+            .as_ref()
+            .map(|_| hash128(&[&seed, label.as_bytes(), what.as_bytes()]))
+    };
+
+    if whole && spec.size.is_none() {
+        // No table and no disk size: the disk is the content itself, at the size asked
+        // (which need not be whole sectors: `zero 1000`, a 1001-byte file).
+        let (p, prep) = (
+            &spec.partitions[0],
+            prepared.into_iter().next().expect("one"),
+        );
+        let (content, info) = whole_content(p, prep, epoch, &derived)?;
+        let report = DiskReport {
+            table: TableKind::None,
+            sector_size: spec.sector_size,
+            size: content.size(),
+            disk_guid: None,
+            mbr_signature: None,
+            partitions: vec![partition::PartitionReport {
+                number: 1,
+                label: p.label.clone(),
+                offset: 0,
+                size: content.size(),
+                type_guid: None,
+                mbr_type: None,
+                guid: None,
+                attributes: 0,
+            }],
+        };
+        return Ok(Built {
+            report: report_json(&report, spec, &[info]),
+            dev: content,
+        });
+    }
 
     let mut sizes: Vec<Option<u64>> = spec
         .partitions
@@ -372,9 +542,16 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
         mbr_signature: None,
         mbr_boot_code: None,
     };
-    if let Some(i) = sizes.iter().position(Option::is_none) {
-        // The remaining partition gets what a disk of the given size has left.
-        // Plan with the remaining partition at one sector, then give it the slack.
+    // With a disk size, the partition with size = "remaining" takes what the others and the
+    // table leave; if none says so, the last one does unless its size is fixed.
+    let grow = sizes.iter().position(Option::is_none).or_else(|| {
+        let last = spec.partitions.len() - 1;
+        (spec.size.is_some() && !matches!(spec.partitions[last].size, PartSize::Fixed(_)))
+            .then_some(last)
+    });
+    if let Some(i) = grow {
+        let own = sizes[i].take().unwrap_or(0);
+        // Plan with the growing partition at one sector, then give it the slack.
         let probe: Vec<u64> = sizes
             .iter()
             .map(|s| s.unwrap_or(spec.sector_size))
@@ -388,13 +565,20 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
         )?
         .disk_size;
         let total = spec.size.expect("validated: remaining needs a disk size");
-        let share = (total + spec.sector_size).saturating_sub(need) / spec.align * spec.align;
-        let share = share / FS_UNIT * FS_UNIT;
-        if share == 0 {
+        let slack = (total + spec.sector_size).saturating_sub(need);
+        let share = if whole {
+            slack / spec.sector_size * spec.sector_size
+        } else {
+            slack / spec.align * spec.align / FS_UNIT * FS_UNIT
+        };
+        if share == 0 || share < own {
             bail!(
-                "the disk of {} ({total} bytes) has no room for the remaining partition {:?}: the others and the table need {need} bytes",
+                "the disk of {} ({total} bytes) is too small: partition {:?} needs {} bytes and the others and the table {} more ({} bytes in all)",
                 Size(total),
-                spec.partitions[i].label
+                spec.partitions[i].label,
+                own.max(1),
+                need - spec.sector_size,
+                need - spec.sector_size + own.max(1)
             );
         }
         sizes[i] = Some(share);
@@ -413,54 +597,27 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
         .zip(&plan.starts)
     {
         let (content, info): (Arc<dyn BlockDev>, FsInfo) = match prep {
-            Prepared::Fat { tree, .. } => {
-                let mut o = fat_options(p, Some(size), (start / 512) as u32, epoch)?;
-                if o.serial.is_none() && spec.seed.is_some() {
-                    let h = derived(&p.label, "fat-serial");
-                    o.serial = Some(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
-                }
-                let image = formats::fat::build(&tree, &o)
-                    .with_context(|| format!("partition {:?}: building its FAT", p.label))?;
-                let info = FsInfo {
-                    kind: "vfat",
-                    uuid: Some(format!(
-                        "{:04X}-{:04X}",
-                        image.serial >> 16,
-                        image.serial & 0xFFFF
-                    )),
-                    label: p.fs.fs_label.clone(),
+            Prepared::Fs {
+                tree,
+                first,
+                scanned,
+            } => {
+                let asked = Some(size / FS_UNIT * FS_UNIT);
+                let hidden = u32::try_from(start / 512).unwrap_or(u32::MAX);
+                let id = derived(&p.label, id_kind(&p.content));
+                let fs = if first.asked == asked && first.hidden == hidden && id.is_none() {
+                    first
+                } else {
+                    build_fs(p, &tree, asked, hidden, epoch, id.map(uuid_v8), scanned)
+                        .with_context(|| format!("partition {:?}", p.label))?
                 };
-                (Arc::new(image.map), info)
+                log::info!("{}", fs.summary);
+                (fs.dev, fs.info)
             }
-            Prepared::Ext4 { tree, .. } => {
-                let uuid = spec.seed.as_ref().map(|_| {
-                    let mut u = derived(&p.label, "ext4-uuid");
-                    // RFC 9562 version 8, variant 10.
-                    u[6] = (u[6] & 0x0f) | 0x80;
-                    u[8] = (u[8] & 0x3f) | 0x80;
-                    u
-                });
-                let o = ext4_options(p, Some(size / FS_UNIT * FS_UNIT), uuid, epoch)?;
-                let image = formats::ext4::build(&tree, &o)
-                    .with_context(|| format!("partition {:?}: building its ext4", p.label))?;
-                let info = FsInfo {
-                    kind: "ext4",
-                    uuid: Some(partition::uuid_text(&image.uuid)),
-                    label: p.fs.fs_label.clone(),
-                };
-                (Arc::new(image.map), info)
-            }
-            Prepared::Iso { dev, info } => (dev, info),
+            Prepared::Fixed { dev, info } => (dev, info),
             Prepared::Empty => (
                 Arc::new(sources::ZeroDev::new(size)) as Arc<dyn BlockDev>,
                 FsInfo::default(),
-            ),
-            Prepared::Raw { dev } => (
-                dev,
-                FsInfo {
-                    kind: "raw",
-                    ..FsInfo::default()
-                },
             ),
         };
         let mut kind = PartType::parse(&p.kind)
@@ -505,6 +662,72 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
     Ok(Built {
         dev: Arc::new(disk.map),
         report,
+    })
+}
+
+/// What a derived identifier of a filesystem is called in the seed hash.
+fn id_kind(c: &Content) -> &'static str {
+    match c {
+        Content::Fat(_) => "fat-serial",
+        _ => "ext4-uuid",
+    }
+}
+
+/// A derived filesystem UUID: RFC 9562 version 8, variant 10 (FAT uses the first 4 bytes).
+fn uuid_v8(mut u: [u8; 16]) -> [u8; 16] {
+    u[6] = (u[6] & 0x0f) | 0x80;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+/// The content of a disk without a table and without a disk size: exactly what was asked.
+fn whole_content(
+    p: &PartSpec,
+    prep: Prepared,
+    epoch: Option<i64>,
+    derived: &dyn Fn(&str, &str) -> Option<[u8; 16]>,
+) -> Result<(Arc<dyn BlockDev>, FsInfo)> {
+    Ok(match prep {
+        Prepared::Fs {
+            tree,
+            first,
+            scanned,
+        } => {
+            let asked = match p.size {
+                PartSize::Auto | PartSize::Fixed(_) => first.asked,
+                PartSize::AutoPlus(pct) => Some(round_up(
+                    first.dev.size() * (100 + u64::from(pct)) / 100,
+                    FS_UNIT,
+                )),
+                PartSize::AtLeast(min) => Some(round_up(first.dev.size().max(min), FS_UNIT)),
+                PartSize::Remaining => bail!("size = \"remaining\" needs a disk size"),
+            };
+            let id = derived(&p.label, id_kind(&p.content));
+            let fs = if asked == first.asked && id.is_none() {
+                first
+            } else {
+                build_fs(p, &tree, asked, 0, epoch, id.map(uuid_v8), scanned)?
+            };
+            log::info!("{}", fs.summary);
+            (fs.dev, fs.info)
+        }
+        Prepared::Fixed { dev, info } => {
+            if let PartSize::Fixed(n) = p.size {
+                if n < dev.size() {
+                    bail!(
+                        "partition {:?} is {} ({n} bytes) but its content needs {} bytes",
+                        p.label,
+                        Size(n),
+                        dev.size()
+                    );
+                }
+            }
+            (dev, info)
+        }
+        Prepared::Empty => (
+            Arc::new(sources::ZeroDev::new(fixed_size(p)?)),
+            FsInfo::default(),
+        ),
     })
 }
 

@@ -23,7 +23,6 @@ use nbd_export::{write_raw_until, RawOutput, ServerOptions};
 use synth::{BlockDev, Export, SharedExport};
 
 use crate::args::{Cli, ExportArgs, Source};
-use crate::generators::{ext4, floppy, iso};
 use crate::interrupt::{target_of, Interrupt};
 use crate::serve::{serve, systemd_listener, tcp_endpoint, Endpoint};
 use crate::size::Size;
@@ -74,101 +73,16 @@ fn mode_of(a: &ExportArgs, systemd: bool) -> Result<Mode> {
     })
 }
 
-/// Open the source: the device and a one-line description.
-fn open_source(src: &Source) -> Result<(Arc<dyn BlockDev>, String, &ExportArgs)> {
-    Ok(match src {
-        Source::File { path, rw, export } => {
-            let dev = sources::FileDev::open(path, *rw && !export.readonly)?;
-            (Arc::new(dev), format!("file {}", path.display()), export)
-        }
-        Source::Memory { size, export } => (
-            Arc::new(sources::memory(size.0)?),
-            format!("memory {}", Size(size.0)),
-            export,
-        ),
-        Source::Zero { size, export } => (
-            Arc::new(sources::ZeroDev::new(size.0)),
-            format!("zero {}", size),
-            export,
-        ),
-        Source::Pattern { size, export } => (
-            Arc::new(sources::PatternDev::new(size.0)),
-            format!("pattern {}", size),
-            export,
-        ),
-        Source::Floppy { dir, fat, export } => (
-            floppy(dir, fat, export)?,
-            format!("FAT disk of {}", dir.display()),
-            export,
-        ),
-        Source::Ext4 {
-            dir,
-            ext4: e,
-            export,
-        } => (
-            ext4(dir, e, export)?,
-            format!("ext4 filesystem of {}", dir.display()),
-            export,
-        ),
-        Source::Iso {
-            dir,
-            iso: i,
-            export,
-        } => (
-            iso(dir, i, export)?,
-            format!("ISO 9660 image of {}", dir.display()),
-            export,
-        ),
-        Source::Build {
-            spec,
-            build,
-            export,
-        } => {
-            let (s, what) = match spec {
-                Some(path) => (
-                    spec::from_file(path)?,
-                    format!("disk of {}", path.display()),
-                ),
-                None => {
-                    if build.parts.is_empty() {
-                        bail!("give a spec file (disksynth build disk.toml) or --part flags");
-                    }
-                    let s = spec::from_flags(
-                        build.table.as_deref().unwrap_or("gpt"),
-                        build.disk_size.map(|s| s.0),
-                        build.seed.clone(),
-                        build.sector_size.unwrap_or(512),
-                        build.align.map_or(1 << 20, |a| a.0),
-                        &build.parts,
-                    )?;
-                    (s, "disk of --part flags".to_string())
-                }
-            };
-            let built = build::build(&s)?;
-            if let Some(j) = &build.json {
-                build::write_report(&built.report, j)?;
-            }
-            (
-                generators::with_overlay(built.dev, &build.write, export)?,
-                what,
-                export,
-            )
-        }
-        Source::Http { url, http, export } => (remote::http(url, http)?, url.clone(), export),
-        Source::Xz {
-            source,
-            xz,
-            http,
-            export,
-        } => (
-            remote::xz(source, xz, http)?,
-            format!("xz view of {source}"),
-            export,
-        ),
-        Source::Pack { .. } => bail!("pack writes a .xz file; it has no disk to export"),
-        Source::Inspect { .. } => bail!("inspect reads a disk; it has none to export"),
-        Source::Tmpdisk { .. } => bail!("tmpdisk makes a disk per client; run() handles it"),
-    })
+/// Build the disk a job's spec describes: the device, with an overlay under `--rw`.
+fn open_job(job: &spec::Job) -> Result<Arc<dyn BlockDev>> {
+    let built = build::build(&job.spec)?;
+    if let Some(path) = job.report {
+        build::write_report(&built.report, path)?;
+    }
+    match job.write {
+        Some(w) => generators::with_overlay(built.dev, w, job.export),
+        None => Ok(built.dev),
+    }
 }
 
 /// `-o PATH`: the raw image. SIGINT/SIGTERM stop it (exit 130/143, one
@@ -244,13 +158,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return remote::pack(input, output, block_size.0, *threads, *preset);
     }
     let systemd = systemd_listener()?;
-    let (export, a): (Arc<dyn Export>, &ExportArgs) = match &cli.source {
-        // Every client gets its own disk.
-        Source::Tmpdisk { size, tmp, export } => (Arc::new(tmpdisk::export(size.0, tmp)?), export),
-        src => {
-            let (dev, description, a) = open_source(src)?;
-            (Arc::new(SharedExport::new(dev, description)), a)
+    let (export, a): (Arc<dyn Export>, &ExportArgs) = match spec::from_source(&cli.source)? {
+        Some(job) => {
+            let dev = open_job(&job)?;
+            (Arc::new(SharedExport::new(dev, job.what)), job.export)
         }
+        // Every client gets its own disk.
+        None => match &cli.source {
+            Source::Tmpdisk { size, tmp, export } => {
+                (Arc::new(tmpdisk::export(size.0, tmp)?), export)
+            }
+            _ => bail!("this subcommand exports no disk"),
+        },
     };
     let mode = mode_of(a, systemd.is_some())?;
     match mode {
@@ -274,19 +193,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn verbosity(src: &Source) -> u8 {
     match src {
-        Source::File { export, .. }
-        | Source::Memory { export, .. }
-        | Source::Zero { export, .. }
-        | Source::Pattern { export, .. }
-        | Source::Floppy { export, .. }
-        | Source::Ext4 { export, .. }
-        | Source::Iso { export, .. }
-        | Source::Build { export, .. }
-        | Source::Http { export, .. }
-        | Source::Xz { export, .. }
-        | Source::Tmpdisk { export, .. } => export.verbose,
         Source::Pack { verbose, .. } => *verbose,
-        Source::Inspect { .. } => 0,
+        src => src.export().map_or(0, |e| e.verbose),
     }
 }
 

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::args::{ExportArgs, Source, WriteArgs};
 use crate::size::Size;
 
 /// The whole disk.
@@ -41,6 +42,24 @@ pub struct Spec {
     pub align: u64,
     /// The partitions in order.
     pub partitions: Vec<PartSpec>,
+    /// How remote (`source = "https://…"`) and compressed (`xz = …`) contents are read: the
+    /// `http` and `xz` subcommands' options (their defaults for a spec file).
+    pub remote: Remote,
+}
+
+/// The `http` and `xz` subcommands' options, for remote and compressed contents.
+#[derive(Debug, Clone, clap::Parser)]
+pub struct Remote {
+    #[command(flatten)]
+    pub http: crate::args::HttpArgs,
+    #[command(flatten)]
+    pub xz: crate::args::XzArgs,
+}
+
+impl Default for Remote {
+    fn default() -> Remote {
+        <Remote as clap::Parser>::parse_from(["disksynth"])
+    }
 }
 
 /// How big a partition is.
@@ -79,6 +98,12 @@ pub enum Content {
     Http(String),
     /// A block-indexed `.xz` image, a path or an http(s) URL (`xz = "…"`).
     Xz(String),
+    /// A host file or block device, writable by clients if `writable` (`disksynth file`).
+    File { path: PathBuf, writable: bool },
+    /// A writable sparse RAM disk (`disksynth memory`).
+    Memory,
+    /// Every 8-byte big-endian word holds its own offset (`disksynth pattern`).
+    Pattern,
 }
 
 /// One partition.
@@ -102,19 +127,20 @@ pub struct PartSpec {
     pub fs: FsOptions,
 }
 
-/// Filesystem options a partition may carry (each applies to some filesystems only).
+/// Filesystem options a partition may carry (each applies to some filesystems only), by the
+/// names of the filesystem's own subcommand.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FsOptions {
     /// Volume label (FAT, ext4) or volume id (ISO).
     pub fs_label: Option<String>,
-    /// Filesystem UUID (ext4), text.
-    pub uuid: Option<String>,
-    /// `keep` or `root` (ext4).
-    pub owner: Option<String>,
-    /// FAT type: 12, 16 or 32.
-    pub fat: Option<u8>,
-    /// FAT volume serial, hex.
-    pub serial: Option<String>,
+    /// Filesystem UUID (ext4).
+    pub uuid: Option<[u8; 16]>,
+    /// Who owns the files (ext4).
+    pub owner: Option<formats::ext4::Owner>,
+    /// FAT type.
+    pub fat: Option<formats::fat::FatType>,
+    /// FAT volume serial.
+    pub serial: Option<u32>,
     /// FAT: refuse names FAT sees as one.
     pub strict_names: bool,
     /// ext4: leave out extended attributes.
@@ -131,6 +157,27 @@ pub struct FsOptions {
     pub no_boot_info_table: bool,
     /// ISO: El Torito UEFI boot image (a FAT image file), a path inside the tree (`iso --efi-boot`).
     pub efi_boot: Option<PathBuf>,
+    /// ISO: El Torito UEFI boot image synthesized by the FAT generator from this host
+    /// directory (`iso --efi-boot-dir`).
+    pub efi_boot_dir: Option<PathBuf>,
+    /// Most host files kept open at once (`--max-open-files`).
+    pub max_open_files: Option<usize>,
+    /// Whole-disk options (the filesystem is the disk: `table = "none"` only).
+    pub whole_disk: WholeDisk,
+}
+
+/// Options of a filesystem that is the whole disk (`table = "none"`), where the generator lays
+/// out its own boot records: what `floppy --floppy/--partition` and `iso --hybrid` do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WholeDisk {
+    /// FAT: a standard floppy (FAT12, no partition table).
+    pub floppy: Option<formats::fat::FloppyFormat>,
+    /// FAT: one MBR partition at 1 MiB holding the volume (`floppy --partition mbr`).
+    pub fat_mbr: bool,
+    /// ISO: partition tables so the image also works as a disk.
+    pub hybrid: bool,
+    /// ISO: MBR boot code for BIOS booting the El Torito image from a disk.
+    pub hybrid_mbr: Option<PathBuf>,
 }
 
 // ---- TOML ----------------------------------------------------------------------------------
@@ -187,6 +234,12 @@ struct PartToml {
     boot_load_size: Option<u16>,
     no_boot_info_table: Option<bool>,
     efi_boot: Option<String>,
+    efi_boot_dir: Option<String>,
+    max_open_files: Option<usize>,
+    floppy: Option<String>,
+    partition: Option<String>,
+    hybrid: Option<bool>,
+    hybrid_mbr: Option<String>,
 }
 
 /// Defaults of `[disk]`.
@@ -224,6 +277,7 @@ pub fn from_toml(text: &str, base: &Path) -> Result<Spec> {
             Some(s) => parse_size(s).context("[disk] align")?,
         },
         partitions: parts,
+        remote: Remote::default(),
     };
     validate(&spec)?;
     Ok(spec)
@@ -355,12 +409,26 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         }
         (None, None, None) => bail!("say what the partition holds: fs = \"…\" with source, fs = \"empty\", or raw = \"FILE\""),
     };
+    let label = p.label.clone();
+    let typed = |key: &str, e: String| anyhow::anyhow!("partition {label:?}: {key}: {e}");
     let fs = FsOptions {
         fs_label: p.fs_label,
-        uuid: p.uuid,
-        owner: p.owner,
-        fat: p.fat,
-        serial: p.serial,
+        uuid: match &p.uuid {
+            Some(u) => Some(parse_uuid(u).map_err(|e| typed("uuid", e))?),
+            None => None,
+        },
+        owner: match &p.owner {
+            Some(o) => Some(o.parse().map_err(|e| typed("owner", e))?),
+            None => None,
+        },
+        fat: match p.fat {
+            Some(n) => Some(n.to_string().parse().map_err(|e| typed("fat", e))?),
+            None => None,
+        },
+        serial: match &p.serial {
+            Some(v) => Some(parse_serial(v).map_err(|e| typed("serial", e))?),
+            None => None,
+        },
         strict_names: p.strict_names.unwrap_or(false),
         no_xattrs: p.no_xattrs.unwrap_or(false),
         no_rock_ridge: p.no_rock_ridge.unwrap_or(false),
@@ -369,6 +437,21 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         boot_load_size: p.boot_load_size,
         no_boot_info_table: p.no_boot_info_table.unwrap_or(false),
         efi_boot: p.efi_boot.map(PathBuf::from),
+        efi_boot_dir: p.efi_boot_dir.map(|d| resolve(base, &d)),
+        max_open_files: p.max_open_files,
+        whole_disk: WholeDisk {
+            floppy: match &p.floppy {
+                Some(f) => Some(f.parse().map_err(|e| typed("floppy", e))?),
+                None => None,
+            },
+            fat_mbr: match p.partition.as_deref() {
+                None | Some("none") => false,
+                Some("mbr") => true,
+                Some(o) => return Err(typed("partition", format!("{o:?}: use mbr or none"))),
+            },
+            hybrid: p.hybrid.unwrap_or(false),
+            hybrid_mbr: p.hybrid_mbr.map(|f| resolve(base, &f)),
+        },
     };
     check_fs_options(&content, &fs, &p.label)?;
     finish_part(
@@ -416,7 +499,8 @@ fn check_fs_options(content: &Content, o: &FsOptions, label: &str) -> Result<()>
         matches!(content, Content::Ext4(_)),
         matches!(content, Content::Iso(_)),
     );
-    let checks: [(&str, bool, bool); 13] = [
+    let w = &o.whole_disk;
+    let checks: [(&str, bool, bool); 19] = [
         ("fs_label", o.fs_label.is_some(), fat || ext4 || iso),
         ("uuid", o.uuid.is_some(), ext4),
         ("owner", o.owner.is_some(), ext4),
@@ -430,13 +514,57 @@ fn check_fs_options(content: &Content, o: &FsOptions, label: &str) -> Result<()>
         ("boot_load_size", o.boot_load_size.is_some(), iso),
         ("no_boot_info_table", o.no_boot_info_table, iso),
         ("efi_boot", o.efi_boot.is_some(), iso),
+        ("efi_boot_dir", o.efi_boot_dir.is_some(), iso),
+        (
+            "max_open_files",
+            o.max_open_files.is_some(),
+            fat || ext4 || iso,
+        ),
+        ("floppy", w.floppy.is_some(), fat),
+        ("partition", w.fat_mbr, fat),
+        ("hybrid", w.hybrid, iso),
+        ("hybrid_mbr", w.hybrid_mbr.is_some(), iso),
     ];
     for (key, given, applies) in checks {
         if given && !applies {
             bail!("partition {label:?}: {key} does not apply to its content ({content:?})");
         }
     }
+    if o.efi_boot.is_some() && o.efi_boot_dir.is_some() {
+        bail!("partition {label:?}: give efi_boot or efi_boot_dir, not both");
+    }
+    if w.floppy.is_some() && w.fat_mbr {
+        bail!(
+            "partition {label:?}: a floppy has no partition table; leave out partition = \"mbr\""
+        );
+    }
     Ok(())
+}
+
+/// `01234567-89ab-cdef-0123-456789abcdef` (dashes anywhere, or none).
+pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    let hex: String = s.chars().filter(|&c| c != '-').collect();
+    let bad = || format!("{s:?} is not a UUID (32 hex digits, dashes allowed)");
+    if hex.len() != 32 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// A FAT volume serial: 8 hex digits, `1234-ABCD` or `0x1234abcd`.
+pub fn parse_serial(s: &str) -> Result<u32, String> {
+    let t = s.trim_start_matches("0x").replace('-', "");
+    if t.is_empty() || t.len() > 8 {
+        return Err(format!(
+            "{s:?} is not a serial number (8 hex digits, e.g. 1234-ABCD)"
+        ));
+    }
+    u32::from_str_radix(&t, 16)
+        .map_err(|_| format!("{s:?} is not a serial number (8 hex digits, e.g. 1234-ABCD)"))
 }
 
 /// Whole-spec checks: sizes, labels, table limits.
@@ -463,6 +591,14 @@ fn validate(spec: &Spec) -> Result<()> {
             "table = \"none\" holds exactly one partition (the disk is its content), not {}",
             spec.partitions.len()
         );
+    }
+    for p in &spec.partitions {
+        if spec.table != "none" && p.fs.whole_disk != WholeDisk::default() {
+            bail!(
+                "partition {:?}: floppy, partition, hybrid and hybrid_mbr lay out a whole disk: they need [disk] table = \"none\"",
+                p.label
+            );
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for p in &spec.partitions {
@@ -561,9 +697,290 @@ pub fn from_flags(
         sector_size,
         align,
         partitions: out,
+        remote: Remote::default(),
     };
     validate(&spec)?;
     Ok(spec)
+}
+
+// ---- the other subcommands -----------------------------------------------------------------
+
+/// A serving subcommand, as one [`Spec`]: every disk-making subcommand is a disk without a
+/// table whose one partition is what the subcommand makes, so one code path (`build::build`)
+/// builds them all.
+pub struct Job<'a> {
+    /// The disk.
+    pub spec: Spec,
+    /// One line for logs and NBD export descriptions.
+    pub what: String,
+    /// How it is exported.
+    pub export: &'a ExportArgs,
+    /// Client writes through an overlay (generated disks).
+    pub write: Option<&'a WriteArgs>,
+    /// Where `build --json` writes its report.
+    pub report: Option<&'a Path>,
+}
+
+/// One partition that is the whole disk (no table).
+fn whole(label: &str, kind: &str, content: Content, size: PartSize, fs: FsOptions) -> Spec {
+    Spec {
+        table: "none".into(),
+        size: None,
+        seed: None,
+        sector_size: 512,
+        align: 512,
+        partitions: vec![PartSpec {
+            label: label.into(),
+            kind: kind.into(),
+            content,
+            size,
+            attributes: Vec::new(),
+            bootable: false,
+            guid: None,
+            fs,
+        }],
+        remote: Remote::default(),
+    }
+}
+
+fn fixed_or_auto(size: Option<Size>) -> PartSize {
+    size.map_or(PartSize::Auto, |s| PartSize::Fixed(s.0))
+}
+
+fn one_dir(dir: &Path) -> Sources {
+    vec![(dir.to_path_buf(), PathBuf::from("/"))]
+}
+
+/// The spec a subcommand describes; `None` for those that make no single disk (`tmpdisk`,
+/// `pack`, `inspect`).
+pub fn from_source(src: &Source) -> Result<Option<Job<'_>>> {
+    let job = |spec, what, export, write| Job {
+        spec,
+        what,
+        export,
+        write,
+        report: None,
+    };
+    Ok(Some(match src {
+        Source::File { path, rw, export } => job(
+            whole(
+                "file",
+                "linux-generic",
+                Content::File {
+                    path: path.clone(),
+                    writable: *rw && !export.readonly,
+                },
+                PartSize::Auto,
+                FsOptions::default(),
+            ),
+            format!("file {}", path.display()),
+            export,
+            None,
+        ),
+        Source::Memory { size, export } => job(
+            whole(
+                "memory",
+                "linux-generic",
+                Content::Memory,
+                PartSize::Fixed(size.0),
+                FsOptions::default(),
+            ),
+            format!("memory {}", Size(size.0)),
+            export,
+            None,
+        ),
+        Source::Zero { size, export } => job(
+            whole(
+                "zero",
+                "linux-generic",
+                Content::Empty,
+                PartSize::Fixed(size.0),
+                FsOptions::default(),
+            ),
+            format!("zero {size}"),
+            export,
+            None,
+        ),
+        Source::Pattern { size, export } => job(
+            whole(
+                "pattern",
+                "linux-generic",
+                Content::Pattern,
+                PartSize::Fixed(size.0),
+                FsOptions::default(),
+            ),
+            format!("pattern {size}"),
+            export,
+            None,
+        ),
+        Source::Floppy {
+            dir,
+            fat: a,
+            export,
+        } => {
+            if a.partition.as_deref() == Some("mbr") && a.floppy.is_some() {
+                bail!("--floppy images have no partition table; leave out --partition mbr");
+            }
+            let fs = FsOptions {
+                fs_label: a.label.clone(),
+                fat: a.fat,
+                serial: a.serial,
+                strict_names: a.strict_names,
+                max_open_files: Some(a.max_open_files),
+                whole_disk: WholeDisk {
+                    floppy: a.floppy,
+                    // An MBR unless --partition none or a floppy.
+                    fat_mbr: a.floppy.is_none() && a.partition.as_deref() != Some("none"),
+                    ..WholeDisk::default()
+                },
+                ..FsOptions::default()
+            };
+            job(
+                whole(
+                    "fat",
+                    "basic-data",
+                    Content::Fat(one_dir(dir)),
+                    fixed_or_auto(a.size),
+                    fs,
+                ),
+                format!("FAT disk of {}", dir.display()),
+                export,
+                Some(&a.write),
+            )
+        }
+        Source::Ext4 {
+            dir,
+            ext4: a,
+            export,
+        } => {
+            let fs = FsOptions {
+                fs_label: a.label.clone(),
+                uuid: a.uuid,
+                owner: Some(a.owner),
+                no_xattrs: a.no_xattrs,
+                max_open_files: Some(a.max_open_files),
+                ..FsOptions::default()
+            };
+            job(
+                whole(
+                    "ext4",
+                    "linux-generic",
+                    Content::Ext4(one_dir(dir)),
+                    fixed_or_auto(a.size),
+                    fs,
+                ),
+                format!("ext4 filesystem of {}", dir.display()),
+                export,
+                Some(&a.write),
+            )
+        }
+        Source::Iso {
+            dir,
+            iso: a,
+            export,
+        } => {
+            let volume_id = match &a.volid {
+                Some(v) => v.clone(),
+                None => {
+                    let name = std::fs::canonicalize(dir)
+                        .ok()
+                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .unwrap_or_default();
+                    formats::iso::volume_id_from_name(&name)
+                }
+            };
+            let fs = FsOptions {
+                fs_label: Some(volume_id),
+                no_rock_ridge: a.no_rock_ridge,
+                no_joliet: a.no_joliet,
+                boot: a.boot.clone(),
+                boot_load_size: Some(a.boot_load_size),
+                no_boot_info_table: a.no_boot_info_table,
+                efi_boot: a.efi_boot.clone(),
+                efi_boot_dir: a.efi_boot_dir.clone(),
+                max_open_files: Some(a.max_open_files),
+                whole_disk: WholeDisk {
+                    hybrid: a.hybrid,
+                    hybrid_mbr: a.hybrid_mbr.clone(),
+                    ..WholeDisk::default()
+                },
+                ..FsOptions::default()
+            };
+            job(
+                whole(
+                    "iso",
+                    "basic-data",
+                    Content::Iso(one_dir(dir)),
+                    PartSize::Auto,
+                    fs,
+                ),
+                format!("ISO 9660 image of {}", dir.display()),
+                export,
+                Some(&a.write),
+            )
+        }
+        Source::Http { url, http, export } => {
+            let mut spec = whole(
+                "http",
+                "linux-generic",
+                Content::Http(url.clone()),
+                PartSize::Auto,
+                FsOptions::default(),
+            );
+            spec.remote.http = http.clone();
+            job(spec, url.clone(), export, None)
+        }
+        Source::Xz {
+            source,
+            xz,
+            http,
+            export,
+        } => {
+            let mut spec = whole(
+                "xz",
+                "linux-generic",
+                Content::Xz(source.clone()),
+                PartSize::Auto,
+                FsOptions::default(),
+            );
+            spec.remote = Remote {
+                http: http.clone(),
+                xz: xz.clone(),
+            };
+            job(spec, format!("xz view of {source}"), export, None)
+        }
+        Source::Build {
+            spec,
+            build: b,
+            export,
+        } => {
+            let (s, what) = match spec {
+                Some(path) => (from_file(path)?, format!("disk of {}", path.display())),
+                None => {
+                    if b.parts.is_empty() {
+                        bail!("give a spec file (disksynth build disk.toml) or --part flags");
+                    }
+                    let s = from_flags(
+                        b.table.as_deref().unwrap_or("gpt"),
+                        b.disk_size.map(|s| s.0),
+                        b.seed.clone(),
+                        b.sector_size.unwrap_or(512),
+                        b.align.map_or(DEFAULT_ALIGN, |a| a.0),
+                        &b.parts,
+                    )?;
+                    (s, "disk of --part flags".to_string())
+                }
+            };
+            Job {
+                spec: s,
+                what,
+                export,
+                write: Some(&b.write),
+                report: b.json.as_deref(),
+            }
+        }
+        Source::Tmpdisk { .. } | Source::Pack { .. } | Source::Inspect { .. } => return Ok(None),
+    }))
 }
 
 #[cfg(test)]
@@ -623,7 +1040,7 @@ raw = "/abs/blob.bin"
         assert_eq!(s.partitions[0].size, PartSize::Fixed(64 << 20));
         assert_eq!(s.partitions[1].size, PartSize::AutoPlus(20));
         assert_eq!(s.partitions[1].attributes, ["no-auto", "grow-fs"]);
-        assert_eq!(s.partitions[1].fs.owner.as_deref(), Some("root"));
+        assert_eq!(s.partitions[1].fs.owner, Some(formats::ext4::Owner::Root));
         assert_eq!(
             s.partitions[2].content,
             Content::Raw("/abs/blob.bin".into())
@@ -692,5 +1109,45 @@ raw = "/abs/blob.bin"
             Content::Ext4(vec![("./rootfs".into(), "/".into())])
         );
         assert!(from_flags("gpt", None, None, 512, 1 << 20, &["esp".into()]).is_err());
+    }
+
+    #[test]
+    fn whole_disk_keys_parse_typed_and_need_table_none() {
+        let text = "[disk]\ntable = \"none\"\n[[partition]]\nlabel=\"a\"\ntype=\"esp\"\nfs=\"fat\"\nsource=\"d\"\nfloppy=\"2.88M\"\nserial=\"1234-abcd\"\nfat=12\nmax_open_files=7\n";
+        let s = from_toml(text, Path::new("/specs")).unwrap();
+        let fs = &s.partitions[0].fs;
+        assert_eq!(
+            fs.whole_disk.floppy,
+            Some(formats::fat::FloppyFormat::F2880)
+        );
+        assert_eq!(fs.serial, Some(0x1234_ABCD));
+        assert_eq!(fs.fat, Some(formats::fat::FatType::Fat12));
+        assert_eq!(fs.max_open_files, Some(7));
+        let iso = "[disk]\ntable = \"none\"\n[[partition]]\nlabel=\"a\"\ntype=\"esp\"\nfs=\"iso\"\nsource=\"d\"\nefi_boot_dir=\"esp\"\nhybrid_mbr=\"/usr/lib/ISOLINUX/isohdpfx.bin\"\n";
+        let s = from_toml(iso, Path::new("/specs")).unwrap();
+        let fs = &s.partitions[0].fs;
+        assert_eq!(fs.efi_boot_dir.as_deref(), Some(Path::new("/specs/esp")));
+        assert_eq!(
+            fs.whole_disk.hybrid_mbr.as_deref(),
+            Some(Path::new("/usr/lib/ISOLINUX/isohdpfx.bin"))
+        );
+        let in_gpt = text.replace("table = \"none\"", "table = \"gpt\"");
+        let e = format!("{:#}", from_toml(&in_gpt, Path::new(".")).unwrap_err());
+        assert!(e.contains("table = \"none\""), "{e}");
+        let both = iso.replace("efi_boot_dir", "efi_boot=\"x\"\nefi_boot_dir");
+        let e = format!("{:#}", from_toml(&both, Path::new(".")).unwrap_err());
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn serials_and_uuids_are_checked() {
+        assert_eq!(parse_serial("0x1234abcd"), Ok(0x1234_ABCD));
+        assert_eq!(parse_serial("1234-ABCD"), Ok(0x1234_ABCD));
+        assert!(parse_serial("123456789").is_err());
+        assert!(parse_serial("").is_err());
+        assert!(parse_serial("xyz").is_err());
+        assert!(parse_uuid("0b9f4f8e-35d5-4d63-9c3e-5a1d2f7e8a10").is_ok());
+        assert!(parse_uuid("0b9f4f8e").is_err());
+        assert!(parse_uuid("0b9f4f8e-35d5-4d63-9c3e-5a1d2f7e8aZZ").is_err());
     }
 }

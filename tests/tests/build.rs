@@ -412,6 +412,16 @@ fn bad_specs_are_refused_with_one_clear_error_each() {
         ("[disk]\nsize = \"10M\"\n".to_string() + &part("size = \"64M\"\n"), "need"),
         (part("").replace("type = \"esp\"", "type = \"no-such-type\""), "no-such-type"),
         ("[[partition]]\nlabel = \"b\"\ntype = \"linux-generic\"\nraw = \"blob.bin\"\nsize = \"4K\"\n".into(), "needs"),
+        // Whole-disk options of a generator need a disk that is that filesystem.
+        (part("floppy = \"1.44M\"\n"), "need [disk] table = \"none\""),
+        (part("hybrid = true\n"), "hybrid does not apply"),
+        ("[disk]\ntable = \"none\"\n".to_string() + &part("floppy = \"1.44M\"\npartition = \"mbr\"\n"), "a floppy has no partition table"),
+        (part("serial = \"xyz\"\n"), "serial"),
+        (part("fat = 13\n"), "fat"),
+        ("[[partition]]\nlabel = \"r\"\ntype = \"linux-generic\"\nfs = \"ext4\"\nsource = \"rootfs\"\nowner = \"nobody\"\n".into(), "owner"),
+        ("[[partition]]\nlabel = \"r\"\ntype = \"linux-generic\"\nfs = \"ext4\"\nsource = \"rootfs\"\nuuid = \"1234\"\n".into(), "not a UUID"),
+        // A sized disk too small for a growing last partition says how many bytes it needs.
+        ("[disk]\nsize = \"2M\"\n".to_string() + &part("size = \"min:1M\"\n"), "bytes in all"),
     ];
     for (spec, want) in cases {
         let img = d.join("bad.img");
@@ -791,4 +801,147 @@ no_xattrs = true
     let i: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(i["table"], Value::Null);
     assert_eq!(i["filesystem"]["type"], "ext4");
+}
+
+/// `floppy`, `ext4` and `iso` are one-partition specs (`table = "none"`) built by the same code as
+/// every `build` partition: each subcommand's image equals the spec's, byte for byte, whole-disk
+/// options (FAT's MBR and floppy formats, ISO hybrid tables with a synthesized EFI image) included.
+#[test]
+fn every_generator_subcommand_is_the_one_partition_spec_with_its_options() {
+    require_tool!("cmp", "fsck.fat", "e2fsck", "xorriso");
+    let dir = tempdir();
+    let d = dir.path();
+    trees(d);
+    write_file(d, "small/readme.txt", b"a floppy\n");
+    write_file(d, "small/sub/data.bin", &vec![7u8; 20_000]);
+    let sub = |args: &[&str], out: &Path| {
+        let mut cmd = disksynth();
+        cmd.args(args)
+            .arg("-o")
+            .arg(out)
+            .env_remove("SOURCE_DATE_EPOCH");
+        let o = run(&mut cmd, CMD_TIMEOUT);
+        assert!(o.status.success(), "{}", o.describe());
+    };
+    let d_s = d.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["floppy".into(), format!("{d_s}/esp"), "--label".into(), "ESP".into()],
+            "fs = \"fat\"\nsource = \"esp\"\nfs_label = \"ESP\"\npartition = \"mbr\"\n".into(),
+        ),
+        (
+            vec!["floppy".into(), format!("{d_s}/small"), "--floppy".into(), "1.44M".into(), "--serial".into(), "1234-abcd".into()],
+            "fs = \"fat\"\nsource = \"small\"\nfloppy = \"1.44M\"\nserial = \"1234ABCD\"\n".into(),
+        ),
+        (
+            vec!["floppy".into(), format!("{d_s}/esp"), "--partition".into(), "none".into(), "--size".into(), "40M".into(), "--fat".into(), "32".into()],
+            "fs = \"fat\"\nsource = \"esp\"\nsize = \"40M\"\nfat = 32\n".into(),
+        ),
+        (
+            vec!["ext4".into(), format!("{d_s}/rootfs"), "--label".into(), "root".into(), "--owner".into(), "root".into()],
+            "fs = \"ext4\"\nsource = \"rootfs\"\nfs_label = \"root\"\nowner = \"root\"\n".into(),
+        ),
+        (
+            vec!["ext4".into(), format!("{d_s}/rootfs"), "--size".into(), "48M".into(), "--uuid".into(), "0b9f4f8e-35d5-4d63-9c3e-5a1d2f7e8a10".into()],
+            "fs = \"ext4\"\nsource = \"rootfs\"\nsize = \"48M\"\nuuid = \"0b9f4f8e-35d5-4d63-9c3e-5a1d2f7e8a10\"\n".into(),
+        ),
+        (
+            vec!["iso".into(), format!("{d_s}/rootfs"), "--volid".into(), "LIVE".into(), "--efi-boot-dir".into(), format!("{d_s}/esp"), "--hybrid".into()],
+            "fs = \"iso\"\nsource = \"rootfs\"\nfs_label = \"LIVE\"\nefi_boot_dir = \"esp\"\nhybrid = true\n".into(),
+        ),
+    ];
+    for (i, (args, keys)) in cases.iter().enumerate() {
+        let a = d.join(format!("sub{i}.img"));
+        let b = d.join(format!("spec{i}.img"));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        sub(&argv, &a);
+        let spec = format!("[disk]\ntable = \"none\"\n\n[[partition]]\nlabel = \"it\"\ntype = \"linux-generic\"\n{keys}");
+        build_ok(d, &spec, &["-o", b.to_str().unwrap()]);
+        cmp_files(&a, &b);
+        assert!(fs::metadata(&a).unwrap().len() > 0);
+    }
+    // And what they built is what their checkers accept.
+    run_ok(Command::new("fsck.fat").arg("-n").arg(d.join("spec1.img")));
+    e2fsck_clean(&d.join("spec3.img"));
+    let x = run_ok(
+        Command::new("xorriso")
+            .args(["-indev"])
+            .arg(d.join("spec5.img"))
+            .args(["-report_el_torito", "plain"]),
+    );
+    assert!(x.stdout_str().contains("UEFI"), "{}", x.describe());
+}
+
+/// With a disk size and no `remaining` partition, the last partition grows to fill the disk
+/// (unless its size is fixed, then the rest is free space).
+#[test]
+fn a_sized_disk_grows_its_last_partition_unless_that_size_is_fixed() {
+    require_tool!("sfdisk", "e2fsck");
+    let dir = tempdir();
+    let d = dir.path();
+    trees(d);
+    let spec = |root_size: &str| {
+        format!(
+            "[disk]\nsize = \"128M\"\nseed = \"grow\"\n[[partition]]\nlabel = \"esp\"\ntype = \"esp\"\nfs = \"fat\"\nsource = \"esp\"\nsize = \"32M\"\n[[partition]]\nlabel = \"root\"\ntype = \"root-x86-64\"\nfs = \"ext4\"\nsource = \"rootfs\"\n{root_size}"
+        )
+    };
+    let img = d.join("grow.img");
+    let json = d.join("grow.json");
+    build_ok(
+        d,
+        &spec(""),
+        &[
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    let r = report(&json);
+    let root = &r["partitions"][1];
+    let (at, len) = (
+        root["offset"].as_u64().unwrap(),
+        root["size"].as_u64().unwrap(),
+    );
+    assert!(at + len <= (128 << 20) - 33 * 512, "{r}");
+    assert!(
+        (128 << 20) - (at + len) < 2 << 20,
+        "the last partition did not grow: {r}"
+    );
+    let part = extract(&img, at, len, &d.join("root.part"));
+    e2fsck_clean(&part);
+    // The filesystem fills its partition.
+    let dumpe2fs = run_ok(Command::new("dumpe2fs").arg("-h").arg(&part));
+    let blocks: u64 = dumpe2fs
+        .stdout_str()
+        .lines()
+        .find_map(|l| l.strip_prefix("Block count:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Block count");
+    assert_eq!(blocks * 4096, len / 4096 * 4096);
+    let sf: Value =
+        serde_json::from_str(&run_ok(Command::new("sfdisk").arg("--json").arg(&img)).stdout_str())
+            .unwrap();
+    assert_eq!(
+        sf["partitiontable"]["partitions"][1]["size"]
+            .as_u64()
+            .unwrap()
+            * 512,
+        len
+    );
+
+    // A fixed last size stays as it is.
+    build_ok(
+        d,
+        &spec("size = \"16M\"\n"),
+        &[
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    let r = report(&json);
+    assert_eq!(r["partitions"][1]["size"].as_u64().unwrap(), 16 << 20);
+    assert_eq!(r["size"].as_u64().unwrap(), 128 << 20);
 }
