@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use formats::hash::hash128;
 use formats::partition::{self, DiskOptions, DiskReport, Guid, PartType, PartitionSpec, TableKind};
 use serde_json::json;
 use synth::BlockDev;
@@ -75,23 +76,6 @@ impl Prepared {
 pub(crate) struct Built {
     pub dev: Arc<dyn BlockDev>,
     pub report: serde_json::Value,
-}
-
-/// Stable 128-bit hash (two FNV-1a 64 lanes): identifiers derived from the seed must be the same
-/// on every machine and every Rust release, which `std`'s hasher does not promise.
-fn hash128(parts: &[&[u8]]) -> [u8; 16] {
-    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut b: u64 = 0x6c62_272e_07bb_0142;
-    for p in parts {
-        for &byte in p.iter().chain(&[0xFF]) {
-            a = (a ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3);
-            b = (b ^ u64::from(byte.rotate_left(3))).wrapping_mul(0x0000_0100_0000_01B3);
-        }
-    }
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&a.to_be_bytes());
-    out[8..].copy_from_slice(&b.to_be_bytes());
-    out
 }
 
 fn round_up(n: u64, unit: u64) -> u64 {

@@ -9,10 +9,12 @@
 //! - [`iso`]: ISO 9660 with Rock Ridge and Joliet from a directory (`disksynth iso`).
 //! - [`partition`]: GPT, MBR and hybrid tables; whole disks whose partitions
 //!   are other devices (every generator's partition table comes from here).
+//! - [`hash`]: the stable hash every derived identifier comes from.
 
 pub mod bootstub;
 pub mod ext4;
 pub mod fat;
+pub mod hash;
 pub mod iso;
 mod par;
 pub mod partition;

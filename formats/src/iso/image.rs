@@ -519,10 +519,8 @@ fn hybrid_seed(
     root: &std::path::Path,
     flat: &Flat<'_>,
 ) -> [u8; 16] {
-    let mut h: Vec<crc32fast::Hasher> = (0..4u32)
-        .map(|i| crc32fast::Hasher::new_with_initial(0x9E37_79B9u32.wrapping_mul(i + 1)))
-        .collect();
-    let mut feed = |bytes: &[u8]| h.iter_mut().for_each(|x| x.update(bytes));
+    let mut h = crate::hash::StableHasher::new();
+    let mut feed = |bytes: &[u8]| h.update(bytes);
     feed(vol_id.as_bytes());
     feed(&blocks.to_le_bytes());
     feed(&time.to_le_bytes());
@@ -533,11 +531,7 @@ fn hybrid_seed(
         feed(&f.meta.size.to_le_bytes());
         feed(&f.meta.mtime.secs.to_le_bytes());
     }
-    let mut out = [0u8; 16];
-    for (i, x) in h.into_iter().enumerate() {
-        out[4 * i..4 * i + 4].copy_from_slice(&x.finalize().to_le_bytes());
-    }
-    out
+    h.finish()
 }
 
 /// The loader's MBR boot code for BIOS booting from a USB stick (isolinux's

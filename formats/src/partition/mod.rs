@@ -326,19 +326,12 @@ fn part(number: usize, label: &str) -> String {
 }
 
 /// The one GUID derivation of disksynth's tables: a version-4-format GUID
-/// ([`Guid::from_hash`]) from four CRC-32s of `seed` then `what`, each CRC
-/// started from `n << 8 | i` (i = 0..4). The ISO's hybrid tables use
-/// `what = b""` and `n` = 0 for the disk, 1, 2, ... for its partitions;
-/// [`build`] uses `n` = 0 with `b"disk"` and `n` = 1 with each label.
+/// ([`Guid::from_hash`]) from the stable 128-bit hash ([`crate::hash`]) of
+/// `n`, `seed` and `what`. The ISO's hybrid tables use `what = b""` and `n` =
+/// 0 for the disk, 1, 2, ... for its partitions; [`build`] uses `n` = 0 with
+/// `b"disk"` and `n` = 1 with each label.
 pub fn derive_guid(seed: &[u8], n: u8, what: &[u8]) -> Guid {
-    let mut g = [0u8; 16];
-    for (i, part) in g.chunks_mut(4).enumerate() {
-        let mut h = crc32fast::Hasher::new_with_initial(u32::from(n) << 8 | i as u32);
-        h.update(seed);
-        h.update(what);
-        part.copy_from_slice(&h.finalize().to_le_bytes());
-    }
-    Guid::from_hash(g)
+    Guid::from_hash(crate::hash::hash128(&[b"disksynth guid", &[n], seed, what]))
 }
 
 #[cfg(test)]
