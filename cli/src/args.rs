@@ -104,14 +104,21 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
-    /// What a disk image or block device holds: its partition table, partitions and
-    /// filesystems (exit status 1 if its tables have problems).
+    /// What a disk holds (an image file, a block device or an NBD export): its partition
+    /// table, partitions and filesystems (exit status 1 if its tables have problems).
+    #[command(after_help = INSPECT_EXAMPLES)]
     Inspect {
-        /// The image file or block device.
-        path: PathBuf,
+        /// The image file or block device, or an NBD URI: nbd://HOST[:PORT][/EXPORT] or
+        /// nbd+unix:///[EXPORT]?socket=PATH (read-only; TLS, nbds://, is not supported yet).
+        #[arg(value_name = "FILE|URI")]
+        target: PathBuf,
         /// Print JSON (the same keys as `build --json` where they overlap).
         #[arg(long)]
         json: bool,
+        /// NBD: seconds to wait for the connection and for each answer of the server.
+        #[arg(long, value_name = "SECS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..=86400))]
+        timeout: u64,
     },
     /// A remote image over HTTP(S), read lazily with range requests (read-only).
     #[command(after_help = HTTP_EXAMPLES)]
@@ -418,6 +425,15 @@ Examples:
 --part TYPE:FS:SOURCE[:SIZE]: FS is fat, ext4, iso, raw (SOURCE is a file) or empty
 (no SOURCE, a SIZE); SIZE is auto, 64M, auto+20%, min:1G or remaining. The spec file
 format is in the README.";
+
+const INSPECT_EXAMPLES: &str = "\
+Examples:
+  disksynth inspect disk.img
+  disksynth inspect /dev/sdb --json
+  disksynth inspect nbd://server.example:10809/vm-disk     an export on an NBD server
+  disksynth inspect 'nbd+unix:///?socket=/run/nbd.sock'     the default export on a Unix socket
+
+Export names in URIs are percent-encoded (nbd://host/my%20disk).";
 
 /// `build` options (flags instead of a spec file).
 #[derive(Debug, Args, Clone)]

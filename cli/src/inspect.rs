@@ -1,12 +1,17 @@
-//! `disksynth inspect PATH`: what a disk image or block device holds — its partition table,
-//! partitions and the filesystems in them — as a table or as JSON (`--json`), read with
-//! `formats::partition::inspect` (CRCs checked; problems listed, never trusted).
+//! `disksynth inspect FILE|URI`: what a disk image, block device or NBD export holds — its
+//! partition table, partitions and the filesystems in them — as a table or as JSON (`--json`),
+//! read with `formats::partition::inspect` (CRCs checked; problems listed, never trusted).
+//! NBD URIs (`nbd://`, `nbd+unix://`) are read through `nbd_export::NbdClient`.
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use formats::partition::{FoundFs, Inspection};
+use nbd_export::{is_nbd_uri, ClientOptions, NbdClient};
 use serde_json::{json, Value};
+use synth::BlockDev;
 
 use crate::size::Size;
 
@@ -66,18 +71,72 @@ fn fs_text(f: &Option<FoundFs>) -> String {
     }
 }
 
-/// Inspect `path` and print what it holds; exit status 1 if problems were found.
-pub(crate) fn inspect(path: &Path, as_json: bool) -> Result<bool> {
-    let dev = sources::FileDev::open(path, false)
-        .with_context(|| format!("opening {}", path.display()))?;
+/// A device that remembers its first failed read. `formats::partition::inspect` takes an
+/// unreadable sector for an absent table; a disk that could not be read (a server's `EIO`, a
+/// connection gone, a failing drive) must be an error, not reported as empty.
+#[derive(Debug)]
+struct FirstError {
+    dev: Box<dyn BlockDev>,
+    error: Mutex<Option<synth::Error>>,
+}
+
+impl BlockDev for FirstError {
+    fn size(&self) -> u64 {
+        self.dev.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> synth::Result<()> {
+        let mut first = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = &*first {
+            // The result is an error already: do not wait for more of them.
+            return Err(synth::Error::new(e.kind(), e.to_string()));
+        }
+        self.dev.read_at(buf, offset).map_err(|e| {
+            let copy = synth::Error::new(e.kind(), e.to_string());
+            *first = Some(e);
+            copy
+        })
+    }
+}
+
+/// The disk at `target`: an NBD URI (`timeout` bounds every wait for the server) or a file.
+fn open(target: &Path, timeout: u64) -> Result<Box<dyn BlockDev>> {
+    match target.to_str() {
+        Some(uri) if is_nbd_uri(uri) => {
+            let opts = ClientOptions {
+                connect_timeout: Duration::from_secs(timeout),
+                timeout: Duration::from_secs(timeout),
+            };
+            // The client's errors name the server and the export themselves.
+            Ok(Box::new(NbdClient::connect(uri, &opts)?))
+        }
+        _ => Ok(Box::new(
+            sources::FileDev::open(target, false)
+                .with_context(|| format!("opening {}", target.display()))?,
+        )),
+    }
+}
+
+/// Inspect `target` and print what it holds; exit status 1 if problems were found.
+pub(crate) fn inspect(target: &Path, as_json: bool, timeout: u64) -> Result<bool> {
+    let dev = FirstError {
+        dev: open(target, timeout)?,
+        error: Mutex::new(None),
+    };
     let i = formats::partition::inspect(&dev)
-        .with_context(|| format!("inspecting {}", path.display()))?;
+        .with_context(|| format!("inspecting {}", target.display()))?;
+    if let Some(e) = dev
+        .error
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
+        return Err(e).with_context(|| format!("reading {}", target.display()));
+    }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&to_json(&i))?);
     } else {
         println!(
             "{}: {} ({} bytes), table {}{}",
-            path.display(),
+            target.display(),
             Size(i.size),
             i.size,
             i.table.map_or("none".to_string(), |t| t.to_string()),

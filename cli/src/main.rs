@@ -139,8 +139,13 @@ fn output(dev: &dyn BlockDev, path: &Path) -> Result<ExitCode> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    if let Source::Inspect { path, json } = &cli.source {
-        return Ok(if inspect::inspect(path, *json)? {
+    if let Source::Inspect {
+        target,
+        json,
+        timeout,
+    } = &cli.source
+    {
+        return Ok(if inspect::inspect(target, *json, *timeout)? {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

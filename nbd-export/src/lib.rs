@@ -3,6 +3,8 @@
 //! - [`Server`]: NBD per proto.md: fixed newstyle handshake, structured
 //!   replies with sparse reads, extended headers, `base:allocation`
 //!   block status, many requests in flight and answered out of order.
+//! - [`NbdClient`]: a small read-only NBD client (an export as a
+//!   [`synth::BlockDev`]) for `nbd://` and `nbd+unix://` URIs ([`NbdUri`]).
 //! - [`write_raw`]: the whole device as a sparse raw image (or to stdout).
 //!
 //! ```no_run
@@ -18,6 +20,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod client;
 mod handshake;
 pub mod proto;
 mod raw;
@@ -25,10 +28,13 @@ mod send;
 mod server;
 mod stream;
 mod transmission;
+mod uri;
 
+pub use client::{ClientError, ClientOptions, NbdClient, MAX_OPTION_REPLY, MAX_READ_REQUEST};
 pub use handshake::transmission_flags;
 pub use raw::{
     temp_prefix, write_raw, write_raw_until, writes_in_place, RawError, RawOutput, RawStats,
 };
 pub use server::{Server, ServerConfig, ServerOptions, ShutdownHandle};
 pub use stream::{Listener, Stream};
+pub use uri::{is_nbd_uri, Endpoint, NbdUri, DEFAULT_PORT};

@@ -6,6 +6,8 @@
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 /// `IHAVEOPT`: the newstyle magic, and the prefix of every client option.
 pub const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+/// The second magic of oldstyle negotiation (proto.md "Oldstyle negotiation").
+pub const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
 /// Magic that starts every option reply.
 pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 
@@ -33,13 +35,18 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;
 pub const REP_META_CONTEXT: u32 = 4;
-const REP_ERR: u32 = 1 << 31;
+/// Bit 31 marks every error reply (proto.md "Option reply types").
+pub const REP_ERR: u32 = 1 << 31;
 pub const REP_ERR_UNSUP: u32 = REP_ERR | 1;
 pub const REP_ERR_POLICY: u32 = REP_ERR | 2;
 pub const REP_ERR_INVALID: u32 = REP_ERR | 3;
 pub const REP_ERR_PLATFORM: u32 = REP_ERR | 4;
+pub const REP_ERR_TLS_REQD: u32 = REP_ERR | 5;
 pub const REP_ERR_UNKNOWN: u32 = REP_ERR | 6;
+pub const REP_ERR_SHUTDOWN: u32 = REP_ERR | 7;
+pub const REP_ERR_BLOCK_SIZE_REQD: u32 = REP_ERR | 8;
 pub const REP_ERR_TOO_BIG: u32 = REP_ERR | 9;
+pub const REP_ERR_EXT_HEADER_REQD: u32 = REP_ERR | 10;
 
 // Info types for OPT_INFO / OPT_GO.
 pub const INFO_EXPORT: u16 = 0;

@@ -11,6 +11,7 @@ mod fio;
 mod floppy;
 mod harness;
 mod http;
+mod inspect_nbd;
 mod iso;
 mod iso_boot;
 mod nbdcopy;
