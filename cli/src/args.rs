@@ -496,15 +496,28 @@ pub struct HttpArgs {
     /// Read credentials from this file (same format as --auth-env).
     #[arg(long, value_name = "PATH")]
     pub auth_file: Option<PathBuf>,
-    /// Most requests in flight at once (shared by all clients).
+    /// Most requests in flight at once (shared by all clients). A request that stalls (below
+    /// --speed-limit for 2 s, or no answer yet) stops counting, up to 4×N in all, so stalled
+    /// ranges cannot starve reads the origin serves fast.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub connections: usize,
     /// Seconds to wait for a connection.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub connect_timeout: u64,
-    /// Seconds a request may go without data.
+    /// Seconds a request may go without data (total silence).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
+    /// Low-speed limit, bytes per second (K, M suffixes; 0: off): a transfer slower than this
+    /// for --speed-time seconds is abandoned and retried, as curl's --speed-limit.
+    #[arg(long, value_name = "BYTES", default_value = "1K")]
+    pub speed_limit: Size,
+    /// Seconds over which --speed-limit is measured, from the response head on.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    pub speed_time: u64,
+    /// Seconds one request may take in all, per started 4 MiB of the range (0: no limit); past
+    /// it the request is abandoned and retried.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub request_timeout: u64,
     /// Retries of a failed request (with exponential backoff).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: u32,

@@ -51,11 +51,17 @@ fn http_options(a: &HttpArgs) -> Result<HttpOptions> {
     if a.connections == 0 {
         bail!("--connections must be at least 1");
     }
+    if a.speed_limit.0 > 0 && a.speed_time == 0 {
+        bail!("--speed-time must be at least 1 (or turn the limit off with --speed-limit 0)");
+    }
     Ok(HttpOptions {
         headers,
         auth,
         connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
         read_timeout: Duration::from_secs(a.timeout.max(1)),
+        speed_limit: a.speed_limit.0,
+        speed_time: Duration::from_secs(a.speed_time),
+        request_timeout: (a.request_timeout > 0).then(|| Duration::from_secs(a.request_timeout)),
         retries: a.retries,
         max_in_flight: a.connections,
         readahead: a.readahead.0,

@@ -76,16 +76,29 @@ mod http {
     }
 
     #[test]
-    fn status_200_to_if_range_means_replaced() {
+    fn status_200_with_the_same_validator_means_ranges_ignored() {
         let (server, data) = serve(1 << 20);
         let dev = HttpDev::open(&server.url(), &no_readahead()).unwrap();
+        // The whole file with the ETag seen at open: Range was ignored, the
+        // file is the same one.
         server.fail_next(1, Fault::Status200Full);
+        let msg = assert_io_error(read(&dev, 4096, 4096), "ignored the Range header");
+        assert!(msg.contains("does not support range requests"), "{msg}");
+        assert!(!msg.contains("replaced"), "{msg}");
+        // Not a replacement: the next read is served.
+        assert!(read(&dev, 4096, 4096).unwrap() == data[4096..8192]);
+    }
+
+    #[test]
+    fn status_200_with_a_new_validator_means_replaced() {
+        let (server, data) = serve(1 << 20);
+        let dev = HttpDev::open(&server.url(), &no_readahead()).unwrap();
+        server.replace(data.clone());
         assert_io_error(read(&dev, 4096, 4096), "replaced");
         // Every later read fails too, without asking the server.
         let before = server.requests();
         assert_io_error(read(&dev, 0, 512), "changed");
         assert_eq!(server.requests(), before);
-        drop(data);
     }
 
     #[test]
@@ -94,7 +107,7 @@ mod http {
         server.set_validators(false, false);
         let dev = HttpDev::open(&server.url(), &no_readahead()).unwrap();
         server.fail_next(1, Fault::Status200Full);
-        assert_io_error(read(&dev, 4096, 4096), "ignored the Range");
+        assert_io_error(read(&dev, 4096, 4096), "ignored the Range header");
         assert!(read(&dev, 4096, 4096).unwrap() == data[4096..8192]);
     }
 

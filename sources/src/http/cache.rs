@@ -31,6 +31,8 @@ pub(crate) const CHUNK: u64 = 1 << 20;
 /// At most this many missing chunks are fetched by one request (bounded
 /// memory: the fetch goes through a buffer before reaching the file).
 const MAX_RUN: u64 = 8;
+/// Largest file cached: a 16 MiB bitmap.
+const MAX_CACHED: u64 = (16 << 20) * 8 * CHUNK;
 const MAGIC: &[u8; 8] = b"DSHTTPC1";
 const CLEAN: u8 = 0;
 const IN_USE: u8 = 1;
@@ -72,6 +74,17 @@ impl DiskCache {
             path: path.to_owned(),
             reason: format!("{what}: {e}"),
         };
+        // The bitmap lives in memory: a remote file of exabytes (NBD allows
+        // up to 8 EiB) would want a terabyte of it.
+        if size > MAX_CACHED {
+            return Err(HttpError::Cache {
+                path: dir.to_owned(),
+                reason: format!(
+                    "a {size}-byte file is too large to cache (at most {} TiB)",
+                    MAX_CACHED >> 40
+                ),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(|e| cache_err(dir, "creating the directory", e))?;
         let key = format!("{url}\n{validator}");
         let name = format!("{:016x}", fnv1a64(key.as_bytes()));
@@ -370,6 +383,16 @@ mod tests {
         c.read(&mut buf, 0, &fetch).unwrap();
         check(&buf, 0);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn exabyte_files_are_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = DiskCache::open(dir.path(), "u", "v", i64::MAX as u64)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too large to cache"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

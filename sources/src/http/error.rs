@@ -89,6 +89,34 @@ pub enum HttpError {
         /// The URL.
         url: String,
     },
+    /// A read's ranged GET got `200` and the whole file, with the validator
+    /// seen at open (or none): the origin, or something on the way, ignores
+    /// `Range` (RFC 9110 §14.2 allows it). Not a replacement: that shows as
+    /// a different validator ([`HttpError::Changed`]).
+    #[error(
+        "{url}: the origin ignored the Range header and answered 200 with the whole file{detail}: \
+         it does not support range requests (or a proxy or CDN on the way strips them); a block \
+         device needs random access"
+    )]
+    RangeIgnored {
+        /// The URL.
+        url: String,
+        /// What the 200 showed, e.g. ` (ETag "x" unchanged)`; may be empty.
+        detail: String,
+    },
+    /// The size announced is past what NBD clients and qemu can address.
+    #[error(
+        "{url}: {field} announces a size of {size} bytes, past the largest disk NBD clients and \
+         qemu accept (2^63-1 = 9223372036854775807 bytes); refusing to serve it"
+    )]
+    TooBig {
+        /// The URL.
+        url: String,
+        /// `Content-Length` or `Content-Range`.
+        field: &'static str,
+        /// The size as announced (it may not even fit a `u64`).
+        size: String,
+    },
     /// Neither HEAD nor a range probe told the size.
     #[error(
         "{url}: the server does not tell the file size (no Content-Length on HEAD, no complete \

@@ -4,57 +4,160 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, DATE, ETAG, LAST_MODIFIED};
 
-/// A `Content-Range` value (RFC 9110 §14.4).
+/// A parsed `Content-Range` field value (RFC 9110 §14.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ContentRange {
-    /// `bytes first-last/complete`; `complete` is `None` for `*` (unknown length).
+pub enum ContentRange {
+    /// `bytes first-last/complete` (§14.4 `range-resp`): `first <= last`,
+    /// and `last < complete` when the complete length is known (`complete`
+    /// is `None` for `*`).
     Range {
+        /// Position of the first byte sent.
         first: u64,
+        /// Position of the last byte sent (inclusive).
         last: u64,
+        /// The representation's complete length, if the server knows it.
         complete: Option<u64>,
     },
-    /// `bytes */complete`, sent with 416 (RFC 9110 §15.5.17).
-    Unsatisfied { complete: u64 },
+    /// `bytes */complete` (§14.4 `unsatisfied-range`), sent with 416
+    /// (§15.5.17).
+    Unsatisfied {
+        /// The representation's complete length.
+        complete: u64,
+    },
 }
 
-/// Parse a `Content-Range` value; `None` when it is not a valid `bytes` range.
-pub(crate) fn parse_content_range(v: &str) -> Option<ContentRange> {
-    let v = v.trim();
-    let (unit, rest) = v.split_once(' ')?;
-    // Range units are case-insensitive (RFC 9110 §14.1).
-    if !unit.eq_ignore_ascii_case("bytes") {
-        return None;
+impl ContentRange {
+    /// How many bytes a `Range` carries; `None` for `Unsatisfied`, and for
+    /// the one range whose length does not fit a `u64`
+    /// (`bytes 0-18446744073709551615/*`).
+    pub fn length(&self) -> Option<u64> {
+        match *self {
+            ContentRange::Range { first, last, .. } => (last - first).checked_add(1),
+            ContentRange::Unsatisfied { .. } => None,
+        }
     }
-    let (range, complete) = rest.trim().split_once('/')?;
+
+    /// The complete length, when the value gives it.
+    pub fn complete(&self) -> Option<u64> {
+        match *self {
+            ContentRange::Range { complete, .. } => complete,
+            ContentRange::Unsatisfied { complete } => Some(complete),
+        }
+    }
+}
+
+/// Why a `Content-Range` value is not one [`parse_content_range`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentRangeError {
+    /// The range unit is not `bytes` (the only unit a byte reader can use).
+    #[error("the range unit is not `bytes`")]
+    NotBytes,
+    /// The value does not follow the §14.4 grammar.
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+    /// A position or length has more digits than a `u64` holds.
+    #[error("a number past 2^64-1")]
+    TooLarge,
+    /// `last` is before `first` (§14.4: the whole field is invalid).
+    #[error("the last byte {last} is before the first byte {first}")]
+    Backwards {
+        /// First position given.
+        first: u64,
+        /// Last position given.
+        last: u64,
+    },
+    /// `last` is at or past a known complete length (§14.4: invalid).
+    #[error("the last byte {last} is not within the complete length {complete}")]
+    PastEnd {
+        /// Last position given.
+        last: u64,
+        /// Complete length given.
+        complete: u64,
+    },
+}
+
+/// Parse a `Content-Range` field value (RFC 9110 §14.4):
+/// `bytes first-last/complete`, `bytes first-last/*` or `bytes */complete`.
+///
+/// Total: any input (empty, huge numbers, signs, `bytes */*`, control
+/// characters) gives `Ok` or `Err`, never a panic, and nothing is computed
+/// from the numbers that could overflow. The unit is case-insensitive
+/// (§14.1); surrounding whitespace is ignored; numbers are ASCII digits
+/// only (no sign: `u64::from_str` would take `+1`).
+pub fn parse_content_range(value: &str) -> Result<ContentRange, ContentRangeError> {
+    use ContentRangeError::{Backwards, Malformed, NotBytes, PastEnd};
+    let v = value.trim();
+    let (unit, rest) = v
+        .split_once(' ')
+        .ok_or(Malformed("no space after the range unit"))?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return Err(NotBytes);
+    }
+    let (range, complete) = rest
+        .trim()
+        .split_once('/')
+        .ok_or(Malformed("no `/` before the complete length"))?;
     let complete = match complete {
         "*" => None,
-        n => Some(parse_u64(n)?),
+        n => Some(parse_number(n)?),
     };
     if range == "*" {
-        return Some(ContentRange::Unsatisfied {
-            complete: complete?,
-        });
+        return match complete {
+            Some(complete) => Ok(ContentRange::Unsatisfied { complete }),
+            None => Err(Malformed(
+                "`*/*`: an unsatisfied range needs its complete length",
+            )),
+        };
     }
-    let (first, last) = range.split_once('-')?;
-    let (first, last) = (parse_u64(first)?, parse_u64(last)?);
+    let (first, last) = range
+        .split_once('-')
+        .ok_or(Malformed("no `-` between the first and last positions"))?;
+    let (first, last) = (parse_number(first)?, parse_number(last)?);
     // §14.4: a last position before the first, or at/after a known complete
     // length, makes the whole field invalid.
-    if last < first || complete.is_some_and(|c| last >= c) {
-        return None;
+    if last < first {
+        return Err(Backwards { first, last });
     }
-    Some(ContentRange::Range {
+    if let Some(complete) = complete.filter(|&c| last >= c) {
+        return Err(PastEnd { last, complete });
+    }
+    Ok(ContentRange::Range {
         first,
         last,
         complete,
     })
 }
 
-/// Digits only: `u64::from_str` would also take a leading `+`.
-fn parse_u64(s: &str) -> Option<u64> {
+/// A §14.4 number (`1*DIGIT`): ASCII digits only, past `u64` an error.
+fn parse_number(s: &str) -> Result<u64, ContentRangeError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return Err(ContentRangeError::Malformed(
+            "a position or length that is not a decimal number",
+        ));
     }
-    s.parse().ok()
+    // Only overflow is left for `parse` to refuse.
+    s.parse().map_err(|_| ContentRangeError::TooLarge)
+}
+
+/// A `Content-Length` value (RFC 9110 §8.6: `1*DIGIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Length {
+    /// A number that fits a `u64`.
+    Bytes(u64),
+    /// Digits only, but more than a `u64` holds: a size no disk can have.
+    TooLarge,
+    /// Not a number at all (ignored like an absent field).
+    Invalid,
+}
+
+/// Parse a `Content-Length` value.
+pub(crate) fn parse_content_length(v: &str) -> Length {
+    match parse_number(v.trim()) {
+        Ok(n) => Length::Bytes(n),
+        Err(ContentRangeError::TooLarge) => Length::TooLarge,
+        Err(_) => Length::Invalid,
+    }
 }
 
 /// What the device sends as `If-Range` (RFC 9110 §13.1.5) and checks every
@@ -81,6 +184,26 @@ impl Validator {
             Validator::ETag(v) => format!("ETag {v}"),
             Validator::LastModified(v) => format!("Last-Modified {v}"),
         }
+    }
+
+    /// The field's name.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Validator::ETag(_) => "ETag",
+            Validator::LastModified(_) => "Last-Modified",
+        }
+    }
+
+    /// Whether `headers` carry this very validator.
+    pub(crate) fn present_in(&self, headers: &HeaderMap) -> bool {
+        let field = match self {
+            Validator::ETag(_) => ETAG,
+            Validator::LastModified(_) => LAST_MODIFIED,
+        };
+        headers
+            .get(field)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == self.value())
     }
 
     /// Whether `headers` (of a later response) carry a different value of
@@ -122,7 +245,10 @@ pub(crate) fn choose_validator(headers: &HeaderMap) -> Option<Validator> {
     let lm = field(LAST_MODIFIED)?;
     let modified = httpdate::parse_http_date(&lm).ok()?;
     let strong = match field(DATE).and_then(|d| httpdate::parse_http_date(&d).ok()) {
-        Some(date) => date >= modified + Duration::from_secs(1),
+        // checked_add: no overflow panic, whatever date the server sends.
+        Some(date) => modified
+            .checked_add(Duration::from_secs(1))
+            .is_some_and(|m| date >= m),
         None => true,
     };
     strong.then_some(Validator::LastModified(lm))
@@ -132,7 +258,7 @@ pub(crate) fn choose_validator(headers: &HeaderMap) -> Option<Validator> {
 /// an HTTP-date (§5.6.7) relative to `now`. Dates in the past mean "now".
 pub(crate) fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     let v = v.trim();
-    if let Some(secs) = parse_u64(v) {
+    if let Ok(secs) = parse_number(v) {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(v).ok()?;
@@ -149,15 +275,15 @@ mod tests {
     fn content_range_forms() {
         assert_eq!(
             parse_content_range("bytes 0-499/1234"),
-            Some(ContentRange::Range {
+            Ok(ContentRange::Range {
                 first: 0,
                 last: 499,
                 complete: Some(1234)
             })
         );
         assert_eq!(
-            parse_content_range("BYTES 5-5/*"),
-            Some(ContentRange::Range {
+            parse_content_range(" BYTES 5-5/* "),
+            Ok(ContentRange::Range {
                 first: 5,
                 last: 5,
                 complete: None
@@ -165,19 +291,130 @@ mod tests {
         );
         assert_eq!(
             parse_content_range("bytes */77"),
-            Some(ContentRange::Unsatisfied { complete: 77 })
+            Ok(ContentRange::Unsatisfied { complete: 77 })
         );
+        assert_eq!(
+            parse_content_range("bytes */0"),
+            Ok(ContentRange::Unsatisfied { complete: 0 })
+        );
+    }
+
+    #[test]
+    fn content_range_edge_cases_are_errors_not_panics() {
+        use ContentRangeError::*;
+        let max = u64::MAX;
+        for (bad, want) in [
+            ("bytes 5-4/10", Backwards { first: 5, last: 4 }),
+            (
+                "bytes 0-10/10",
+                PastEnd {
+                    last: 10,
+                    complete: 10,
+                },
+            ),
+            (
+                "bytes 0-0/0",
+                PastEnd {
+                    last: 0,
+                    complete: 0,
+                },
+            ),
+            ("items 0-1/2", NotBytes),
+            ("bytes=0-1/2", Malformed("no space after the range unit")),
+            ("bytes 0-1", Malformed("no `/` before the complete length")),
+            (
+                "bytes 7/9",
+                Malformed("no `-` between the first and last positions"),
+            ),
+            (
+                "bytes */*",
+                Malformed("`*/*`: an unsatisfied range needs its complete length"),
+            ),
+            ("bytes 18446744073709551616-1/*", TooLarge),
+            ("bytes 0-18446744073709551616/*", TooLarge),
+            ("bytes 0-1/18446744073709551616", TooLarge),
+            ("bytes */99999999999999999999999999999999999999", TooLarge),
+            (
+                "bytes 18446744073709551615-18446744073709551615/18446744073709551615",
+                PastEnd {
+                    last: max,
+                    complete: max,
+                },
+            ),
+        ] {
+            assert_eq!(parse_content_range(bad), Err(want), "{bad:?}");
+        }
         for bad in [
-            "bytes 5-4/10",
-            "bytes 0-10/10",
-            "items 0-1/2",
-            "bytes 0-1",
+            "",
+            " ",
+            "bytes",
+            "bytes ",
             "bytes +0-1/2",
             "bytes -1-1/2",
-            "bytes */*",
-            "",
+            "bytes 0--1/2",
+            "bytes 1-/2",
+            "bytes -/2",
+            "bytes 0-1/-2",
+            "bytes 0-1/+2",
+            "bytes 0-1/2/3",
+            "bytes 0x1-2/3",
+            "bytes 1 -2/3",
+            "bytes 0-1/ 2",
+            "bytes \u{0}0-1/2",
+            "bytes ０-1/2",
+            "bytes 0-1/*/",
         ] {
-            assert_eq!(parse_content_range(bad), None, "{bad}");
+            assert!(parse_content_range(bad).is_err(), "{bad:?}");
+        }
+        // The longest range there is: its length does not fit a u64.
+        let all = parse_content_range("bytes 0-18446744073709551615/*").unwrap();
+        assert_eq!(all.length(), None);
+        let last = parse_content_range(
+            "bytes 18446744073709551614-18446744073709551614/18446744073709551615",
+        )
+        .unwrap();
+        assert_eq!(last.length(), Some(1));
+        assert_eq!(last.complete(), Some(max));
+    }
+
+    #[test]
+    fn content_range_never_panics_on_mangled_values() {
+        // Every prefix, and every one-byte change, of a few valid values.
+        let seeds = [
+            "bytes 0-499/1234",
+            "bytes */18446744073709551615",
+            "bytes 18446744073709551614-18446744073709551614/18446744073709551615",
+        ];
+        let alphabet = b" -/*0123456789bB+\t\xff";
+        for seed in seeds {
+            for i in 0..=seed.len() {
+                let _ = parse_content_range(&seed[..i]);
+                for &c in alphabet {
+                    let mut v = seed.as_bytes().to_vec();
+                    if i < v.len() {
+                        v[i] = c;
+                    } else {
+                        v.push(c);
+                    }
+                    let _ = parse_content_range(&String::from_utf8_lossy(&v));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn content_length_values() {
+        assert_eq!(parse_content_length(" 42 "), Length::Bytes(42));
+        assert_eq!(
+            parse_content_length("18446744073709551615"),
+            Length::Bytes(u64::MAX)
+        );
+        assert_eq!(
+            parse_content_length("18446744073709551616"),
+            Length::TooLarge
+        );
+        for bad in ["", "+1", "-1", "1 2", "0x10", "1,1"] {
+            assert_eq!(parse_content_length(bad), Length::Invalid, "{bad:?}");
         }
     }
 

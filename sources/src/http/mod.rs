@@ -13,9 +13,16 @@
 //!
 //! Around that: retries with exponential backoff and jitter for transient
 //! failures (connection errors, timeouts, truncated bodies, 5xx, 408, 429
-//! with `Retry-After`), a cap on requests in flight shared by all
-//! connections, sequential read-ahead ([`HttpOptions::readahead`]), and an
-//! optional on-disk chunk cache ([`HttpOptions::cache_dir`]).
+//! with `Retry-After`, transfers below the low-speed limit or past the
+//! request deadline), a cap on requests in flight shared by all connections
+//! (stalled requests stop counting against it, so they cannot starve reads
+//! the origin serves fast), sequential read-ahead
+//! ([`HttpOptions::readahead`]), and an optional on-disk chunk cache
+//! ([`HttpOptions::cache_dir`]).
+//!
+//! A size past [`MAX_SIZE`] is refused at open. [`parse_content_range`] is
+//! the `Content-Range` parser every response goes through (public for fuzz
+//! targets: it never panics).
 //!
 //! Credentials come from [`HttpAuth`] (an environment variable or a file),
 //! never from the URL or an extra header, and are never logged.
@@ -46,10 +53,16 @@ use synth::{check_range, BlockDev, Caps, Error, ErrorKind, Result};
 
 pub use auth::HttpAuth;
 pub use error::HttpError;
+pub use headers::{parse_content_range, ContentRange, ContentRangeError};
 
 use cache::DiskCache;
 use readahead::ReadAhead;
 use remote::Remote;
+
+/// The largest remote file served: NBD clients and qemu take a disk size as
+/// a signed 64-bit number (2^63-1 bytes, 8 EiB), so anything larger would be
+/// shown wrapped or as "(null)".
+pub const MAX_SIZE: u64 = i64::MAX as u64;
 
 /// How to reach and read the remote file.
 #[derive(Clone)]
@@ -61,8 +74,21 @@ pub struct HttpOptions {
     pub auth: Option<HttpAuth>,
     /// Time allowed to establish a connection (TCP and TLS).
     pub connect_timeout: Duration,
-    /// Time allowed for the response head, and for each read of the body.
+    /// Time allowed for the response head, and for each read of the body
+    /// (total silence).
     pub read_timeout: Duration,
+    /// Low-speed limit in bytes/s (0 disables): a transfer slower than this
+    /// over [`HttpOptions::speed_time`] is abandoned and retried, like curl's
+    /// `--speed-limit`. Also what a request must keep up over 2 s to count
+    /// against [`HttpOptions::max_in_flight`].
+    pub speed_limit: u64,
+    /// The span the low-speed limit is measured over (curl's `--speed-time`),
+    /// counted from the response head.
+    pub speed_time: Duration,
+    /// The longest one attempt may take, from sending the request to the
+    /// end of the body, per started 4 MiB of the range asked for (`None`: no
+    /// deadline). Past it the attempt is abandoned and retried.
+    pub request_timeout: Option<Duration>,
     /// Retries after the first attempt of a request.
     pub retries: u32,
     /// First backoff delay; doubled per retry, with jitter.
@@ -71,7 +97,9 @@ pub struct HttpOptions {
     pub retry_cap: Duration,
     /// Longest wait a server's `Retry-After` can impose.
     pub retry_after_cap: Duration,
-    /// Requests in flight at once, for all connections together.
+    /// Requests in flight at once, for all connections together. Requests
+    /// that stall (below the speed limit over 2 s, or no answer yet) stop
+    /// counting, up to 4 times this many in all.
     pub max_in_flight: usize,
     /// Read-ahead window in bytes for sequential reads (0 disables).
     pub readahead: u64,
@@ -89,6 +117,9 @@ impl Default for HttpOptions {
             auth: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            speed_limit: 1024,
+            speed_time: Duration::from_secs(15),
+            request_timeout: Some(Duration::from_secs(60)),
             retries: 5,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(5),
@@ -110,6 +141,9 @@ impl fmt::Debug for HttpOptions {
             .field("auth", &self.auth)
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("speed_limit", &self.speed_limit)
+            .field("speed_time", &self.speed_time)
+            .field("request_timeout", &self.request_timeout)
             .field("retries", &self.retries)
             .field("retry_base", &self.retry_base)
             .field("retry_cap", &self.retry_cap)
@@ -212,7 +246,7 @@ impl HttpDev {
                     log::error!("{e}; failing this and every later read (reopen to serve it)");
                 }
             }
-            HttpError::Misbehaved { .. } => {
+            HttpError::Misbehaved { .. } | HttpError::RangeIgnored { .. } => {
                 log::error!("{e}; failing the read rather than returning wrong bytes")
             }
             _ => log::error!("{e}"),

@@ -1,9 +1,19 @@
 //! The origin server: opening (size, validator) and validated ranged GETs
 //! with retries, under the per-device cap on requests in flight.
+//!
+//! Three clocks bound an attempt, each failure retried like any transient
+//! one: `read_timeout` (reqwest's, per wait: total silence), the low-speed
+//! limit (fewer than `speed_limit` bytes/s over `speed_time`, counted from
+//! the response head, as curl's `--speed-limit`/`--speed-time`: an origin
+//! dripping bytes never goes silent) and the request deadline
+//! (`request_timeout` per started [`DEADLINE_UNIT`] of the range, from the
+//! request on: an origin pacing itself just above the speed limit). The last
+//! two are checked whenever a read returns, so they act within one
+//! `read_timeout` of being due.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{
@@ -14,13 +24,25 @@ use reqwest::{Method, StatusCode, Url};
 
 use super::error::chain;
 use super::headers::{
-    choose_validator, parse_content_range, parse_retry_after, ContentRange, Validator,
+    choose_validator, parse_content_length, parse_content_range, parse_retry_after, ContentRange,
+    ContentRangeError, Length, Validator,
 };
-use super::limit::Semaphore;
-use super::{HttpAuth, HttpError, HttpOptions, HttpStats};
+use super::limit::{Limit, Permit, StallRule};
+use super::{HttpAuth, HttpError, HttpOptions, HttpStats, MAX_SIZE};
 
 /// Redirects followed per request.
 const MAX_REDIRECTS: usize = 10;
+/// The request deadline is `request_timeout` per started unit of this many
+/// bytes: one fixed deadline would be too long for a 4 KiB read or too short
+/// for a 32 MiB one on a slow but healthy link.
+pub(crate) const DEADLINE_UNIT: u64 = 4 << 20;
+/// A request that has received less than the speed limit over this span (or
+/// nothing, its response head included) stops counting against the in-flight
+/// cap, so stalled ranges cannot starve reads the origin serves fast.
+const STALL_WINDOW: Duration = Duration::from_secs(2);
+/// Stalled requests may bring the requests in flight to this many times the
+/// cap, and no further (connections and threads stay bounded).
+const STALLED_FACTOR: usize = 4;
 
 /// Why one attempt failed.
 enum Failure {
@@ -74,13 +96,19 @@ pub(crate) struct Remote {
     validator: Option<Validator>,
     size: u64,
     retry: RetryPolicy,
-    limit: Semaphore,
+    limit: Limit,
+    /// Bytes/s below which a transfer is abandoned (0: never).
+    speed_limit: u64,
+    speed_time: Duration,
+    request_timeout: Option<Duration>,
     stats: Counters,
 }
 
 /// What HEAD said.
 struct HeadInfo {
     size: Option<u64>,
+    /// `Content-Length` as sent, for a size refused as too big.
+    size_text: String,
     ranges: bool,
     validator: Option<Validator>,
 }
@@ -133,7 +161,23 @@ impl Remote {
                 cap: opts.retry_cap,
                 retry_after_cap: opts.retry_after_cap,
             },
-            limit: Semaphore::new(opts.max_in_flight),
+            limit: Limit::new(
+                opts.max_in_flight,
+                opts.max_in_flight.saturating_mul(STALLED_FACTOR),
+                StallRule {
+                    window: STALL_WINDOW,
+                    min_bytes: opts.speed_limit.saturating_mul(STALL_WINDOW.as_secs()),
+                },
+                opts.speed_time,
+            ),
+            // Over no time at all, every transfer would be too slow.
+            speed_limit: if opts.speed_time.is_zero() {
+                0
+            } else {
+                opts.speed_limit
+            },
+            speed_time: opts.speed_time,
+            request_timeout: opts.request_timeout.filter(|d| !d.is_zero()),
             stats: Counters::default(),
         };
         remote.probe()?;
@@ -169,9 +213,13 @@ impl Remote {
         let (size, validator, how) = match head {
             Some(HeadInfo {
                 size: Some(size),
+                size_text,
                 ranges,
                 validator,
-            }) if ranges || size == 0 => (size, validator, "HEAD"),
+            }) if ranges || size == 0 => {
+                self.check_size(size, "Content-Length", &size_text)?;
+                (size, validator, "HEAD")
+            }
             other => {
                 let (size, validator) = self.range_probe()?;
                 if let Some(HeadInfo { size: Some(h), .. }) = other {
@@ -203,20 +251,45 @@ impl Remote {
         Ok(())
     }
 
+    /// Refuse a size NBD clients and qemu cannot address (they take sizes
+    /// as a signed 64-bit number: a 2^64-1 origin would be served as -1).
+    fn check_size(&self, size: u64, field: &'static str, text: &str) -> Result<(), HttpError> {
+        if size > MAX_SIZE {
+            return Err(HttpError::TooBig {
+                url: self.shown.clone(),
+                field,
+                size: text.trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// HEAD; `None` when the server will not answer it usefully (405, 501,
     /// other errors: the range probe decides).
     fn head(&self) -> Result<Option<HeadInfo>, HttpError> {
-        self.with_retries("HEAD", || {
+        self.with_retries("HEAD", |_| {
             let resp = self.send(Method::HEAD, None)?;
             let status = resp.status();
             if status.is_success() {
                 let h = resp.headers();
                 // Not `Response::content_length()`: for HEAD that is the
                 // (empty) body's length, not the field.
-                let size = h
+                let size_text = h
                     .get(CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse().ok());
+                    .unwrap_or("");
+                let size = match parse_content_length(size_text) {
+                    Length::Bytes(n) => Some(n),
+                    Length::TooLarge => {
+                        return Err(Failure::Fatal(HttpError::TooBig {
+                            url: self.shown.clone(),
+                            field: "Content-Length",
+                            size: size_text.trim().to_owned(),
+                        }))
+                    }
+                    Length::Invalid => None,
+                };
+                let size_text = size_text.to_owned();
                 let ranges = h
                     .get_all(ACCEPT_RANGES)
                     .iter()
@@ -225,6 +298,7 @@ impl Remote {
                     .any(|u| u.trim().eq_ignore_ascii_case("bytes"));
                 return Ok(Some(HeadInfo {
                     size,
+                    size_text,
                     ranges,
                     validator: choose_validator(h),
                 }));
@@ -242,21 +316,44 @@ impl Remote {
     /// `GET` with `Range: bytes=0-0`.
     fn range_probe(&self) -> Result<(u64, Option<Validator>), HttpError> {
         let what = "probing the size with Range: bytes=0-0";
-        self.with_retries(what, || {
+        self.with_retries(what, |permit| {
+            let started = Instant::now();
             let mut resp = self.send(Method::GET, Some((0, 0, false)))?;
             let range = content_range(resp.headers());
+            // The complete length is too large for a u64, or for NBD.
+            let too_big = |size: String| {
+                Failure::Fatal(HttpError::TooBig {
+                    url: self.shown.clone(),
+                    field: "Content-Range",
+                    size,
+                })
+            };
+            // A complete length past 2^64-1 (the parse fails): say so, not
+            // "malformed".
+            let complete = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit_once('/'))
+                .map(|(_, n)| n.trim());
+            if let Some(n) = complete.filter(|n| parse_content_length(n) == Length::TooLarge) {
+                return Err(too_big(n.to_owned()));
+            }
             match resp.status() {
                 StatusCode::PARTIAL_CONTENT => match range {
-                    Some(ContentRange::Range {
+                    Ok(ContentRange::Range {
                         first: 0,
                         last: 0,
                         complete: Some(size),
                     }) => {
+                        if size > MAX_SIZE {
+                            return Err(too_big(size.to_string()));
+                        }
                         let mut byte = [0u8; 1];
-                        self.read_body(&mut resp, &mut byte)?;
+                        self.read_body(&mut resp, &mut byte, permit, started)?;
                         Ok((size, choose_validator(resp.headers())))
                     }
-                    Some(ContentRange::Range { complete: None, .. }) => {
+                    Ok(ContentRange::Range { complete: None, .. }) => {
                         Err(Failure::Fatal(HttpError::NoSize {
                             url: self.shown.clone(),
                         }))
@@ -268,7 +365,7 @@ impl Remote {
                 },
                 // An empty file has no byte 0 (RFC 9110 §14.1.2).
                 StatusCode::RANGE_NOT_SATISFIABLE => match range {
-                    Some(ContentRange::Unsatisfied { complete: 0 }) => {
+                    Ok(ContentRange::Unsatisfied { complete: 0 }) => {
                         Ok((0, choose_validator(resp.headers())))
                     }
                     _ => Err(self.misbehaved(format!(
@@ -293,37 +390,26 @@ impl Remote {
         }
         let last = start + buf.len() as u64 - 1;
         let what = format!("reading bytes {start}-{last}");
-        self.with_retries(&what, || self.try_range(start, last, buf))
+        self.with_retries(&what, |permit| self.try_range(start, last, buf, permit))
     }
 
-    fn try_range(&self, start: u64, last: u64, buf: &mut [u8]) -> Result<(), Failure> {
+    fn try_range(
+        &self,
+        start: u64,
+        last: u64,
+        buf: &mut [u8],
+        permit: &Permit<'_>,
+    ) -> Result<(), Failure> {
+        let started = Instant::now();
         let mut resp = self.send(Method::GET, Some((start, last, true)))?;
         match resp.status() {
             // §15.3.7: the only answer that carries exactly the bytes asked for.
             StatusCode::PARTIAL_CONTENT => {}
-            // §13.1.5: with If-Range, a 200 means the validator no longer
-            // matches: the whole *new* representation is being sent.
-            StatusCode::OK if self.validator.is_some() => {
-                return Err(self.changed(format!(
-                    "the server sent the whole file (200) instead of the range asked with \
-                     If-Range: {}; the remote file was replaced",
-                    self.validator
-                        .as_ref()
-                        .map(|v| v.describe())
-                        .unwrap_or_default()
-                )))
-            }
-            StatusCode::OK => {
-                return Err(self.misbehaved(
-                    "the server ignored the Range header and sent the whole file (200 instead \
-                     of 206)"
-                        .into(),
-                ))
-            }
+            StatusCode::OK => return Err(self.whole_file(resp.headers())),
             // §15.5.17: the range is past the end: the file shrank.
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 let now = match content_range(resp.headers()) {
-                    Some(ContentRange::Unsatisfied { complete }) => format!("{complete} bytes"),
+                    Ok(ContentRange::Unsatisfied { complete }) => format!("{complete} bytes"),
                     _ => "an unknown size".into(),
                 };
                 return Err(self.changed(format!(
@@ -335,7 +421,7 @@ impl Remote {
         }
         let h = resp.headers();
         match content_range(h) {
-            Some(ContentRange::Range {
+            Ok(ContentRange::Range {
                 first,
                 last: l,
                 complete,
@@ -370,25 +456,84 @@ impl Remote {
             return Err(self.changed(detail));
         }
         let want = buf.len() as u64;
-        if let Some(n) = h
+        let length = h
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            if n != want {
+            .map(parse_content_length);
+        match length {
+            Some(Length::Bytes(n)) if n == want => {}
+            Some(Length::Bytes(n)) => {
                 return Err(self.misbehaved(format!(
                     "Content-Length {n} for a {want}-byte Content-Range"
-                )));
+                )))
+            }
+            Some(Length::TooLarge) => {
+                return Err(self.misbehaved(format!(
+                    "a Content-Length past 2^64-1 for a {want}-byte Content-Range"
+                )))
+            }
+            Some(Length::Invalid) | None => {}
+        }
+        self.read_body(&mut resp, buf, permit, started)
+    }
+
+    /// The error for a `200` (the whole file) to a ranged GET.
+    ///
+    /// RFC 9110 §13.1.5: with `If-Range`, a 200 is the answer when the
+    /// validator no longer matches, i.e. the file was replaced. But §14.2
+    /// also lets a server (or a proxy, or a CDN) ignore `Range` altogether
+    /// and answer 200 with the same file. Only a different validator (or
+    /// size) on the 200 proves a replacement; the same or no validator means
+    /// ranges were ignored, and later reads may well succeed.
+    fn whole_file(&self, h: &HeaderMap) -> Failure {
+        if let Some(detail) = self.validator.as_ref().and_then(|v| v.contradicted_by(h)) {
+            return self.changed(format!(
+                "the server sent the whole file (200) instead of the range asked with If-Range, \
+                 and {detail}: the remote file was replaced"
+            ));
+        }
+        let length = h
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .map(parse_content_length);
+        if let Some(Length::Bytes(n)) = length {
+            if n != self.size {
+                return self.changed(format!(
+                    "the server sent the whole file (200) instead of a range, and its size \
+                     changed from {} to {n} bytes: the remote file was replaced",
+                    self.size
+                ));
             }
         }
-        self.read_body(&mut resp, buf)
+        let detail = match &self.validator {
+            Some(v) if v.present_in(h) => format!(", {} unchanged", v.describe()),
+            Some(v) => format!(", without the {} sent as If-Range", v.name()),
+            None => String::new(),
+        };
+        Failure::Fatal(HttpError::RangeIgnored {
+            url: self.shown.clone(),
+            detail,
+        })
     }
 
     /// Read exactly `buf.len()` body bytes, then check the body ends there.
-    fn read_body(&self, resp: &mut Response, buf: &mut [u8]) -> Result<(), Failure> {
+    /// The attempt started at `started` (before its request was sent);
+    /// `permit` receives the progress.
+    fn read_body(
+        &self,
+        resp: &mut Response,
+        buf: &mut [u8],
+        permit: &Permit<'_>,
+        started: Instant,
+    ) -> Result<(), Failure> {
         let want = buf.len();
+        let deadline = self.deadline(want as u64);
+        // The speed limit counts from the response head: the wait for it is
+        // bounded by `read_timeout` already.
+        let body_start = Instant::now();
         let mut got = 0;
         while got < want {
+            self.check_pace(permit, started, deadline, body_start, got, want)?;
             match resp.read(&mut buf[got..]) {
                 Ok(0) => {
                     return Err(Failure::Retry {
@@ -398,6 +543,7 @@ impl Remote {
                 }
                 Ok(n) => {
                     got += n;
+                    permit.progress().add(n as u64);
                     self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -425,6 +571,60 @@ impl Remote {
                 after: None,
             }),
         }
+    }
+
+    /// How long a request for `len` bytes may take in all.
+    fn deadline(&self, len: u64) -> Option<Duration> {
+        let units = len.div_ceil(DEADLINE_UNIT).max(1);
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        self.request_timeout.map(|t| t.saturating_mul(units))
+    }
+
+    /// Fail the attempt (to be retried) when it is past its deadline or
+    /// slower than the speed limit over the last `speed_time`.
+    fn check_pace(
+        &self,
+        permit: &Permit<'_>,
+        started: Instant,
+        deadline: Option<Duration>,
+        body_start: Instant,
+        got: usize,
+        want: usize,
+    ) -> Result<(), Failure> {
+        let elapsed = started.elapsed();
+        if let Some(d) = deadline.filter(|d| elapsed > *d) {
+            return Err(Failure::Retry {
+                why: format!(
+                    "past the request deadline of {} s (per started {} MiB of the range): {got} \
+                     of {want} bytes",
+                    d.as_secs_f64(),
+                    DEADLINE_UNIT >> 20
+                ),
+                after: None,
+            });
+        }
+        if self.speed_limit > 0 {
+            let min = self
+                .speed_limit
+                .saturating_mul(self.speed_time.as_millis() as u64)
+                / 1000;
+            if permit
+                .progress()
+                .slower_than(min.max(1), self.speed_time, body_start)
+            {
+                return Err(Failure::Retry {
+                    why: format!(
+                        "below the low-speed limit of {} bytes/s over {} s: {got} of {want} \
+                         bytes in {:.1} s",
+                        self.speed_limit,
+                        self.speed_time.as_secs_f64(),
+                        elapsed.as_secs_f64()
+                    ),
+                    after: None,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Send one request. `range` is `(first, last, with If-Range)`.
@@ -504,19 +704,19 @@ impl Remote {
     }
 
     /// Run `attempt` until it succeeds, fails for good, or the retries are
-    /// spent. Each attempt holds a slot of the in-flight cap; the waits
-    /// between attempts do not.
+    /// spent. Each attempt holds a slot of the in-flight cap (and reports
+    /// its progress there); the waits between attempts do not.
     fn with_retries<T>(
         &self,
         what: &str,
-        mut attempt: impl FnMut() -> Result<T, Failure>,
+        mut attempt: impl FnMut(&Permit<'_>) -> Result<T, Failure>,
     ) -> Result<T, HttpError> {
         let mut done = 0;
         loop {
             let result = {
-                let _slot = self.limit.acquire();
+                let slot = self.limit.acquire();
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                attempt()
+                attempt(&slot)
             };
             let (why, after) = match result {
                 Ok(v) => return Ok(v),
@@ -548,8 +748,14 @@ impl Remote {
     }
 }
 
-fn content_range(h: &HeaderMap) -> Option<ContentRange> {
-    parse_content_range(h.get(CONTENT_RANGE)?.to_str().ok()?)
+/// The response's `Content-Range`: `Err(None)` when absent or not text.
+fn content_range(h: &HeaderMap) -> Result<ContentRange, Option<ContentRangeError>> {
+    let v = h
+        .get(CONTENT_RANGE)
+        .ok_or(None)?
+        .to_str()
+        .map_err(|_| None)?;
+    parse_content_range(v).map_err(Some)
 }
 
 /// A response field for an error message (server-chosen, never a secret of ours).
