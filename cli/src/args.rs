@@ -49,6 +49,10 @@ pub enum Source {
     Memory {
         /// Size, e.g. 512, 4K, 1M, 1.5G, 1MiB.
         size: Size,
+        /// Accepted and changes nothing: a memory disk is always writable (-r makes it
+        /// read-only). Taken so that `--rw`, as given to other sources, is not an error.
+        #[arg(long)]
+        rw: bool,
         #[command(flatten)]
         export: ExportArgs,
     },
@@ -389,7 +393,9 @@ A disk is made when a client connects (NBD GO, never for INFO) and deleted when 
 disconnects, also if the server is killed (unlinked temp files). ext4 and vfat are
 synthesized in-process: ready in about a millisecond, no disk space used until the
 client writes. Other --type values run mkfs -t TYPE; --command runs under /bin/sh
-with $disk, $size, $type and $label set. Flush and FUA are accepted and ignored.";
+with $disk, $size, $type and $label set, in a process group of its own that is
+killed at --command-timeout or when the client disconnects first. Flush and FUA
+are accepted and ignored.";
 
 /// tmpdisk options.
 #[derive(Debug, Args, Clone)]
@@ -410,6 +416,16 @@ pub struct TmpdiskArgs {
     /// Clients with a disk at once; the next one gets an error.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_clients: usize,
+    /// Seconds --command (or mkfs) may take to make a disk; then its whole process group is
+    /// killed (SIGTERM, SIGKILL a second later) and the client gets an error. A client
+    /// leaving first has its command killed too.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub command_timeout: u64,
+    /// Accepted and changes nothing: every client's disk is writable (-r makes them
+    /// read-only).
+    #[arg(long)]
+    pub rw: bool,
     /// Disk space all clients' disks may use together; writes past it fail with ENOSPC.
     #[arg(long, value_name = "SIZE")]
     pub max_disk: Option<Size>,

@@ -88,10 +88,10 @@ impl BlockDev for FirstError {
         let mut first = self.error.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = &*first {
             // The result is an error already: do not wait for more of them.
-            return Err(synth::Error::new(e.kind(), e.to_string()));
+            return Err(synth::Error::new(e.kind(), format!("{e:#}")));
         }
         self.dev.read_at(buf, offset).map_err(|e| {
-            let copy = synth::Error::new(e.kind(), e.to_string());
+            let copy = synth::Error::new(e.kind(), format!("{e:#}"));
             *first = Some(e);
             copy
         })

@@ -203,20 +203,25 @@ fn verbosity(src: &Source) -> u8 {
     }
 }
 
-/// An error and its causes on one line. Library errors often show their
-/// cause in their own message too (and also return it as `source()`), so a
-/// cause whose text is already in the line is not repeated.
+/// An error and its causes on one line, each once. Our errors (synth::Error,
+/// anyhow's contexts) print only their own message and give the cause as
+/// `source()`; some library errors also end their message with their
+/// cause's (`"...: {source}"`), and only then is that cause left out. (A test on containment
+/// anywhere in the line would drop a real cause that happens to occur in
+/// an earlier message.)
 fn error_chain(e: &anyhow::Error) -> String {
     let mut line = String::new();
+    let mut previous = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
+        let repeated = previous == text || previous.ends_with(&format!(": {text}"));
+        if !text.is_empty() && !repeated {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
         }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
+        previous = text;
     }
     line
 }
@@ -241,5 +246,48 @@ fn main() -> ExitCode {
             eprintln!("disksynth: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library error that ends its message with its source's.
+    #[derive(Debug)]
+    struct Repeats(synth::Error);
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "building the image: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let os = std::io::Error::from_raw_os_error(2);
+        let os_text = os.to_string();
+        let e = anyhow::Error::new(synth::Error::io("opening a.img", os)).context("serving");
+        assert_eq!(
+            error_chain(&e),
+            format!("serving: opening a.img: {os_text}")
+        );
+        // A wrapper that repeats its source: that source is not said twice,
+        // but the source's own cause still is said.
+        let os = std::io::Error::from_raw_os_error(2);
+        let e = anyhow::Error::new(Repeats(synth::Error::io("region x", os)));
+        assert_eq!(
+            error_chain(&e),
+            format!("building the image: region x: {os_text}")
+        );
+        // A cause whose text merely occurs earlier in the line is kept.
+        let e = anyhow::anyhow!("denied").context("reading /srv/denied/disk.img");
+        assert_eq!(error_chain(&e), "reading /srv/denied/disk.img: denied");
     }
 }

@@ -65,12 +65,75 @@ fn tcp_uri(addr: SocketAddr, name: &str) -> String {
     format!("nbd://{host}:{}{path}", addr.port())
 }
 
+/// The URI of a Unix socket export. The socket path is percent-encoded
+/// (all but RFC 3986 unreserved characters and `/`, byte by byte): a space,
+/// `&`, `#`, `%` or `?` in it would otherwise end or split the query, and
+/// nbdinfo, qemu and our own parser decode it back.
 fn unix_uri(path: &Path, name: &str) -> String {
-    format!(
-        "nbd+unix:///{}?socket={}",
-        encode_name(name),
-        path.display()
-    )
+    use std::os::unix::ffi::OsStrExt;
+    let mut socket = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            socket.push(b as char);
+        } else {
+            socket.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("nbd+unix:///{}?socket={socket}", encode_name(name))
+}
+
+/// Listen on `addr`, saying what a failure most likely means: only a port
+/// in use points at another server; an address this host does not have is
+/// a wrong -i, not a busy port.
+fn bind_tcp(addr: SocketAddr) -> Result<TcpListener> {
+    use std::io::ErrorKind;
+    TcpListener::bind(addr).map_err(|e| {
+        let ip = addr.ip();
+        let why = match e.kind() {
+            ErrorKind::AddrInUse => "the port is in use (is another NBD server running there? \
+                                     choose another with -p PORT, or -p 0 for a free one)"
+                .to_string(),
+            ErrorKind::AddrNotAvailable => format!(
+                "{ip} is not an address of this host (give one of its addresses with -i, \
+                 or {} for all of them)",
+                if ip.is_ipv6() { "::" } else { "0.0.0.0" }
+            ),
+            ErrorKind::PermissionDenied if addr.port() < 1024 => {
+                "ports below 1024 need privileges (choose another with -p PORT)".to_string()
+            }
+            _ => String::new(),
+        };
+        let context = if why.is_empty() {
+            format!("cannot listen on {addr}")
+        } else {
+            format!("cannot listen on {addr}: {why}")
+        };
+        anyhow::Error::new(e).context(context)
+    })
+}
+
+/// The `-drive` value that gives qemu the export: the URI, except for a
+/// socket path holding `&` or `%`. qemu (10.0) decodes a URI's query twice,
+/// so no encoding of those reaches it intact (libnbd, which decodes once,
+/// is right); its own option syntax needs no URI.
+fn qemu_drive(uri: &str, socket: Option<&Path>, name: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let comma = |s: &str| s.replace(',', ",,");
+    match socket {
+        Some(p) if p.as_os_str().as_bytes().iter().any(|b| b"&%".contains(b)) => {
+            let export = if name.is_empty() {
+                String::new()
+            } else {
+                format!(",file.export={}", comma(name))
+            };
+            format!(
+                "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path={}{export},\
+                 if=virtio",
+                comma(&p.display().to_string())
+            )
+        }
+        _ => format!("file={},format=raw,if=virtio", comma(uri)),
+    }
 }
 
 /// Bind a Unix socket at `path`, replacing a stale socket left by a dead
@@ -200,9 +263,7 @@ pub fn serve(
             (l, None, None)
         }
         Endpoint::Tcp(addr) => {
-            let l = TcpListener::bind(addr).with_context(|| {
-                format!("cannot listen on {addr} (is another NBD server running there? choose another with -p PORT)")
-            })?;
+            let l = bind_tcp(addr)?;
             let real = l.local_addr()?;
             (Listener::Tcp(l), Some(tcp_uri(real, &name)), None)
         }
@@ -243,8 +304,8 @@ pub fn serve(
             let _ = writeln!(out, "{uri}");
             let _ = writeln!(
                 out,
-                "qemu-system-x86_64 -drive file={},format=raw,if=virtio",
-                uri.replace(',', ",,")
+                "qemu-system-x86_64 -drive {}",
+                qemu_drive(uri, socket.as_deref(), &name)
             );
             let _ = out.flush();
             info!("serving {uri}");

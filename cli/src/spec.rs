@@ -777,7 +777,8 @@ pub fn from_source(src: &Source) -> Result<Option<Job<'_>>> {
             export,
             None,
         ),
-        Source::Memory { size, export } => job(
+        // `--rw` changes nothing: memory disks are always writable.
+        Source::Memory { size, export, .. } => job(
             whole(
                 "memory",
                 "linux-generic",

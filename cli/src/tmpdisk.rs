@@ -205,6 +205,7 @@ pub(crate) fn export(size: u64, a: &TmpdiskArgs) -> Result<TmpdiskExport> {
             max_clients: a.max_clients,
             max_disk: a.max_disk.map(|s| s.0),
             description,
+            command_timeout: std::time::Duration::from_secs(a.command_timeout),
         },
         init,
     ))

@@ -1319,7 +1319,7 @@ mod tests {
             let c = NbdClient::connect(&f.uri, &QUICK).unwrap();
             let e = c.read_at(&mut [0u8; 512], 0).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Io);
-            assert!(e.to_string().contains(check), "{e}");
+            assert!(format!("{e:#}").contains(check), "{e:#}");
             let again = c.read_at(&mut [0u8; 512], 0).unwrap_err().to_string();
             assert!(again.contains("unusable"), "{again}");
             f.handle.join().unwrap().unwrap();

@@ -159,14 +159,15 @@ impl Handshake<'_> {
         // INFO must have no side effects: everything below comes from the
         // export's description, not from an opened device.
         let dev = if opt == OPT_GO {
-            match self.cfg.export.open() {
+            let s = &*self.s;
+            match self.cfg.export.open_for(&|| s.peer_gone()) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    warn!("{}: opening the export failed: {e}", self.peer);
+                    warn!("{}: opening the export failed: {e:#}", self.peer);
                     self.error(
                         opt,
                         open_error_reply(e.kind()),
-                        &format!("cannot open the export: {e}"),
+                        &format!("cannot open the export: {e:#}"),
                     )?;
                     return Ok(None);
                 }
@@ -288,11 +289,12 @@ impl Handshake<'_> {
                             "unknown export {name:?} via NBD_OPT_EXPORT_NAME"
                         )));
                     }
+                    let s = &*self.s;
                     let dev = self
                         .cfg
                         .export
-                        .open()
-                        .map_err(|e| invalid(format!("opening the export: {e}")))?;
+                        .open_for(&|| s.peer_gone())
+                        .map_err(|e| invalid(format!("opening the export: {e:#}")))?;
                     let flags = self.flags();
                     let mut m = Vec::with_capacity(134);
                     m.extend_from_slice(&self.cfg.export.size().to_be_bytes());

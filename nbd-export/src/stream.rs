@@ -48,6 +48,37 @@ impl Stream {
         }
     }
 
+    /// Whether the client has gone (closed or reset the connection), or
+    /// this side was shut down for reading (the server is stopping). Asked
+    /// without blocking and without consuming anything the client sent.
+    pub fn peer_gone(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let fd = self.as_fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN | PollFlags::RDHUP)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if poll(&mut fds, Some(&zero)).is_err() {
+            return false;
+        }
+        let ev = fds[0].revents();
+        if ev.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP) {
+            return true;
+        }
+        if !ev.contains(PollFlags::IN) {
+            return false;
+        }
+        // Readable: either data sent ahead (the client is still there) or
+        // the end of the stream.
+        let mut b = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        match rustix::net::recv(fd, &mut b[..], flags) {
+            Ok((n, _)) => n == 0,
+            Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+        }
+    }
+
     /// Tune a fresh connection: no Nagle delay for small replies.
     pub fn tune(&self) {
         if let Stream::Tcp(s) = self {

@@ -597,15 +597,15 @@ impl Connection {
     ) -> io::Result<()> {
         match e.kind() {
             ErrorKind::Io | ErrorKind::Corrupt | ErrorKind::NoSpace => warn!(
-                "{}: command {} at {}+{}: {e}",
+                "{}: command {} at {}+{}: {e:#}",
                 self.peer, req.kind, req.offset, req.len
             ),
             _ => debug!(
-                "{}: command {} at {}+{}: {e}",
+                "{}: command {} at {}+{}: {e:#}",
                 self.peer, req.kind, req.offset, req.len
             ),
         }
-        self.send_error_string(req, errno_of(e.kind()), &e.to_string(), sc)
+        self.send_error_string(req, errno_of(e.kind()), &format!("{e:#}"), sc)
     }
 
     fn send_error_string(

@@ -9,7 +9,9 @@
 //!   in `dir`: no disk space is used until the client writes; or
 //! - **made by a command** (`mkfs.xfs -q "$disk"`...): run under `/bin/sh`
 //!   on a sparse temp file that is unlinked before the command even starts
-//!   (it is reached as `/proc/PID/fd/N`).
+//!   (it is reached as `/proc/PID/fd/N`), in a process group of its own,
+//!   killed whole at its timeout or when the client leaves first (see
+//!   `tmpdisk/command.rs`).
 //!
 //! Either way nothing outlives the client, nor a killed server. The disks
 //! are throwaway, so flush and FUA are accepted and do nothing, and
@@ -22,9 +24,11 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+mod command;
 
 use synth::{
     BlockDev, BlockSize, Caps, CowOverlay, Error, ErrorKind, Export, ExtentList, OverlayOptions,
@@ -79,6 +83,9 @@ pub struct TmpdiskOptions {
     pub max_disk: Option<u64>,
     /// What `INFO_DESCRIPTION` says.
     pub description: String,
+    /// How long a command may take to make a disk; then it is killed and
+    /// the client gets an error.
+    pub command_timeout: Duration,
 }
 
 /// The export: a new disk per client connection.
@@ -208,11 +215,17 @@ impl TmpdiskExport {
                 quota: self.quota.clone(),
             },
         )
-        .map_err(|e| Error::new(e.kind(), format!("in {}: {e}", self.opts.dir.display())))?;
+        .map_err(|e| Error::with_source(e.kind(), format!("in {}", self.opts.dir.display()), e))?;
         Ok(Arc::new(overlay))
     }
 
-    fn commanded(&self, script: &str, kind: &str, label: &str) -> Result<Arc<dyn BlockDev>> {
+    fn commanded(
+        &self,
+        script: &str,
+        kind: &str,
+        label: &str,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<Arc<dyn BlockDev>> {
         let dir = &self.opts.dir;
         let file = tempfile::tempfile_in(dir)
             .map_err(|e| Error::io(format!("creating a temp file in {}", dir.display()), e))?;
@@ -229,58 +242,7 @@ impl TmpdiskExport {
             shell_quote(kind),
             shell_quote(label),
         );
-        // stdout joins stderr (`exec 1>&2`): one pipe, read here, logged
-        // line by line and never kept whole (a chatty command cannot make
-        // the server hold its output).
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(format!("exec 1>&2\n{full}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::io("running /bin/sh", e))?;
-        let mut last = String::new();
-        if let Some(pipe) = child.stderr.take() {
-            use std::io::{BufRead, Read};
-            let mut reader = std::io::BufReader::new(pipe);
-            let mut line = Vec::new();
-            // Lines are capped at 4 KiB each; the rest of a longer one is
-            // dropped.
-            while reader
-                .by_ref()
-                .take(4096)
-                .read_until(b'\n', &mut line)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {
-                let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                if line.last() != Some(&b'\n') && line.len() == 4096 {
-                    let _ = reader.skip_until(b'\n');
-                }
-                if !text.trim().is_empty() {
-                    log::info!("tmpdisk command: {text}");
-                    last = text;
-                }
-                line.clear();
-            }
-        }
-        let status = child
-            .wait()
-            .map_err(|e| Error::io("waiting for /bin/sh", e))?;
-        let out = CommandOutcome { status, last };
-        if !out.status.success() {
-            let last = if out.last.is_empty() {
-                "(no error output)"
-            } else {
-                out.last.as_str()
-            };
-            log::warn!("tmpdisk command failed ({}): {last}", out.status);
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("the disk's command failed ({}): {last}", out.status),
-            ));
-        }
+        command::run(&full, self.opts.command_timeout, gone)?;
         let dev = FileDisk::new(file, self.opts.size, self.quota.clone())?;
         Ok(Arc::new(dev))
     }
@@ -309,6 +271,12 @@ impl Export for TmpdiskExport {
     }
 
     fn open(&self) -> Result<Arc<dyn BlockDev>> {
+        self.open_for(&|| false)
+    }
+
+    /// The slot is held only while the client is: a command still running
+    /// when it leaves is stopped, and the slot given back.
+    fn open_for(&self, gone: &dyn Fn() -> bool) -> Result<Arc<dyn BlockDev>> {
         let slot = ClientSlot::take(&self.clients, self.opts.max_clients)?;
         let n = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
         let t0 = std::time::Instant::now();
@@ -318,7 +286,7 @@ impl Export for TmpdiskExport {
                 script,
                 kind,
                 label,
-            } => self.commanded(script, kind, label)?,
+            } => self.commanded(script, kind, label, gone)?,
         };
         log::info!(
             "tmpdisk #{n}: ready in {:.1} ms ({} clients)",
@@ -351,12 +319,6 @@ fn fresh_id() -> [u8; 16] {
 /// `s` as one word for `/bin/sh`: single-quoted, `'` written as `'\''`.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// How a `--command` ended: its status and its last non-empty output line.
-struct CommandOutcome {
-    status: std::process::ExitStatus,
-    last: String,
 }
 
 /// One of `--max-clients` places, given back when the disk is dropped.
@@ -559,6 +521,7 @@ mod tests {
             max_clients,
             max_disk,
             description: "test".into(),
+            command_timeout: Duration::from_secs(60),
         }
     }
 

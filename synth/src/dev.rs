@@ -250,6 +250,15 @@ pub trait Export: Send + Sync + fmt::Debug {
     fn description(&self) -> String;
     /// Open the device for one client connection.
     fn open(&self) -> Result<Arc<dyn BlockDev>>;
+    /// [`open`](Export::open) for a client that may leave while it waits:
+    /// `gone()` says, without blocking, whether it has. An export whose
+    /// open can take long (tmpdisk running a command) polls it and gives
+    /// up, so a departed client holds nothing; others need not override
+    /// this.
+    fn open_for(&self, gone: &dyn Fn() -> bool) -> Result<Arc<dyn BlockDev>> {
+        let _ = gone;
+        self.open()
+    }
 }
 
 /// An export that hands every client the same device.

@@ -3,6 +3,13 @@
 //! Exporters map [`ErrorKind`] to their own error codes (NBD errnos in
 //! `nbd-export`), so the kind is what matters to a client; the context and
 //! source are what matter to the person reading the log.
+//!
+//! `Display` prints the error's own context only and `source()` returns the
+//! cause (any error: an `io::Error`, an HTTP client's error...), as the
+//! standard library's convention asks: whoever prints a chain (anyhow, the
+//! cli) then shows every cause exactly once. `{:#}` prints the whole chain
+//! on one line, for log lines and NBD error strings that have no chain
+//! printer of their own.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -38,7 +45,7 @@ pub struct Error {
     kind: ErrorKind,
     offset: Option<u64>,
     context: Cow<'static, str>,
-    source: Option<io::Error>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 /// Result alias used throughout the model.
@@ -65,11 +72,22 @@ impl Error {
             Some(code) if nospace.contains(&code) => ErrorKind::NoSpace,
             _ => ErrorKind::Io,
         };
+        Error::with_source(kind, context, source)
+    }
+
+    /// An error of `kind` with what we were doing and its cause, which can
+    /// be any error (kept whole: `source()` returns it, and it can be
+    /// downcast to its own type).
+    pub fn with_source(
+        kind: ErrorKind,
+        context: impl Into<Cow<'static, str>>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         Error {
             kind,
             offset: None,
             context: context.into(),
-            source: Some(source),
+            source: Some(source.into()),
         }
     }
 
@@ -121,6 +139,11 @@ impl Error {
     pub fn offset(&self) -> Option<u64> {
         self.offset
     }
+
+    /// The cause, when it is a host I/O error (e.g. to look at its errno).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_deref()?.downcast_ref()
+    }
 }
 
 impl fmt::Display for Error {
@@ -131,8 +154,21 @@ impl fmt::Display for Error {
                 write!(f, " (at offset {off})")?;
             }
         }
-        if let Some(src) = &self.source {
-            write!(f, ": {src}")?;
+        if f.alternate() {
+            // The whole chain, each cause once: a cause that (against the
+            // convention) repeats its own source at the end of its message
+            // makes that source redundant.
+            let mut last = String::new();
+            let mut cur = std::error::Error::source(self);
+            while let Some(cause) = cur {
+                let text = cause.to_string();
+                let repeated = last == text || last.ends_with(&format!(": {text}"));
+                if !text.is_empty() && !repeated {
+                    write!(f, ": {text}")?;
+                }
+                last = text;
+                cur = cause.source();
+            }
         }
         Ok(())
     }
@@ -140,7 +176,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
+        self.source.as_deref().map(|e| e as _)
     }
 }
 
@@ -149,5 +185,98 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(Error::out_of_bounds(offset, len, size)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// A cause that is not an `io::Error`, as an HTTP client's would be.
+    #[derive(Debug)]
+    struct Refused;
+
+    impl fmt::Display for Refused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the origin refused the range")
+        }
+    }
+
+    impl std::error::Error for Refused {}
+
+    #[test]
+    fn display_is_the_context_and_the_cause_comes_from_source() {
+        let io = io::Error::from_raw_os_error(rustix::io::Errno::NOENT.raw_os_error());
+        let os_text = io.to_string();
+        let e = Error::io("opening disk.img", io).at(4096);
+        assert_eq!(e.to_string(), "opening disk.img (at offset 4096)");
+        assert_eq!(e.source().unwrap().to_string(), os_text);
+        assert_eq!(e.io_error().unwrap().kind(), io::ErrorKind::NotFound);
+        // The one-line form shows the cause once.
+        assert_eq!(
+            format!("{e:#}"),
+            format!("opening disk.img (at offset 4096): {os_text}")
+        );
+    }
+
+    #[test]
+    fn any_error_can_be_the_source() {
+        let e = Error::with_source(ErrorKind::Io, "reading bytes 0-4095", Refused);
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(e.to_string(), "reading bytes 0-4095");
+        let src = e.source().unwrap();
+        assert!(src.downcast_ref::<Refused>().is_some());
+        assert!(e.io_error().is_none());
+        assert_eq!(
+            format!("{e:#}"),
+            "reading bytes 0-4095: the origin refused the range"
+        );
+        // A synth::Error as the cause of another: a chain of three.
+        let outer = Error::with_source(ErrorKind::Io, "serving block 7", e);
+        assert_eq!(outer.to_string(), "serving block 7");
+        assert_eq!(
+            format!("{outer:#}"),
+            "serving block 7: reading bytes 0-4095: the origin refused the range"
+        );
+    }
+
+    #[test]
+    fn full_disks_are_nospace_whatever_the_context() {
+        for errno in [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT] {
+            let e = Error::io(
+                "writing",
+                io::Error::from_raw_os_error(errno.raw_os_error()),
+            );
+            assert_eq!(e.kind(), ErrorKind::NoSpace);
+        }
+        let e = Error::io("writing", io::Error::other("boom"));
+        assert_eq!(e.kind(), ErrorKind::Io);
+    }
+
+    /// An error written against the convention: its message ends with its
+    /// source's, which it also returns.
+    #[derive(Debug)]
+    struct Repeats(Refused);
+
+    impl fmt::Display for Repeats {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "fetching: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_repeating_its_own_source_is_shown_once() {
+        let e = Error::with_source(ErrorKind::Io, "outer", Repeats(Refused));
+        assert_eq!(
+            format!("{e:#}"),
+            "outer: fetching: the origin refused the range"
+        );
     }
 }

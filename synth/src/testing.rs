@@ -37,7 +37,7 @@ impl Rng {
 fn check_read(dev: &dyn BlockDev, expected: &[u8], offset: u64, len: u64) {
     let mut buf = vec![0x5Au8; len as usize];
     dev.read_at(&mut buf, offset)
-        .unwrap_or_else(|e| panic!("read {len}@{offset}: {e}"));
+        .unwrap_or_else(|e| panic!("read {len}@{offset}: {e:#}"));
     let want = &expected[offset as usize..(offset + len) as usize];
     if buf != want {
         let first = buf.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
@@ -49,7 +49,7 @@ fn check_read(dev: &dyn BlockDev, expected: &[u8], offset: u64, len: u64) {
     let mut chunks = Vec::new();
     if dev
         .read_chunks(offset, len, &mut chunks)
-        .unwrap_or_else(|e| panic!("chunks {len}@{offset}: {e}"))
+        .unwrap_or_else(|e| panic!("chunks {len}@{offset}: {e:#}"))
     {
         let mut flat = Vec::with_capacity(len as usize);
         for c in &chunks {
@@ -156,7 +156,7 @@ fn check_extent_walk(dev: &dyn BlockDev, expected: &[u8], start: u64, limit: usi
     while covered < size {
         let mut list = ExtentList::with_limit(covered, limit);
         dev.extents(covered, size - covered, &mut list)
-            .unwrap_or_else(|e| panic!("extents at {covered} (limit {limit}): {e}"));
+            .unwrap_or_else(|e| panic!("extents at {covered} (limit {limit}): {e:#}"));
         assert_eq!(list.start(), covered);
         assert!(
             list.covered() > 0,
@@ -190,7 +190,7 @@ fn check_extent_walk(dev: &dyn BlockDev, expected: &[u8], start: u64, limit: usi
                     let n = (off + e.len - at).min(1 << 20);
                     buf.resize(n as usize, 0x5A);
                     dev.read_at(&mut buf, at)
-                        .unwrap_or_else(|err| panic!("read {n}@{at}: {err}"));
+                        .unwrap_or_else(|err| panic!("read {n}@{at}: {err:#}"));
                     assert!(
                         buf.iter().all(|&b| b == 0),
                         "extent {off}+{} says zero but the device reads data at {at}+{n}",

@@ -84,3 +84,112 @@ fn output_size_matches_the_size_argument() {
     run_ok(disksynth().args(["pattern", "4K", "-o"]).arg(&out));
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 4096);
 }
+
+/// Sizes are exact: a fraction is fine when it makes whole bytes, whatever its trailing zeros
+/// (this was 6144), and a size past 2^63 - 1 is refused, not wrapped (this was 1024 bytes).
+#[test]
+fn sizes_are_exact_or_refused() {
+    let dir = tempdir();
+    let x = dir.path().join("x");
+    run_ok(
+        disksynth()
+            .args(["memory", "1.5000000000000000000000000000000K", "-o"])
+            .arg(&x),
+    );
+    assert_eq!(std::fs::metadata(&x).unwrap().len(), 1536);
+    for size in [
+        "332306998946228968225951765070086145K",
+        "8E",
+        "9223372036854775808",
+    ] {
+        let y = dir.path().join("y");
+        let out = run(disksynth().args(["zero", size, "-o"]).arg(&y), QUICK);
+        assert!(!out.status.success(), "{size}: {}", out.describe());
+        assert!(
+            out.stderr_str().contains("too large") && out.stderr_str().contains("2^63 - 1"),
+            "{size}: {}",
+            out.describe()
+        );
+        assert!(!y.exists(), "{size}: output written");
+    }
+    let out = run(disksynth().args(["zero", "1.1K", "-o", "-"]), QUICK);
+    assert!(
+        !out.status.success() && out.stderr_str().contains("not a whole number of bytes"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// The OS's reason is said once: causes come from the error chain, not from each message.
+#[test]
+fn a_missing_file_says_the_os_reason_once() {
+    let out = run(
+        disksynth()
+            .args(["file", "/nonexistent/disk.img", "-o", "-"])
+            .env("LC_ALL", "C"),
+        QUICK,
+    );
+    assert!(!out.status.success(), "{}", out.describe());
+    let err = out.stderr_str();
+    assert_eq!(err.lines().count(), 1, "{}", out.describe());
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "{}",
+        out.describe()
+    );
+    assert!(err.contains("/nonexistent/disk.img"), "{}", out.describe());
+}
+
+/// `-i` with an address this host does not have (TEST-NET-1) is a wrong address, not a busy
+/// port: no "another NBD server" guess.
+#[test]
+fn listening_on_an_address_not_on_this_host_says_so() {
+    let out = run(
+        disksynth().args(["memory", "1M", "-i", "192.0.2.1", "-p", "0"]),
+        QUICK,
+    );
+    assert!(!out.status.success(), "{}", out.describe());
+    let err = out.stderr_str();
+    assert!(
+        err.contains("192.0.2.1 is not an address of this host"),
+        "{}",
+        out.describe()
+    );
+    assert!(!err.contains("another NBD server"), "{}", out.describe());
+}
+
+/// A port in use still suggests another server.
+#[test]
+fn listening_on_a_busy_port_suggests_another_server() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let out = run(
+        disksynth().args(["memory", "1M", "-i", "127.0.0.1", "-p", &port]),
+        QUICK,
+    );
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("another NBD server"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// `memory SIZE --rw` is accepted (memory disks are always writable) instead of clap's
+/// "to pass '--rw' as a value, use '-- --rw'".
+#[test]
+fn memory_accepts_rw_and_is_writable() {
+    require_tool!("qemu-io");
+    let dir = tempdir();
+    let server = disksynth_tests::Server::disksynth_unix(dir.path(), &["memory", "1G", "--rw"]);
+    let out = disksynth_tests::qemu_io(
+        server.uri(),
+        &["write -P 0x5a 4096 64k", "read -P 0x5a 4096 64k"],
+    );
+    assert!(
+        !out.stdout_str().contains("Pattern verification failed"),
+        "{}",
+        out.describe()
+    );
+}

@@ -1,8 +1,10 @@
 //! `--run CMD`: captive mode with $uri, $nbd and $unixsocket.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use disksynth_tests::{disksynth, require_tool, run, run_ok, CMD_TIMEOUT};
+use disksynth_tests::{disksynth, require_tool, run, run_ok, Server, CMD_TIMEOUT};
 
 #[test]
 fn run_gives_the_command_a_working_uri() {
@@ -63,4 +65,93 @@ qemu-io -f raw -c 'read -P 0x77 4096 64k' "$uri""#;
         "{}",
         out.describe()
     );
+}
+
+/// A directory named `name` (removed with the returned TempDir).
+fn awkward_dir(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let base = disksynth_tests::tempdir();
+    let dir = base.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    (base, dir)
+}
+
+/// `disksynth pattern 1M -v -U DIR/s.sock`.
+fn serve_in(dir: &Path) -> Server {
+    let mut cmd = disksynth();
+    cmd.args(["pattern", "1M", "-v", "-U"])
+        .arg(dir.join("s.sock"));
+    Server::spawn(cmd)
+}
+
+/// `-U PATH` with a space, `&`, `#`, `%` and `?` in PATH: the printed URI (stdout and the log)
+/// is percent-encoded, so libnbd (nbdinfo) parses it and reaches the socket, and the printed
+/// qemu line works too. Before, the raw path split the URI's query.
+#[test]
+fn unix_socket_paths_with_awkward_characters_give_a_working_uri() {
+    require_tool!("nbdinfo", "qemu-img");
+    let (_base, dir) = awkward_dir("dir with space & #%?");
+    let server = serve_in(&dir);
+    let uri = server.uri().to_string();
+    assert!(
+        uri.contains("%20") && uri.contains("%26") && uri.contains("%23"),
+        "{uri}"
+    );
+    let size = run_ok(Command::new("nbdinfo").args(["--size", &uri]));
+    assert_eq!(size.stdout_str(), "1048576\n");
+    assert!(
+        server.stderr_text().contains(&format!("serving {uri}")),
+        "the log names another URI: {}",
+        server.stderr_text()
+    );
+    // qemu (10.0) decodes a URI's query twice, so no URI can carry `&` or `%` to it: the
+    // printed qemu line uses its option syntax instead. Checked with qemu-img.
+    let qemu = server.wait_stdout_lines(1, Duration::from_secs(5));
+    let drive = qemu[0]
+        .strip_prefix("qemu-system-x86_64 -drive ")
+        .and_then(|d| d.strip_suffix(",if=virtio"))
+        .unwrap_or_else(|| panic!("{qemu:?}"));
+    let info =
+        run_ok(Command::new("qemu-img").args(["info", "--output=json", "--image-opts", drive]));
+    assert!(
+        info.stdout_str().contains("\"virtual-size\": 1048576"),
+        "{}",
+        info.describe()
+    );
+}
+
+/// A socket path with a space, `#`, `?` and `;`: qemu takes the URI itself.
+#[test]
+fn qemu_parses_the_uri_of_a_socket_path_with_spaces() {
+    require_tool!("qemu-img");
+    let (_base, dir) = awkward_dir("a dir #1?;x");
+    let server = serve_in(&dir);
+    let info = run_ok(Command::new("qemu-img").args(["info", "--output=json", server.uri()]));
+    assert!(
+        info.stdout_str().contains("\"virtual-size\": 1048576"),
+        "{}",
+        info.describe()
+    );
+    let qemu = server.wait_stdout_lines(1, Duration::from_secs(5));
+    assert!(
+        qemu[0].contains(&format!("file={},", server.uri())),
+        "{qemu:?}"
+    );
+}
+
+/// The same for `--run`: `$uri` is encoded while `$unixsocket` is the plain path.
+#[test]
+fn run_gives_a_working_uri_in_an_awkward_tmpdir() {
+    require_tool!("nbdinfo");
+    let (_base, dir) = awkward_dir("dir with space & #%?");
+    let out = run_ok(
+        disksynth()
+            .args([
+                "pattern",
+                "1M",
+                "--run",
+                r#"case "$unixsocket" in *" & #%?"*) ;; *) exit 3 ;; esac; nbdinfo --size "$uri""#,
+            ])
+            .env("TMPDIR", &dir),
+    );
+    assert_eq!(out.stdout_str(), "1048576\n", "{}", out.describe());
 }

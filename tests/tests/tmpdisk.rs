@@ -334,3 +334,179 @@ fn a_type_without_its_mkfs_is_refused_at_start_up() {
         out.describe()
     );
 }
+
+/// Whether any live (non-zombie) process is in process group `pgid`, from /proc.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .any(|stat| {
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.get(2) == Some(&pgid.to_string().as_str()) && f.first() != Some(&"Z")
+        })
+}
+
+/// Waits (bounded) until process group `pgid` is empty; returns whether it is.
+fn group_ends(pgid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while group_alive(pgid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// A `--command` that records its process group (its shell's pid: the command runs in a group
+/// of its own) in DIR/pgids, then hangs in `sleep` while DIR/hang exists, else makes an empty
+/// disk at once. Returns the script and the paths of `pgids` and `hang`.
+fn hanging_command(dir: &Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let pgids = dir.join("pgids");
+    let hang = dir.join("hang");
+    fs::write(&hang, "").unwrap();
+    let script = format!(
+        "echo $$ >> '{}'\nif [ -e '{}' ]; then sleep 1000; fi",
+        pgids.display(),
+        hang.display()
+    );
+    (script, pgids, hang)
+}
+
+/// Waits (bounded) for line `n` (from 0) of the pgids file: the nth command started.
+fn nth_pgid(pgids: &Path, n: usize) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = fs::read_to_string(pgids).unwrap_or_default();
+        if let Some(l) = text.lines().nth(n) {
+            return l.trim().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "command {n} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A command that hangs is killed at --command-timeout, all of it (the shell and its sleep):
+/// the client is told why within about the timeout, and its slot is free again at once (with
+/// --max-clients 1 the next client is served). Before, nothing stopped it.
+#[test]
+fn a_hung_command_is_killed_at_its_timeout_and_frees_the_slot() {
+    require_tool!("qemu-img", "nbdinfo");
+    let dir = tempdir();
+    let (script, pgids, hang) = hanging_command(dir.path());
+    let server = start(
+        dir.path(),
+        &[
+            "64M",
+            "--max-clients",
+            "1",
+            "--command-timeout",
+            "2",
+            "--command",
+            &script,
+        ],
+    );
+    let t0 = Instant::now();
+    // qemu shows the server's message ("server reported: ...").
+    let out = run(
+        Command::new("qemu-img")
+            .args(["info", server.uri()])
+            .env("LC_ALL", "C"),
+        Duration::from_secs(30),
+    );
+    let took = t0.elapsed();
+    assert!(
+        !out.status.success(),
+        "the client got a disk: {}",
+        out.describe()
+    );
+    assert!(
+        (Duration::from_millis(1900)..Duration::from_secs(6)).contains(&took),
+        "the client waited {took:?} for a 2 s timeout\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_str()
+            .contains("did not finish within 2 s (--command-timeout)"),
+        "the client was not told why: {}\n{}",
+        out.describe(),
+        server.stderr_text()
+    );
+    let pgid = nth_pgid(&pgids, 0);
+    assert!(
+        group_ends(pgid, Duration::from_secs(2)),
+        "the command's processes (group {pgid}) outlived its timeout"
+    );
+    fs::remove_file(&hang).unwrap();
+    let size = run(
+        Command::new("nbdinfo").args(["--size", server.uri()]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        size.status.success() && size.stdout_str().trim() == (64 * MIB).to_string(),
+        "the next client was not served: {}\n{}",
+        size.describe(),
+        server.stderr_text()
+    );
+}
+
+/// A client that leaves while its command runs takes its slot with it: the command is killed
+/// (no need to wait for --command-timeout) and the next client is served at once. Before, the
+/// command kept the slot until it ended, if ever.
+#[test]
+fn a_client_leaving_mid_command_kills_it_and_frees_the_slot() {
+    require_tool!("nbdinfo");
+    let dir = tempdir();
+    let (script, pgids, hang) = hanging_command(dir.path());
+    let server = start(
+        dir.path(),
+        &[
+            "64M",
+            "--max-clients",
+            "1",
+            "--command-timeout",
+            "600",
+            "--command",
+            &script,
+        ],
+    );
+    let mut client = Command::new("nbdinfo")
+        .arg(server.uri())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pgid = nth_pgid(&pgids, 0);
+    assert!(group_alive(pgid), "the command is not running");
+    let pid = rustix::process::Pid::from_raw(client.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    client.wait().unwrap();
+    assert!(
+        group_ends(pgid, Duration::from_secs(5)),
+        "the command (group {pgid}) outlived its client\n{}",
+        server.stderr_text()
+    );
+    assert!(
+        server.wait_stderr_contains("client left", Duration::from_secs(5)),
+        "{}",
+        server.stderr_text()
+    );
+    fs::remove_file(&hang).unwrap();
+    let t0 = Instant::now();
+    let size = run(
+        Command::new("nbdinfo").args(["--size", server.uri()]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        size.status.success() && size.stdout_str().trim() == (64 * MIB).to_string(),
+        "the next client was not served: {}\n{}",
+        size.describe(),
+        server.stderr_text()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}

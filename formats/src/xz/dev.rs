@@ -233,7 +233,12 @@ impl Inner {
         let mut raw = anon_buffer(len).map_err(|e| failure(ErrorKind::Io, e))?;
         self.src
             .read_at(&mut raw[..len], b.compressed_offset)
-            .map_err(|e| failure(ErrorKind::Io, format!("reading the compressed bytes: {e}")))?;
+            .map_err(|e| {
+                failure(
+                    ErrorKind::Io,
+                    format!("reading the compressed bytes: {e:#}"),
+                )
+            })?;
         let mut data = anon_buffer(out_len).map_err(|e| failure(ErrorKind::Io, e))?;
         block::decode(&raw[..len], b, &mut data[..out_len])
             .map_err(|what| failure(ErrorKind::Corrupt, what))?;
@@ -306,7 +311,7 @@ impl Inner {
                 if let Err(e) = inner.block(next) {
                     // The reader that wants it will decode it again and
                     // report the error then.
-                    log::debug!("read-ahead: {e}");
+                    log::debug!("read-ahead: {e:#}");
                 }
                 inner.readaheads_in_flight.fetch_sub(1, Ordering::AcqRel);
             });
