@@ -1,6 +1,6 @@
 //! The NBD server: accepts connections, runs the handshake, then serves
-//! each connection on its own threads until the client leaves or the
-//! server is told to stop.
+//! each connection on its own thread (and workers while it has requests)
+//! until the client leaves or the server is told to stop.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -18,6 +18,13 @@ use crate::handshake::negotiate;
 use crate::stream::{Listener, Stream};
 use crate::transmission::{ConnLimits, Connection};
 
+/// Stack of a connection's own thread. It runs the handshake and then
+/// waits for requests; device code (opening the export, serving requests)
+/// runs on threads with the default stack. Small, so that thousands of
+/// idle clients reserve little address space (what they touch is a few
+/// KiB either way).
+const CONN_STACK: usize = 256 * 1024;
+
 /// How a server serves its export.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -27,10 +34,14 @@ pub struct ServerOptions {
     pub readonly: bool,
     /// Most worker threads per connection.
     pub max_threads: usize,
-    /// Most payload bytes buffered per connection.
+    /// Most payload bytes buffered per connection; also the largest request
+    /// accepted (the maximum block size advertised is lowered to it).
     pub conn_budget: u64,
     /// A client must finish the handshake within this time.
     pub handshake_timeout: Duration,
+    /// A connection's worker thread that finds nothing to read for this
+    /// long leaves (the next request starts one again).
+    pub worker_idle: Duration,
     /// Send host-file data with `sendfile` (zero copy).
     pub sendfile: bool,
     /// On stop, how long in-flight requests get to finish.
@@ -45,6 +56,7 @@ impl Default for ServerOptions {
             max_threads: 16,
             conn_budget: 64 << 20,
             handshake_timeout: Duration::from_secs(30),
+            worker_idle: Duration::from_secs(3),
             sendfile: true,
             drain_timeout: Duration::from_secs(30),
         }
@@ -60,6 +72,8 @@ pub struct ServerConfig {
     pub export_name: String,
     /// Forced read-only.
     pub readonly: bool,
+    /// Per-connection payload budget: caps the maximum block size advertised.
+    pub budget: u64,
 }
 
 /// Wakes a running server's accept loop and makes it stop.
@@ -100,7 +114,8 @@ pub struct Server {
     opts: ServerOptions,
     wake_rx: UnixStream,
     wake_tx: Arc<UnixStream>,
-    conns: Mutex<HashMap<u64, Stream>>,
+    /// Every connection's socket, to shut down when the server stops.
+    conns: Mutex<HashMap<u64, Arc<Stream>>>,
     next_id: AtomicU64,
 }
 
@@ -114,6 +129,7 @@ impl Server {
             export,
             export_name: opts.export_name.clone(),
             readonly: opts.readonly,
+            budget: opts.conn_budget,
         };
         Ok(Arc::new(Server {
             cfg,
@@ -137,35 +153,45 @@ impl Server {
             max_threads: self.opts.max_threads.max(1),
             budget: self.opts.conn_budget,
             sendfile: self.opts.sendfile,
+            worker_idle: self.opts.worker_idle,
         }
     }
 
     /// Serve one connected client to the end (handshake + transmission).
     /// Never panics on client input; errors end only this connection.
-    pub fn serve_connection(&self, mut stream: Stream) {
+    pub fn serve_connection(&self, stream: Stream) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let peer = format!("client {id} ({})", stream.peer());
         stream.tune();
-        match stream.try_clone() {
-            Ok(c) => {
-                self.conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id, c);
-            }
-            Err(e) => {
-                warn!("{peer}: {e}");
-                return;
-            }
-        }
+        let stream = Arc::new(stream);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, stream.clone());
         debug!("{peer}: connected");
+        // A panic is a bug (in a device, most likely); it ends this
+        // connection, never the server, and the bookkeeping below still runs.
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.serve_stream(stream.clone(), &peer)
+        }));
+        if served.is_err() {
+            warn!("{peer}: closing after a panic (a bug: please report it)");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn serve_stream(&self, stream: Arc<Stream>, peer: &str) {
         let _ = stream.set_read_timeout(Some(self.opts.handshake_timeout));
         let _ = stream.set_write_timeout(Some(self.opts.handshake_timeout));
-        match negotiate(&mut stream, &self.cfg, &peer) {
+        match negotiate(&stream, &self.cfg, peer) {
             Ok(Some(neg)) => {
                 let _ = stream.set_read_timeout(None);
                 let _ = stream.set_write_timeout(None);
-                match Connection::new(stream, neg, self.limits(), peer.clone()) {
+                match Connection::new(stream, neg, self.limits(), peer.to_string()) {
                     Ok(conn) => conn.run(),
                     Err(e) => warn!("{peer}: {e}"),
                 }
@@ -176,10 +202,6 @@ impl Server {
             }
             Err(e) => warn!("{peer}: handshake failed: {e}"),
         }
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
     }
 
     fn stop_requested(&self) -> bool {
@@ -218,6 +240,7 @@ impl Server {
                     let me = self.clone();
                     let h = std::thread::Builder::new()
                         .name("nbd-conn".into())
+                        .stack_size(CONN_STACK)
                         .spawn(move || me.serve_connection(stream));
                     match h {
                         Ok(h) => handles.push(h),
