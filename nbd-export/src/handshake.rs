@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use synth::{BlockDev, Caps};
@@ -53,8 +54,70 @@ pub fn transmission_flags(caps: Caps, readonly: bool, style: ReplyStyle) -> u16 
     f
 }
 
-struct Handshake<'a> {
+/// The socket under one deadline for the whole negotiation: every read
+/// and write may block only for what is left of it, so a client that
+/// dribbles an option now and then is still cut when the time is up
+/// (as qemu-nbd's `--handshake-limit`).
+struct Timed<'a> {
     s: &'a Stream,
+    deadline: Instant,
+    limit: Duration,
+}
+
+impl Timed<'_> {
+    /// Bound the next blocking call by the time left; an error once none is.
+    fn arm(&self, read: bool) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.expired());
+        }
+        if read {
+            self.s.set_read_timeout(Some(left))
+        } else {
+            self.s.set_write_timeout(Some(left))
+        }
+    }
+
+    fn expired(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the handshake did not finish within {:?} (--handshake-limit)",
+                self.limit
+            ),
+        )
+    }
+
+    /// A socket timeout (`EAGAIN` under `SO_RCVTIMEO`) is the deadline.
+    fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.expired(),
+            _ => e,
+        })
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(true)?;
+        let r = { self.s }.read(buf);
+        self.check(r)
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(false)?;
+        let r = { self.s }.write(buf);
+        self.check(r)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Handshake<'a> {
+    s: Timed<'a>,
     cfg: &'a ServerConfig,
     no_zeroes: bool,
     style: ReplyStyle,
@@ -126,10 +189,12 @@ impl Handshake<'_> {
 
     /// Open the export for this client. Device code gets a thread with a
     /// full stack (the connection's own thread has a small one; opening a
-    /// tmpdisk builds a filesystem).
+    /// tmpdisk builds a filesystem), and the time it takes is the server's,
+    /// not the client's: the deadline moves by as much.
     fn open(&mut self) -> synth::Result<Arc<dyn BlockDev>> {
+        let t0 = Instant::now();
         let export = self.cfg.export.clone();
-        std::thread::Builder::new()
+        let opened = std::thread::Builder::new()
             .name("nbd-open".into())
             .spawn(move || export.open())
             .map_err(|e| synth::Error::io("starting a thread to open the export", e))
@@ -140,7 +205,9 @@ impl Handshake<'_> {
                         "opening the export failed (the opening thread panicked)",
                     ))
                 })
-            })
+            });
+        self.s.deadline += t0.elapsed();
+        opened
     }
 
     fn name_ok(&self, name: &str) -> bool {
@@ -403,18 +470,36 @@ pub(crate) fn greeting() -> [u8; 18] {
     g
 }
 
-/// Run the handshake on `s`. `Ok(None)`: the client aborted or left politely.
-pub fn negotiate(s: &Stream, cfg: &ServerConfig, peer: &str) -> io::Result<Option<Negotiated>> {
+/// Run the handshake on `s`, all of it within `limit` (proto.md "Newstyle
+/// negotiation" sets no limit; a server must, or a client that never
+/// finishes holds a connection forever). `Ok(None)`: the client aborted or
+/// left politely. On success the socket is back to blocking without
+/// timeouts, for transmission, where a client may rightly stay idle.
+pub fn negotiate(
+    s: &Stream,
+    cfg: &ServerConfig,
+    peer: &str,
+    limit: Duration,
+) -> io::Result<Option<Negotiated>> {
     let peer = peer.to_owned();
-    Handshake {
-        s,
+    let result = Handshake {
+        s: Timed {
+            s,
+            deadline: Instant::now() + limit,
+            limit,
+        },
         cfg,
         no_zeroes: false,
         style: ReplyStyle::Simple,
         base_allocation: false,
         peer,
     }
-    .run()
+    .run();
+    if let Ok(Some(_)) = result {
+        s.set_read_timeout(None)?;
+        s.set_write_timeout(None)?;
+    }
+    result
 }
 
 /// The option reply for an export that cannot be opened (proto.md "Option

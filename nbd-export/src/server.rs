@@ -37,8 +37,8 @@ pub struct ServerOptions {
     /// Most payload bytes buffered per connection; also the largest request
     /// accepted (the maximum block size advertised is lowered to it).
     pub conn_budget: u64,
-    /// A client must finish the handshake within this time.
-    pub handshake_timeout: Duration,
+    /// A client must finish the whole handshake within this time.
+    pub handshake_limit: Duration,
     /// A connection's worker thread that finds nothing to read for this
     /// long leaves (the next request starts one again).
     pub worker_idle: Duration,
@@ -55,7 +55,8 @@ impl Default for ServerOptions {
             readonly: false,
             max_threads: 16,
             conn_budget: 64 << 20,
-            handshake_timeout: Duration::from_secs(30),
+            // As qemu-nbd's --handshake-limit.
+            handshake_limit: Duration::from_secs(10),
             worker_idle: Duration::from_secs(3),
             sendfile: true,
             drain_timeout: Duration::from_secs(30),
@@ -185,21 +186,16 @@ impl Server {
     }
 
     fn serve_stream(&self, stream: Arc<Stream>, peer: &str) {
-        let _ = stream.set_read_timeout(Some(self.opts.handshake_timeout));
-        let _ = stream.set_write_timeout(Some(self.opts.handshake_timeout));
-        match negotiate(&stream, &self.cfg, peer) {
-            Ok(Some(neg)) => {
-                let _ = stream.set_read_timeout(None);
-                let _ = stream.set_write_timeout(None);
-                match Connection::new(stream, neg, self.limits(), peer.to_string()) {
-                    Ok(conn) => conn.run(),
-                    Err(e) => warn!("{peer}: {e}"),
-                }
-            }
+        match negotiate(&stream, &self.cfg, peer, self.opts.handshake_limit) {
+            Ok(Some(neg)) => match Connection::new(stream, neg, self.limits(), peer.to_string()) {
+                Ok(conn) => conn.run(),
+                Err(e) => warn!("{peer}: {e}"),
+            },
             Ok(None) => debug!("{peer}: left during the handshake"),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 debug!("{peer}: hung up during the handshake")
             }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => warn!("{peer}: {e}; closing"),
             Err(e) => warn!("{peer}: handshake failed: {e}"),
         }
     }

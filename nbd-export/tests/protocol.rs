@@ -721,7 +721,7 @@ fn handshake_timeout_drops_silent_clients() {
         "z",
     ));
     let opts = ServerOptions {
-        handshake_timeout: Duration::from_millis(200),
+        handshake_limit: Duration::from_millis(200),
         ..ServerOptions::default()
     };
     let server = Server::new(export, opts).unwrap();
@@ -733,6 +733,48 @@ fn handshake_timeout_drops_silent_clients() {
     t.join().unwrap();
     let mut rest = Vec::new();
     assert_eq!(a.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn handshake_limit_covers_the_whole_negotiation() {
+    let export = Arc::new(SharedExport::new(
+        Arc::new(sources::ZeroDev::new(4096)),
+        "z",
+    ));
+    let opts = ServerOptions {
+        handshake_limit: Duration::from_millis(300),
+        ..ServerOptions::default()
+    };
+    let server = Server::new(export, opts).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || server.serve_connection(Stream::Unix(b)));
+    a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = Client {
+        s: a,
+        style: ReplyStyle::Simple,
+    };
+    c.greet(FLAG_C_FIXED_NEWSTYLE);
+    // Each option comes well within the limit and is answered; all of
+    // them together do not, and the server hangs up.
+    let t0 = std::time::Instant::now();
+    let mut answered = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut m = IHAVEOPT.to_be_bytes().to_vec();
+        m.extend_from_slice(&999u32.to_be_bytes());
+        m.extend_from_slice(&0u32.to_be_bytes());
+        let mut head = [0u8; 20];
+        if c.s.write_all(&m).is_err() || c.s.read_exact(&mut head).is_err() {
+            break;
+        }
+        answered += 1;
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still negotiating after {answered} options"
+        );
+    }
+    assert!(answered >= 2, "cut after {answered} options");
+    t.join().unwrap();
 }
 
 #[test]
