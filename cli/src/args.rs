@@ -603,6 +603,19 @@ pub struct ExportArgs {
     /// Most worker threads per connection.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
+    /// Most clients served at once; the next one is refused (NBD_REP_ERR_POLICY with the
+    /// reason, and a log line) until one leaves. Default: as many as the descriptor limit
+    /// holds (raised to the hard limit at start), at most 10000.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
+    /// A client must finish the whole handshake within SECS seconds, or it is cut off.
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub handshake_limit: u64,
+    /// Most request and reply data one connection holds in memory at once; also the
+    /// largest request served (the maximum block size advertised is lowered to it).
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub connection_memory: Size,
     /// Copy file data through memory instead of sendfile (for measurements).
     #[arg(long, hide = true)]
     pub no_sendfile: bool,

@@ -16,10 +16,11 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use nbd_export::{write_raw_until, RawOutput, ServerOptions};
+use nbd_export::{write_raw_until, FdLimit, RawOutput, ServerOptions};
 use synth::{BlockDev, Export, SharedExport};
 
 use crate::args::{Cli, ExportArgs, Source};
@@ -184,16 +185,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output(&*dev, &path)
         }
         Mode::Serve(endpoint) => {
+            let fds = nbd_export::raise_fd_limit();
             let opts = ServerOptions {
                 export_name: a.export_name.clone(),
                 readonly: a.readonly,
                 max_threads: a.threads as usize,
+                conn_budget: a.connection_memory.0,
+                handshake_limit: Duration::from_secs(a.handshake_limit),
+                max_connections: max_connections(a, fds)?,
                 sendfile: !a.no_sendfile,
                 ..ServerOptions::default()
             };
-            serve(export, endpoint, opts, systemd)
+            serve(export, endpoint, opts, systemd, fds)
         }
     }
+}
+
+/// `--max-connections`, or as many clients as the descriptor limit holds.
+/// A cap the limit cannot hold is allowed (the excess is shed when
+/// descriptors run out) but said once at start, not discovered later.
+fn max_connections(a: &ExportArgs, fds: FdLimit) -> Result<usize> {
+    if let Some(from) = fds.raised_from {
+        log::debug!(
+            "raised the descriptor limit from {from} to {}",
+            fds.soft.map_or("unlimited".into(), |n| n.to_string())
+        );
+    }
+    let Some(n) = a.max_connections else {
+        let n = nbd_export::connections_for(fds.soft);
+        log::info!("serving at most {n} clients at once (--max-connections)");
+        return Ok(n);
+    };
+    let n = usize::try_from(n).context("--max-connections is too large")?;
+    if let Some(soft) = fds.soft {
+        let need = nbd_export::descriptors_for(n, soft);
+        if need > soft {
+            log::warn!(
+                "--max-connections {n} needs about {need} descriptors but the limit is {soft}: \
+                 clients past about {} will be turned away (raise `ulimit -n`)",
+                nbd_export::connections_for(Some(soft))
+            );
+        }
+    }
+    Ok(n)
 }
 
 fn verbosity(src: &Source) -> u8 {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use log::info;
-use nbd_export::{Listener, Server, ServerOptions};
+use nbd_export::{FdLimit, Listener, Server, ServerOptions};
 use synth::Export;
 
 /// Where to listen.
@@ -241,6 +241,7 @@ pub fn serve(
     endpoint: Endpoint,
     opts: ServerOptions,
     listener: Option<Listener>,
+    fds: FdLimit,
 ) -> Result<ExitCode> {
     let name = opts.export_name.clone();
     let server = Server::new(export, opts).context("starting the server")?;
@@ -297,6 +298,7 @@ pub fn serve(
             cmd,
             uri.as_deref().unwrap_or_default(),
             socket.as_deref(),
+            fds.raised_from,
         )?
     } else {
         if let Some(uri) = &uri {
@@ -327,8 +329,34 @@ fn run_captive(
     cmd: &str,
     uri: &str,
     socket: Option<&Path>,
+    fd_soft_limit: Option<u64>,
 ) -> Result<ExitCode> {
-    let mut child = Command::new("/bin/sh")
+    let mut command = Command::new("/bin/sh");
+    if let Some(soft) = fd_soft_limit {
+        // The server raised its soft descriptor limit for its clients; the
+        // command gets the limit it would have had (programs using
+        // select() or closing every possible descriptor expect a small one).
+        let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let restored = rustix::process::Rlimit {
+            current: Some(soft),
+            maximum: lim.maximum,
+        };
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the child between fork and exec, where
+        // only async-signal-safe calls are sound. It makes one setrlimit
+        // system call (rustix's direct syscall wrapper: no allocation, no
+        // lock, no libc state) on values computed before the fork, and
+        // touches nothing else. A failure is ignored (the child keeps the
+        // raised limit, which is harmless for most programs).
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || {
+                let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, restored);
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
         .arg("-c")
         .arg(cmd)
         .env("uri", uri)

@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use synth::{BlockDev, Caps};
@@ -11,6 +12,7 @@ use synth::{BlockDev, Caps};
 use crate::proto::*;
 use crate::server::ServerConfig;
 use crate::stream::Stream;
+use crate::transmission::max_request;
 
 /// Option payloads longer than this are refused (`ERR_TOO_BIG`) and,
 /// past [`DISCARD_LIMIT`], end the connection: strings are at most 4 KiB
@@ -52,8 +54,70 @@ pub fn transmission_flags(caps: Caps, readonly: bool, style: ReplyStyle) -> u16 
     f
 }
 
+/// The socket under one deadline for the whole negotiation: every read
+/// and write may block only for what is left of it, so a client that
+/// dribbles an option now and then is still cut when the time is up
+/// (as qemu-nbd's `--handshake-limit`).
+struct Timed<'a> {
+    s: &'a Stream,
+    deadline: Instant,
+    limit: Duration,
+}
+
+impl Timed<'_> {
+    /// Bound the next blocking call by the time left; an error once none is.
+    fn arm(&self, read: bool) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.expired());
+        }
+        if read {
+            self.s.set_read_timeout(Some(left))
+        } else {
+            self.s.set_write_timeout(Some(left))
+        }
+    }
+
+    fn expired(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the handshake did not finish within {:?} (--handshake-limit)",
+                self.limit
+            ),
+        )
+    }
+
+    /// A socket timeout (`EAGAIN` under `SO_RCVTIMEO`) is the deadline.
+    fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.expired(),
+            _ => e,
+        })
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(true)?;
+        let r = { self.s }.read(buf);
+        self.check(r)
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(false)?;
+        let r = { self.s }.write(buf);
+        self.check(r)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 struct Handshake<'a> {
-    s: &'a mut Stream,
+    s: Timed<'a>,
     cfg: &'a ServerConfig,
     no_zeroes: bool,
     style: ReplyStyle,
@@ -61,13 +125,13 @@ struct Handshake<'a> {
     peer: String,
 }
 
-fn read_u32(s: &mut Stream) -> io::Result<u32> {
+fn read_u32(s: &mut impl Read) -> io::Result<u32> {
     let mut b = [0u8; 4];
     s.read_exact(&mut b)?;
     Ok(u32::from_be_bytes(b))
 }
 
-fn read_u64(s: &mut Stream) -> io::Result<u64> {
+fn read_u64(s: &mut impl Read) -> io::Result<u64> {
     let mut b = [0u8; 8];
     s.read_exact(&mut b)?;
     Ok(u64::from_be_bytes(b))
@@ -93,8 +157,7 @@ impl<'a> Payload<'a> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+        self.take(4).map(|b| u32::from_be_bytes(field(b, 0)))
     }
     fn string(&mut self) -> Option<&'a str> {
         let n = self.u32()? as usize;
@@ -122,6 +185,34 @@ impl Handshake<'_> {
     fn error(&mut self, opt: u32, kind: u32, msg: &str) -> io::Result<()> {
         debug!("{}: option {opt} refused: {msg}", self.peer);
         self.reply(opt, kind, msg.as_bytes())
+    }
+
+    /// Open the export for this client. Device code gets a thread with a
+    /// full stack (the connection's own thread has a small one; opening a
+    /// tmpdisk builds a filesystem), and the time it takes is the server's,
+    /// not the client's: the deadline moves by as much.
+    /// The export is told how to see that the client left (`open_for`), so
+    /// a slow open (a tmpdisk `--command`) stops for a client that is gone.
+    fn open(&mut self) -> synth::Result<Arc<dyn BlockDev>> {
+        let t0 = Instant::now();
+        let export = &*self.cfg.export;
+        let stream: &Stream = self.s.s;
+        let opened = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("nbd-open".into())
+                .spawn_scoped(scope, || export.open_for(&|| stream.peer_gone()))
+                .map_err(|e| synth::Error::io("starting a thread to open the export", e))
+                .and_then(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(synth::Error::new(
+                            synth::ErrorKind::Io,
+                            "opening the export failed (the opening thread panicked)",
+                        ))
+                    })
+                })
+        });
+        self.s.deadline += t0.elapsed();
+        opened
     }
 
     fn name_ok(&self, name: &str) -> bool {
@@ -159,8 +250,7 @@ impl Handshake<'_> {
         // INFO must have no side effects: everything below comes from the
         // export's description, not from an opened device.
         let dev = if opt == OPT_GO {
-            let s = &*self.s;
-            match self.cfg.export.open_for(&|| s.peer_gone()) {
+            match self.open() {
                 Ok(d) => Some(d),
                 Err(e) => {
                     warn!("{}: opening the export failed: {e:#}", self.peer);
@@ -193,7 +283,8 @@ impl Handshake<'_> {
         }
         // Always sent: clients that did not ask still benefit, and the
         // spec allows it (proto.md "Block size constraints").
-        let bs = self.cfg.export.block_size();
+        let mut bs = self.cfg.export.block_size();
+        bs.maximum = max_request(bs, self.cfg.budget);
         let mut m = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
         for v in [bs.minimum, bs.preferred, bs.maximum] {
             m.extend_from_slice(&v.to_be_bytes());
@@ -252,29 +343,25 @@ impl Handshake<'_> {
 
     /// Haggle until transmission (`Some`) or until the client leaves (`None`).
     fn run(&mut self) -> io::Result<Option<Negotiated>> {
-        let mut greeting = [0u8; 18];
-        greeting[0..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
-        greeting[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
-        greeting[16..18].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-        self.s.write_all(&greeting)?;
-        let cflags = read_u32(self.s)?;
+        self.s.write_all(&greeting())?;
+        let cflags = read_u32(&mut self.s)?;
         if cflags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
             return Err(invalid(format!("unknown client flags {cflags:#x}")));
         }
         self.no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
 
         loop {
-            let magic = read_u64(self.s)?;
+            let magic = read_u64(&mut self.s)?;
             if magic != IHAVEOPT {
                 return Err(invalid(format!("bad option magic {magic:#x}")));
             }
-            let opt = read_u32(self.s)?;
-            let len = read_u32(self.s)?;
+            let opt = read_u32(&mut self.s)?;
+            let len = read_u32(&mut self.s)?;
             if len > MAX_OPTION_LEN {
                 if opt == OPT_EXPORT_NAME || len > DISCARD_LIMIT {
                     return Err(invalid(format!("option {opt} with a {len}-byte payload")));
                 }
-                io::copy(&mut (&mut *self.s).take(len as u64), &mut io::sink())?;
+                io::copy(&mut (&mut self.s).take(len as u64), &mut io::sink())?;
                 self.error(opt, REP_ERR_TOO_BIG, "option payload too large")?;
                 continue;
             }
@@ -289,11 +376,8 @@ impl Handshake<'_> {
                             "unknown export {name:?} via NBD_OPT_EXPORT_NAME"
                         )));
                     }
-                    let s = &*self.s;
                     let dev = self
-                        .cfg
-                        .export
-                        .open_for(&|| s.peer_gone())
+                        .open()
                         .map_err(|e| invalid(format!("opening the export: {e:#}")))?;
                     let flags = self.flags();
                     let mut m = Vec::with_capacity(134);
@@ -381,18 +465,46 @@ impl Handshake<'_> {
     }
 }
 
-/// Run the handshake on `s`. `Ok(None)`: the client aborted or left politely.
-pub fn negotiate(s: &mut Stream, cfg: &ServerConfig, peer: &str) -> io::Result<Option<Negotiated>> {
+/// The server's greeting (proto.md "Newstyle negotiation"): magic,
+/// `IHAVEOPT`, fixed newstyle and no zeroes.
+pub(crate) fn greeting() -> [u8; 18] {
+    let mut g = [0u8; 18];
+    g[0..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+    g[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    g[16..18].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    g
+}
+
+/// Run the handshake on `s`, all of it within `limit` (proto.md "Newstyle
+/// negotiation" sets no limit; a server must, or a client that never
+/// finishes holds a connection forever). `Ok(None)`: the client aborted or
+/// left politely. On success the socket is back to blocking without
+/// timeouts, for transmission, where a client may rightly stay idle.
+pub fn negotiate(
+    s: &Stream,
+    cfg: &ServerConfig,
+    peer: &str,
+    limit: Duration,
+) -> io::Result<Option<Negotiated>> {
     let peer = peer.to_owned();
-    Handshake {
-        s,
+    let result = Handshake {
+        s: Timed {
+            s,
+            deadline: Instant::now() + limit,
+            limit,
+        },
         cfg,
         no_zeroes: false,
         style: ReplyStyle::Simple,
         base_allocation: false,
         peer,
     }
-    .run()
+    .run();
+    if let Ok(Some(_)) = result {
+        s.set_read_timeout(None)?;
+        s.set_write_timeout(None)?;
+    }
+    result
 }
 
 /// The option reply for an export that cannot be opened (proto.md "Option

@@ -22,8 +22,10 @@
 
 mod client;
 mod handshake;
+mod limits;
 pub mod proto;
 mod raw;
+mod refuse;
 mod send;
 mod server;
 mod stream;
@@ -32,6 +34,10 @@ mod uri;
 
 pub use client::{ClientError, ClientOptions, NbdClient, MAX_OPTION_REPLY, MAX_READ_REQUEST};
 pub use handshake::transmission_flags;
+pub use limits::{
+    connections_for, default_max_connections, descriptors_for, fd_limit, raise_fd_limit, FdLimit,
+    FDS_PER_CONNECTION,
+};
 pub use raw::{
     temp_prefix, write_raw, write_raw_until, writes_in_place, RawError, RawOutput, RawStats,
 };

@@ -148,31 +148,42 @@ pub struct Request {
 impl Request {
     /// Decode a compact (28-byte) request; `None` on bad magic.
     pub fn decode_compact(b: &[u8; REQUEST_LEN]) -> Option<Request> {
-        if u32::from_be_bytes(b[0..4].try_into().unwrap()) != REQUEST_MAGIC {
+        if u32::from_be_bytes(field(b, 0)) != REQUEST_MAGIC {
             return None;
         }
         Some(Request {
-            flags: u16::from_be_bytes([b[4], b[5]]),
-            kind: u16::from_be_bytes([b[6], b[7]]),
-            cookie: u64::from_be_bytes(b[8..16].try_into().unwrap()),
-            offset: u64::from_be_bytes(b[16..24].try_into().unwrap()),
-            len: u32::from_be_bytes(b[24..28].try_into().unwrap()) as u64,
+            flags: u16::from_be_bytes(field(b, 4)),
+            kind: u16::from_be_bytes(field(b, 6)),
+            cookie: u64::from_be_bytes(field(b, 8)),
+            offset: u64::from_be_bytes(field(b, 16)),
+            len: u32::from_be_bytes(field(b, 24)) as u64,
         })
     }
 
     /// Decode an extended (32-byte) request; `None` on bad magic.
     pub fn decode_extended(b: &[u8; EXTENDED_REQUEST_LEN]) -> Option<Request> {
-        if u32::from_be_bytes(b[0..4].try_into().unwrap()) != EXTENDED_REQUEST_MAGIC {
+        if u32::from_be_bytes(field(b, 0)) != EXTENDED_REQUEST_MAGIC {
             return None;
         }
         Some(Request {
-            flags: u16::from_be_bytes([b[4], b[5]]),
-            kind: u16::from_be_bytes([b[6], b[7]]),
-            cookie: u64::from_be_bytes(b[8..16].try_into().unwrap()),
-            offset: u64::from_be_bytes(b[16..24].try_into().unwrap()),
-            len: u64::from_be_bytes(b[24..32].try_into().unwrap()),
+            flags: u16::from_be_bytes(field(b, 4)),
+            kind: u16::from_be_bytes(field(b, 6)),
+            cookie: u64::from_be_bytes(field(b, 8)),
+            offset: u64::from_be_bytes(field(b, 16)),
+            len: u64::from_be_bytes(field(b, 24)),
         })
     }
+}
+
+/// The `N` bytes of `b` at `at`, as an array for `from_be_bytes`. Zeros
+/// where `b` is too short, which the fixed-size headers above never are:
+/// no slice-to-array `unwrap` left to reason about.
+pub fn field<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(src) = at.checked_add(N).and_then(|end| b.get(at..end)) {
+        out.copy_from_slice(src);
+    }
+    out
 }
 
 /// How replies are framed on this connection.
@@ -186,15 +197,46 @@ pub enum ReplyStyle {
     Extended,
 }
 
+impl ReplyStyle {
+    /// Bytes of one chunk header under this style (proto.md "Structured
+    /// reply chunk message": 20; "Extended reply chunk message": 32).
+    /// Simple replies have no chunks; their header is [`SIMPLE_REPLY_LEN`].
+    pub fn chunk_header_len(self) -> usize {
+        match self {
+            ReplyStyle::Extended => EXTENDED_CHUNK_HEADER_LEN,
+            ReplyStyle::Simple | ReplyStyle::Structured => STRUCTURED_CHUNK_HEADER_LEN,
+        }
+    }
+
+    /// Bytes of one request header under this style (proto.md "Request
+    /// message": 28 bytes, 32 with extended headers).
+    pub fn request_len(self) -> usize {
+        match self {
+            ReplyStyle::Extended => EXTENDED_REQUEST_LEN,
+            ReplyStyle::Simple | ReplyStyle::Structured => REQUEST_LEN,
+        }
+    }
+}
+
+/// A simple reply header: magic, error, cookie.
+pub const SIMPLE_REPLY_LEN: usize = 16;
+/// A structured reply chunk header (32-bit payload length).
+pub const STRUCTURED_CHUNK_HEADER_LEN: usize = 20;
+/// An extended reply chunk header (offset and 64-bit payload length).
+pub const EXTENDED_CHUNK_HEADER_LEN: usize = 32;
 /// Longest reply header: an extended chunk header.
-pub const MAX_REPLY_HEADER: usize = 32;
+pub const MAX_REPLY_HEADER: usize = EXTENDED_CHUNK_HEADER_LEN;
+/// The fixed part of an `OFFSET_DATA` chunk's payload: the offset.
+pub const OFFSET_DATA_PREFIX: usize = 8;
+/// An `OFFSET_HOLE` chunk's whole payload: offset and 32-bit hole size.
+pub const OFFSET_HOLE_PAYLOAD: usize = 12;
 
 /// Encode a simple reply header into `out`; returns its length (16).
 pub fn simple_reply(out: &mut [u8; MAX_REPLY_HEADER], error: u32, cookie: u64) -> usize {
     out[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
     out[4..8].copy_from_slice(&error.to_be_bytes());
     out[8..16].copy_from_slice(&cookie.to_be_bytes());
-    16
+    SIMPLE_REPLY_LEN
 }
 
 /// Encode a structured (20-byte) or extended (32-byte) chunk header.
@@ -215,12 +257,12 @@ pub fn chunk_header(
         out[0..4].copy_from_slice(&EXTENDED_REPLY_MAGIC.to_be_bytes());
         out[16..24].copy_from_slice(&offset.to_be_bytes());
         out[24..32].copy_from_slice(&payload_len.to_be_bytes());
-        32
+        EXTENDED_CHUNK_HEADER_LEN
     } else {
         debug_assert!(payload_len <= u32::MAX as u64);
         out[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
         out[16..20].copy_from_slice(&(payload_len as u32).to_be_bytes());
-        20
+        STRUCTURED_CHUNK_HEADER_LEN
     }
 }
 

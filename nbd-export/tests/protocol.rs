@@ -721,7 +721,7 @@ fn handshake_timeout_drops_silent_clients() {
         "z",
     ));
     let opts = ServerOptions {
-        handshake_timeout: Duration::from_millis(200),
+        handshake_limit: Duration::from_millis(200),
         ..ServerOptions::default()
     };
     let server = Server::new(export, opts).unwrap();
@@ -733,4 +733,165 @@ fn handshake_timeout_drops_silent_clients() {
     t.join().unwrap();
     let mut rest = Vec::new();
     assert_eq!(a.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn handshake_limit_covers_the_whole_negotiation() {
+    let export = Arc::new(SharedExport::new(
+        Arc::new(sources::ZeroDev::new(4096)),
+        "z",
+    ));
+    let opts = ServerOptions {
+        handshake_limit: Duration::from_millis(300),
+        ..ServerOptions::default()
+    };
+    let server = Server::new(export, opts).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || server.serve_connection(Stream::Unix(b)));
+    a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = Client {
+        s: a,
+        style: ReplyStyle::Simple,
+    };
+    c.greet(FLAG_C_FIXED_NEWSTYLE);
+    // Each option comes well within the limit and is answered; all of
+    // them together do not, and the server hangs up.
+    let t0 = std::time::Instant::now();
+    let mut answered = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut m = IHAVEOPT.to_be_bytes().to_vec();
+        m.extend_from_slice(&999u32.to_be_bytes());
+        m.extend_from_slice(&0u32.to_be_bytes());
+        let mut head = [0u8; 20];
+        if c.s.write_all(&m).is_err() || c.s.read_exact(&mut head).is_err() {
+            break;
+        }
+        answered += 1;
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still negotiating after {answered} options"
+        );
+    }
+    assert!(answered >= 2, "cut after {answered} options");
+    t.join().unwrap();
+}
+
+#[test]
+fn requests_larger_than_the_connection_budget_are_refused_not_waited_for() {
+    let dev = sources::memory(64 << 20).unwrap();
+    let export = Arc::new(SharedExport::new(Arc::new(dev), "m"));
+    let opts = ServerOptions {
+        conn_budget: 1 << 20,
+        ..ServerOptions::default()
+    };
+    let server = Server::new(export, opts).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || server.serve_connection(Stream::Unix(b)));
+    a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = Client {
+        s: a,
+        style: ReplyStyle::Simple,
+    };
+    c.greet(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+    // The advertised maximum block size is the budget.
+    let r = c.opt(OPT_GO, &Client::info_payload("", &[INFO_BLOCK_SIZE]));
+    let bs = r
+        .iter()
+        .find(|r| r.kind == REP_INFO && r.data[0..2] == INFO_BLOCK_SIZE.to_be_bytes())
+        .expect("block size info");
+    assert_eq!(&bs.data[10..14], &(1u32 << 20).to_be_bytes());
+    assert_eq!(r.last().unwrap().kind, REP_ACK);
+    // A write of twice the budget: refused (payload dropped), not a hang.
+    let big = vec![0x22u8; 2 << 20];
+    c.request(CMD_WRITE, 0, 1, 0, big.len() as u64, &big);
+    assert_eq!(c.simple(), (EOVERFLOW, 1));
+    c.request(CMD_READ, 0, 2, 0, 2 << 20, &[]);
+    assert_eq!(c.simple(), (EOVERFLOW, 2));
+    // Up to the budget is served.
+    let full = vec![0x33u8; 1 << 20];
+    c.request(CMD_WRITE, 0, 3, 0, full.len() as u64, &full);
+    assert_eq!(c.simple(), (0, 3));
+    assert_eq!(
+        c.simple_read(4, (1 << 20) - 4, 8).unwrap(),
+        b"\x33\x33\x33\x33\0\0\0\0"
+    );
+    drop(c);
+    t.join().unwrap();
+}
+
+#[test]
+fn a_quiet_connection_lets_its_workers_go_and_is_served_again() {
+    let dev = sources::memory(1 << 20).unwrap();
+    let export = Arc::new(SharedExport::new(Arc::new(dev), "m"));
+    let opts = ServerOptions {
+        export_name: "disk".into(),
+        worker_idle: Duration::from_millis(20),
+        ..ServerOptions::default()
+    };
+    let server = Server::new(export, opts).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || server.serve_connection(Stream::Unix(b)));
+    a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = Client {
+        s: a,
+        style: ReplyStyle::Simple,
+    };
+    c.go(ReplyStyle::Structured, false);
+    // Bursts separated by more than the idle time: every burst starts the
+    // workers again (from the connection's own thread), and none is lost.
+    for round in 0..5u64 {
+        for i in 0..8u64 {
+            let cookie = round * 100 + i;
+            c.request(CMD_WRITE, 0, cookie, i * 4096, 8, &cookie.to_be_bytes());
+        }
+        let mut done: Vec<u64> = (0..8).map(|_| c.reply().0).collect();
+        done.sort();
+        assert_eq!(done, (0..8).map(|i| round * 100 + i).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The last round's writes are all there.
+    c.request(CMD_READ, 0, 1000, 4 * 4096, 8, &[]);
+    let chunks = c.full_reply(1000);
+    assert_eq!(flatten(&chunks, 4 * 4096, 8), 404u64.to_be_bytes());
+    drop(c);
+    t.join().unwrap();
+}
+
+/// A device with a bug: reading its second block panics.
+#[derive(Debug)]
+struct Buggy;
+
+impl BlockDev for Buggy {
+    fn size(&self) -> u64 {
+        1 << 20
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> synth::Result<()> {
+        assert!(offset < 4096, "a bug in the device");
+        buf.fill(7);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_device_ends_its_connection_not_the_server() {
+    let export = Arc::new(SharedExport::new(Arc::new(Buggy), "buggy"));
+    let server = Server::new(export, ServerOptions::default()).unwrap();
+    for _ in 0..2 {
+        let (a, b) = UnixStream::pair().unwrap();
+        let s = server.clone();
+        let t = std::thread::spawn(move || s.serve_connection(Stream::Unix(b)));
+        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = Client {
+            s: a,
+            style: ReplyStyle::Simple,
+        };
+        c.greet(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+        let r = c.opt(OPT_GO, &Client::info_payload("", &[]));
+        assert_eq!(r.last().unwrap().kind, REP_ACK);
+        assert_eq!(c.simple_read(1, 0, 512).unwrap(), vec![7; 512]);
+        c.request(CMD_READ, 0, 2, 8192, 512, &[]);
+        assert!(c.closed(), "the connection outlived the panic");
+        t.join().expect("serve_connection returned normally");
+    }
 }

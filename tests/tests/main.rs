@@ -10,6 +10,7 @@ mod extended_headers;
 mod fio;
 mod floppy;
 mod harness;
+mod hostile_clients;
 mod hostile_origin;
 mod http;
 mod inspect_nbd;
