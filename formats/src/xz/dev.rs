@@ -134,7 +134,10 @@ impl XzDev {
             ));
         }
         let index = XzIndex::read_with(&*src, opts.max_index)?;
-        let big = |b: &XzBlock| !within(b, opts.max_block);
+        // A larger max_block would let Blocks past the hard limit in
+        // without even the big-block check below.
+        let max_block = opts.max_block.min(HARD_MAX_BLOCK);
+        let big = |b: &XzBlock| !within(b, max_block);
         let bigs = index.blocks().filter(big).count();
         if let Some((i, b)) = index.blocks().enumerate().find(|(_, b)| big(b)) {
             let err = XzError::BlockTooBig {
@@ -143,7 +146,7 @@ impl XzDev {
                 compressed_size: b.total_size(),
                 uncompressed_offset: b.uncompressed_offset,
                 uncompressed_size: b.uncompressed_size,
-                max_block: opts.max_block,
+                max_block,
             };
             // Even when allowed, a Block is decoded into memory whole: past
             // this no machine we serve from should try.
@@ -164,7 +167,7 @@ impl XzDev {
                 cache: BlockCache::new(opts.cache_bytes, blocks),
                 index,
                 readahead: opts.readahead,
-                max_block: opts.max_block,
+                max_block,
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_READS)),
                 readaheads_in_flight: AtomicUsize::new(0),
                 readaheads: AtomicU64::new(0),
@@ -375,11 +378,15 @@ impl Inner {
             ));
         };
         self.note_access(first, last);
+        // From one non-empty Block to the next by binary search: a crafted
+        // Index may put millions of empty Blocks (§4.3.2 allows them)
+        // between two.
         let mut at = offset;
-        for (i, b) in (first..=last).map(|i| (i, index.block(i))) {
-            if b.uncompressed_size == 0 {
-                continue;
-            }
+        while at < end {
+            let Some(i) = index.block_for(at) else {
+                break;
+            };
+            let b = index.block(i);
             let within = at - b.uncompressed_offset;
             let n = (end.min(b.uncompressed_end()) - at) as usize;
             each(&self.block(i)?, within as usize, n);
@@ -437,15 +444,14 @@ impl BlockDev for XzDev {
         }
         let index = &self.inner.index;
         let end = offset + len;
-        let Some(first) = index.block_for(offset) else {
-            return Ok(());
-        };
         let mut at = offset;
-        for (i, b) in (first..index.block_count()).map(|i| (i, index.block(i))) {
-            if at >= end || out.is_full() {
+        // Non-empty Blocks only, found by binary search (see for_each).
+        while at < end && !out.is_full() {
+            let Some(i) = index.block_for(at) else {
                 break;
-            }
-            let n = end.min(b.uncompressed_end()).saturating_sub(at);
+            };
+            let b = index.block(i);
+            let n = end.min(b.uncompressed_end()) - at;
             // Only Blocks seen to decode to zeros are holes; nothing is
             // decoded to answer this.
             let kind = if self.inner.cache.is_zero(i) {
@@ -465,20 +471,22 @@ impl BlockDev for XzDev {
             return Ok(());
         }
         let index = &self.inner.index;
-        let Some(first) = index.block_for(offset) else {
-            return Ok(());
-        };
         // Decode the Blocks of the range, but no more than the cache keeps:
-        // beyond that, caching would evict what it just decoded.
+        // beyond that, caching would evict what it just decoded. Non-empty
+        // Blocks only, found by binary search (see for_each).
         let mut budget = self.inner.cache.budget();
-        for (i, b) in (first..index.block_count()).map(|i| (i, index.block(i))) {
-            if b.uncompressed_offset >= offset + len || b.uncompressed_size > budget {
+        let mut at = offset;
+        while at < offset + len {
+            let Some(i) = index.block_for(at) else {
+                break;
+            };
+            let b = index.block(i);
+            if b.uncompressed_size > budget {
                 break;
             }
-            if b.uncompressed_size > 0 {
-                self.inner.block(i)?;
-                budget -= b.uncompressed_size;
-            }
+            self.inner.block(i)?;
+            budget -= b.uncompressed_size;
+            at = b.uncompressed_end();
         }
         Ok(())
     }

@@ -1307,6 +1307,32 @@ fn huge_block_claims_are_checked_before_allocating() {
     );
 }
 
+/// A Block claiming more than [`dev::HARD_MAX_BLOCK`] is refused at open
+/// even when `max_block` is set above it (it used to slip past the
+/// big-block check, and be allocated whole on the first read).
+#[test]
+fn blocks_past_the_hard_limit_are_refused_whatever_max_block_says() {
+    let src = claiming_image(block_header(None, None), dev::HARD_MAX_BLOCK + 4096);
+    for allow_big_blocks in [false, true] {
+        let opts = XzOptions {
+            max_block: u64::MAX,
+            allow_big_blocks,
+            ..XzOptions::default()
+        };
+        let err = XzDev::open(src.clone(), &opts).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                XzError::BlockTooBig {
+                    max_block: dev::HARD_MAX_BLOCK,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
+
 /// The slice parsers of [`parse`] on damaged and random input: an error
 /// or a value, never a panic (the fuzz targets go further).
 #[test]
