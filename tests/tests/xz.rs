@@ -819,7 +819,8 @@ fn pack_refuses_block_sizes_it_cannot_serve_or_hold() {
     assert!(!out.status.success(), "{}", out.describe());
     assert!(
         err.contains("blocks of 1 GiB on 2 thread(s)")
-            && err.contains("more than the 2 GiB available")
+            && err.contains("of memory, more than the")
+            && err.contains("available")
             && err.contains("smaller --block-size"),
         "{}",
         out.describe()
