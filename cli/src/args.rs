@@ -565,6 +565,10 @@ pub struct XzArgs {
     /// Do not decode the next block ahead on sequential reads.
     #[arg(long)]
     pub no_readahead: bool,
+    /// Most memory for the file's index (16 bytes per block: the default holds 4 million
+    /// blocks, 64 TiB in 16 MiB blocks); files listing more blocks are refused.
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub max_index: Size,
 }
 
 /// How the disk is handed out: serve it (TCP, Unix, captive) or write it.

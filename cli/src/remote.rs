@@ -109,18 +109,20 @@ pub(crate) fn xz(source: &str, x: &XzArgs, h: &HttpArgs) -> Result<Arc<dyn Block
         max_block: x.max_block.0,
         allow_big_blocks: x.allow_big_blocks,
         readahead: !x.no_readahead,
+        max_index: x.max_index.0,
     };
     let source = redacted(source);
     let dev = XzDev::open(compressed, &opts).with_context(|| format!("reading {source}"))?;
     let index = dev.index();
     log::info!(
-        "{source}: {} in {} blocks (largest {}), {} compressed, {} stream(s); index read in {} ms",
+        "{source}: {} in {} blocks (largest {}), {} compressed, {} stream(s); index read in {} ms ({} of memory)",
         Size(index.uncompressed_size()),
-        index.blocks().len(),
+        index.block_count(),
         Size(index.largest_block()),
         Size(index.compressed_size()),
         index.stream_count(),
-        t0.elapsed().as_millis()
+        t0.elapsed().as_millis(),
+        Size(index.heap_bytes() as u64)
     );
     Ok(Arc::new(dev))
 }
@@ -168,6 +170,17 @@ pub(crate) fn pack(
         );
         b
     });
+    // Past `disksynth xz`'s default --max-block, the file is served only
+    // with --allow-big-blocks (pack_with refuses past what it serves at all).
+    let max_block = XzOptions::default().max_block;
+    if block_size > max_block && block_size <= formats::xz::pack::MAX_BLOCK_SIZE {
+        log::warn!(
+            "blocks of {} are over {}: `disksynth xz` serves the result only with \
+             --allow-big-blocks, decoding a whole block for every read",
+            Size(block_size),
+            Size(max_block)
+        );
+    }
     let opts = formats::xz::PackOptions {
         threads: threads.unwrap_or(0),
         block_size,

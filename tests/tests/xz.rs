@@ -547,3 +547,284 @@ fn interrupted_pack_exits_130_or_143_and_leaves_nothing() {
     );
     assert_eq!(names(&work), Vec::<String>::new());
 }
+
+// ---- hostile .xz files and block sizes (issue 14) ----------------------------------------------
+
+/// CRC32 (IEEE, as in xz-file-format §2.1.1.3 and §4.5).
+fn crc32(data: &[u8]) -> u32 {
+    let table: Vec<u32> = (0..256u32)
+        .map(|mut c| {
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            c
+        })
+        .collect();
+    !data.iter().fold(!0u32, |c, &b| {
+        table[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
+    })
+}
+
+/// A multibyte integer (§1.2).
+fn vli(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A crafted one-Stream .xz file (Check None): Stream Header (§2.1.1), `block` at offset 12,
+/// then a hole up to the end of the `count` Blocks the Index lists, all `record` (Unpadded
+/// Size, Uncompressed Size), the Index (§4) with its CRC32, and the Stream Footer (§2.1.2).
+/// Written sparse: a Record's Block need not exist for the Index to list it.
+fn crafted_xz(path: &Path, count: u64, record: (u64, u64), block: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let flags = [0u8, 0u8]; // §2.1.1.2: Check None
+    let mut header = vec![0xFD, b'7', b'z', b'X', b'Z', 0x00];
+    header.extend_from_slice(&flags);
+    header.extend_from_slice(&crc32(&flags).to_le_bytes());
+    let mut index = vec![0u8];
+    vli(count, &mut index);
+    let mut rec = Vec::new();
+    vli(record.0, &mut rec);
+    vli(record.1, &mut rec);
+    for _ in 0..count {
+        index.extend_from_slice(&rec);
+    }
+    while !index.len().is_multiple_of(4) {
+        index.push(0);
+    }
+    index.extend_from_slice(&crc32(&index).to_le_bytes());
+    let mut footer_fields = ((index.len() / 4 - 1) as u32).to_le_bytes().to_vec();
+    footer_fields.extend_from_slice(&flags);
+    let mut file = fs::File::create(path).unwrap();
+    file.write_all(&header).unwrap();
+    file.write_all(block).unwrap();
+    file.seek(SeekFrom::Start(12 + count * ((record.0 + 3) & !3)))
+        .unwrap();
+    file.write_all(&index).unwrap();
+    file.write_all(&crc32(&footer_fields).to_le_bytes())
+        .unwrap();
+    file.write_all(&footer_fields).unwrap();
+    file.write_all(b"YZ").unwrap();
+}
+
+/// `VmHWM` (peak resident memory) of a running process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+/// `prlimit --as=LIMIT disksynth ARGS`: an allocation of an untrusted size fails there
+/// instead of succeeding quietly on a big machine. Few malloc arenas (each reserves 64 MiB of
+/// address space).
+fn disksynth_limited(limit: u64, args: &[&str]) -> disksynth_tests::Output {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--as={limit}"))
+        .arg("--")
+        .arg(disksynth_tests::disksynth_bin())
+        .args(args)
+        .env("MALLOC_ARENA_MAX", "2");
+    run(&mut cmd, CMD_TIMEOUT)
+}
+
+/// An Index listing 8 million 2-byte Records (Blocks of 5 bytes, 1 byte each; it used to cost
+/// 64 bytes of memory per Record, 512 MiB here): over the default 64 MiB `--max-index` it is
+/// refused at once, naming the count, the budget and the option; within a raised budget it
+/// is served in 16 bytes per Block, and reading a Block that is not there fails cleanly.
+#[test]
+fn index_of_millions_of_tiny_blocks_is_refused_or_held_in_16_bytes_each() {
+    require_tool!("prlimit", "nbdinfo", "nbdcopy");
+    const N: u64 = 8_000_000;
+    let dir = tempdir();
+    let xzf = dir.path().join("tiny.xz");
+    crafted_xz(&xzf, N, (5, 1), &[]);
+    let xzs = xzf.to_str().unwrap();
+
+    let out = disksynth_limited(512 << 20, &["xz", xzs, "-o", "/dev/null"]);
+    let err = out.stderr_str();
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        err.contains("8000000 blocks")
+            && err.contains("67108864-byte index budget")
+            && err.contains("--max-index"),
+        "{}",
+        out.describe()
+    );
+
+    let server = Server::disksynth_unix(dir.path(), &["xz", xzs, "--max-index", "200M"]);
+    let size = run_ok(Command::new("nbdinfo").arg("--size").arg(server.uri()));
+    assert_eq!(size.stdout_str().trim(), N.to_string());
+    let peak = peak_rss(server.pid());
+    eprintln!(
+        "{N} blocks: server peak RSS {} MiB ({:.1} bytes per block in all)",
+        peak >> 20,
+        peak as f64 / N as f64
+    );
+    // 128 MB of index, plus the binary and its threads.
+    assert!(
+        peak < 16 * N + (80 << 20),
+        "peak RSS {} MiB for {N} blocks",
+        peak >> 20
+    );
+    let copy = run(
+        Command::new("nbdcopy")
+            .arg(server.uri())
+            .arg(dir.path().join("copy.raw")),
+        CMD_TIMEOUT,
+    );
+    assert!(!copy.status.success(), "blocks of zeros decoded?");
+    let mut server = server;
+    assert!(server.is_running(), "{}", server.stderr_text());
+    let log = server.stderr_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A Block Header (§3.1) with one LZMA2 filter (§3.1.5, 4 KiB dictionary) and, if given, its
+/// Uncompressed Size (§3.1.4), followed by LZMA2 data: one 64 KiB uncompressed chunk of 0x55
+/// and the end marker. Returns the Block (padded) and its Unpadded Size.
+fn lzma2_block(uncompressed: Option<u64>) -> (Vec<u8>, u64) {
+    let mut h = vec![0u8, 0u8];
+    if let Some(u) = uncompressed {
+        h[1] |= 0x80;
+        vli(u, &mut h);
+    }
+    h.extend_from_slice(&[0x21, 0x01, 0x00]);
+    while !h.len().is_multiple_of(4) {
+        h.push(0);
+    }
+    h[0] = (h.len() / 4) as u8; // (size / 4) - 1 with the 4-byte CRC32 to come
+    let crc = crc32(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    h.extend_from_slice(&[0x01, 0xFF, 0xFF]);
+    h.extend(std::iter::repeat_n(0x55u8, 1 << 16));
+    h.push(0x00);
+    let unpadded = h.len() as u64;
+    while !h.len().is_multiple_of(4) {
+        h.push(0);
+    }
+    (h, unpadded)
+}
+
+/// An Index Record claiming a 4 GiB Block, served with --allow-big-blocks: the Block Header
+/// is checked against the claim, and a header that declares no size decodes into a buffer
+/// that grows with what comes out. Both fail on the first read, under a 1 GiB address-space
+/// limit (it used to map and fault in the claimed 4 GiB first: "Cannot allocate memory" under
+/// the limit, a 4 GiB peak RSS without it).
+#[test]
+fn huge_block_claims_fail_on_the_block_not_on_memory() {
+    require_tool!("prlimit", "nbdcopy");
+    const CLAIM: u64 = 4 << 30;
+    let dir = tempdir();
+    for (declared, needle) in [
+        (
+            Some(65536),
+            "the Block Header says 65536 uncompressed bytes, the Index 4294967296",
+        ),
+        (None, "decoding failed"),
+    ] {
+        let (block, unpadded) = lzma2_block(declared);
+        let xzf = dir.path().join("claim.xz");
+        crafted_xz(&xzf, 1, (unpadded, CLAIM), &block);
+        let xzs = xzf.to_str().unwrap();
+        let out_raw = dir.path().join("out.raw");
+        let out = disksynth_limited(
+            1 << 30,
+            &[
+                "xz",
+                xzs,
+                "--allow-big-blocks",
+                "-o",
+                out_raw.to_str().unwrap(),
+            ],
+        );
+        let err = out.stderr_str();
+        assert!(!out.status.success(), "{}", out.describe());
+        assert!(
+            err.contains(needle) && !err.contains("allocat"),
+            "{needle}: {}",
+            out.describe()
+        );
+
+        let sock = dir.path().join("s");
+        let _ = fs::remove_dir_all(&sock);
+        fs::create_dir(&sock).unwrap();
+        let mut server = Server::disksynth_unix(&sock, &["xz", xzs, "--allow-big-blocks"]);
+        let copy = run(
+            Command::new("nbdcopy").arg(server.uri()).arg("null:"),
+            CMD_TIMEOUT,
+        );
+        assert!(!copy.status.success(), "a 4 GiB claim was served");
+        assert!(server.is_running(), "{}", server.stderr_text());
+        let peak = peak_rss(server.pid());
+        assert!(peak < 256 << 20, "peak RSS {} MiB", peak >> 20);
+        assert!(
+            server.stderr_text().contains(needle),
+            "{}",
+            server.stderr_text()
+        );
+    }
+}
+
+/// `pack --block-size 1T` used to say only "Cannot allocate memory": past the 4 GiB that
+/// `disksynth xz` serves it is refused with the fix, and a block size the memory cannot hold
+/// `threads` times over is refused before the encoder starts, saying how much it needs.
+#[test]
+fn pack_refuses_block_sizes_it_cannot_serve_or_hold() {
+    require_tool!("prlimit");
+    let dir = tempdir();
+    let raw = dir.path().join("disk.raw");
+    fs::write(&raw, random_bytes(5, 1 << 20)).unwrap();
+    let xzf = dir.path().join("disk.raw.xz");
+    let out = run(
+        disksynth_tests::disksynth()
+            .arg("pack")
+            .arg(&raw)
+            .arg(&xzf)
+            .args(["--block-size", "1T"]),
+        CMD_TIMEOUT,
+    );
+    let err = out.stderr_str();
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        err.contains("1 TiB") && err.contains("4 GiB") && err.contains("--block-size 16M"),
+        "{}",
+        out.describe()
+    );
+
+    let out = disksynth_limited(
+        2 << 30,
+        &[
+            "pack",
+            raw.to_str().unwrap(),
+            xzf.to_str().unwrap(),
+            "--block-size",
+            "1G",
+            "--threads",
+            "2",
+        ],
+    );
+    let err = out.stderr_str();
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        err.contains("blocks of 1 GiB on 2 thread(s)")
+            && err.contains("of memory, more than the")
+            && err.contains("available")
+            && err.contains("smaller --block-size"),
+        "{}",
+        out.describe()
+    );
+    assert!(!err.contains("allocate"), "{}", out.describe());
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "output left");
+}

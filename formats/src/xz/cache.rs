@@ -8,7 +8,7 @@
 //! good (they read as zeros and are holes in `extents`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -99,7 +99,10 @@ pub(super) struct BlockCache {
     state: Mutex<State>,
     /// Signalled when a decode gives back its reservation.
     room: Condvar,
-    zero: Vec<AtomicBool>,
+    /// One bit per Block: known to decode to zeros. A bit, not a byte:
+    /// the index itself takes 16 bytes per Block and a crafted one lists
+    /// millions.
+    zero: Vec<AtomicU64>,
     pub counters: Counters,
 }
 
@@ -165,7 +168,9 @@ impl BlockCache {
             budget,
             state: Mutex::new(State::default()),
             room: Condvar::new(),
-            zero: (0..blocks).map(|_| AtomicBool::new(false)).collect(),
+            zero: (0..blocks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             counters: Counters::default(),
         }
     }
@@ -177,7 +182,15 @@ impl BlockCache {
 
     /// Whether Block `block` is known to decode to zeros.
     pub fn is_zero(&self, block: usize) -> bool {
-        self.zero[block].load(Ordering::Relaxed)
+        self.zero
+            .get(block / 64)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (block % 64)) != 0)
+    }
+
+    fn set_zero(&self, block: usize) {
+        if let Some(w) = self.zero.get(block / 64) {
+            w.fetch_or(1 << (block % 64), Ordering::Relaxed);
+        }
     }
 
     /// Whether Block `block` is cached, being decoded, or known zero (so a
@@ -279,7 +292,7 @@ impl BlockCache {
             reservation.give_back(&mut st);
             st.slots.remove(&block);
             match &result {
-                Ok(Decoded::Zero) => self.zero[block].store(true, Ordering::Relaxed),
+                Ok(Decoded::Zero) => self.set_zero(block),
                 Ok(Decoded::Data(data)) => self.insert(&mut st, block, data),
                 Err(_) => {
                     // Not remembered: the next reader tries again (the
@@ -333,8 +346,8 @@ impl BlockCache {
             zero_blocks: self
                 .zero
                 .iter()
-                .filter(|z| z.load(Ordering::Relaxed))
-                .count(),
+                .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
+                .sum(),
         }
     }
 }

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use synth::{check_range, BlockDev, BlockSize, Caps, Error, ErrorKind, ExtentKind, ExtentList};
 use synth::{ReadChunk, Result};
 
-use super::block;
+use super::block::{self, Header};
 use super::cache::{all_zero, BlockCache, Decoded, Failure};
 use super::error::XzError;
-use super::index::XzIndex;
+use super::index::{XzBlock, XzIndex};
 
 /// How an [`XzDev`] serves its image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,10 @@ pub struct XzOptions {
     pub allow_big_blocks: bool,
     /// Decode the next Block in the background during sequential reads.
     pub readahead: bool,
+    /// Most memory the index may take ([`super::index::INDEX_BYTES_PER_BLOCK`]
+    /// per Block): a file listing more Blocks is refused before anything
+    /// is allocated for them.
+    pub max_index: u64,
 }
 
 impl Default for XzOptions {
@@ -36,6 +40,7 @@ impl Default for XzOptions {
             max_block: 64 << 20,
             allow_big_blocks: false,
             readahead: true,
+            max_index: super::index::DEFAULT_MAX_INDEX,
         }
     }
 }
@@ -92,6 +97,9 @@ struct Inner {
     index: XzIndex,
     cache: BlockCache,
     readahead: bool,
+    /// [`XzOptions::max_block`]: Blocks within it (and its compressed
+    /// limit) are read and decoded in one piece.
+    max_block: u64,
     /// The last Block a read touched, to detect sequential access.
     /// The last Block of each recent read, newest last.
     recent: Mutex<VecDeque<usize>>,
@@ -109,6 +117,12 @@ fn compressed_limit(max_block: u64) -> u64 {
         .saturating_add(1 << 16)
 }
 
+/// Whether Block `b` is within `max_block`, compressed and uncompressed:
+/// sizes the options vouch for, allocated whole before decoding.
+fn within(b: &XzBlock, max_block: u64) -> bool {
+    b.uncompressed_size <= max_block && b.total_size() <= compressed_limit(max_block)
+}
+
 impl XzDev {
     /// Read the Indexes of `src` (an `.xz` file) and serve its content.
     /// Fails on a corrupt or truncated file, and on Blocks bigger than
@@ -119,43 +133,41 @@ impl XzDev {
                 "the largest accepted block size must not be zero".into(),
             ));
         }
-        let index = XzIndex::read(&*src)?;
-        let big = |b: &super::XzBlock| {
-            b.uncompressed_size > opts.max_block
-                || b.total_size() > compressed_limit(opts.max_block)
-        };
-        let bigs = index.blocks().iter().filter(|b| big(b)).count();
-        if let Some((i, b)) = index.blocks().iter().enumerate().find(|(_, b)| big(b)) {
+        let index = XzIndex::read_with(&*src, opts.max_index)?;
+        // A larger max_block would let Blocks past the hard limit in
+        // without even the big-block check below.
+        let max_block = opts.max_block.min(HARD_MAX_BLOCK);
+        let big = |b: &XzBlock| !within(b, max_block);
+        let bigs = index.blocks().filter(big).count();
+        if let Some((i, b)) = index.blocks().enumerate().find(|(_, b)| big(b)) {
             let err = XzError::BlockTooBig {
                 block: i,
                 compressed_offset: b.compressed_offset,
                 compressed_size: b.total_size(),
                 uncompressed_offset: b.uncompressed_offset,
                 uncompressed_size: b.uncompressed_size,
-                max_block: opts.max_block,
+                max_block,
             };
             // Even when allowed, a Block is decoded into memory whole: past
             // this no machine we serve from should try.
-            let beyond_any = index
-                .blocks()
-                .iter()
-                .any(|b| b.uncompressed_size > HARD_MAX_BLOCK);
+            let beyond_any = index.largest_block() > HARD_MAX_BLOCK;
             if !opts.allow_big_blocks || beyond_any {
                 return Err(err);
             }
             log::warn!(
                 "{bigs} of {} blocks exceed the block size limit ({err}); serving them anyway: \
                  each read of one decodes all of it, into memory",
-                index.blocks().len()
+                index.block_count()
             );
         }
-        let blocks = index.blocks().len();
+        let blocks = index.block_count();
         Ok(XzDev {
             inner: Arc::new(Inner {
                 src,
                 cache: BlockCache::new(opts.cache_bytes, blocks),
                 index,
                 readahead: opts.readahead,
+                max_block,
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_READS)),
                 readaheads_in_flight: AtomicUsize::new(0),
                 readaheads: AtomicU64::new(0),
@@ -191,7 +203,7 @@ impl fmt::Debug for XzDev {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("XzDev")
             .field("size", &self.inner.index.uncompressed_size())
-            .field("blocks", &self.inner.index.blocks().len())
+            .field("blocks", &self.inner.index.block_count())
             .field("streams", &self.inner.index.stream_count())
             .field("source", &self.inner.src)
             .finish()
@@ -212,9 +224,10 @@ fn anon_buffer(len: usize) -> std::result::Result<memmap2::MmapMut, String> {
 }
 
 impl Inner {
-    /// Fetch Block `i`'s compressed bytes in one read and decode them.
+    /// Fetch Block `i`'s compressed bytes and decode them, checking its
+    /// Block Header against the Index before allocating for its output.
     fn decode(&self, i: usize) -> std::result::Result<Decoded, Failure> {
-        let b = &self.index.blocks()[i];
+        let b = self.index.block(i);
         let failure = |kind, what: String| Failure {
             kind,
             message: XzError::Decode {
@@ -227,20 +240,39 @@ impl Inner {
             }
             .to_string(),
         };
-        let too_big = || failure(ErrorKind::Io, "too big for this machine's memory".into());
-        let len = usize::try_from(b.total_size()).map_err(|_| too_big())?;
-        let out_len = usize::try_from(b.uncompressed_size).map_err(|_| too_big())?;
+        let read = |buf: &mut [u8], at: u64| {
+            self.src
+                .read_at(buf, b.compressed_offset + at)
+                .map_err(|e| format!("reading the compressed bytes: {e:#}"))
+        };
+        if !within(&b, self.max_block) {
+            // Allowed past --max-block: the sizes are the Index's word
+            // only. The header (at most 1 KiB) is read and checked alone,
+            // then the Block streams through a buffer that grows with what
+            // really comes out.
+            let mut head = [0u8; block::MAX_HEADER_SIZE];
+            let head = &mut head[..b.total_size().min(block::MAX_HEADER_SIZE as u64) as usize];
+            read(head, 0).map_err(|e| failure(ErrorKind::Io, e))?;
+            let header = Header::parse(head, &b).map_err(|e| failure(ErrorKind::Corrupt, e))?;
+            let data = header
+                .decode_streaming(read)
+                .map_err(|e| failure(ErrorKind::Corrupt, e))?;
+            return Ok(if all_zero(&data) {
+                Decoded::Zero
+            } else {
+                Decoded::Data(Bytes::from(data))
+            });
+        }
+        // Both sizes are within the limits (a few tens of MiB): one read,
+        // one decode.
+        let len = b.total_size() as usize;
+        let out_len = b.uncompressed_size as usize;
         let mut raw = anon_buffer(len).map_err(|e| failure(ErrorKind::Io, e))?;
-        self.src
-            .read_at(&mut raw[..len], b.compressed_offset)
-            .map_err(|e| {
-                failure(
-                    ErrorKind::Io,
-                    format!("reading the compressed bytes: {e:#}"),
-                )
-            })?;
+        read(&mut raw[..len], 0).map_err(|e| failure(ErrorKind::Io, e))?;
+        let header = Header::parse(&raw[..len], &b).map_err(|e| failure(ErrorKind::Corrupt, e))?;
         let mut data = anon_buffer(out_len).map_err(|e| failure(ErrorKind::Io, e))?;
-        block::decode(&raw[..len], b, &mut data[..out_len])
+        header
+            .decode_buffer(&raw[..len], &mut data[..out_len])
             .map_err(|what| failure(ErrorKind::Corrupt, what))?;
         drop(raw);
         Ok(if all_zero(&data[..out_len]) {
@@ -252,11 +284,11 @@ impl Inner {
 
     /// Block `i` through the cache.
     fn block(&self, i: usize) -> Result<Decoded> {
-        let b = &self.index.blocks()[i];
-        let cost = b.uncompressed_size + b.total_size();
-        self.cache.get(i, cost, || self.decode(i)).map_err(|f| {
-            Error::new(f.kind, f.message).at(self.index.blocks()[i].uncompressed_offset)
-        })
+        let b = self.index.block(i);
+        let cost = b.uncompressed_size.saturating_add(b.total_size());
+        self.cache
+            .get(i, cost, || self.decode(i))
+            .map_err(|f| Error::new(f.kind, f.message).at(b.uncompressed_offset))
     }
 
     /// Note that a read touched Blocks `first..=last`; when it continues a
@@ -283,19 +315,24 @@ impl Inner {
         if !sequential {
             return;
         }
-        // Skip empty Blocks (§4.3.2 allows them).
-        let blocks = self.index.blocks();
-        let Some(next) = (last + 1..blocks.len()).find(|&i| blocks[i].uncompressed_size > 0) else {
+        // Skip empty Blocks (§4.3.2 allows them), but not forever: a
+        // crafted Index may hold millions of them.
+        let index = &self.index;
+        let Some((next, b)) = (last + 1..index.block_count())
+            .take(64)
+            .map(|i| (i, index.block(i)))
+            .find(|(_, b)| b.uncompressed_size > 0)
+        else {
             return;
         };
         // A Block the cache would not keep would be decoded twice.
-        if blocks[next].uncompressed_size > self.cache.budget() || self.cache.is_present(next) {
+        if b.uncompressed_size > self.cache.budget() || self.cache.is_present(next) {
             return;
         }
         // Never make a client's decode wait for a guess.
         if !self
             .cache
-            .has_room(blocks[next].uncompressed_size + blocks[next].total_size())
+            .has_room(b.uncompressed_size.saturating_add(b.total_size()))
         {
             return;
         }
@@ -316,7 +353,7 @@ impl Inner {
                 inner.readaheads_in_flight.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
-            log::debug!("read-ahead thread: {e}");
+            log::debug!("read-ahead thread: {e:#}");
             self.readaheads_in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -329,7 +366,7 @@ impl Inner {
         len: u64,
         mut each: impl FnMut(&Decoded, usize, usize),
     ) -> Result<()> {
-        let blocks = self.index.blocks();
+        let index = &self.index;
         let end = offset + len;
         let (Some(first), Some(last)) =
             (self.index.block_for(offset), self.index.block_for(end - 1))
@@ -341,11 +378,15 @@ impl Inner {
             ));
         };
         self.note_access(first, last);
+        // From one non-empty Block to the next by binary search: a crafted
+        // Index may put millions of empty Blocks (§4.3.2 allows them)
+        // between two.
         let mut at = offset;
-        for (i, b) in blocks.iter().enumerate().take(last + 1).skip(first) {
-            if b.uncompressed_size == 0 {
-                continue;
-            }
+        while at < end {
+            let Some(i) = index.block_for(at) else {
+                break;
+            };
+            let b = index.block(i);
             let within = at - b.uncompressed_offset;
             let n = (end.min(b.uncompressed_end()) - at) as usize;
             each(&self.block(i)?, within as usize, n);
@@ -403,15 +444,14 @@ impl BlockDev for XzDev {
         }
         let index = &self.inner.index;
         let end = offset + len;
-        let Some(first) = index.block_for(offset) else {
-            return Ok(());
-        };
         let mut at = offset;
-        for (i, b) in index.blocks().iter().enumerate().skip(first) {
-            if at >= end || out.is_full() {
+        // Non-empty Blocks only, found by binary search (see for_each).
+        while at < end && !out.is_full() {
+            let Some(i) = index.block_for(at) else {
                 break;
-            }
-            let n = end.min(b.uncompressed_end()).saturating_sub(at);
+            };
+            let b = index.block(i);
+            let n = end.min(b.uncompressed_end()) - at;
             // Only Blocks seen to decode to zeros are holes; nothing is
             // decoded to answer this.
             let kind = if self.inner.cache.is_zero(i) {
@@ -431,20 +471,22 @@ impl BlockDev for XzDev {
             return Ok(());
         }
         let index = &self.inner.index;
-        let Some(first) = index.block_for(offset) else {
-            return Ok(());
-        };
         // Decode the Blocks of the range, but no more than the cache keeps:
-        // beyond that, caching would evict what it just decoded.
+        // beyond that, caching would evict what it just decoded. Non-empty
+        // Blocks only, found by binary search (see for_each).
         let mut budget = self.inner.cache.budget();
-        for (i, b) in index.blocks().iter().enumerate().skip(first) {
-            if b.uncompressed_offset >= offset + len || b.uncompressed_size > budget {
+        let mut at = offset;
+        while at < offset + len {
+            let Some(i) = index.block_for(at) else {
+                break;
+            };
+            let b = index.block(i);
+            if b.uncompressed_size > budget {
                 break;
             }
-            if b.uncompressed_size > 0 {
-                self.inner.block(i)?;
-                budget -= b.uncompressed_size;
-            }
+            self.inner.block(i)?;
+            budget -= b.uncompressed_size;
+            at = b.uncompressed_end();
         }
         Ok(())
     }

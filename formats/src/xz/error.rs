@@ -71,6 +71,29 @@ pub enum XzError {
         max_block: u64,
     },
 
+    /// The Index lists more Blocks (or Streams) than the index memory
+    /// budget holds ([`super::XzOptions::max_index`]): refused before
+    /// anything is allocated for them.
+    #[error(
+        "the .xz index lists {blocks} blocks in {streams} stream(s) (Index at offset {offset}): \
+         that takes {needed} bytes of memory ({} per block), more than the {budget}-byte \
+         index budget: raise the budget (`disksynth xz --max-index`) or repack with bigger \
+         blocks (`disksynth pack IN OUT --block-size 16M`)",
+        super::index::INDEX_BYTES_PER_BLOCK
+    )]
+    IndexTooBig {
+        /// Offset of the Index whose Number of Records (§4.2) went over.
+        offset: u64,
+        /// Blocks counted so far, that Index's included.
+        blocks: u64,
+        /// Streams counted so far, that one included.
+        streams: u64,
+        /// Bytes they would take.
+        needed: u64,
+        /// The budget.
+        budget: u64,
+    },
+
     /// Decoding one Block failed.
     #[error(
         "block {block} of the .xz image (compressed bytes {compressed_offset}..{}, \

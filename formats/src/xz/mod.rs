@@ -12,8 +12,11 @@
 //! - `vli`: multibyte integers (§1.2);
 //! - `stream`: Stream Header, Stream Footer and Stream Padding (§2.1, §2.2);
 //! - [`index`]: the Index of every Stream, read backwards from the end of
-//!   the file into an [`XzIndex`];
-//! - `block`: decoding one Block (§3) with liblzma's block decoder;
+//!   the file into an [`XzIndex`] (16 bytes per Block, within a budget);
+//! - [`parse`]: the parsers of the above over byte slices, for fuzzing;
+//! - `block`: decoding one Block (§3) with liblzma's block decoder, its
+//!   Block Header checked against the Index before anything is allocated
+//!   for it;
 //! - `cache`: decoded Blocks shared by all readers (byte budget, LRU,
 //!   single flight);
 //! - [`mod@dev`]: [`XzDev`], the read-only [`synth::BlockDev`] over it all;
@@ -39,6 +42,7 @@ pub mod dev;
 mod error;
 pub mod index;
 pub mod pack;
+pub mod parse;
 mod stream;
 mod vli;
 
@@ -47,7 +51,7 @@ mod tests;
 
 pub use dev::{XzDev, XzOptions, XzStats};
 pub use error::XzError;
-pub use index::{XzBlock, XzIndex};
+pub use index::{XzBlock, XzIndex, DEFAULT_MAX_INDEX, INDEX_BYTES_PER_BLOCK};
 pub use pack::{pack, pack_with, PackInput, PackOptions, PackOutput, PackStats};
 
 /// The integrity check of a Stream's Blocks (§2.1.1.2 Stream Flags, §3.4

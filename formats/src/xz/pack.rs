@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
 
+use super::dev::HARD_MAX_BLOCK;
 use super::error::XzError;
 use super::Check;
 
@@ -56,6 +57,99 @@ pub struct PackStats {
     pub blocks: u64,
     /// Encoder threads used.
     pub threads: u32,
+}
+
+/// Largest [`PackOptions::block_size`]: the largest Block
+/// [`super::XzDev`] serves (each is decoded whole into memory; past its
+/// 64 MiB default `max_block` only with `allow_big_blocks`). liblzma
+/// itself would take up to 2^64 / 16384 bytes, which no machine holds
+/// `threads` times over.
+pub const MAX_BLOCK_SIZE: u64 = HARD_MAX_BLOCK;
+
+/// `n` bytes for messages: "1 TiB", "16 MiB", "1.5 GiB".
+fn human(n: u64) -> String {
+    const UNITS: [&str; 7] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut unit = 0;
+    let mut v = n as f64;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else if v.fract() == 0.0 {
+        format!("{v} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Memory this process may still use, as far as it can tell: the least of
+/// the memory available on the machine (`MemAvailable`), its cgroup's
+/// limit and its address-space limit (`ulimit -v`). `None` if none is
+/// known.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb.saturating_mul(1024))
+    });
+    // cgroup v2: "max" or a byte count.
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let rlimit = rustix::process::getrlimit(rustix::process::Resource::As).current;
+    [meminfo, cgroup, rlimit].into_iter().flatten().min()
+}
+
+/// Check `block_size` × `threads` against liblzma's limits and this
+/// machine's memory before the encoder tries to allocate it (liblzma
+/// would say only "cannot allocate memory", possibly after the first
+/// blocks).
+fn check_memory(
+    builder: &MtStreamBuilder,
+    opts: &PackOptions,
+    threads: u32,
+) -> Result<(), XzError> {
+    if opts.block_size > MAX_BLOCK_SIZE {
+        return Err(XzError::InvalidOption(format!(
+            "a block size of {} is more than {}, the largest block `disksynth xz` serves \
+             (and only with --allow-big-blocks past its 64 MiB --max-block): every read \
+             decodes a whole block. Use --block-size 16M (the default): small blocks make \
+             fast random access",
+            human(opts.block_size),
+            human(MAX_BLOCK_SIZE)
+        )));
+    }
+    let needed = builder.memusage();
+    if needed == u64::MAX {
+        return Err(XzError::InvalidOption(format!(
+            "liblzma refuses blocks of {} with preset {} on {threads} threads",
+            human(opts.block_size),
+            opts.preset
+        )));
+    }
+    if let Some(available) = available_memory().filter(|&a| needed > a) {
+        // Each thread holds a block of input and one of output.
+        let per_thread = needed / u64::from(threads.max(1));
+        let fit = (available / per_thread.max(1)).min(u64::from(threads));
+        let hint = if fit >= 1 {
+            format!("use --threads {fit} or a smaller --block-size (16M is the default)")
+        } else {
+            "use a smaller --block-size (16M is the default)".to_string()
+        };
+        return Err(XzError::InvalidOption(format!(
+            "compressing blocks of {} on {threads} thread(s) at preset {} needs about {} of \
+             memory, more than the {} available: {hint}",
+            human(opts.block_size),
+            opts.preset,
+            human(needed),
+            human(available)
+        )));
+    }
+    Ok(())
 }
 
 /// Input read per encoder call.
@@ -182,7 +276,8 @@ pub fn pack_with(
         Check::Crc64 => liblzma::stream::Check::Crc64,
         Check::Sha256 => liblzma::stream::Check::Sha256,
     };
-    let mut encoder = MtStreamBuilder::new()
+    let mut builder = MtStreamBuilder::new();
+    builder
         .threads(threads)
         .block_size(opts.block_size)
         .preset(opts.preset)
@@ -190,9 +285,9 @@ pub fn pack_with(
         // Wait for the encoder threads at most this long per call, so a
         // raised `stop` is seen within it (a 16 MiB block at preset 9 takes
         // seconds), yet never spin.
-        .timeout_ms(STOP_CHECK_MS)
-        .encoder()
-        .map_err(encode_error)?;
+        .timeout_ms(STOP_CHECK_MS);
+    check_memory(&builder, opts, threads)?;
+    let mut encoder = builder.encoder().map_err(encode_error)?;
 
     // A file output goes to a hidden temp file in its directory, so the
     // rename is atomic; dropped (deleted) on any error below.

@@ -36,7 +36,7 @@ fn decode_flags(flags: [u8; 2], offset: u64) -> Result<Check, XzError> {
 
 /// A decoded Stream Footer (§2.1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Footer {
+pub struct Footer {
     /// Size of the Index just before the footer (§2.1.2.2, decoded).
     pub index_size: u64,
     /// The raw Stream Flags, compared byte for byte with the header's.
@@ -46,12 +46,12 @@ pub(super) struct Footer {
 }
 
 /// Parse the 12-byte Stream Footer found at `offset`.
-pub(super) fn parse_footer(buf: &[u8; 12], offset: u64) -> Result<Footer, XzError> {
+pub fn parse_footer(buf: &[u8; 12], offset: u64) -> Result<Footer, XzError> {
     // §2.1.2.4: the magic comes last, so check it first: anything else is
     // not the end of an .xz Stream at all.
     if buf[10..12] != FOOTER_MAGIC {
         return Err(XzError::corrupt(
-            offset + 10,
+            offset.saturating_add(10),
             "no Stream Footer magic \"YZ\" (not an .xz file, or truncated)",
         ));
     }
@@ -65,7 +65,7 @@ pub(super) fn parse_footer(buf: &[u8; 12], offset: u64) -> Result<Footer, XzErro
         ));
     }
     let flags = [buf[8], buf[9]];
-    let check = decode_flags(flags, offset + 8)?;
+    let check = decode_flags(flags, offset.saturating_add(8))?;
     // §2.1.2.2: the Index size is stored as (size / 4) - 1.
     let stored_size = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     Ok(Footer {
@@ -77,7 +77,7 @@ pub(super) fn parse_footer(buf: &[u8; 12], offset: u64) -> Result<Footer, XzErro
 
 /// Check the 12-byte Stream Header at `offset` against the flags of its
 /// Stream's footer (§2.1.2.3: "MUST be identical").
-pub(super) fn check_header(buf: &[u8; 12], offset: u64, footer: &Footer) -> Result<(), XzError> {
+pub fn check_header(buf: &[u8; 12], offset: u64, footer: &Footer) -> Result<(), XzError> {
     if buf[..6] != HEADER_MAGIC {
         return Err(XzError::corrupt(
             offset,
@@ -90,15 +90,15 @@ pub(super) fn check_header(buf: &[u8; 12], offset: u64, footer: &Footer) -> Resu
     let actual = crc32fast::hash(&buf[6..8]);
     if stored != actual {
         return Err(XzError::corrupt(
-            offset + 8,
+            offset.saturating_add(8),
             format!("Stream Header CRC32 is {stored:#010x}, its flags hash to {actual:#010x}"),
         ));
     }
     let flags = [buf[6], buf[7]];
-    decode_flags(flags, offset + 6)?;
+    decode_flags(flags, offset.saturating_add(6))?;
     if flags != footer.flags {
         return Err(XzError::corrupt(
-            offset + 6,
+            offset.saturating_add(6),
             format!(
                 "Stream Header flags {:02x} {:02x} differ from the Stream Footer's {:02x} {:02x}",
                 flags[0], flags[1], footer.flags[0], footer.flags[1]

@@ -179,7 +179,6 @@ fn open(path: &Path, opts: &XzOptions) -> XzDev {
 fn block_starts(dev: &XzDev) -> Vec<u64> {
     dev.index()
         .blocks()
-        .iter()
         .map(|b| b.uncompressed_offset)
         .collect()
 }
@@ -215,7 +214,7 @@ fn reads_match_xz_with_1m_4m_and_16m_blocks() {
             len.div_ceil(block_bytes),
             "{block}"
         );
-        assert!(dev.index().blocks().iter().all(|b| b.check == Check::Crc64));
+        assert!(dev.index().blocks().all(|b| b.check == Check::Crc64));
         let expected = check_against_xz(&dev, &xz);
         assert!(expected == data, "xz -dc differs from the input ({block})");
 
@@ -304,10 +303,7 @@ fn every_check_type() {
         let (_dir, xz) = compressed(&data, &["--block-size=1MiB", "-T1", "-1", &arg]);
         let dev = open(&xz, &XzOptions::default());
         assert_eq!(dev.index().blocks().len(), 4, "{name}");
-        assert!(
-            dev.index().blocks().iter().all(|b| b.check == check),
-            "{name}"
-        );
+        assert!(dev.index().blocks().all(|b| b.check == check), "{name}");
         let mut all = vec![0u8; data.len()];
         dev.read_at(&mut all, 0).unwrap();
         assert!(all == data, "{name}: full read differs");
@@ -355,12 +351,7 @@ fn concatenated_streams_with_padding() {
     assert_eq!(dev.index().stream_count(), 3);
     assert_eq!(dev.index().blocks().len(), 3 + 4);
     assert_eq!(dev.index().compressed_size(), cat.len() as u64);
-    let checks: Vec<_> = dev
-        .index()
-        .blocks()
-        .iter()
-        .map(|b| (b.stream, b.check))
-        .collect();
+    let checks: Vec<_> = dev.index().blocks().map(|b| (b.stream, b.check)).collect();
     assert_eq!(checks[0], (0, Check::Crc32));
     assert_eq!(checks[6], (2, Check::Sha256));
     let expected = check_against_xz(&dev, &xcat);
@@ -411,7 +402,7 @@ fn index_is_read_with_few_reads_from_the_end() {
 
     // Blocks sorted and contiguous; block_for finds each byte's Block.
     let mut end = 0;
-    for (i, b) in index.blocks().iter().enumerate() {
+    for (i, b) in index.blocks().enumerate() {
         assert_eq!(b.uncompressed_offset, end);
         end = b.uncompressed_end();
         assert_eq!(index.block_for(b.uncompressed_offset), Some(i));
@@ -430,7 +421,7 @@ fn index_is_read_with_few_reads_from_the_end() {
     let mut buf = [0u8; 10];
     dev.read_at(&mut buf, 3 * MIB + 7).unwrap();
     assert_eq!(&buf, &data[3 * MIB as usize + 7..][..10]);
-    let b = index.blocks()[3];
+    let b = index.block(3);
     assert_eq!(src.reads.load(Ordering::Relaxed) - before.0, 1);
     assert_eq!(src.bytes.load(Ordering::Relaxed) - before.1, b.total_size());
 }
@@ -444,9 +435,9 @@ fn corrupt_block_fails_alone() {
     let mut bytes = std::fs::read(&xz).unwrap();
     // A byte in the middle of Block 1's Compressed Data (text), and the
     // last byte of Block 4's Check.
-    let b1 = index.blocks()[1];
+    let b1 = index.block(1);
     bytes[(b1.compressed_offset + b1.total_size() / 2) as usize] ^= 0x55;
-    let b4 = index.blocks()[4];
+    let b4 = index.block(4);
     bytes[(b4.compressed_offset + b4.unpadded_size - 1) as usize] ^= 0x01;
     let bad = dir.path().join("bad.xz");
     write(&bad, &bytes);
@@ -489,7 +480,7 @@ fn source_failure_is_an_io_error() {
     let index = XzIndex::read(&*FileDev::open(&xz)).unwrap();
     // The fetch of Block 2 fails (the Index windows may cover it: those
     // reads work).
-    let b2 = index.blocks()[2];
+    let b2 = index.block(2);
     #[derive(Debug)]
     struct Flaky(Arc<FileDev>, u64);
     impl BlockDev for Flaky {
@@ -606,6 +597,10 @@ fn big_blocks_are_refused_with_a_fix() {
     let mut buf = [0u8; 8];
     dev.read_at(&mut buf, 5 * MIB - 8).unwrap();
     assert_eq!(&buf, &data[data.len() - 8..]);
+    // Past max_block, the Block streams through a growing buffer, its
+    // compressed bytes read a MiB at a time: the same bytes.
+    assert!(dev.index().block(0).total_size() > MIB);
+    assert!(check_against_xz(&dev, &xz) == data);
 }
 
 /// Many connections each reading a different Block at once: decodes in
@@ -916,7 +911,7 @@ fn hand_built_empty_stream_and_bad_index() {
             super::vli::encode(u, &mut idx);
             super::vli::encode(c, &mut idx);
         }
-        while idx.len() % 4 != 0 {
+        while !idx.len().is_multiple_of(4) {
             idx.push(pad);
         }
         let crc = crc32fast::hash(&idx);
@@ -950,4 +945,449 @@ fn hand_built_empty_stream_and_bad_index() {
     write(&path, &image(&index(&[(4, 10)], 0)));
     let err = XzIndex::read(&*FileDev::open(&path)).unwrap_err();
     assert!(err.to_string().contains("Unpadded Size"), "{err}");
+}
+
+// ---- hostile indexes and Block Headers ---------------------------------------------------------
+
+/// A crafted `.xz` image in memory: `head` at offset 0, `tail` at the end,
+/// zeros between. An Index may list millions of Blocks whose bytes are
+/// never read: they cost nothing here.
+#[derive(Debug)]
+struct Crafted {
+    size: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    reads: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Crafted {
+    fn new(head: Vec<u8>, gap: u64, tail: Vec<u8>) -> Arc<Crafted> {
+        Arc::new(Crafted {
+            size: head.len() as u64 + gap + tail.len() as u64,
+            head,
+            tail,
+            reads: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        })
+    }
+}
+
+impl BlockDev for Crafted {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> synth::Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        buf.fill(0);
+        let tail_at = self.size - self.tail.len() as u64;
+        for (i, b) in buf.iter_mut().enumerate() {
+            let at = offset + i as u64;
+            if at < self.head.len() as u64 {
+                *b = self.head[at as usize];
+            } else if at >= tail_at {
+                *b = self.tail[(at - tail_at) as usize];
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An Index field (§4) listing `records` (Unpadded, Uncompressed Size).
+fn index_field(records: impl ExactSizeIterator<Item = (u64, u64)>) -> Vec<u8> {
+    let mut idx = vec![0u8];
+    super::vli::encode(records.len() as u64, &mut idx);
+    for (u, c) in records {
+        super::vli::encode(u, &mut idx);
+        super::vli::encode(c, &mut idx);
+    }
+    while !idx.len().is_multiple_of(4) {
+        idx.push(0);
+    }
+    let crc = crc32fast::hash(&idx);
+    idx.extend_from_slice(&crc.to_le_bytes());
+    idx
+}
+
+/// One Stream whose Index lists `records` and whose Blocks are zeros:
+/// (Stream Header, bytes of Blocks, Index + Stream Footer).
+fn crafted_stream(
+    records: impl ExactSizeIterator<Item = (u64, u64)> + Clone,
+    check: Check,
+) -> (Vec<u8>, u64, Vec<u8>) {
+    let blocks: u64 = records.clone().map(|(u, _)| (u + 3) & !3).sum();
+    let mut tail = index_field(records);
+    let footer = super::stream::encode_footer(check, tail.len() as u64);
+    tail.extend_from_slice(&footer);
+    (super::stream::encode_header(check).to_vec(), blocks, tail)
+}
+
+/// Record `i` of the varied Indexes below: Unpadded Sizes 5 to 23 (every
+/// Block Padding), Uncompressed Sizes 0 to 4 (empty Blocks among them).
+fn varied(i: u64) -> (u64, u64) {
+    (5 + i % 19, i % 5)
+}
+
+/// The index of a file listing a million Blocks (two bytes of Index
+/// each) holds 16 bytes per Block, and gives back every size exactly.
+#[test]
+fn index_takes_16_bytes_per_block() {
+    const N: u64 = 1_000_000;
+    let (head, gap, tail) = crafted_stream((0..N as usize).map(|_| (5, 1)), Check::Crc32);
+    assert_eq!(tail.len() as u64, 1 + 3 + 2 * N + 4 + 12);
+    let src = Crafted::new(head, gap, tail);
+    let index = XzIndex::read_with(&*src, 64 * MIB).unwrap();
+    assert_eq!(index.block_count() as u64, N);
+    assert_eq!(index.uncompressed_size(), N);
+    let per_block = index.heap_bytes() as f64 / N as f64;
+    assert!(
+        index.heap_bytes() as u64 <= INDEX_BYTES_PER_BLOCK * N + 64,
+        "{per_block:.1} bytes per Block"
+    );
+    // Parsed in windows: the Index is read about once, never held whole.
+    assert!(
+        src.bytes.load(Ordering::Relaxed) < 2 * N + (1 << 20),
+        "{} bytes read",
+        src.bytes.load(Ordering::Relaxed)
+    );
+    let b = index.block(123_456);
+    assert_eq!(
+        b,
+        XzBlock {
+            compressed_offset: 12 + 8 * 123_456,
+            unpadded_size: 5,
+            uncompressed_offset: 123_456,
+            uncompressed_size: 1,
+            check: Check::Crc32,
+            stream: 0,
+        }
+    );
+    assert_eq!(index.block_for(N - 1), Some(N as usize - 1));
+    assert_eq!(index.block_for(N), None);
+}
+
+/// Several Streams of varied Records (every padding, empty Blocks, empty
+/// Streams, Stream Padding): every Block comes back as listed, at the
+/// cost of 16 bytes per Block and per Stream.
+#[test]
+fn compact_index_rebuilds_every_block_of_every_stream() {
+    let counts = [5u64, 0, 1, 1000, 0, 37];
+    let checks = [Check::Crc64, Check::None, Check::Sha256, Check::Crc32];
+    let mut file = Vec::new();
+    let mut expected = Vec::new();
+    let mut uncompressed = 0;
+    let mut i = 0;
+    for (s, &n) in counts.iter().enumerate() {
+        let check = checks[s % checks.len()];
+        let records: Vec<_> = (i..i + n).map(varied).collect();
+        i += n;
+        let (head, gap, tail) = crafted_stream(records.iter().copied(), check);
+        let mut at = file.len() as u64 + 12;
+        file.extend(head);
+        file.resize(file.len() + gap as usize, 0);
+        file.extend(tail);
+        file.resize(file.len() + 4 * (s % 3), 0); // Stream Padding (§2.2)
+        for (u, c) in records {
+            expected.push(XzBlock {
+                compressed_offset: at,
+                unpadded_size: u,
+                uncompressed_offset: uncompressed,
+                uncompressed_size: c,
+                check,
+                stream: s,
+            });
+            at += (u + 3) & !3;
+            uncompressed += c;
+        }
+    }
+    let src = Crafted::new(file, 0, Vec::new());
+    let index = XzIndex::read(&*src).unwrap();
+    assert_eq!(index.stream_count(), counts.len());
+    assert_eq!(index.blocks().collect::<Vec<_>>(), expected);
+    assert_eq!(index.uncompressed_size(), uncompressed);
+    assert_eq!(index.largest_block(), 4);
+    assert!(
+        index.heap_bytes() as u64
+            <= INDEX_BYTES_PER_BLOCK * expected.len() as u64 + 16 * counts.len() as u64,
+        "{} bytes",
+        index.heap_bytes()
+    );
+    // Every byte maps to the one non-empty Block holding it.
+    for off in 0..uncompressed {
+        let b = index.block(index.block_for(off).unwrap());
+        assert!(
+            b.uncompressed_offset <= off && off < b.uncompressed_end(),
+            "{off}: {b:?}"
+        );
+    }
+}
+
+/// An Index listing more Blocks than the budget holds is refused from its
+/// Number of Records (§4.2), before the Records are read or anything is
+/// allocated for them, with a message naming both numbers.
+#[test]
+fn index_over_the_budget_is_refused_before_it_is_read() {
+    const N: u64 = 1_000_000;
+    let (head, gap, tail) = crafted_stream((0..N as usize).map(|_| (5, 0)), Check::Crc64);
+    let src = Crafted::new(head, gap, tail);
+    let err = XzIndex::read_with(&*src, MIB).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, XzError::IndexTooBig { blocks: N, .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("1000000 blocks") && msg.contains("1048576-byte index budget"),
+        "{msg}"
+    );
+    assert!(msg.contains("--max-index"), "the fix: {msg}");
+    // The footer's window and the first window of the Index: not 2 MB.
+    assert!(src.bytes.load(Ordering::Relaxed) <= 2 * (256 << 10));
+
+    // The same through XzDev::open and its option; the default holds it.
+    let opts = XzOptions {
+        max_index: MIB,
+        ..XzOptions::default()
+    };
+    assert!(matches!(
+        XzDev::open(src.clone(), &opts),
+        Err(XzError::IndexTooBig { .. })
+    ));
+    assert_eq!(
+        XzDev::open(src, &XzOptions::default())
+            .unwrap()
+            .index()
+            .block_count() as u64,
+        N
+    );
+
+    // Empty Streams count too: a file of nothing but them is no cheaper.
+    let mut file = Vec::new();
+    for _ in 0..1000 {
+        let (head, _, tail) = crafted_stream(std::iter::empty(), Check::None);
+        file.extend(head);
+        file.extend(tail);
+    }
+    let src = Crafted::new(file, 0, Vec::new());
+    let err = XzIndex::read_with(&*src, 100 * super::index::INDEX_BYTES_PER_STREAM).unwrap_err();
+    assert!(
+        matches!(err, XzError::IndexTooBig { streams: 101, .. }),
+        "{err:?}"
+    );
+    assert_eq!(XzIndex::read(&*src).unwrap().stream_count(), 1000);
+}
+
+/// A Block Header (§3.1) with one LZMA2 filter (4 KiB dictionary) and,
+/// if given, the Compressed and Uncompressed Sizes (§3.1.3, §3.1.4).
+fn block_header(compressed: Option<u64>, uncompressed: Option<u64>) -> Vec<u8> {
+    let mut h = vec![0u8, 0u8];
+    if let Some(c) = compressed {
+        h[1] |= 0x40;
+        super::vli::encode(c, &mut h);
+    }
+    if let Some(u) = uncompressed {
+        h[1] |= 0x80;
+        super::vli::encode(u, &mut h);
+    }
+    // §3.1.5 Filter Flags: LZMA2 (0x21), one byte of properties.
+    h.extend_from_slice(&[0x21, 0x01, 0x00]);
+    while !(h.len() + 4).is_multiple_of(4) {
+        h.push(0); // §3.1.6 Header Padding
+    }
+    h[0] = ((h.len() + 4) / 4 - 1) as u8;
+    let crc = crc32fast::hash(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// A one-Block image (Check None) whose Index says the Block decodes to
+/// `claimed` bytes: Block Header `header`, then an LZMA2 stream of one
+/// 64 KiB uncompressed chunk of 0x55 and the end marker.
+fn claiming_image(header: Vec<u8>, claimed: u64) -> Arc<Crafted> {
+    let mut block = header;
+    block.extend_from_slice(&[0x01, 0xFF, 0xFF]); // uncompressed chunk, dictionary reset
+    block.extend(std::iter::repeat_n(0x55, 1 << 16));
+    block.push(0x00); // end of LZMA2 data
+    let unpadded = block.len() as u64;
+    while !block.len().is_multiple_of(4) {
+        block.push(0);
+    }
+    let (mut file, _, tail) = crafted_stream([(unpadded, claimed)].into_iter(), Check::None);
+    file.extend(block);
+    file.extend(tail);
+    Crafted::new(file, 0, Vec::new())
+}
+
+/// Blocks allowed past `max_block` whose Index Record claims 4 GiB: the
+/// Block Header is checked against the claim, and the output buffer grows
+/// with what really decodes, so nothing near 4 GiB is ever allocated.
+/// Run alone in a child process under `prlimit --as=1GiB` by the test
+/// below (an allocation of the claimed size would fail there, and did:
+/// "allocating 4294967296 bytes: Cannot allocate memory").
+#[test]
+#[ignore = "run by huge_block_claims_are_checked_before_allocating under an address-space limit"]
+fn huge_block_claims_child() {
+    const CLAIM: u64 = 4 << 30;
+    let opts = XzOptions {
+        allow_big_blocks: true,
+        ..XzOptions::default()
+    };
+    let read = |src: Arc<Crafted>| {
+        let dev = XzDev::open(src, &opts).unwrap();
+        assert_eq!(dev.size(), CLAIM);
+        let mut buf = vec![0u8; 4096];
+        let err = dev.read_at(&mut buf, 0).unwrap_err();
+        assert_eq!(dev.stats().decode_failures, 1);
+        err.to_string()
+    };
+    // The header says how big the Block is, and it is not the Index's claim.
+    let msg = read(claiming_image(block_header(None, Some(65536)), CLAIM));
+    assert!(
+        msg.contains("the Block Header says 65536 uncompressed bytes, the Index 4294967296"),
+        "{msg}"
+    );
+    // The header's Compressed Size contradicts the Index's Unpadded Size.
+    let msg = read(claiming_image(block_header(Some(7), None), CLAIM));
+    assert!(
+        msg.contains("contradict the Index's Unpadded Size"),
+        "{msg}"
+    );
+    // The header says nothing: the data ends after 64 KiB.
+    let msg = read(claiming_image(block_header(None, None), CLAIM));
+    assert!(msg.contains("decoding failed"), "{msg}");
+    // The same Block with an honest Index decodes, through the same path.
+    let dev = XzDev::open(
+        claiming_image(block_header(None, Some(65536)), 65536),
+        &XzOptions {
+            max_block: 4096,
+            ..opts
+        },
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 65536];
+    dev.read_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x55));
+    println!("CHILD OK");
+}
+
+#[test]
+fn huge_block_claims_are_checked_before_allocating() {
+    let prlimit = Command::new("prlimit").arg("--version").output();
+    if !prlimit.is_ok_and(|o| o.status.success()) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("prlimit (util-linux) is missing");
+        }
+        eprintln!("SKIPPED huge_block_claims_are_checked_before_allocating: no prlimit");
+        return;
+    }
+    let out = Command::new("prlimit")
+        .arg(format!("--as={}", 1u64 << 30))
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "xz::tests::huge_block_claims_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        // Few malloc arenas: each reserves 64 MiB of address space.
+        .env("MALLOC_ARENA_MAX", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Block claiming more than [`dev::HARD_MAX_BLOCK`] is refused at open
+/// even when `max_block` is set above it (it used to slip past the
+/// big-block check, and be allocated whole on the first read).
+#[test]
+fn blocks_past_the_hard_limit_are_refused_whatever_max_block_says() {
+    let src = claiming_image(block_header(None, None), dev::HARD_MAX_BLOCK + 4096);
+    for allow_big_blocks in [false, true] {
+        let opts = XzOptions {
+            max_block: u64::MAX,
+            allow_big_blocks,
+            ..XzOptions::default()
+        };
+        let err = XzDev::open(src.clone(), &opts).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                XzError::BlockTooBig {
+                    max_block: dev::HARD_MAX_BLOCK,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
+
+/// The slice parsers of [`parse`] on damaged and random input: an error
+/// or a value, never a panic (the fuzz targets go further).
+#[test]
+fn parsers_are_total_on_mutated_input() {
+    let mut rng = Rng(77);
+    let index = index_field((0..50usize).map(|i| varied(i as u64)));
+    let footer = super::stream::encode_footer(Check::Crc64, index.len() as u64);
+    let header = block_header(Some(100), Some(1000));
+    let info = XzBlock {
+        compressed_offset: 12,
+        unpadded_size: header.len() as u64 + 100,
+        uncompressed_offset: 0,
+        uncompressed_size: 1000,
+        check: Check::None,
+        stream: 0,
+    };
+    assert_eq!(parse::block_header(&header, &info).unwrap(), header.len());
+    let mut count = 0;
+    assert_eq!(
+        parse::parse_index(&index, 0, &mut |_| count += 1)
+            .unwrap()
+            .records,
+        50
+    );
+    for round in 0..20_000u64 {
+        let mutate = |bytes: &[u8], rng: &mut Rng| {
+            let mut v = bytes.to_vec();
+            for _ in 0..1 + rng.next() % 4 {
+                let at = (rng.next() % v.len() as u64) as usize;
+                v[at] = rng.next() as u8;
+            }
+            // Truncated or extended, now and then.
+            match rng.next() % 8 {
+                0 => v.truncate((rng.next() % v.len() as u64) as usize),
+                1 => v.extend((0..rng.next() % 40).map(|_| rng.next() as u8)),
+                _ => {}
+            }
+            v
+        };
+        let idx = mutate(&index, &mut rng);
+        let _ = parse::parse_index(&idx, u64::MAX - round, &mut |_| {});
+        let _ = parse::vli(&idx);
+        let f = mutate(&footer, &mut rng);
+        if let Ok(f) = <[u8; 12]>::try_from(&f[..]) {
+            if let Ok(footer) = parse::stream_footer(&f, u64::MAX) {
+                let _ = parse::stream_header(&f, u64::MAX, &footer);
+            }
+        }
+        let h = mutate(&header, &mut rng);
+        let info = XzBlock {
+            unpadded_size: rng.next() >> (rng.next() % 64),
+            uncompressed_size: rng.next() >> (rng.next() % 64),
+            check: [Check::None, Check::Crc32, Check::Crc64, Check::Sha256][round as usize % 4],
+            ..info
+        };
+        let _ = parse::block_header(&h, &info);
+    }
 }
