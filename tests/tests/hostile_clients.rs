@@ -302,7 +302,7 @@ fn a_thousand_idle_clients_cost_one_small_thread_each() {
     assert!(out.status.success(), "{}", out.describe());
     assert_eq!(out.stdout_str().trim(), "67108864");
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(10),
         "a new client waited {took:?}"
     );
 

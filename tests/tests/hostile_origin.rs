@@ -391,7 +391,7 @@ fn stalled_ranges_do_not_starve_a_fast_one() {
     );
     eprintln!("the fast read took {took:?}");
     assert!(
-        took < Duration::from_secs(8),
+        took < Duration::from_secs(15),
         "the fast read waited {took:?}"
     );
     assert!(origin.fast_gets() >= 1);

@@ -426,7 +426,7 @@ fn a_hung_command_is_killed_at_its_timeout_and_frees_the_slot() {
         out.describe()
     );
     assert!(
-        (Duration::from_millis(1900)..Duration::from_secs(6)).contains(&took),
+        (Duration::from_millis(1900)..Duration::from_secs(15)).contains(&took),
         "the client waited {took:?} for a 2 s timeout\n{}",
         out.describe()
     );

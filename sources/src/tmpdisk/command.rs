@@ -269,7 +269,7 @@ mod tests {
             let (r, pgid, took) = run_recording(script, Duration::from_millis(500), &|| false);
             let e = r.unwrap_err().to_string();
             assert!(e.contains("within 0.5 s (--command-timeout)"), "{e}");
-            assert!(took < Duration::from_secs(3), "{script}: took {took:?}");
+            assert!(took < Duration::from_secs(20), "{script}: took {took:?}");
             assert!(
                 !group_alive(pgid),
                 "{script}: group {pgid} still has processes"
@@ -293,7 +293,7 @@ mod tests {
         let (r, pgid, took) = run_recording("sleep 1000", Duration::from_secs(600), &gone);
         let e = r.unwrap_err().to_string();
         assert!(e.contains("client left"), "{e}");
-        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert!(took < Duration::from_secs(20), "took {took:?}");
         assert!(!group_alive(pgid));
     }
 
@@ -302,7 +302,7 @@ mod tests {
         let (r, pgid, took) =
             run_recording("sleep 1000 & echo done", Duration::from_secs(60), &|| false);
         r.unwrap();
-        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert!(took < Duration::from_secs(20), "took {took:?}");
         assert!(!group_alive(pgid));
     }
 }
