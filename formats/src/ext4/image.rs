@@ -92,7 +92,7 @@ pub(super) fn seal(tree: &Tree, plan: &Plan, opts: &Ext4Options) -> Result<Seale
         size,
         reason: "more than the 16 TiB an ext4 without the 64bit feature holds",
     };
-    let needed = layout::min_blocks(c, 0).ok_or_else(|| too_big(c.blocks * BLOCK))?;
+    let needed = layout::min_blocks(c, 0).ok_or_else(|| too_big(c.blocks.saturating_mul(BLOCK)))?;
     let asked = opts.size;
     let mut blocks = match asked {
         Some(size) if size % BLOCK != 0 => {
@@ -109,7 +109,8 @@ pub(super) fn seal(tree: &Tree, plan: &Plan, opts: &Ext4Options) -> Result<Seale
             })
         }
         Some(size) => size / BLOCK,
-        None => layout::min_blocks(c, layout::slack(c)).ok_or_else(|| too_big(c.blocks * BLOCK))?,
+        None => layout::min_blocks(c, layout::slack(c))
+            .ok_or_else(|| too_big(c.blocks.saturating_mul(BLOCK)))?,
     };
     let epoch = plan::epoch(tree, opts);
     loop {

@@ -43,15 +43,17 @@ pub struct Content {
 
 impl Content {
     /// Count a file with data `ranges` (byte offset, length).
+    /// Counts saturate: a tree of files of exabytes (sparse, on a host filesystem that allows
+    /// them) must come out as "too big", not wrap around to a small filesystem.
     pub fn file_blocks(&mut self, ranges: &[(u64, u64)]) {
-        let mut runs = 0;
+        let mut runs = 0u64;
         for &(_, len) in ranges {
             let n = len.div_ceil(BLOCK);
-            self.blocks += n;
+            self.blocks = self.blocks.saturating_add(n);
             // An allocation may also break at each group's metadata.
-            runs += 2 * n.div_ceil(MAX_EXTENT) + 1;
+            runs = runs.saturating_add(2 * n.div_ceil(MAX_EXTENT) + 1);
         }
-        self.blocks += tree_blocks(runs);
+        self.blocks = self.blocks.saturating_add(tree_blocks(runs));
     }
 
     /// Count a directory whose entries (without "." and "..") take `bytes`.
@@ -72,7 +74,9 @@ impl Content {
                     0
                 }
         };
-        self.blocks += blocks + tree_blocks(2 * blocks.div_ceil(MAX_EXTENT) + 1);
+        self.blocks = self
+            .blocks
+            .saturating_add(blocks + tree_blocks(2 * blocks.div_ceil(MAX_EXTENT) + 1));
     }
 }
 
@@ -147,9 +151,15 @@ fn has_backup(g: u64) -> bool {
 /// The fewest blocks holding `content` plus `spare` free blocks, in whole
 /// MiB; `None` if that is more than ext4 here can address.
 pub fn min_blocks(content: Content, spare: u64) -> Option<u64> {
-    let want = content.blocks + spare;
+    let want = content.blocks.saturating_add(spare);
     let mut b = want.max(MIN_BLOCKS);
     for _ in 0..64 {
+        // `b` only grows, so past the limit nothing fits; and the group arithmetic below must
+        // not run for a size no ext4 here can have (for a sparse file of exabytes it counted
+        // the backup superblocks of billions of groups, one by one).
+        if b > MAX_BLOCKS {
+            return None;
+        }
         let inodes = inodes_for(b, content.inodes);
         if inodes < content.inodes {
             // More inodes than the groups can hold: add groups.

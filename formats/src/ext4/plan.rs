@@ -172,7 +172,7 @@ impl<'t> Plan<'t> {
             std::iter::once(&self.root_xattrs).chain(self.entries.iter().map(|e| &e.xattrs));
         for attrs in attr_sets.filter(|a| !a.is_empty()) {
             if xattr::needs_block(attrs) {
-                c.blocks += 1;
+                c.blocks = c.blocks.saturating_add(1);
             }
         }
         // Directory entry bytes per directory (index = entry index + 1, 0 = root).
@@ -195,7 +195,7 @@ impl<'t> Plan<'t> {
                 What::Symlink { target } => {
                     c.inodes += 1;
                     if target.len() > FAST_SYMLINK_MAX {
-                        c.blocks += 1;
+                        c.blocks = c.blocks.saturating_add(1);
                     }
                 }
                 What::Special(_) => c.inodes += 1,
@@ -247,12 +247,18 @@ fn special(node: &Node) -> Result<SpecialKind, Ext4Error> {
 }
 
 /// The engine's metadata for `node` under `opts`.
+/// Earliest and latest seconds an inode's times hold (32-bit seconds, sign-extended, plus two
+/// epoch bits in the `_extra` fields): 1901-12-13 to 2446-05-10. The kernel clamps times to this
+/// range (`EXT4_EXTRA_TIMESTAMP_MIN`/`MAX`), and so do we: the engine would wrap a time outside
+/// it (modulo 2^34 seconds), and overflow near the ends of `i64`.
+pub(crate) const TIME_RANGE: (i64, i64) = (i32::MIN as i64, (1 << 34) - 1 + i32::MIN as i64);
+
 pub(crate) fn meta(node: &Node, opts: &Ext4Options) -> mkext4::Meta {
     let (uid, gid) = match opts.owner {
         Owner::Keep => (node.meta.uid, node.meta.gid),
         Owner::Root => (0, 0),
     };
-    let ts = |t: tree::Timestamp| (t.secs, t.nanos);
+    let ts = |t: tree::Timestamp| (t.secs.clamp(TIME_RANGE.0, TIME_RANGE.1), t.nanos);
     let mut m = mkext4::Meta::new(
         (node.meta.mode & 0o7777) as u16,
         uid,

@@ -181,6 +181,70 @@ fn sizes_that_are_not_whole_blocks_are_refused() {
     assert!(matches!(e, Ext4Error::BadSize { .. }), "{e}");
 }
 
+/// Files of `sizes` bytes, as a host filesystem that allows them would give (tmpfs, XFS and
+/// btrfs take sparse files of exabytes), named f0, f1, ...; no host file is ever read.
+fn tree_with_sizes(sizes: &[u64]) -> (tempfile::TempDir, tree::Tree) {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..sizes.len() {
+        fs::write(d.path().join(format!("f{i}")), b"x").unwrap();
+    }
+    let mut t = tree_of(d.path());
+    let tree::NodeKind::Dir(files) = &mut t.root.kind else {
+        unreachable!()
+    };
+    for (f, &size) in files.iter_mut().zip(sizes) {
+        f.meta.size = size;
+        // Fully allocated: nothing probes the host file for holes.
+        f.meta.blocks = size.div_ceil(512);
+    }
+    (d, t)
+}
+
+#[test]
+fn files_of_exabytes_are_refused_at_once() {
+    // Found by fuzz/ (ext4_plan): the size estimate counted the backup superblocks of the
+    // 10^11 groups such a file needs one by one (hours), and four such files overflowed the
+    // block count.
+    let start = std::time::Instant::now();
+    for sizes in [&[14_113_384_210_639_212_731][..], &[1 << 62; 5][..]] {
+        let (_d, t) = tree_with_sizes(sizes);
+        for size in [None, Some(1 << 30)] {
+            let opts = Ext4Options {
+                size,
+                ..Ext4Options::default()
+            };
+            let e = build(&t, &opts).unwrap_err();
+            assert!(matches!(e, Ext4Error::BadSize { .. }), "{e}");
+            assert!(e.to_string().contains("16 TiB"), "{e}");
+        }
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn times_beyond_what_an_inode_holds_are_clamped() {
+    // Found by fuzz/ (ext4_plan): a host time near the end of i64 overflowed in the engine's
+    // timestamp encoding, and any time past 2446 was stored modulo 2^34 seconds.
+    let (_d, mut t) = tree_with_sizes(&[0, 0, 0, 0]);
+    let tree::NodeKind::Dir(files) = &mut t.root.kind else {
+        unreachable!()
+    };
+    let (min, max) = plan::TIME_RANGE;
+    let cases = [(i64::MAX, max), (i64::MIN, min), (max + 1, max), (max, max)];
+    for (f, (secs, _)) in files.iter_mut().zip(cases) {
+        f.meta.mtime.secs = secs;
+    }
+    let image = build(&t, &Ext4Options::default()).unwrap();
+    let bytes = read_all(&image.map);
+    let fs = Fs::open(&bytes[..]).unwrap();
+    for (i, (_, want)) in cases.into_iter().enumerate() {
+        let inode = fs.inode(fs.resolve(&format!("/f{i}")).unwrap()).unwrap();
+        let (secs, _) = mkext4::spec::Inode::timestamp(inode.mtime, inode.mtime_extra);
+        assert_eq!(secs, want, "f{i}");
+    }
+    assert!(fs.verify().unwrap().is_empty());
+}
+
 #[test]
 fn owner_root_makes_everything_root_owned() {
     let d = sample();

@@ -81,6 +81,22 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
             reason: "give either an EFI image file or a synthesized one, not both".into(),
         });
     }
+    // An empty EFI image is no FAT filesystem, and it would make an empty EFI system partition
+    // (its last sector before its first) in a hybrid image's tables.
+    let efi_bytes = match (efi_file, &opts.efi_image) {
+        (Some(i), _) => Some(flat.files[i].0.meta.size),
+        (None, Some(dev)) => Some(dev.size()),
+        (None, None) => None,
+    };
+    if efi_bytes == Some(0) {
+        return Err(IsoError::BootImage {
+            path: opts
+                .efi_boot
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("(the synthesized EFI image)")),
+            reason: "empty; an EFI boot image is a FAT filesystem image".into(),
+        });
+    }
     let booting = bios.is_some() || efi_file.is_some() || opts.efi_image.is_some();
 
     // Logical blocks: descriptors (PVD, El Torito boot record at 17,

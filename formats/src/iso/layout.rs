@@ -188,6 +188,9 @@ pub(crate) struct Namespace<'t> {
     pub path_table_size: u32,
 }
 
+/// Bytes in the largest volume: 2^32 logical blocks (§8.4.8, a 32-bit Volume Space Size).
+pub(crate) const MAX_VOLUME: u64 = (1 << 32) * SECTOR;
+
 /// How many directory records a file of `size` bytes needs (§6.5.1:
 /// extents of at most [`MAX_EXTENT`] bytes).
 pub(crate) fn parts(size: u64) -> u64 {
@@ -321,7 +324,16 @@ impl<'t> Namespace<'t> {
             for r in &dir.recs {
                 let len = record_len(r.ident.len(), r.su.len()) as u64;
                 let n = match r.target {
-                    Target::Entry(Child::File(j)) => parts(flat.files[j].0.meta.size),
+                    Target::Entry(Child::File(j)) => {
+                        let size = flat.files[j].0.meta.size;
+                        // No volume holds more (its blocks are numbered with 32 bits): refuse
+                        // it before counting its records, one per 4 GiB (a sparse file of
+                        // exabytes took billions of rounds of the loop below).
+                        if size > MAX_VOLUME {
+                            return Err(IsoError::TooLarge);
+                        }
+                        parts(size)
+                    }
                     _ => 1,
                 };
                 for _ in 0..n {

@@ -183,6 +183,63 @@ fn files_of_4_gib_or_more_take_several_extents() {
 }
 
 #[test]
+fn files_larger_than_any_volume_are_refused_at_once() {
+    // Found by fuzz/ (iso_plan): a sparse file of 10 EB (tmpfs, XFS and btrfs allow them) was
+    // laid out one 4 GiB directory record at a time, billions of them, before the volume was
+    // found too large.
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("huge"), b"x").unwrap();
+    let mut t = tree_of(d.path());
+    let start = std::time::Instant::now();
+    for size in [12_111_099_472_872_389_695, u64::MAX, layout::MAX_VOLUME + 1] {
+        let tree::NodeKind::Dir(files) = &mut t.root.kind else {
+            unreachable!()
+        };
+        files[0].meta.size = size;
+        files[0].meta.blocks = size.div_ceil(512);
+        for joliet in [false, true] {
+            let opts = IsoOptions {
+                joliet,
+                ..IsoOptions::default()
+            };
+            let e = build(&t, &opts).unwrap_err();
+            assert!(matches!(e, IsoError::TooLarge), "{e}");
+        }
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn empty_efi_images_are_refused() {
+    // Found by fuzz/ (iso_plan): an empty EFI image made a hybrid image's EFI system partition
+    // end before it began (an overflow, or in a release build a GPT entry whose last sector
+    // precedes its first).
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("efi.img"), b"").unwrap();
+    let t = tree_of(d.path());
+    let empty: std::sync::Arc<dyn BlockDev> =
+        std::sync::Arc::new(synth::RegionMapBuilder::new().finish());
+    for hybrid in [false, true] {
+        for opts in [
+            IsoOptions {
+                efi_boot: Some("efi.img".into()),
+                hybrid,
+                ..IsoOptions::default()
+            },
+            IsoOptions {
+                efi_image: Some(empty.clone()),
+                hybrid,
+                ..IsoOptions::default()
+            },
+        ] {
+            let e = build(&t, &opts).unwrap_err();
+            assert!(matches!(e, IsoError::BootImage { .. }), "{e}");
+            assert!(e.to_string().contains("empty"), "{e}");
+        }
+    }
+}
+
+#[test]
 fn without_rock_ridge_symlinks_are_skipped() {
     let d = tempfile::tempdir().unwrap();
     fs::write(d.path().join("f"), b"").unwrap();

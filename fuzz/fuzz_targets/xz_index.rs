@@ -1,0 +1,8 @@
+#![no_main]
+//! See `disksynth_fuzz::xz` for what this target feeds and how.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    disksynth_fuzz::xz::run(data);
+});
