@@ -16,7 +16,7 @@
 # hangs and unbounded memory, which need no sanitizer; the workspace forbids unsafe code. For
 # AddressSanitizer (the C of liblzma, ring): FUZZ_TOOLCHAIN=nightly FUZZ_SANITIZER=address.
 #
-# Environment: FUZZ_TOOLCHAIN (default stable), FUZZ_SANITIZER (default none),
+# Environment: FUZZ_TOOLCHAIN (default: the default toolchain), FUZZ_SANITIZER (default none),
 # FUZZ_TIMEOUT (seconds one input may take, default 30), FUZZ_RSS_MB (default 2048).
 set -euo pipefail
 
@@ -38,20 +38,26 @@ shift || true
 targets=("$@")
 ((${#targets[@]})) || targets=("${ALL_TARGETS[@]}")
 
-toolchain=${FUZZ_TOOLCHAIN:-stable}
+# The default toolchain (stable) unless FUZZ_TOOLCHAIN names another (rustup's `+toolchain`).
+cargo=(cargo)
+rustc=(rustc)
+if [[ -n "${FUZZ_TOOLCHAIN:-}" ]]; then
+  cargo=(cargo "+$FUZZ_TOOLCHAIN")
+  rustc=(rustc "+$FUZZ_TOOLCHAIN")
+fi
 sanitizer=${FUZZ_SANITIZER:-none}
 timeout=${FUZZ_TIMEOUT:-30}
 rss_mb=${FUZZ_RSS_MB:-2048}
 
-if ! cargo "+$toolchain" fuzz --version >/dev/null 2>&1; then
+if ! "${cargo[@]}" fuzz --version >/dev/null 2>&1; then
   echo "error: cargo-fuzz is not installed (cargo install cargo-fuzz --locked)" >&2
   exit 1
 fi
 
-echo "==> building the fuzz targets (cargo +$toolchain fuzz build -s $sanitizer)"
-cargo "+$toolchain" fuzz build -s "$sanitizer"
+echo "==> building the fuzz targets (${cargo[*]} fuzz build -s $sanitizer)"
+"${cargo[@]}" fuzz build -s "$sanitizer"
 
-triple=$(rustc "+$toolchain" -vV | sed -n 's/^host: //p')
+triple=$("${rustc[@]}" -vV | sed -n 's/^host: //p')
 bindir=fuzz/target/$triple/release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/disksynth-fuzz.XXXXXX")
@@ -91,7 +97,7 @@ for t in "${targets[@]}"; do
     new=$work/$t.merged
     mkdir -p "$new"
     if compgen -G "fuzz/corpus/$t/seed-*" >/dev/null; then
-      cp fuzz/corpus/$t/seed-* "$new/"
+      cp "fuzz/corpus/$t"/seed-* "$new/"
     fi
     "$bin" -merge=1 -timeout="$timeout" -rss_limit_mb="$rss_mb" "$new" "$work/$t" \
       >"$work/$t.merge.log" 2>&1

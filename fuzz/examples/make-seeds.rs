@@ -236,7 +236,7 @@ fn xz_seeds(dir: &Path) {
         &xz(
             &["-0", "--block-size=512"],
             &(0..2048u32)
-                .map(|i| (i * 2_654_435_761u32 >> 24) as u8)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
                 .collect::<Vec<_>>(),
         ),
     );

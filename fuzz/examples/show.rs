@@ -4,6 +4,18 @@
 use arbitrary::Unstructured;
 use disksynth_fuzz::{gen, http, planners};
 
+/// Debug output, cut short (names in the options can be kilobytes long).
+fn clip(s: String) -> String {
+    if s.len() <= 2000 {
+        return s;
+    }
+    let mut end = 2000;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
+}
+
 fn tree_summary(t: &tree::Tree) -> String {
     fn depth(n: &tree::Node) -> usize {
         1 + n.children().iter().map(depth).max().unwrap_or(0)
@@ -29,29 +41,29 @@ fn main() {
     match target.as_str() {
         "fat_plan" => {
             let opts = planners::fat_options(&mut u);
-            println!("{opts:#?}");
+            println!("{}", clip(format!("{opts:#?}")));
             let t = gen::tree(&mut u, shape(false, false)).unwrap();
             println!("{}", tree_summary(&t));
             if rest.iter().any(|a| a == "tree") {
-                println!("{t:#?}");
+                println!("{}", clip(format!("{t:#?}")));
             }
         }
         "iso_plan" => {
             let t = gen::tree(&mut u, shape(true, false)).unwrap();
             println!("{}", tree_summary(&t));
             let opts = planners::iso_options(&mut u, &t);
-            println!("{opts:#?}");
+            println!("{}", clip(format!("{opts:#?}")));
             if rest.iter().any(|a| a == "tree") {
-                println!("{t:#?}");
+                println!("{}", clip(format!("{t:#?}")));
             }
         }
         "ext4_plan" => {
             let opts = planners::ext4_options(&mut u);
-            println!("{opts:#?}");
+            println!("{}", clip(format!("{opts:#?}")));
             let t = gen::tree(&mut u, shape(true, true)).unwrap();
             println!("{}", tree_summary(&t));
             if rest.iter().any(|a| a == "tree") {
-                println!("{t:#?}");
+                println!("{}", clip(format!("{t:#?}")));
             }
         }
         "http_content_range" => println!("{:#?}", http::Script::parse(&data)),

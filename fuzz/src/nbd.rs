@@ -19,18 +19,18 @@ use synth::{BlockDev, SharedExport};
 /// Size of the exported device: small, so reads stay cheap, but more than one overlay page.
 pub const EXPORT_SIZE: u64 = 1 << 20;
 
-/// The small per-connection budget: the export's size, so that no request in range needs more
-/// than the whole budget. (A request larger than the whole budget waits forever, issue 14: the
-/// fuzzer finds that at once and would stop there. Once that is fixed, make this 64 KiB.)
-/// `DISKSYNTH_FUZZ_NBD_SMALL_BUDGET=BYTES` overrides it, to reproduce
-/// `crashes/nbd_handshake_and_requests/timeout-budget-65537`.
+/// The small per-connection budget: the largest payload a request may carry (the default maximum
+/// block size, 32 MiB), so that a few requests in flight already wait for each other. (Below
+/// that, one request larger than the whole budget waits forever, issue 14: the fuzzer finds that
+/// at once and would stop there; see `crashes/README.md`. Once that is fixed, make this 64 KiB.)
+/// `DISKSYNTH_FUZZ_NBD_SMALL_BUDGET=BYTES` overrides it, to reproduce those inputs.
 pub fn small_budget() -> u64 {
     static BUDGET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *BUDGET.get_or_init(|| {
         std::env::var("DISKSYNTH_FUZZ_NBD_SMALL_BUDGET")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(EXPORT_SIZE)
+            .unwrap_or(u64::from(synth::BlockSize::default().maximum))
     })
 }
 

@@ -34,7 +34,7 @@ pub fn run(input: &[u8]) {
     );
     for probe in [0, size / 2, size.saturating_sub(1), size, u64::MAX] {
         if let Some(i) = index.block_for(probe) {
-            let b = &index.blocks()[i];
+            let b = index.block(i);
             assert!(
                 b.uncompressed_offset <= probe && probe < b.uncompressed_end(),
                 "block_for({probe}) gave block {i} {b:?}"
@@ -47,6 +47,7 @@ pub fn run(input: &[u8]) {
         max_block: MAX_BLOCK,
         allow_big_blocks: false,
         readahead: false,
+        max_index: formats::xz::DEFAULT_MAX_INDEX,
     };
     let Ok(dev) = XzDev::open(Arc::new(src), &opts) else {
         return;

@@ -426,6 +426,8 @@ impl Hybrid {
     fn mbr(&self, code: Option<&[u8; 440]>) -> [u8; 512] {
         use crate::partition::mbr::{encode_with_code, MbrPartition};
         let sectors = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        // What an entry can describe: nothing past 2^32 sectors (2 TiB); the GPT has the rest.
+        let within = |start: u32, n: u64| sectors(n).min(u32::MAX - start);
         let mut parts = Vec::new();
         match self.gpt_ranges() {
             None => parts.push(MbrPartition {
@@ -450,7 +452,7 @@ impl Hybrid {
                             ISO_MBR_TYPE
                         },
                         start: sectors(first),
-                        sectors: sectors(last - first + 1),
+                        sectors: within(sectors(first), last - first + 1),
                         active: Some(i) == first_iso,
                     });
                 }

@@ -240,6 +240,32 @@ fn empty_efi_images_are_refused() {
 }
 
 #[test]
+fn hybrid_images_past_2_tib_keep_their_mbr_entries_within_it() {
+    // Found by fuzz/ (iso_plan): a 4 TiB EFI image in a hybrid image gave an MBR entry whose
+    // end overflowed 32 bits.
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("efi.img"), b"x").unwrap();
+    let mut t = tree_of(d.path());
+    let tree::NodeKind::Dir(files) = &mut t.root.kind else {
+        unreachable!()
+    };
+    files[0].meta.size = 4 << 40;
+    files[0].meta.blocks = (4 << 40) / 512;
+    let opts = IsoOptions {
+        efi_boot: Some("efi.img".into()),
+        hybrid: true,
+        ..IsoOptions::default()
+    };
+    let img = build(&t, &opts).unwrap();
+    let mbr = read(&img, 0, 1);
+    for e in mbr[446..510].chunks(16).filter(|e| e[4] != 0) {
+        let start = u64::from(le32(&e[8..12]));
+        let count = u64::from(le32(&e[12..16]));
+        assert!(start + count <= 1 << 32, "{e:02x?}");
+    }
+}
+
+#[test]
 fn without_rock_ridge_symlinks_are_skipped() {
     let d = tempfile::tempdir().unwrap();
     fs::write(d.path().join("f"), b"").unwrap();

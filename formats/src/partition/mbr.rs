@@ -89,7 +89,9 @@ pub fn encode_with_code(parts: &[MbrPartition], signature: u32, code: &[u8; 440]
         e[0] = if p.active { 0x80 } else { 0 };
         e[1..4].copy_from_slice(&chs(p.start));
         e[4] = p.kind;
-        e[5..8].copy_from_slice(&chs(p.start + p.sectors.max(1) - 1));
+        // Saturating: an entry reaching past 2^32 sectors (a disk past 2 TiB) ends at the last
+        // CHS address either way.
+        e[5..8].copy_from_slice(&chs(p.start.saturating_add(p.sectors.max(1) - 1)));
         e[8..12].copy_from_slice(&p.start.to_le_bytes());
         e[12..16].copy_from_slice(&p.sectors.to_le_bytes());
     }
@@ -101,6 +103,21 @@ pub fn encode_with_code(parts: &[MbrPartition], signature: u32, code: &[u8; 440]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_reaching_past_2_tib_end_at_the_last_chs_address() {
+        // Found by fuzz/ (iso_plan, a hybrid ISO with a 4 TiB EFI image): start + count
+        // overflowed.
+        let p = MbrPartition {
+            kind: 0xEF,
+            start: 4096,
+            sectors: u32::MAX,
+            active: false,
+        };
+        let s = encode(&[p], 0);
+        assert_eq!(&s[446 + 5..446 + 8], &[0xFE, 0xFF, 0xFF]);
+        assert_eq!(&s[446 + 12..446 + 16], &u32::MAX.to_le_bytes());
+    }
 
     #[test]
     fn chs_of_first_track_and_saturation() {
