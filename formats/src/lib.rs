@@ -10,8 +10,10 @@
 //! - [`partition`]: GPT, MBR and hybrid tables; whole disks whose partitions
 //!   are other devices (every generator's partition table comes from here).
 //! - [`hash`]: the stable hash every derived identifier comes from.
+//! - [`detect`]: an image's format from its magic (raw, xz, qcow2, refused ones).
 
 pub mod bootstub;
+pub mod detect;
 pub mod ext4;
 pub mod fat;
 pub mod hash;
