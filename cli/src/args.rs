@@ -155,8 +155,10 @@ pub enum Source {
         input: PathBuf,
         /// The .xz file to write (replaced only when complete); `-` writes standard output.
         output: PathBuf,
-        /// Uncompressed bytes per xz block: the unit of random access.
-        #[arg(long, value_name = "SIZE", default_value = "16M")]
+        /// Uncompressed bytes per xz block: the unit of random access, fetched and decoded
+        /// whole. 4M because a read costs a whole block: a Linux boot over HTTPS fetched 38 MiB
+        /// with 4 MiB blocks and 80 MiB with 16 MiB blocks, for a file only 2.7% smaller.
+        #[arg(long, value_name = "SIZE", default_value = "4M")]
         block_size: Size,
         /// Compression threads (default: all cores).
         #[arg(long, value_name = "N")]
@@ -375,7 +377,7 @@ const XZ_EXAMPLES: &str = "\
 Examples:
   disksynth xz https://host/fedora.raw.xz --serve    boot a compressed image without downloading it
   disksynth xz ./local.raw.xz -o disk.raw            decompress (sparse: zero blocks stay holes)
-  disksynth pack disk.raw disk.raw.xz --block-size 16M
+  disksynth pack disk.raw disk.raw.xz               4 MiB blocks (--block-size)
   zcat disk.raw.gz | disksynth pack - disk.raw.xz     from a pipe (`pack IN -` writes stdout)
 
 Random access needs many blocks: plain `xz` writes one block per file (refused above

@@ -798,7 +798,7 @@ fn pack_refuses_block_sizes_it_cannot_serve_or_hold() {
     let err = out.stderr_str();
     assert!(!out.status.success(), "{}", out.describe());
     assert!(
-        err.contains("1 TiB") && err.contains("4 GiB") && err.contains("--block-size 16M"),
+        err.contains("1 TiB") && err.contains("4 GiB") && err.contains("--block-size 4M"),
         "{}",
         out.describe()
     );
