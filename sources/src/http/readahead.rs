@@ -18,14 +18,14 @@
 //!   the `--readahead` cap.
 //! - When a window is dropped with bytes no client read, those bytes are
 //!   counted as wasted and the stream's next window is half the dropped one.
-//! - Small reads (below [`DIRECT_READ`]) are kept too, in the same byte
+//! - Small reads (up to [`DIRECT_READ`]) are kept too, in the same byte
 //!   budget: firmware and boot loaders read the same sectors (GPT, FAT,
 //!   directories) again and again, and a re-read served from memory is a
 //!   request saved.
 //!
 //! Reads arriving while a window that covers them is being fetched wait for
 //! it instead of asking for the same bytes. Reads of [`DIRECT_READ`] or more
-//! go straight to the origin. Memory is bounded per device whatever the
+//! go straight to the origin (without a window). Memory is bounded per device whatever the
 //! number of clients: at most [`KEEP_WINDOWS`] times the cap kept (in at
 //! most [`MAX_ENTRIES`] pieces) plus [`MAX_PENDING`] windows being fetched.
 //! No thread is started: the read that needs a window fetches it.
@@ -44,8 +44,8 @@ const KEEP_WINDOWS: u64 = 6;
 const MAX_ENTRIES: usize = 128;
 /// Windows being fetched at once; further reads go direct.
 const MAX_PENDING: usize = 2;
-/// Reads this big go straight to the origin and are not kept: their round
-/// trip is already amortized, and several of them run in parallel where a
+/// Reads this big go straight to the origin, and are not kept past it: their
+/// round trip is already amortized, and several of them run in parallel where a
 /// window's fetch makes the reads behind it wait (measured: sequential
 /// 256 KiB reads ran ~20% faster direct).
 const DIRECT_READ: u64 = 128 << 10;
@@ -292,18 +292,20 @@ impl ReadAhead {
         let pos = offset + done as u64;
         let rest = &mut buf[done..];
         let rest_len = rest.len() as u64;
-        if rest_len >= DIRECT_READ {
-            drop(st);
-            return fill(pos, rest);
-        }
         // A read that ran off the end of a kept piece continues a stream
         // too (the piece was its previous read).
-        let start_window = (sequential || done > 0) && st.pending.len() < MAX_PENDING;
+        let start_window =
+            (sequential || done > 0) && rest_len < DIRECT_READ && st.pending.len() < MAX_PENDING;
         if !start_window {
             drop(st);
             fill(pos, rest)?;
-            let mut st = self.lock();
-            st.keep(Entry::new(pos, rest.to_vec(), None), self.budget());
+            // Reads of DIRECT_READ exactly are kept too: the Linux page
+            // cache's own read-ahead unit, which a boot's firmware and
+            // loader stages re-read.
+            if rest_len <= DIRECT_READ {
+                let mut st = self.lock();
+                st.keep(Entry::new(pos, rest.to_vec(), None), self.budget());
+            }
             return Ok(());
         }
         let mut size = rest_len;
@@ -586,6 +588,31 @@ mod tests {
         let f = origin.fetches.lock().unwrap();
         assert!(f.iter().all(|&(o, n)| o + n <= size), "{f:?}");
         assert_eq!(f.iter().map(|x| x.1).sum::<u64>(), size);
+    }
+
+    #[test]
+    fn reads_up_to_direct_read_are_kept_bigger_ones_not() {
+        let origin = Origin::default();
+        let fill = origin.fill();
+        let ra = ReadAhead::new(4 * M, 64 * M);
+        let mut buf = vec![0u8; DIRECT_READ as usize];
+        let mut big = vec![0u8; 2 * DIRECT_READ as usize];
+        for _ in 0..3 {
+            ra.read(&mut buf, 0, &fill).unwrap();
+            check(&buf, 0);
+            ra.read(&mut big, 8 * M, &fill).unwrap();
+            check(&big, 8 * M);
+        }
+        assert_eq!(
+            origin.sizes(),
+            [
+                DIRECT_READ,
+                2 * DIRECT_READ,
+                2 * DIRECT_READ,
+                2 * DIRECT_READ
+            ]
+        );
+        assert_eq!(ra.stats().hits, 2);
     }
 
     #[test]
