@@ -12,12 +12,14 @@
 //! - [`hash`]: the stable hash every derived identifier comes from.
 
 pub mod bootstub;
+mod cache;
 pub mod ext4;
 pub mod fat;
 pub mod hash;
 pub mod iso;
 mod par;
 pub mod partition;
+pub mod qcow2;
 mod sparse;
 #[cfg(test)]
 mod testutil;
