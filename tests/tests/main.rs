@@ -23,6 +23,7 @@ mod output;
 mod protocol;
 mod python;
 mod qemu;
+mod remote_boot;
 mod run_mode;
 mod signals;
 mod socket_activation;
