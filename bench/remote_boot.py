@@ -16,7 +16,8 @@ origin's traffic for that boot (nginx's access log: requests and body bytes). Ca
   ds-qcow2     disksynth qcow2 https://.../disk.qcow2 --cacert CA
   ds-xz        disksynth xz https://.../disk.img.xz --cacert CA
   ds-http      disksynth http https://.../disk.img --cacert CA      (raw)
-  qemu-https   qemu's https block driver under its qcow2 driver (`-blockdev`, sslverify=off)
+  qemu-https   qemu's https block driver under its qcow2 driver (`-blockdev`, sslverify=off,
+               timeout=60: its 5 s default fails reads on a loaded machine)
   nbdkit-curl  nbdkit curl https://.../disk.img cainfo=CA            (raw)
   ds-http-before  as ds-http with $DISKSYNTH_BEFORE, when set (a build before a change)
   local-raw    qemu reading disk.img from the local disk: the floor (guest CPU under TCG)
@@ -260,7 +261,7 @@ def main():
         cases["ds-http-before"] = ("disk.img", [BEFORE, "http", web.url("disk.img"),
                                                 "--cacert", ca, "-U", "@SOCK@"])
     qemu_https = [
-        "-blockdev", f"driver=https,node-name=origin,read-only=on,sslverify=off,"
+        "-blockdev", f"driver=https,node-name=origin,read-only=on,sslverify=off,timeout=60,"
                      f"url={web.url('disk.qcow2')}",
         "-blockdev", "driver=qcow2,node-name=disk,file=origin,read-only=on",
         "-device", "virtio-blk-pci,drive=disk",

@@ -137,13 +137,14 @@ fn cloud_style_disk_boots_over_https_through_disksynth_and_its_peers() {
     // qemu's own driver: no option for a CA file (and its libcurl uses GnuTLS, which reads no
     // CA environment variable), so the certificate is not verified; the bytes are the same.
     // `-blockdev` read-only nodes: through `-drive ...,snapshot=on` it stalled after a few dozen
-    // requests.
+    // requests. timeout=60: its default of 5 s per request fails reads on a loaded machine, and
+    // OVMF then silently finds no boot disk.
     let d = case_dir("qemu-https");
     let before = web.access_log().len();
     let blockdev = |v: String| ["-blockdev".to_string(), v];
     let mut args = Vec::new();
     args.extend(blockdev(format!(
-        "driver=https,node-name=origin,read-only=on,sslverify=off,url={}",
+        "driver=https,node-name=origin,read-only=on,sslverify=off,timeout=60,url={}",
         web.https_url("disk.qcow2")
     )));
     args.extend(blockdev(
