@@ -43,14 +43,14 @@ const KEEP_WINDOWS: u64 = 6;
 /// Pieces kept (windows and small reads), so a lookup scans a short list.
 const MAX_ENTRIES: usize = 128;
 /// Windows being fetched at once; further reads go direct.
-const MAX_PENDING: usize = 2;
+const MAX_PENDING: usize = 4;
 /// Reads this big go straight to the origin, and are not kept past it: their
 /// round trip is already amortized, and several of them run in parallel where a
 /// window's fetch makes the reads behind it wait (measured: sequential
 /// 256 KiB reads ran ~20% faster direct).
 const DIRECT_READ: u64 = 128 << 10;
 /// Streams remembered (least recently continued dropped first).
-const MAX_STREAMS: usize = 16;
+const MAX_STREAMS: usize = 32;
 /// Granularity at which a window's read bytes are tracked.
 const PAGE: u64 = 4096;
 
@@ -152,16 +152,33 @@ struct State {
 }
 
 impl State {
-    /// The stream `offset` continues, moved to the back with `next` set to
-    /// `end`; else a new one. `true` when it is a continuation.
+    /// The stream a read of `[offset, end)` belongs to, moved to the back
+    /// (a new one if none), and whether the read may start a window there.
+    ///
+    /// A read continues a stream when it starts exactly at the stream's
+    /// `next`. A pipelining client's reads of one stream also reach the
+    /// server out of order (its worker threads race), so once a stream is
+    /// confirmed (it has a window size) a read up to one window ahead of
+    /// `next` continues it too, and `next` moves to its end; a read at most
+    /// one window behind is a straggler of the stream: it belongs to it but
+    /// starts no window (the bytes after it are already asked for). Reads
+    /// near no confirmed stream must match exactly: scattered reads never
+    /// grow anything.
     fn stream(&mut self, offset: u64, end: u64) -> (u64, bool) {
-        let found = self
-            .streams
-            .iter()
-            .position(|s| s.next == offset)
-            .and_then(|i| self.streams.remove(i));
-        let (mut s, cont) = match found {
-            Some(s) => (s, true),
+        let near = |s: &Stream| {
+            s.window > 0
+                && offset <= s.next.saturating_add(s.window)
+                && s.next <= end.saturating_add(s.window)
+        };
+        let found = match self.streams.iter().position(|s| s.next == offset) {
+            Some(i) => Some(i),
+            None => self.streams.iter().rposition(near),
+        };
+        let (mut s, cont) = match found.and_then(|i| self.streams.remove(i)) {
+            Some(s) => {
+                let ahead = offset >= s.next;
+                (s, ahead)
+            }
             None => {
                 self.next_id += 1;
                 let s = Stream {
@@ -172,7 +189,7 @@ impl State {
                 (s, false)
             }
         };
-        s.next = end;
+        s.next = s.next.max(end);
         if self.streams.len() == MAX_STREAMS {
             self.streams.pop_front();
         }
@@ -301,8 +318,10 @@ impl ReadAhead {
             fill(pos, rest)?;
             // Reads of DIRECT_READ exactly are kept too: the Linux page
             // cache's own read-ahead unit, which a boot's firmware and
-            // loader stages re-read.
-            if rest_len <= DIRECT_READ {
+            // loader stages re-read. Reads of a stream are not: a
+            // sequential reader does not come back, and its pieces would
+            // push out the windows it is reading.
+            if rest_len <= DIRECT_READ && !sequential {
                 let mut st = self.lock();
                 st.keep(Entry::new(pos, rest.to_vec(), None), self.budget());
             }
