@@ -53,7 +53,7 @@ ROOT_SIZE = os.environ.get("BENCH_ROOT_SIZE")
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench/out"))
 LOGS = os.path.join(OUT, "remote_boot-logs")
 STEP_TIMEOUT = 900
-BOOT_TIMEOUT = 180
+BOOT_TIMEOUT = 120
 
 # Kept in step with tests/src/rootfs.rs and tests/src/qemu_boot.rs.
 MARKER = "DISKSYNTH-BOOT-OK"
@@ -278,7 +278,14 @@ def main():
                 if name == "local-raw":
                     secs = boot(nbd_disk(os.path.join(www, "disk.img")), d)
                 elif cmd is None:
-                    secs = boot(qemu_https, d)
+                    # qemu's curl driver sometimes stalls during OVMF's first reads (a loaded
+                    # machine): one retry, counted from the retry's start.
+                    try:
+                        secs = boot(qemu_https, d)
+                    except RuntimeError as e:
+                        log(f"{name}: {e}; retrying once")
+                        before = len(web.lines())
+                        secs = boot(qemu_https, tempfile.mkdtemp(prefix=f"{name}-", dir=work))
                 else:
                     s = Server(name, cmd, LOGS)
                     try:

@@ -319,20 +319,33 @@ pub fn boot_linux_drive(work: &Path, drive: &str) -> Boot {
 /// [`boot_linux`] with any qemu arguments that make the boot disk a virtio disk (e.g. `-blockdev`
 /// nodes of qemu's own https driver under its qcow2 driver, and a `-device virtio-blk-pci`).
 pub fn boot_linux_with(work: &Path, disk_args: &[String]) -> Boot {
-    let drive = disk_args;
+    let result = try_boot_linux_with(work, disk_args, LINUX_BOOT_TIMEOUT);
+    assert!(
+        result.found,
+        "no `{MARKER} ... {LINUX_ROOT_SEEN}` within {LINUX_BOOT_TIMEOUT:?} booting {}; console:\n{}",
+        disk_args.join(" "),
+        result.text
+    );
+    result
+}
+
+/// What the marker line says once the root is mounted from the disk's second partition.
+const LINUX_ROOT_SEEN: &str = "root=/dev/vda2 fstype=ext4";
+
+/// [`boot_linux_with`] within `timeout`, returning the boot whether or not the marker came
+/// (`found`), for a caller that judges it itself.
+pub fn try_boot_linux_with(work: &Path, disk_args: &[String], timeout: Duration) -> Boot {
     let options = BootOptions {
-        timeout: LINUX_BOOT_TIMEOUT,
+        timeout,
         memory_mib: 512,
         debugcon: false,
     };
     // The serial port reaches the log byte by byte: wait for the end of the line, not the marker.
-    let root = "root=/dev/vda2 fstype=ext4";
-    let result = boot(work, Firmware::Uefi, drive, &[MARKER, root], &options);
-    assert!(
-        result.found,
-        "no `{MARKER} ... {root}` within {LINUX_BOOT_TIMEOUT:?} booting {}; console:\n{}",
-        drive.join(" "),
-        result.text
-    );
-    result
+    boot(
+        work,
+        Firmware::Uefi,
+        disk_args,
+        &[MARKER, LINUX_ROOT_SEEN],
+        &options,
+    )
 }
