@@ -185,11 +185,18 @@ def main():
         "| measurement | disksynth | qemu-nbd | ratio (ds/qemu) |",
         "|---|---:|---:|---:|",
     ]
+    def cell(vals):
+        """Median of the runs that completed, and how many hung or failed."""
+        ok = [v for v in vals if v == v]
+        med = statistics.median(ok) if ok else float("nan")
+        lost = len(vals) - len(ok)
+        return med, f"{med:.2f}" + (f" ({lost} of {len(vals)} hung)" if lost else "")
+
     for row, vals in rows.items():
-        ds = statistics.median(vals["ds"])
-        qm = statistics.median(vals["qemu"]) if "qemu" in vals else float("nan")
-        ratio = ds / qm if qm else float("nan")
-        lines.append(f"| {row} | {ds:.2f} | {qm:.2f} | {ratio:.2f}× |")
+        ds, ds_text = cell(vals["ds"])
+        qm, qm_text = cell(vals["qemu"]) if "qemu" in vals else (float("nan"), "—")
+        ratio = ds / qm if qm == qm and qm else float("nan")
+        lines.append(f"| {row} | {ds_text} | {qm_text} | {ratio:.2f}× |")
     qver = subprocess.run(["qemu-nbd", "--version"], capture_output=True, text=True).stdout
     head = (
         f"Image: ext4 of /usr/share, {size >> 20} MiB raw, {os.path.getsize(q) >> 20} MiB as "
