@@ -1087,6 +1087,43 @@ raw = "/abs/blob.bin"
 "#;
 
     #[test]
+    fn qcow2_partitions_take_a_backing_chain() {
+        let text = r#"
+[[partition]]
+label = "root"
+type = "root-x86-64"
+qcow2 = "top.qcow2"
+backing = ["mid.qcow2", "https://host/base.qcow2"]
+
+[[partition]]
+label = "data"
+type = "linux-generic"
+qcow2 = "https://host/d.qcow2"
+"#;
+        let s = from_toml(text, Path::new("/specs")).unwrap();
+        assert_eq!(
+            s.partitions[0].content,
+            Content::Qcow2 {
+                source: "/specs/top.qcow2".into(),
+                backing: vec!["/specs/mid.qcow2".into(), "https://host/base.qcow2".into()],
+            }
+        );
+        assert_eq!(
+            s.partitions[1].content,
+            Content::Qcow2 {
+                source: "https://host/d.qcow2".into(),
+                backing: vec![],
+            }
+        );
+        for bad in [
+            "[[partition]]\nlabel = \"x\"\ntype = \"linux-generic\"\nbacking = \"b.qcow2\"\nraw = \"r\"\n",
+            "[[partition]]\nlabel = \"x\"\ntype = \"linux-generic\"\nqcow2 = \"q\"\nfs = \"ext4\"\n",
+        ] {
+            assert!(from_toml(bad, Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_full_spec_parses_with_paths_relative_to_the_spec() {
         let s = from_toml(FULL, Path::new("/specs")).unwrap();
         assert_eq!(s.table, "gpt");

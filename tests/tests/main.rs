@@ -22,6 +22,7 @@ mod nbdinfo_map;
 mod output;
 mod protocol;
 mod python;
+mod qcow2;
 mod qemu;
 mod remote_boot;
 mod run_mode;

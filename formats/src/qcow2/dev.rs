@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use synth::Result;
 use synth::{check_range, BlockDev, BlockSize, Caps, Error, ErrorKind, ExtentKind, ExtentList};
+use synth::{ReadChunk, Result};
 
 use super::compressed;
 use super::error::QcowError;
@@ -99,8 +99,11 @@ const COALESCE_GAP: u64 = 64 << 10;
 const MAX_COALESCED: u64 = 8 << 20;
 /// Most bytes of L2 tables one `extents` call loads before answering with
 /// what it has (NBD block status only has to make progress): 4 MiB is 32
-/// GiB of guest disk with 64 KiB clusters, 256 MiB with 512-byte ones.
+/// GiB of guest disk with 64 KiB clusters...
 const EXTENTS_L2_BYTES: u64 = 4 << 20;
+/// ...and at most this many tables (each one request over HTTP): 8 MiB of
+/// guest disk with 512-byte clusters.
+const EXTENTS_L2_TABLES: u64 = 256;
 
 /// Cache keys: L2 tables by their offset, compressed clusters by their
 /// descriptor (offset and length).
@@ -500,8 +503,10 @@ impl Inner {
         for p in pieces {
             if let Mapping::Compressed { offset, len } = p.map {
                 let end = (offset + len).min(self.file_size);
+                // Pieces come in guest order, one per cluster: a cluster
+                // can only repeat right after itself.
                 if !self.cache.contains(Key::Cluster(offset, len))
-                    && !missing.iter().any(|m| m.3 == offset && m.4 == len)
+                    && !missing.last().is_some_and(|m| m.3 == offset && m.4 == len)
                 {
                     missing.push((offset, end, p.guest, offset, len));
                 }
@@ -533,6 +538,38 @@ impl Inner {
                 }
             }
             i = j;
+        }
+        Ok(())
+    }
+
+    /// The bytes of `len > 0` bytes at `offset` as chunks: slices of
+    /// cached clusters, zeros as zeros (the exporter sends them as holes),
+    /// the rest read into buffers of their own.
+    fn chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<()> {
+        let mut pieces = Vec::new();
+        self.plan(offset, len, &mut pieces, None)?;
+        self.prefetch_compressed(&pieces)?;
+        for p in &pieces {
+            let n = p.len as usize;
+            out.push(match p.map {
+                Mapping::Zero => ReadChunk::Zero(p.len),
+                Mapping::Unallocated if self.backing.is_none() => ReadChunk::Zero(p.len),
+                Mapping::Compressed { offset, len } => {
+                    let data = self.cluster(offset, len, None, p.guest)?;
+                    let w = p.within as usize;
+                    ReadChunk::Bytes(data.slice(w..w + n))
+                }
+                Mapping::Data(host) => {
+                    let mut b = vec![0u8; n];
+                    self.read_file(&mut b, host, p.guest)?;
+                    ReadChunk::Bytes(Bytes::from(b))
+                }
+                Mapping::Unallocated => {
+                    let mut b = vec![0u8; n];
+                    self.read_backing(&mut b, p.guest)?;
+                    ReadChunk::Bytes(Bytes::from(b))
+                }
+            });
         }
         Ok(())
     }
@@ -612,6 +649,18 @@ impl BlockDev for QcowDev {
         self.inner.read(buf, offset)
     }
 
+    fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
+        check_range(offset, len, self.size())?;
+        if len == 0 {
+            return Ok(true);
+        }
+        // Collected apart: nothing is appended when a piece fails.
+        let mut chunks = Vec::new();
+        self.inner.chunks(offset, len, &mut chunks)?;
+        out.append(&mut chunks);
+        Ok(true)
+    }
+
     fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
         check_range(offset, len, self.size())?;
         if len == 0 {
@@ -619,7 +668,7 @@ impl BlockDev for QcowDev {
         }
         let inner = &self.inner;
         let mut pieces = Vec::new();
-        let max_l2 = (EXTENTS_L2_BYTES / inner.cluster_size()).max(1) as usize;
+        let max_l2 = (EXTENTS_L2_BYTES / inner.cluster_size()).clamp(1, EXTENTS_L2_TABLES) as usize;
         inner.plan(offset, len, &mut pieces, Some(max_l2))?;
         for p in &pieces {
             if out.is_full() {
