@@ -157,7 +157,7 @@ fn cloud_style_disk_boots_over_https_through_disksynth_and_its_peers() {
         "virtio-blk-pci,drive=disk".to_string(),
     ]);
     // qemu's curl driver sometimes stops sending requests during OVMF's first reads (seen in 3
-    // of about 17 boots here, both on a loaded machine; the access log then ends after ~40
+    // of about 17 boots here, all on a loaded machine; the access log then ends after ~40
     // requests and the console stays blank): a peer's flake gets one retry, with its traffic.
     let mut before = web.access_log().len();
     // A first try shorter than a full boot timeout: a stalled driver never recovers, and a boot
