@@ -22,7 +22,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-ALL_TARGETS=(nbd_handshake_and_requests xz_index http_content_range fat_plan iso_plan ext4_plan)
+ALL_TARGETS=(nbd_handshake_and_requests xz_index http_content_range fat_plan iso_plan ext4_plan qcow2)
 
 merge=0
 if [[ "${1:-}" == "--merge" ]]; then

@@ -11,8 +11,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # qemu comes from bookworm-backports on Debian 12: its 7.2 lacks NBD extended headers, and
 # qemu-system-x86 must match qemu-utils (7.2's would downgrade a backported qemu-utils).
-QEMU_PACKAGES=(qemu-utils qemu-system-x86)
-PACKAGES=(qemu-utils qemu-system-x86 libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
+# qemu-block-extra holds qemu's curl (http/https) block driver, the remote boot test's peer; it
+# must match qemu-system-x86 too.
+QEMU_PACKAGES=(qemu-utils qemu-system-x86 qemu-block-extra)
+PACKAGES=(qemu-utils qemu-system-x86 qemu-block-extra libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
   xorriso genisoimage p7zip-full gdisk fdisk isolinux syslinux-common ovmf grub-efi-amd64-bin xz-utils nginx openssl
   attr acl libcap2-bin mount debootstrap)
 # tool -> package that provides it
@@ -36,6 +38,7 @@ declare -A PROVIDES_FILE=(
   [/usr/lib/syslinux/modules/bios/ldlinux.c32]=syslinux-common
   [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
   [/usr/lib/grub/x86_64-efi/monolithic/grubx64.efi]=grub-efi-amd64-bin
+  [/usr/lib/x86_64-linux-gnu/qemu/block-curl.so]=qemu-block-extra
 )
 
 step() { printf '\n==> %s\n' "$*"; }

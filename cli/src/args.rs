@@ -147,6 +147,24 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// The guest disk of a qcow2 image, a local file or an http(s) URL (read-only): only
+    /// the tables and clusters clients read are fetched (compressed ones decompressed).
+    #[command(after_help = QCOW2_EXAMPLES)]
+    Qcow2 {
+        /// The qcow2 image: a path, or an http:// or https:// URL.
+        source: String,
+        /// The image's backing file (raw or qcow2, a path or a URL); repeat for a chain,
+        /// nearest first. Required when the image has one: it is never opened by the name
+        /// stored in the image.
+        #[arg(long, value_name = "FILE|URL")]
+        backing: Vec<String>,
+        #[command(flatten)]
+        qcow2: Qcow2Args,
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
     /// Compress an image into a block-indexed .xz (multithreaded) that `disksynth xz`
     /// and other random-access readers serve without decompressing it all.
     #[command(after_help = XZ_EXAMPLES)]
@@ -155,8 +173,10 @@ pub enum Source {
         input: PathBuf,
         /// The .xz file to write (replaced only when complete); `-` writes standard output.
         output: PathBuf,
-        /// Uncompressed bytes per xz block: the unit of random access.
-        #[arg(long, value_name = "SIZE", default_value = "16M")]
+        /// Uncompressed bytes per xz block: the unit of random access, fetched and decoded
+        /// whole. 4M because a read costs a whole block: a Linux boot over HTTPS fetched 38 MiB
+        /// with 4 MiB blocks and 80 MiB with 16 MiB blocks, for a file only 2.7% smaller.
+        #[arg(long, value_name = "SIZE", default_value = "4M")]
         block_size: Size,
         /// Compression threads (default: all cores).
         #[arg(long, value_name = "N")]
@@ -203,6 +223,7 @@ impl Source {
             | Source::Build { export, .. }
             | Source::Http { export, .. }
             | Source::Xz { export, .. }
+            | Source::Qcow2 { export, .. }
             | Source::Tmpdisk { export, .. } => Some(export),
             Source::Pack { .. } | Source::Inspect { .. } => None,
         }
@@ -375,13 +396,25 @@ const XZ_EXAMPLES: &str = "\
 Examples:
   disksynth xz https://host/fedora.raw.xz --serve    boot a compressed image without downloading it
   disksynth xz ./local.raw.xz -o disk.raw            decompress (sparse: zero blocks stay holes)
-  disksynth pack disk.raw disk.raw.xz --block-size 16M
+  disksynth pack disk.raw disk.raw.xz               4 MiB blocks (--block-size)
   zcat disk.raw.gz | disksynth pack - disk.raw.xz     from a pipe (`pack IN -` writes stdout)
 
 Random access needs many blocks: plain `xz` writes one block per file (refused above
 --max-block). `disksynth pack` or `xz -T0 --block-size=16MiB` write indexed files.
 Decoded blocks are cached once for all clients (--cache-size); all-zero blocks are
 reported as holes.";
+
+const QCOW2_EXAMPLES: &str = "\
+Examples:
+  disksynth qcow2 https://host/debian-genericcloud.qcow2 --serve   boot it without downloading it
+  disksynth qcow2 top.qcow2 --backing base.qcow2 -o disk.raw        flatten a chain (sparse output)
+  disksynth qcow2 ./disk.qcow2 --run 'qemu-img map \"$uri\"'
+
+qcow2 v2 and v3: standard, extended (subcluster) and compressed (deflate, zstd) clusters,
+any cluster size from 512 B to 2 MiB. Zero clusters are zeros and unallocated ones holes in
+block status. Refused, naming the feature: encryption, an external data file, the dirty or
+corrupt bit, unknown incompatible features, and a backing file without --backing. Corrupt
+tables or clusters fail the reads that need them (EIO), not the server.";
 
 const TMPDISK_EXAMPLES: &str = "\
 Examples:
@@ -569,6 +602,27 @@ pub struct XzArgs {
     /// blocks, 64 TiB in 16 MiB blocks); files listing more blocks are refused.
     #[arg(long, value_name = "SIZE", default_value = "64M")]
     pub max_index: Size,
+}
+
+/// qcow2 view options.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "qcow2")]
+pub struct Qcow2Args {
+    /// Memory for L2 tables and decompressed clusters, shared by all clients.
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub cache_size: Size,
+    /// Most memory for the L1 table (8 bytes per L2 table); bigger images are refused.
+    #[arg(long, value_name = "SIZE", default_value = "32M")]
+    pub max_l1: Size,
+}
+
+impl Default for Qcow2Args {
+    fn default() -> Self {
+        Qcow2Args {
+            cache_size: Size(64 << 20),
+            max_l1: Size(32 << 20),
+        }
+    }
 }
 
 /// How the disk is handed out: serve it (TCP, Unix, captive) or write it.

@@ -219,6 +219,12 @@ fn prepare(p: &PartSpec, whole: bool, epoch: Option<i64>, remote: &Remote) -> Re
         Content::Pattern => raw(Arc::new(sources::PatternDev::new(fixed_size(p)?))),
         Content::Http(url) => raw(crate::remote::http(url, &remote.http)?),
         Content::Xz(src) => raw(crate::remote::xz(src, &remote.xz, &remote.http)?),
+        Content::Qcow2 { source, backing } => raw(crate::remote::qcow2(
+            source,
+            backing,
+            &remote.qcow2,
+            &remote.http,
+        )?),
     })
 }
 

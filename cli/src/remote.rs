@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use formats::qcow2::{QcowDev, QcowError, QcowOptions};
 use formats::xz::{XzDev, XzOptions};
 use sources::http::{HttpAuth, HttpDev, HttpOptions};
 use synth::BlockDev;
 
-use crate::args::{HttpArgs, XzArgs};
+use crate::args::{HttpArgs, Qcow2Args, XzArgs};
 use crate::interrupt::{Interrupt, Target};
 use crate::size::Size;
 
@@ -91,19 +92,10 @@ pub(crate) fn http(url: &str, a: &HttpArgs) -> Result<Arc<dyn BlockDev>> {
 /// decoded-block cache for all clients.
 pub(crate) fn xz(source: &str, x: &XzArgs, h: &HttpArgs) -> Result<Arc<dyn BlockDev>> {
     let t0 = std::time::Instant::now();
-    let compressed: Arc<dyn BlockDev> = if is_url(source) {
-        // The xz view fetches whole blocks (and decodes the next one
-        // ahead) itself; an HTTP read-ahead window on top would only
-        // split block fetches into several requests.
-        let mut opts = http_options(h)?;
-        opts.readahead = 0;
-        Arc::new(HttpDev::open(source, &opts).context("opening the remote .xz file")?)
-    } else {
-        Arc::new(
-            sources::FileDev::open(Path::new(source), false)
-                .with_context(|| format!("opening {source}"))?,
-        )
-    };
+    // The xz view fetches whole blocks (and decodes the next one ahead)
+    // itself; an HTTP read-ahead window on top would only split block
+    // fetches into several requests.
+    let compressed = open_bytes(source, h, false, ".xz file")?;
     let opts = XzOptions {
         cache_bytes: x.cache_size.0,
         max_block: x.max_block.0,
@@ -123,6 +115,129 @@ pub(crate) fn xz(source: &str, x: &XzArgs, h: &HttpArgs) -> Result<Arc<dyn Block
         index.stream_count(),
         t0.elapsed().as_millis(),
         Size(index.heap_bytes() as u64)
+    );
+    Ok(Arc::new(dev))
+}
+
+/// The bytes of a local path or an http(s) URL as a read-only device
+/// (`what` names it in errors). `readahead: false` turns the HTTP
+/// read-ahead off for views that fetch whole units themselves.
+pub(crate) fn open_bytes(
+    source: &str,
+    h: &HttpArgs,
+    readahead: bool,
+    what: &str,
+) -> Result<Arc<dyn BlockDev>> {
+    if is_url(source) {
+        let mut opts = http_options(h)?;
+        if !readahead {
+            opts.readahead = 0;
+        }
+        let dev = HttpDev::open(source, &opts)
+            .with_context(|| format!("opening the remote {what} {}", redacted(source)))?;
+        Ok(Arc::new(dev))
+    } else {
+        let dev = sources::FileDev::open(Path::new(source), false)
+            .with_context(|| format!("opening {source}"))?;
+        Ok(Arc::new(dev))
+    }
+}
+
+/// Longest backing chain followed (QEMU has no fixed limit; real chains
+/// are a handful of images, and each link costs an L1 table in memory).
+const MAX_BACKING_DEPTH: usize = 16;
+
+/// `disksynth qcow2 FILE|URL [--backing FILE|URL]...`: the guest disk of a
+/// qcow2 image over its backing chain, `backing` nearest first.
+pub(crate) fn qcow2(
+    source: &str,
+    backing: &[String],
+    q: &Qcow2Args,
+    h: &HttpArgs,
+) -> Result<Arc<dyn BlockDev>> {
+    if backing.len() > MAX_BACKING_DEPTH {
+        bail!(
+            "{} backing images given: chains of at most {MAX_BACKING_DEPTH} are followed",
+            backing.len()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    // Over HTTP the read-ahead stays: runs of compressed clusters are
+    // fetched as one read, and sequential guest reads continue them.
+    let file = open_bytes(source, h, true, "qcow2 image")?;
+    qcow2_over(file, source, backing, q, h, t0)
+}
+
+/// The qcow2 image in `file` (named `source`) over `backing`.
+fn qcow2_over(
+    file: Arc<dyn BlockDev>,
+    source: &str,
+    backing: &[String],
+    q: &Qcow2Args,
+    h: &HttpArgs,
+    t0: std::time::Instant,
+) -> Result<Arc<dyn BlockDev>> {
+    let source = redacted(source);
+    let mut opts = QcowOptions {
+        cache_bytes: q.cache_size.0,
+        max_l1: q.max_l1.0,
+        backing: None,
+    };
+    // Opened without a backing first: the image says whether it has one,
+    // and which format it is in.
+    let dev = match (QcowDev::open(file.clone(), &opts), backing.split_first()) {
+        (Ok(dev), None) => dev,
+        (Ok(_), Some((b, _))) => {
+            bail!("{source} has no backing file, but --backing {b} was given")
+        }
+        (Err(QcowError::BackingNeeded { name, format }), Some((b, rest))) => {
+            let bdev = open_bytes(b, h, true, "backing image")?;
+            let as_qcow2 = match format.as_deref() {
+                Some("qcow2") => true,
+                Some("raw") => false,
+                // Only when the image does not say: by the magic.
+                None => {
+                    let mut magic = [0u8; 4];
+                    bdev.size() >= 4
+                        && bdev.read_at(&mut magic, 0).is_ok()
+                        && formats::qcow2::is_qcow2(&magic)
+                }
+                Some(f) => bail!(
+                    "{source}: its backing file {name:?} is in format {f:?}; only raw and \
+                     qcow2 backing images are served"
+                ),
+            };
+            log::info!(
+                "{source}: backing file {name:?} served from {} ({})",
+                redacted(b),
+                if as_qcow2 { "qcow2" } else { "raw" }
+            );
+            opts.backing = Some(if as_qcow2 {
+                qcow2_over(bdev, b, rest, q, h, std::time::Instant::now())
+                    .with_context(|| format!("opening the backing image {}", redacted(b)))?
+            } else {
+                if let Some(r) = rest.first() {
+                    bail!(
+                        "the backing image {} is raw: it has no backing file for --backing {r}",
+                        redacted(b)
+                    );
+                }
+                bdev
+            });
+            QcowDev::open(file, &opts).with_context(|| format!("reading {source}"))?
+        }
+        (Err(e), _) => return Err(e).with_context(|| format!("reading {source}")),
+    };
+    let i = dev.info();
+    log::info!(
+        "{source}: qcow2 v{}, {} in {} clusters ({} compressed){}, {} file; opened in {} ms",
+        i.version,
+        Size(i.size),
+        Size(i.cluster_size),
+        i.compression,
+        if i.extended_l2 { ", extended L2" } else { "" },
+        Size(i.file_size),
+        t0.elapsed().as_millis()
     );
     Ok(Arc::new(dev))
 }

@@ -54,6 +54,9 @@ pub struct Remote {
     pub http: crate::args::HttpArgs,
     #[command(flatten)]
     pub xz: crate::args::XzArgs,
+    /// Not flattened: its option names are the xz view's (`--cache-size`).
+    #[arg(skip)]
+    pub qcow2: crate::args::Qcow2Args,
 }
 
 impl Default for Remote {
@@ -98,6 +101,12 @@ pub enum Content {
     Http(String),
     /// A block-indexed `.xz` image, a path or an http(s) URL (`xz = "…"`).
     Xz(String),
+    /// A qcow2 image's guest disk, a path or an http(s) URL (`qcow2 = "…"`), with its
+    /// backing chain, nearest first (`backing = "…"` or a list).
+    Qcow2 {
+        source: String,
+        backing: Vec<String>,
+    },
     /// A host file or block device, writable by clients if `writable` (`disksynth file`).
     File { path: PathBuf, writable: bool },
     /// A writable sparse RAM disk (`disksynth memory`).
@@ -217,6 +226,8 @@ struct PartToml {
     source: Option<SourceList>,
     raw: Option<String>,
     xz: Option<String>,
+    qcow2: Option<String>,
+    backing: Option<SourceList>,
     size: Option<String>,
     attributes: Option<Vec<String>>,
     bootable: Option<bool>,
@@ -350,6 +361,39 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         Some(SourceList::Many(v)) => Some(v),
     };
     let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+    let local_or_url = |x: String| {
+        if is_url(&x) {
+            x
+        } else {
+            resolve(base, &x).to_string_lossy().into_owned()
+        }
+    };
+    if p.backing.is_some() && p.qcow2.is_none() {
+        bail!("backing = … goes with qcow2 = …");
+    }
+    if let Some(q) = p.qcow2 {
+        if p.fs.is_some() || sources.is_some() || p.raw.is_some() || p.xz.is_some() {
+            bail!("qcow2 = … takes no fs, source, raw or xz");
+        }
+        let backing = match p.backing {
+            None => Vec::new(),
+            Some(SourceList::One(b)) => vec![b],
+            Some(SourceList::Many(v)) => v,
+        };
+        return finish_part(
+            p.label,
+            p.kind,
+            Content::Qcow2 {
+                source: local_or_url(q),
+                backing: backing.into_iter().map(local_or_url).collect(),
+            },
+            p.size,
+            p.attributes,
+            p.bootable,
+            p.guid,
+            FsOptions::default(),
+        );
+    }
     if let Some(x) = p.xz {
         if p.fs.is_some() || sources.is_some() || p.raw.is_some() {
             bail!("xz = … takes no fs, source or raw");
@@ -947,8 +991,30 @@ pub fn from_source(src: &Source) -> Result<Option<Job<'_>>> {
             spec.remote = Remote {
                 http: http.clone(),
                 xz: xz.clone(),
+                qcow2: Default::default(),
             };
             job(spec, format!("xz view of {source}"), export, None)
+        }
+        Source::Qcow2 {
+            source,
+            backing,
+            qcow2,
+            http,
+            export,
+        } => {
+            let mut spec = whole(
+                "qcow2",
+                "linux-generic",
+                Content::Qcow2 {
+                    source: source.clone(),
+                    backing: backing.clone(),
+                },
+                PartSize::Auto,
+                FsOptions::default(),
+            );
+            spec.remote.http = http.clone();
+            spec.remote.qcow2 = qcow2.clone();
+            job(spec, format!("qcow2 view of {source}"), export, None)
         }
         Source::Build {
             spec,
@@ -1019,6 +1085,43 @@ label = "blob"
 type = "linux-generic"
 raw = "/abs/blob.bin"
 "#;
+
+    #[test]
+    fn qcow2_partitions_take_a_backing_chain() {
+        let text = r#"
+[[partition]]
+label = "root"
+type = "root-x86-64"
+qcow2 = "top.qcow2"
+backing = ["mid.qcow2", "https://host/base.qcow2"]
+
+[[partition]]
+label = "data"
+type = "linux-generic"
+qcow2 = "https://host/d.qcow2"
+"#;
+        let s = from_toml(text, Path::new("/specs")).unwrap();
+        assert_eq!(
+            s.partitions[0].content,
+            Content::Qcow2 {
+                source: "/specs/top.qcow2".into(),
+                backing: vec!["/specs/mid.qcow2".into(), "https://host/base.qcow2".into()],
+            }
+        );
+        assert_eq!(
+            s.partitions[1].content,
+            Content::Qcow2 {
+                source: "https://host/d.qcow2".into(),
+                backing: vec![],
+            }
+        );
+        for bad in [
+            "[[partition]]\nlabel = \"x\"\ntype = \"linux-generic\"\nbacking = \"b.qcow2\"\nraw = \"r\"\n",
+            "[[partition]]\nlabel = \"x\"\ntype = \"linux-generic\"\nqcow2 = \"q\"\nfs = \"ext4\"\n",
+        ] {
+            assert!(from_toml(bad, Path::new("/")).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_full_spec_parses_with_paths_relative_to_the_spec() {

@@ -13,6 +13,7 @@
 //! - [`detect`]: an image's format from its magic (raw, xz, qcow2, refused ones).
 
 pub mod bootstub;
+mod cache;
 pub mod detect;
 pub mod ext4;
 pub mod fat;
@@ -20,6 +21,7 @@ pub mod hash;
 pub mod iso;
 mod par;
 pub mod partition;
+pub mod qcow2;
 mod sparse;
 #[cfg(test)]
 mod testutil;

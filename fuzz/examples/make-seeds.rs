@@ -5,7 +5,8 @@
 //! ```
 //!
 //! NBD sessions a real client would send (every option and command, all three header styles),
-//! `.xz` files made by the `xz` command (checks, filters, Blocks, Streams, padding), scripted
+//! `.xz` files made by the `xz` command (checks, filters, Blocks, Streams, padding), qcow2
+//! images made by `qemu-img` (cluster sizes, compression, extended L2, v2, a backing file), scripted
 //! HTTP origins (HEAD, range probes, 206s, redirects, retries, replaced files), and a few
 //! pseudo-random inputs for the planners (their input is consumed structurally, so any bytes
 //! make a tree). The rest of each corpus is what fuzzing found, minimised (`run.sh --merge`).
@@ -251,6 +252,85 @@ fn xz_seeds(dir: &Path) {
     write(dir, t, "two-streams-padding", &two);
 }
 
+/// `qemu-img convert -O qcow2 ARGS` of `input`, and `qemu-img create` + `qemu-io` for
+/// backing files and zero clusters: small images (a few KiB) of every layout.
+fn qcow2_seeds(dir: &Path) {
+    let t = "qcow2";
+    let tmp = std::env::temp_dir().join(format!("qcow2-seeds-{}", std::process::id()));
+    fs::create_dir_all(&tmp).expect("a temp directory");
+    let raw = tmp.join("in.raw");
+    let mut data = vec![0u8; 48 << 10];
+    for (i, b) in data[..8192].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    data[20_000..20_512].fill(0xC3);
+    fs::write(&raw, &data).expect("the raw input");
+    let qemu_img = |args: &[&str]| {
+        let st = Command::new("qemu-img")
+            .args(args)
+            .status()
+            .expect("qemu-img");
+        assert!(st.success(), "qemu-img {args:?} failed");
+    };
+    let variants: &[(&str, &[&str])] = &[
+        ("512", &["-o", "cluster_size=512"]),
+        ("512-compressed", &["-c", "-o", "cluster_size=512"]),
+        (
+            "512-zstd",
+            &["-c", "-o", "cluster_size=512,compression_type=zstd"],
+        ),
+        (
+            "16k-extended-l2",
+            &["-o", "cluster_size=16k,extended_l2=on"],
+        ),
+        ("512-v2", &["-o", "cluster_size=512,compat=0.10"]),
+    ];
+    for (name, args) in variants {
+        let q = tmp.join(format!("{name}.qcow2"));
+        let mut a = vec!["convert", "-f", "raw", "-O", "qcow2"];
+        a.extend_from_slice(args);
+        a.extend([raw.to_str().unwrap(), q.to_str().unwrap()]);
+        qemu_img(&a);
+        write(dir, t, name, &fs::read(&q).expect("the image"));
+    }
+    // A backing file, a data write and zero clusters in the top image.
+    let top = tmp.join("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "512.qcow2",
+        "-F",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        top.to_str().unwrap(),
+    ]);
+    let st = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x55 1k 2k",
+            "-c",
+            "write -z 8k 4k",
+        ])
+        .arg(&top)
+        .stdout(Stdio::null())
+        .status()
+        .expect("qemu-io");
+    assert!(st.success(), "qemu-io failed");
+    write(
+        dir,
+        t,
+        "backing-and-zeros",
+        &fs::read(&top).expect("the image"),
+    );
+    let _ = fs::remove_dir_all(&tmp);
+}
+
 fn http_seeds(dir: &Path) {
     let t = "http_content_range";
     let size = 8192u64;
@@ -480,6 +560,7 @@ fn main() {
     );
     nbd_seeds(&dir);
     xz_seeds(&dir);
+    qcow2_seeds(&dir);
     http_seeds(&dir);
     planner_seeds(&dir);
     println!("seeds written to {}", dir.display());

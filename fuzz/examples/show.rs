@@ -76,6 +76,7 @@ fn main() {
             "iso_plan" => planners::iso(&data),
             "ext4_plan" => planners::ext4(&data),
             "xz_index" => disksynth_fuzz::xz::run(&data),
+            "qcow2" => disksynth_fuzz::qcow2::run(&data),
             "http_content_range" => http::session(&data).iter().for_each(|l| println!("{l}")),
             "nbd_handshake_and_requests" => {
                 let out = disksynth_fuzz::nbd::session(&data);

@@ -2,10 +2,11 @@
 //! checks can drive them outside libFuzzer) and the generator of trees the planners are fed.
 //!
 //! Every harness goes through public entry points only: the NBD server's `serve_connection`, the
-//! HTTP device's `open` and `read_at`, `XzIndex::read` and `XzDev`, and the generators' `build`.
+//! HTTP device's `open` and `read_at`, `XzIndex::read` and `XzDev`, `QcowDev`, and the generators' `build`.
 
 pub mod gen;
 pub mod http;
 pub mod nbd;
 pub mod planners;
+pub mod qcow2;
 pub mod xz;

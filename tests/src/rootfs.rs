@@ -263,28 +263,89 @@ fn copy_into(from: &Path, to: &Path, at: u64) {
     }
 }
 
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `work/disk.toml`, the `disksynth build` spec of the boot disk: GPT, an ESP (FAT, 64 MiB) from
+/// `esp` and an ext4 root from the cached tree (partition names `esp` and `root`, as
+/// [`KERNEL_CMDLINE`] expects).
+pub fn write_disk_spec(work: &Path, esp: &Path, root: &Rootfs) -> PathBuf {
+    let spec = format!(
+        r#"[disk]
+table = "gpt"
+seed = "boot-test"
+
+[[partition]]
+label = "esp"
+type = "esp"
+fs = "fat"
+source = {}
+size = "64M"
+
+[[partition]]
+label = "root"
+type = "root-x86-64"
+fs = "ext4"
+source = {}
+owner = "root"
+"#,
+        toml_str(esp.to_str().expect("UTF-8 path")),
+        toml_str(root.dir.to_str().expect("UTF-8 path"))
+    );
+    let path = work.join("disk.toml");
+    fs::write(&path, spec).expect("writing the disk spec");
+    path
+}
+
 /// Boots `file` (a qemu `file=` value: an image path or an `nbd+unix://` URI) as a virtio disk
 /// under OVMF until the guest's init prints [`MARKER`] with its ext4 root on the disk's second
 /// partition, within [`LINUX_BOOT_TIMEOUT`]; qemu is killed afterwards. Panics with the console
 /// otherwise.
 pub fn boot_linux(work: &Path, file: &str) -> Boot {
-    let drive = vec![
-        "-drive".to_string(),
-        // snapshot=on: the export is read-only; any write (none is expected) stays in qemu.
-        format!("if=virtio,format=raw,snapshot=on,file={file}"),
-    ];
+    // snapshot=on: the export is read-only; any write (none is expected) stays in qemu.
+    boot_linux_drive(
+        work,
+        &format!("if=virtio,format=raw,snapshot=on,file={file}"),
+    )
+}
+
+/// [`boot_linux`] with a `-drive` value.
+pub fn boot_linux_drive(work: &Path, drive: &str) -> Boot {
+    boot_linux_with(work, &["-drive".to_string(), drive.to_string()])
+}
+
+/// [`boot_linux`] with any qemu arguments that make the boot disk a virtio disk (e.g. `-blockdev`
+/// nodes of qemu's own https driver under its qcow2 driver, and a `-device virtio-blk-pci`).
+pub fn boot_linux_with(work: &Path, disk_args: &[String]) -> Boot {
+    let result = try_boot_linux_with(work, disk_args, LINUX_BOOT_TIMEOUT);
+    assert!(
+        result.found,
+        "no `{MARKER} ... {LINUX_ROOT_SEEN}` within {LINUX_BOOT_TIMEOUT:?} booting {}; console:\n{}",
+        disk_args.join(" "),
+        result.text
+    );
+    result
+}
+
+/// What the marker line says once the root is mounted from the disk's second partition.
+const LINUX_ROOT_SEEN: &str = "root=/dev/vda2 fstype=ext4";
+
+/// [`boot_linux_with`] within `timeout`, returning the boot whether or not the marker came
+/// (`found`), for a caller that judges it itself.
+pub fn try_boot_linux_with(work: &Path, disk_args: &[String], timeout: Duration) -> Boot {
     let options = BootOptions {
-        timeout: LINUX_BOOT_TIMEOUT,
+        timeout,
         memory_mib: 512,
         debugcon: false,
     };
     // The serial port reaches the log byte by byte: wait for the end of the line, not the marker.
-    let root = "root=/dev/vda2 fstype=ext4";
-    let result = boot(work, Firmware::Uefi, &drive, &[MARKER, root], &options);
-    assert!(
-        result.found,
-        "no `{MARKER} ... {root}` within {LINUX_BOOT_TIMEOUT:?} booting {file}; console:\n{}",
-        result.text
-    );
-    result
+    boot(
+        work,
+        Firmware::Uefi,
+        disk_args,
+        &[MARKER, LINUX_ROOT_SEEN],
+        &options,
+    )
 }

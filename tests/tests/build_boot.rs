@@ -5,46 +5,9 @@
 //! disk's second partition. The tree is prepared once, outside the checkout, by
 //! `tests/scripts/prepare-rootfs.sh` (scripts/test.sh runs it); see `disksynth_tests::rootfs`.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-
 use disksynth_tests::generator::output_with;
-use disksynth_tests::rootfs::{self, boot_linux, Rootfs};
+use disksynth_tests::rootfs::{self, boot_linux};
 use disksynth_tests::{disksynth, require_tool, tempdir, unix_uri, Server};
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// `work/disk.toml`: the issue's spec, an ESP from `esp` and an ext4 root from the cached tree.
-fn write_spec(work: &Path, esp: &Path, root: &Rootfs) -> PathBuf {
-    let spec = format!(
-        r#"[disk]
-table = "gpt"
-seed = "boot-test"
-
-[[partition]]
-label = "esp"
-type = "esp"
-fs = "fat"
-source = {}
-size = "64M"
-
-[[partition]]
-label = "root"
-type = "root-x86-64"
-fs = "ext4"
-source = {}
-owner = "root"
-"#,
-        toml_str(esp.to_str().unwrap()),
-        toml_str(root.dir.to_str().unwrap())
-    );
-    let path = work.join("disk.toml");
-    fs::write(&path, spec).unwrap();
-    path
-}
 
 #[test]
 fn built_disk_served_over_nbd_boots_linux_to_its_init() {
@@ -53,7 +16,7 @@ fn built_disk_served_over_nbd_boots_linux_to_its_init() {
     };
     let dir = tempdir();
     let esp = root.esp_dir(dir.path());
-    let spec = write_spec(dir.path(), &esp, &root);
+    let spec = rootfs::write_disk_spec(dir.path(), &esp, &root);
     let sock = dir.path().join("sock");
     let mut cmd = disksynth();
     cmd.arg("build").arg(&spec).arg("-U").arg(&sock);
@@ -73,7 +36,7 @@ fn built_disk_image_file_boots_linux_to_its_init() {
     };
     let dir = tempdir();
     let esp = root.esp_dir(dir.path());
-    let spec = write_spec(dir.path(), &esp, &root);
+    let spec = rootfs::write_disk_spec(dir.path(), &esp, &root);
     let img = dir.path().join("disk.img");
     let mut cmd = disksynth();
     cmd.arg("build").arg(&spec);

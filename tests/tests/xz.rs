@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use disksynth_tests::generator::{cmp_files, qemu_img_identical};
-use disksynth_tests::nginx::Nginx;
+use disksynth_tests::nginx::{make_ca_and_server_cert, Nginx};
 use disksynth_tests::{random_bytes, require_tool, run, run_ok, tempdir, Server, CMD_TIMEOUT, MIB};
 
 /// A disk-like image: random data, long zero runs (whole zero blocks), and compressible text.
@@ -216,72 +216,6 @@ fn raw_http_source_over_nginx_equals_the_file() {
             .all(|l| l.contains("\" 206 ")),
         "non-ranged GETs: {log:?}"
     );
-}
-
-/// A certificate authority and a server certificate for 127.0.0.1 signed by it (rustls, like
-/// browsers, refuses a CA certificate used as the server's own).
-fn make_ca_and_server_cert(
-    dir: &Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let (ca_key, ca, key, csr, cert, ext) = (
-        dir.join("ca.key"),
-        dir.join("ca.pem"),
-        dir.join("server.key"),
-        dir.join("server.csr"),
-        dir.join("server.pem"),
-        dir.join("server.ext"),
-    );
-    let p = |x: &Path| x.to_str().unwrap().to_string();
-    run_ok(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=disksynth test CA",
-        "-keyout",
-        &p(&ca_key),
-        "-out",
-        &p(&ca),
-    ]));
-    run_ok(Command::new("openssl").args([
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &p(&key),
-        "-out",
-        &p(&csr),
-    ]));
-    fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run_ok(Command::new("openssl").args([
-        "x509",
-        "-req",
-        "-in",
-        &p(&csr),
-        "-CA",
-        &p(&ca),
-        "-CAkey",
-        &p(&ca_key),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &p(&ext),
-        "-out",
-        &p(&cert),
-    ]));
-    (ca, cert, key)
 }
 
 /// HTTPS with HTTP/2 (nginx offers h2 by ALPN): `--cacert` trusts an internal CA; without it
@@ -798,7 +732,7 @@ fn pack_refuses_block_sizes_it_cannot_serve_or_hold() {
     let err = out.stderr_str();
     assert!(!out.status.success(), "{}", out.describe());
     assert!(
-        err.contains("1 TiB") && err.contains("4 GiB") && err.contains("--block-size 16M"),
+        err.contains("1 TiB") && err.contains("4 GiB") && err.contains("--block-size 4M"),
         "{}",
         out.describe()
     );

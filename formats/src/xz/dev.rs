@@ -182,7 +182,7 @@ impl XzDev {
 
     /// Counters since the device was opened.
     pub fn stats(&self) -> XzStats {
-        let c = &self.inner.cache.counters;
+        let c = self.inner.cache.counters();
         let usage = self.inner.cache.usage();
         XzStats {
             decodes: c.decodes.load(Ordering::Relaxed),

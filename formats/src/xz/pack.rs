@@ -39,7 +39,8 @@ impl Default for PackOptions {
     fn default() -> Self {
         PackOptions {
             threads: 0,
-            block_size: 16 << 20,
+            // 4 MiB: a read costs a whole block (see `disksynth pack --help`).
+            block_size: 4 << 20,
             preset: 6,
             check: Check::Crc64,
         }
@@ -117,7 +118,7 @@ fn check_memory(
         return Err(XzError::InvalidOption(format!(
             "a block size of {} is more than {}, the largest block `disksynth xz` serves \
              (and only with --allow-big-blocks past its 64 MiB --max-block): every read \
-             decodes a whole block. Use --block-size 16M (the default): small blocks make \
+             decodes a whole block. Use --block-size 4M (the default): small blocks make \
              fast random access",
             human(opts.block_size),
             human(MAX_BLOCK_SIZE)
@@ -136,9 +137,9 @@ fn check_memory(
         let per_thread = needed / u64::from(threads.max(1));
         let fit = (available / per_thread.max(1)).min(u64::from(threads));
         let hint = if fit >= 1 {
-            format!("use --threads {fit} or a smaller --block-size (16M is the default)")
+            format!("use --threads {fit} or a smaller --block-size (4M is the default)")
         } else {
-            "use a smaller --block-size (16M is the default)".to_string()
+            "use a smaller --block-size (4M is the default)".to_string()
         };
         return Err(XzError::InvalidOption(format!(
             "compressing blocks of {} on {threads} thread(s) at preset {} needs about {} of \

@@ -165,6 +165,11 @@ pub struct HttpStats {
     pub bytes: u64,
     /// Attempts repeated after a transient failure.
     pub retries: u64,
+    /// Client reads served entirely from memory (read-ahead windows and
+    /// small reads kept), without a request.
+    pub readahead_hits: u64,
+    /// Bytes fetched by read-ahead and dropped before any client read them.
+    pub readahead_wasted: u64,
 }
 
 /// A remote file served as a read-only device.
@@ -226,7 +231,12 @@ impl HttpDev {
 
     /// Traffic so far.
     pub fn stats(&self) -> HttpStats {
-        self.remote.stats()
+        let ra = self.readahead.stats();
+        HttpStats {
+            readahead_hits: ra.hits,
+            readahead_wasted: ra.wasted,
+            ..self.remote.stats()
+        }
     }
 
     /// Bytes from the disk cache if present, else from the origin.

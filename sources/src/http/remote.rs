@@ -201,6 +201,7 @@ impl Remote {
             requests: self.stats.requests.load(Ordering::Relaxed),
             bytes: self.stats.bytes.load(Ordering::Relaxed),
             retries: self.stats.retries.load(Ordering::Relaxed),
+            ..HttpStats::default()
         }
     }
 
