@@ -349,7 +349,8 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         Some(SourceList::Many(v)) if v.is_empty() => bail!("source = [] names no directory"),
         Some(SourceList::Many(v)) => Some(v),
     };
-    let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+    let is_url =
+        |s: &str| s.starts_with("http://") || s.starts_with("https://") || s.starts_with("s3://");
     if let Some(x) = p.xz {
         if p.fs.is_some() || sources.is_some() || p.raw.is_some() {
             bail!("xz = … takes no fs, source or raw");
