@@ -24,6 +24,7 @@ mod protocol;
 mod python;
 mod qemu;
 mod run_mode;
+mod s3;
 mod signals;
 mod socket_activation;
 mod tmpdisk;

@@ -454,7 +454,14 @@ pub(crate) fn explain(
                 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     let unsigned = ctx.is_some_and(|c| c.credentials_origin.is_none());
-    let explanation = match (code, ctx) {
+    // Some stores answer without an error document (moto refuses anonymous reads with an
+    // empty 403): the status alone then says as much as it can.
+    let meaning = match (code, status) {
+        ("", 403) => "AccessDenied",
+        ("", 404) => "NotFound",
+        (c, _) => c,
+    };
+    let explanation = match (meaning, ctx) {
         ("SignatureDoesNotMatch", Some(_)) => format!(
             "the secret access key does not match the access key id{creds}; check the secret \
              (and that no proxy rewrites the request)"
@@ -483,6 +490,10 @@ pub(crate) fn explain(
         ("NoSuchBucket", Some(c)) => {
             format!("there is no bucket {} at {}", c.object.bucket, c.host)
         }
+        ("NotFound", Some(c)) => format!(
+            "there is no object {:?} in bucket {} (or no such bucket) at {}",
+            c.object.key, c.object.bucket, c.host
+        ),
         ("RequestTimeTooSkewed", _) => "this machine's clock is more than 15 minutes off the \
                                          server's; fix the clock (NTP)"
             .into(),
@@ -756,6 +767,15 @@ mod tests {
         // A hostile region header cannot inject text.
         let s = explain("s3://b/k", 301, None, Some("x\"; rm -rf /"), Some(&ctx)).to_string();
         assert!(!s.contains("rm -rf"), "{s}");
+        let unsigned = S3Context {
+            credentials_origin: None,
+            ..ctx.clone()
+        };
+        let s = explain("s3://b/k", 403, None, None, Some(&unsigned)).to_string();
+        assert!(
+            s.contains("(403 (no error document)): s3://b/k is not public"),
+            "{s}"
+        );
         let s = explain(
             "https://h/k?X-Amz-Signature=1",
             403,

@@ -1,0 +1,445 @@
+//! `s3://` URLs against a real S3-compatible server (moto, `disksynth_tests::s3`) that checks
+//! every request: access keys, SigV4 signatures (recomputed by botocore) and IAM policies.
+//! What NBD clients read equals the uploaded file; every refusal is explained.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use disksynth_tests::generator::{cmp_files, qemu_img_identical};
+use disksynth_tests::s3::{Filled, Moto};
+use disksynth_tests::{
+    disksynth, nbdcopy_to, random_bytes, require_moto, require_tool, run, run_ok, tempdir, Server,
+    MIB,
+};
+
+const BUCKET: &str = "private-images";
+
+/// Every AWS variable disksynth would look at: tests set the ones they mean.
+const AWS_VARS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+];
+
+/// `disksynth ARGS` with none of the caller's AWS settings, and HOME in `dir` (no stray
+/// ~/.aws files).
+fn ds(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = disksynth();
+    for v in AWS_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.env("HOME", dir).args(args);
+    cmd
+}
+
+/// With the administrator's keys in the environment.
+fn with_keys(mut cmd: Command, id: &str, secret: &str) -> Command {
+    cmd.env("AWS_ACCESS_KEY_ID", id)
+        .env("AWS_SECRET_ACCESS_KEY", secret);
+    cmd
+}
+
+/// `cmd -U DIR/sock`, running.
+fn serve(dir: &Path, mut cmd: Command) -> Server {
+    cmd.arg("-U").arg(dir.join("sock"));
+    Server::spawn(cmd)
+}
+
+/// What NBD clients read from `server` equals `file`: nbdcopy's copy byte for byte, and
+/// qemu-img compare.
+fn same_as(dir: &Path, server: &Server, file: &Path) {
+    let copy = dir.join("copy.raw");
+    nbdcopy_to(server.uri(), &copy);
+    cmp_files(&copy, file);
+    qemu_img_identical(server.uri(), file);
+    fs::remove_file(copy).unwrap();
+}
+
+/// `cmd` fails (within the time bound) and its stderr.
+fn refused(mut cmd: Command) -> String {
+    cmd.arg("-U").arg("/nonexistent-dir/never.sock");
+    let out = run(&mut cmd, Duration::from_secs(120));
+    assert!(
+        !out.status.success(),
+        "expected a refusal\n{}",
+        out.describe()
+    );
+    out.stderr_str()
+}
+
+/// A disk-sized random file (not a multiple of the 4 MiB read-ahead window).
+fn disk_file(dir: &Path, name: &str, seed: u64) -> std::path::PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, random_bytes(seed, (5 * MIB + 3 * 4096) as usize)).unwrap();
+    p
+}
+
+/// A moto that enforces authentication, with `disk.raw` in a private bucket.
+fn private_store(dir: &Path, extra: &[(&str, &Path)]) -> (Moto, Filled, std::path::PathBuf) {
+    let data = disk_file(dir, "disk.raw", 15);
+    let moto = Moto::start(&dir.join("moto"), true);
+    let mut objects = vec![("disk.raw", data.as_path())];
+    objects.extend_from_slice(extra);
+    let filled = moto.fill(BUCKET, &objects, &[]);
+    (moto, filled, data)
+}
+
+/// Request lines in moto's log naming `path`.
+fn requests_for(moto: &Moto, path: &str) -> Vec<String> {
+    moto.log()
+        .lines()
+        .filter(|l| l.contains(&format!(" {path} ")) || l.contains(&format!(" {path}?")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn private_object_with_environment_credentials_reads_byte_for_byte() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, data) = private_store(dir.path(), &[]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let cmd = with_keys(
+        ds(
+            dir.path(),
+            &["http", &url, "--endpoint", &moto.endpoint(), "-v"],
+        ),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &data);
+    // Signed ranged GETs reached the object (moto refuses unsigned ones: see below).
+    let lines = requests_for(&moto, &format!("/{BUCKET}/disk.raw"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"GET ") && l.contains("\" 206")),
+        "{lines:#?}"
+    );
+    // -v logs where the credentials came from, never them.
+    let err = server.stderr_text();
+    assert!(
+        err.contains("credentials from environment variables"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&keys.secret_access_key) && !err.contains(&keys.access_key_id),
+        "{err}"
+    );
+}
+
+#[test]
+fn credentials_from_auth_file_and_from_a_shared_credentials_profile() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, data) = private_store(dir.path(), &[]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let ep = moto.endpoint();
+    // The environment holds wrong keys throughout: each source below must win over it or be
+    // the only one read.
+    let wrong = |cmd: Command| with_keys(cmd, "AKIAWRONGWRONGWRONG0", "wrong-secret");
+
+    // --auth-file, one line.
+    let line = dir.path().join("s3.key");
+    fs::write(
+        &line,
+        format!("{}:{}\n", keys.access_key_id, keys.secret_access_key),
+    )
+    .unwrap();
+    let auth = line.to_str().unwrap();
+    let server = serve(
+        dir.path(),
+        wrong(ds(
+            dir.path(),
+            &["http", &url, "--endpoint", &ep, "--auth-file", auth],
+        )),
+    );
+    same_as(dir.path(), &server, &data);
+    drop(server);
+
+    // --auth-file, a shared credentials file read with --profile.
+    let ini = dir.path().join("creds.ini");
+    fs::write(
+        &ini,
+        format!(
+            "[default]\naws_access_key_id = AKIAWRONGWRONGWRONG1\naws_secret_access_key = x\n\n\
+             [images]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            keys.access_key_id, keys.secret_access_key
+        ),
+    )
+    .unwrap();
+    let ini_s = ini.to_str().unwrap();
+    let server = serve(
+        dir.path(),
+        wrong(ds(
+            dir.path(),
+            &[
+                "http",
+                &url,
+                "--endpoint",
+                &ep,
+                "--auth-file",
+                ini_s,
+                "--profile",
+                "images",
+            ],
+        )),
+    );
+    same_as(dir.path(), &server, &data);
+    drop(server);
+
+    // The shared credentials file (AWS_SHARED_CREDENTIALS_FILE) with AWS_PROFILE, no keys in
+    // the environment.
+    let mut cmd = ds(dir.path(), &["http", &url, "--endpoint", &ep]);
+    cmd.env("AWS_SHARED_CREDENTIALS_FILE", &ini)
+        .env("AWS_PROFILE", "images");
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &data);
+    drop(server);
+
+    // ~/.aws/credentials and ~/.aws/config (region, endpoint from AWS_ENDPOINT_URL_S3),
+    // profile named with --profile over wrong keys in the environment.
+    fs::create_dir_all(dir.path().join(".aws")).unwrap();
+    fs::copy(&ini, dir.path().join(".aws/credentials")).unwrap();
+    fs::write(
+        dir.path().join(".aws/config"),
+        "[profile images]\nregion = us-east-1\n",
+    )
+    .unwrap();
+    let mut cmd = wrong(ds(dir.path(), &["http", &url, "--profile", "images"]));
+    cmd.env("AWS_ENDPOINT_URL_S3", &ep);
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &data);
+    drop(server);
+
+    // And the default profile of that file holds wrong keys: proof the profile was used.
+    let mut cmd = ds(dir.path(), &["http", &url]);
+    cmd.env("AWS_ENDPOINT_URL_S3", &ep);
+    let err = refused(cmd);
+    assert!(err.contains("InvalidAccessKeyId"), "{err}");
+    assert!(err.contains("profile \"default\""), "{err}");
+}
+
+#[test]
+fn xz_of_a_packed_image_in_s3() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    require_moto!();
+    let dir = tempdir();
+    // Compressible and incompressible parts, 3 blocks of 2 MiB.
+    let raw = dir.path().join("image.raw");
+    let mut bytes = random_bytes(7, (2 * MIB) as usize);
+    bytes.resize((4 * MIB) as usize, 0);
+    bytes.extend(b"text of a disk image\n".repeat(70_000));
+    bytes.resize((6 * MIB) as usize, 1);
+    fs::write(&raw, &bytes).unwrap();
+    let packed = dir.path().join("image.raw.xz");
+    run_ok(disksynth().arg("pack").arg(&raw).arg(&packed).args([
+        "--block-size",
+        "2M",
+        "--preset",
+        "1",
+    ]));
+    let (moto, keys, _) = private_store(dir.path(), &[("images/image.raw.xz", &packed)]);
+    let url = format!("s3://{BUCKET}/images/image.raw.xz");
+    let cmd = with_keys(
+        ds(dir.path(), &["xz", &url, "--endpoint", &moto.endpoint()]),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &raw);
+}
+
+#[test]
+fn a_wrong_secret_key_is_refused_with_a_clear_403_and_not_retried() {
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, _) = private_store(dir.path(), &[]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let ep = moto.endpoint();
+    let before = requests_for(&moto, &format!("/{BUCKET}/disk.raw")).len();
+    let bad_secret = format!("{}x", &keys.secret_access_key[1..]);
+    let err = refused(with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &ep]),
+        &keys.access_key_id,
+        &bad_secret,
+    ));
+    assert!(
+        err.contains(&format!(
+            "s3://{BUCKET}/disk.raw: S3 refused the request (403 SignatureDoesNotMatch): the \
+             secret access key does not match the access key id (credentials from environment"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&bad_secret) && !err.contains(&keys.access_key_id),
+        "{err}"
+    );
+    // HEAD (no body to explain) and one GET for the error document: refusals are final.
+    let after = requests_for(&moto, &format!("/{BUCKET}/disk.raw"));
+    assert_eq!(after.len() - before, 2, "{after:#?}");
+    assert!(
+        after.iter().skip(before).all(|l| l.contains("\" 403")),
+        "{after:#?}"
+    );
+
+    // An access key the server does not know.
+    let err = refused(with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &ep]),
+        "AKIAUNKNOWNUNKNOWN00",
+        &keys.secret_access_key,
+    ));
+    assert!(
+        err.contains("(403 InvalidAccessKeyId): the access key id (credentials from"),
+        "{err}"
+    );
+    // A valid user whose policies grant nothing.
+    let err = refused(with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &ep]),
+        &keys.nobody_access_key_id,
+        &keys.nobody_secret_access_key,
+    ));
+    assert!(
+        err.contains(&format!(
+            "(403 AccessDenied): the credentials (credentials from environment variables \
+             AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) may not read s3://{BUCKET}/disk.raw"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_objects_and_buckets_are_named() {
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, _) = private_store(dir.path(), &[]);
+    let ep = moto.endpoint();
+    let url = format!("s3://{BUCKET}/no/such.img");
+    let err = refused(with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &ep]),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    ));
+    assert!(
+        err.contains(&format!(
+            "(404 NoSuchKey): there is no object \"no/such.img\" in bucket {BUCKET}"
+        )),
+        "{err}"
+    );
+    let err = refused(with_keys(
+        ds(
+            dir.path(),
+            &["xz", "s3://no-such-bucket/x.xz", "--endpoint", &ep],
+        ),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    ));
+    assert!(
+        err.contains("(404 NoSuchBucket): there is no bucket no-such-bucket"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsigned_requests_to_a_private_object_are_refused() {
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, _) = private_store(dir.path(), &[]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let ep = moto.endpoint();
+    // --no-sign-request sends no Authorization, whatever the environment holds.
+    let err = refused(with_keys(
+        ds(
+            dir.path(),
+            &["http", &url, "--endpoint", &ep, "--no-sign-request"],
+        ),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    ));
+    assert!(err.contains("S3 refused the request (403"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "s3://{BUCKET}/disk.raw is not public: give credentials instead of --no-sign-request"
+        )),
+        "{err}"
+    );
+    // Without any credentials and without --no-sign-request: nothing is sent at all.
+    let before = moto.log().lines().count();
+    let err = refused(ds(dir.path(), &["http", &url, "--endpoint", &ep]));
+    assert!(
+        err.contains("AWS_ACCESS_KEY_ID") && err.contains("--no-sign-request"),
+        "{err}"
+    );
+    assert_eq!(moto.log().lines().count(), before);
+}
+
+#[test]
+fn keys_with_spaces_plus_and_unicode() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    require_moto!();
+    let dir = tempdir();
+    let odd = disk_file(dir.path(), "odd.raw", 16);
+    let key = "cloud images/débian 12+ü/☃ disk (1).raw";
+    let (moto, keys, _) = private_store(dir.path(), &[(key, &odd)]);
+    let url = format!("s3://{BUCKET}/{key}");
+    let cmd = with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &moto.endpoint()]),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &odd);
+    // Sent encoded once, as S3 signs it (and moto, recomputing the signature from the path
+    // it received, accepted it: the 206s).
+    let sent = format!(
+        "/{BUCKET}/cloud%20images/d%C3%A9bian%2012%2B%C3%BC/%E2%98%83%20disk%20%281%29.raw"
+    );
+    let lines = requests_for(&moto, &moto.as_logged(&sent));
+    assert!(lines.iter().any(|l| l.contains("\" 206")), "{}", moto.log());
+}
+
+#[test]
+fn presigned_urls_work_through_plain_http_unchanged() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    require_moto!();
+    let dir = tempdir();
+    let data = disk_file(dir.path(), "disk.raw", 17);
+    // moto cannot check query-string signatures with authentication enforced (a 500): this
+    // server does not enforce it; what is checked is that the URL arrives as signed.
+    let moto = Moto::start(&dir.path().join("moto"), false);
+    let filled = moto.fill(BUCKET, &[("pre signed+.raw", &data)], &["pre signed+.raw"]);
+    let url = &filled.presigned[0].1;
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let before = moto.log().lines().count();
+    let server = serve(dir.path(), ds(dir.path(), &["http", url]));
+    same_as(dir.path(), &server, &data);
+    let path_and_query = moto.as_logged(url.trim_start_matches(&moto.endpoint()));
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let lines: Vec<String> = moto
+        .log()
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains(path))
+        .map(str::to_owned)
+        .collect();
+    assert!(!lines.is_empty(), "{}", moto.log());
+    for l in &lines {
+        // Only GETs (a presigned URL is signed for its method), each with the query as made.
+        assert!(
+            l.contains(&format!("\"GET {path_and_query} HTTP/1.1\" 206")),
+            "{l}\nwant {path_and_query}"
+        );
+    }
+}
