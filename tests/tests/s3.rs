@@ -10,8 +10,8 @@ use std::time::Duration;
 use disksynth_tests::generator::{cmp_files, qemu_img_identical};
 use disksynth_tests::s3::{Filled, Moto};
 use disksynth_tests::{
-    disksynth, nbdcopy_to, random_bytes, require_moto, require_tool, run, run_ok, tempdir, Server,
-    MIB,
+    disksynth, disksynth_bin, nbdcopy_to, python_script, random_bytes, require_moto, require_tool,
+    run, run_ok, tempdir, Server, MIB,
 };
 
 const BUCKET: &str = "private-images";
@@ -442,4 +442,43 @@ fn presigned_urls_work_through_plain_http_unchanged() {
             "{l}\nwant {path_and_query}"
         );
     }
+}
+
+#[test]
+fn stateless_socket_activated_nodes_serve_the_same_object() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, data) = private_store(dir.path(), &[]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    // Two nodes as the README's systemd units run them: the socket on fd 3 (Accept=no),
+    // no export flag, credentials from a file. Each serves the object on its own.
+    let key_file = dir.path().join("s3.key");
+    fs::write(
+        &key_file,
+        format!("{}:{}", keys.access_key_id, keys.secret_access_key),
+    )
+    .unwrap();
+    let node = |name: &str| {
+        let mut cmd = python_script("socket_activate.py");
+        cmd.arg(dir.path().join(name))
+            .arg("--")
+            .arg(disksynth_bin())
+            .args(["http", &url, "--endpoint", &moto.endpoint(), "--auth-file"])
+            .arg(&key_file);
+        for v in AWS_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.env("HOME", dir.path())
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID");
+        Server::spawn(cmd)
+    };
+    let a = node("a.sock");
+    let b = node("b.sock");
+    same_as(dir.path(), &a, &data);
+    same_as(dir.path(), &b, &data);
+    drop(a);
+    // Stopping one node leaves the other serving.
+    same_as(dir.path(), &b, &data);
 }
