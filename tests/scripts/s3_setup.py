@@ -7,7 +7,8 @@ administrator with an access key; every later request, ours and disksynth's, is 
 (IAM access keys, SigV4 signatures recomputed with botocore, IAM policies).
 
 SPEC.json: {"objects": {"KEY": "LOCAL PATH", ...}, "presign": ["KEY", ...]}
-Prints JSON: the admin's and a no-permission user's keys, and the presigned GET URLs.
+Prints JSON: the admin's and a no-permission user's keys, temporary credentials (with a session
+token) of a role that may read objects, and the presigned GET URLs.
 """
 
 import json
@@ -71,6 +72,30 @@ for key, path in spec["objects"].items():
     with open(path, "rb") as f:
         s3.put_object(Bucket=bucket, Key=key, Body=f)
 
+# Temporary credentials (with a session token) from an assumed role that may read objects.
+role = iam.create_role(
+    RoleName="reader",
+    AssumeRolePolicyDocument=json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
+        }
+    ),
+)["Role"]
+iam.put_role_policy(
+    RoleName="reader",
+    PolicyName="read",
+    PolicyDocument=json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}],
+        }
+    ),
+)
+session = client("sts", ak, sk).assume_role(RoleArn=role["Arn"], RoleSessionName="disksynth-test")[
+    "Credentials"
+]
+
 presigned = {
     key: s3.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600
@@ -84,6 +109,9 @@ json.dump(
         "secret_access_key": sk,
         "nobody_access_key_id": nobody["AccessKeyId"],
         "nobody_secret_access_key": nobody["SecretAccessKey"],
+        "session_access_key_id": session["AccessKeyId"],
+        "session_secret_access_key": session["SecretAccessKey"],
+        "session_token": session["SessionToken"],
         "presigned": presigned,
     },
     sys.stdout,

@@ -89,7 +89,7 @@ pub struct Moto {
 }
 
 /// What [`Moto::fill`] made: keys of an administrator and of a user with no permissions,
-/// and presigned GET URLs.
+/// temporary credentials of a reading role, and presigned GET URLs.
 #[derive(Debug, Clone)]
 pub struct Filled {
     /// The administrator's access key id (may do anything).
@@ -100,6 +100,12 @@ pub struct Filled {
     pub nobody_access_key_id: String,
     /// Its secret.
     pub nobody_secret_access_key: String,
+    /// Temporary credentials of a role that may read objects: key id…
+    pub session_access_key_id: String,
+    /// …secret…
+    pub session_secret_access_key: String,
+    /// …and session token (sent as `x-amz-security-token`).
+    pub session_token: String,
     /// Presigned GET URLs (an hour) by key.
     pub presigned: Vec<(String, String)>,
 }
@@ -224,6 +230,9 @@ impl Moto {
             secret_access_key: s("secret_access_key"),
             nobody_access_key_id: s("nobody_access_key_id"),
             nobody_secret_access_key: s("nobody_secret_access_key"),
+            session_access_key_id: s("session_access_key_id"),
+            session_secret_access_key: s("session_secret_access_key"),
+            session_token: s("session_token"),
             presigned,
         }
     }

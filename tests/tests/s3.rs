@@ -482,3 +482,87 @@ fn stateless_socket_activated_nodes_serve_the_same_object() {
     // Stopping one node leaves the other serving.
     same_as(dir.path(), &b, &data);
 }
+
+#[test]
+fn a_build_spec_takes_s3_sources() {
+    require_tool!("cmp");
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, data) = private_store(dir.path(), &[]);
+    // A spec has no command-line flags for its sources: endpoint and keys from the
+    // environment.
+    let spec = dir.path().join("disk.toml");
+    fs::write(
+        &spec,
+        format!(
+            "[disk]\ntable = \"none\"\n\n[[partition]]\nlabel = \"img\"\ntype = \"linux-generic\"\n\
+             source = \"s3://{BUCKET}/disk.raw\"\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out.img");
+    let mut cmd = with_keys(
+        ds(dir.path(), &["build"]),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    cmd.arg(&spec).arg("-o").arg(&out);
+    cmd.env("AWS_ENDPOINT_URL_S3", moto.endpoint());
+    run_ok(&mut cmd);
+    cmp_files(&out, &data);
+}
+
+#[test]
+fn temporary_credentials_send_their_session_token() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, data) = private_store(dir.path(), &[]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let ep = moto.endpoint();
+    // An assumed role's keys: moto refuses them without the matching x-amz-security-token.
+    let mut cmd = with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &ep]),
+        &keys.session_access_key_id,
+        &keys.session_secret_access_key,
+    );
+    cmd.env("AWS_SESSION_TOKEN", &keys.session_token);
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &data);
+    drop(server);
+    // The token as the third field of --auth-file.
+    let line = dir.path().join("session.key");
+    fs::write(
+        &line,
+        format!(
+            "{}:{}:{}\n",
+            keys.session_access_key_id, keys.session_secret_access_key, keys.session_token
+        ),
+    )
+    .unwrap();
+    let mut cmd = ds(
+        dir.path(),
+        &["http", &url, "--endpoint", &ep, "--auth-file"],
+    );
+    cmd.arg(&line);
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &data);
+    drop(server);
+    // A wrong token is named as such, and not echoed.
+    let bad_token = format!("{}x", &keys.session_token[1..]);
+    let mut cmd = with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &ep]),
+        &keys.session_access_key_id,
+        &keys.session_secret_access_key,
+    );
+    cmd.env("AWS_SESSION_TOKEN", &bad_token);
+    let err = refused(cmd);
+    assert!(
+        err.contains(
+            "(400 InvalidToken): the session token (credentials from environment variables \
+             AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN) is not valid"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains(&bad_token), "{err}");
+}

@@ -167,6 +167,11 @@ fn from_env(env: Env<'_>) -> Result<Option<Found>, HttpError> {
                 secret_access_key: secret.trim().to_owned(),
                 session_token: nonempty(env, "AWS_SESSION_TOKEN").map(|t| t.trim().to_owned()),
             };
+            let from = if creds.session_token.is_some() {
+                format!("{from}/AWS_SESSION_TOKEN")
+            } else {
+                from
+            };
             check(&creds, &from)?;
             Ok(Some(Found {
                 creds,
