@@ -179,6 +179,11 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The server's log so far (werkzeug's request lines and any traceback), without the
     /// colour escapes werkzeug puts around request lines.
     pub fn log(&self) -> String {
@@ -243,4 +248,197 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A canned answer [`FaultProxy`] gives instead of forwarding a request.
+#[derive(Debug, Clone)]
+pub struct Canned {
+    /// Only requests with this method get it (`GET`, `HEAD`).
+    pub method: &'static str,
+    /// The status line's code and reason, e.g. `503 Slow Down`.
+    pub status: &'static str,
+    /// Extra header lines, `Name: value` each.
+    pub headers: Vec<String>,
+    /// The body (an S3 error document).
+    pub body: String,
+}
+
+/// One request as the proxy saw it: the request line and the header fields (names
+/// lower-cased).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// `GET /bucket/key HTTP/1.1`.
+    pub line: String,
+    /// Header fields in order.
+    pub headers: Vec<(String, String)>,
+    /// Whether a canned answer was given.
+    pub canned: bool,
+}
+
+impl Seen {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A loopback HTTP proxy in front of a real server (moto) that answers chosen requests itself
+/// (an S3 `503 SlowDown`, a wrong-region `301`...) and forwards the rest unchanged, one
+/// upstream connection per request (closed after it). It records every request's headers.
+/// Dropping it stops the accept loop.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    plan: std::collections::VecDeque<Canned>,
+    seen: Vec<Seen>,
+}
+
+impl FaultProxy {
+    /// Proxy to `upstream` (`127.0.0.1:PORT`), answering the first requests that match
+    /// `plan`'s entries in order with them.
+    pub fn start(upstream: u16, plan: Vec<Canned>) -> FaultProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let state = Arc::new(Mutex::new(ProxyState {
+            plan: plan.into(),
+            seen: Vec::new(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
+        let accept = std::thread::spawn(move || {
+            while !sp.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let st = Arc::clone(&st);
+                        std::thread::spawn(move || proxy_one(conn, upstream, &st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        FaultProxy {
+            addr,
+            state,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serve one client connection: one request, answered (canned or forwarded), then closed.
+fn proxy_one(mut conn: TcpStream, upstream: u16, state: &std::sync::Mutex<ProxyState>) {
+    use std::io::{Read, Write};
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) if head.len() < 64 << 10 => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let line = lines.next().unwrap_or("").to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let method = line.split(' ').next().unwrap_or("").to_owned();
+    let canned = {
+        let mut st = state.lock().unwrap();
+        let pos = st.plan.iter().position(|c| c.method == method);
+        let c = pos.and_then(|p| st.plan.remove(p));
+        st.seen.push(Seen {
+            line: line.clone(),
+            headers: headers.clone(),
+            canned: c.is_some(),
+        });
+        c
+    };
+    if let Some(c) = canned {
+        let mut resp = format!("HTTP/1.1 {}\r\nConnection: close\r\n", c.status);
+        for h in &c.headers {
+            resp.push_str(h);
+            resp.push_str("\r\n");
+        }
+        resp.push_str(&format!("Content-Length: {}\r\n\r\n", c.body.len()));
+        if method != "HEAD" {
+            resp.push_str(&c.body);
+        }
+        let _ = conn.write_all(resp.as_bytes());
+        return;
+    }
+    // Forward unchanged but for `Connection: close`, then relay the answer to its end.
+    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let mut fwd = format!("{line}\r\n");
+    for (n, v) in headers.iter().filter(|(n, _)| n != "connection") {
+        fwd.push_str(&format!("{n}: {v}\r\n"));
+    }
+    fwd.push_str("Connection: close\r\n\r\n");
+    if up.write_all(fwd.as_bytes()).is_err() {
+        return;
+    }
+    let _ = up.set_read_timeout(Some(Duration::from_secs(30)));
+    // The answer's head with `Connection: close` (this connection ends with it), then the
+    // body as it comes.
+    let mut resp_head = Vec::new();
+    while !resp_head.ends_with(b"\r\n\r\n") {
+        match up.read(&mut byte) {
+            Ok(1) if resp_head.len() < 64 << 10 => resp_head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let resp_text = String::from_utf8_lossy(&resp_head).into_owned();
+    let mut out = String::new();
+    for (i, l) in resp_text.trim_end_matches("\r\n").split("\r\n").enumerate() {
+        if i > 0 && l.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+        if i == 0 {
+            out.push_str("Connection: close\r\n");
+        }
+    }
+    out.push_str("\r\n");
+    if conn.write_all(out.as_bytes()).is_err() {
+        return;
+    }
+    let _ = std::io::copy(&mut up, &mut conn);
 }

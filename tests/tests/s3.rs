@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use disksynth_tests::generator::{cmp_files, qemu_img_identical};
-use disksynth_tests::s3::{Filled, Moto};
+use disksynth_tests::s3::{Canned, FaultProxy, Filled, Moto};
 use disksynth_tests::{
     disksynth, disksynth_bin, nbdcopy_to, python_script, random_bytes, require_moto, require_tool,
     run, run_ok, tempdir, Server, MIB,
@@ -565,4 +565,117 @@ fn temporary_credentials_send_their_session_token() {
         "{err}"
     );
     assert!(!err.contains(&bad_token), "{err}");
+}
+
+/// An S3 error document.
+fn s3_error(code: &str, message: &str, extra: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>{message}</Message>{extra}<RequestId>4442587FB7D0A2F9</RequestId></Error>"
+    )
+}
+
+#[test]
+fn slow_down_is_retried_and_every_attempt_is_signed_anew() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, data) = private_store(dir.path(), &[]);
+    // The first two GETs get S3's 503 SlowDown (the second after Retry-After: 1, so the
+    // retry's x-amz-date is a later second); moto checks the signature of everything else.
+    let slow = Canned {
+        method: "GET",
+        status: "503 Slow Down",
+        headers: vec![
+            "Content-Type: application/xml".into(),
+            "Retry-After: 1".into(),
+        ],
+        body: s3_error("SlowDown", "Please reduce your request rate.", ""),
+    };
+    let proxy = FaultProxy::start(moto.port(), vec![slow.clone(), slow]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let cmd = with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &proxy.endpoint()]),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &data);
+    assert!(
+        server
+            .stderr_text()
+            .contains("HTTP 503 Service Unavailable (SlowDown); retry"),
+        "{}",
+        server.stderr_text()
+    );
+    let seen = proxy.seen();
+    let gets: Vec<_> = seen.iter().filter(|s| s.line.starts_with("GET ")).collect();
+    assert!(gets.len() >= 3 && gets[0].canned && gets[1].canned && !gets[2].canned);
+    for s in &seen {
+        let auth = s.header("authorization").unwrap_or("");
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=")
+                && auth.contains("/us-east-1/s3/aws4_request, SignedHeaders=host;")
+                && s.header("x-amz-date").is_some()
+                && s.header("x-amz-content-sha256")
+                    == Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            "{s:?}"
+        );
+    }
+    // Each refused range asked again later (Retry-After: 1), with a later date and its own
+    // signature: re-signed, not replayed.
+    for refused in &gets[..2] {
+        let retry = gets
+            .iter()
+            .find(|g| !g.canned && g.header("range") == refused.header("range"))
+            .unwrap_or_else(|| panic!("no retry of {refused:?}"));
+        assert!(
+            retry.header("x-amz-date") > refused.header("x-amz-date"),
+            "{refused:?}\n{retry:?}"
+        );
+        assert_ne!(
+            retry.header("authorization"),
+            refused.header("authorization")
+        );
+    }
+}
+
+#[test]
+fn a_bucket_in_another_region_names_the_region() {
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, _) = private_store(dir.path(), &[]);
+    // What S3 answers a request signed for the wrong region: 301, x-amz-bucket-region, and
+    // (to a GET) a PermanentRedirect document. Not followed, not retried.
+    let redirect = |method| Canned {
+        method,
+        status: "301 Moved Permanently",
+        headers: vec![
+            "Content-Type: application/xml".into(),
+            "x-amz-bucket-region: eu-central-1".into(),
+        ],
+        body: s3_error(
+            "PermanentRedirect",
+            "The bucket you are attempting to access must be addressed using the specified \
+             endpoint. Please send all future requests to this endpoint.",
+            &format!("<Endpoint>{BUCKET}.s3.eu-central-1.amazonaws.com</Endpoint>"),
+        ),
+    };
+    let proxy = FaultProxy::start(moto.port(), vec![redirect("HEAD"), redirect("GET")]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let mut cmd = with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &proxy.endpoint()]),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    cmd.env("AWS_REGION", "us-west-2");
+    let err = refused(cmd);
+    assert!(
+        err.contains(
+            "(301 PermanentRedirect): the bucket is in region eu-central-1, not us-west-2 (from \
+             AWS_REGION): pass --region eu-central-1"
+        ),
+        "{err}"
+    );
+    assert_eq!(proxy.seen().len(), 2, "{:#?}", proxy.seen());
 }
