@@ -21,15 +21,16 @@ pub(crate) fn is_url(s: &str) -> bool {
 }
 
 /// `url` without `user:password@` (HttpDev refuses credentials in URLs;
-/// the error context must not repeat them either).
+/// the error context must not repeat them either) and without the
+/// signature of a presigned URL.
 fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
+        Some(at) => sources::http::redact_url(&format!("{scheme}://***@{}", &rest[at + 1..])),
+        None => sources::http::redact_url(url),
     }
 }
 

@@ -64,6 +64,7 @@ use synth::{check_range, BlockDev, Caps, Error, ErrorKind, Result};
 pub use auth::{AuthSource, HttpAuth};
 pub use error::HttpError;
 pub use headers::{parse_content_range, ContentRange, ContentRangeError};
+pub use remote::redact_url;
 pub use s3::{is_s3_url, S3Options, S3Url};
 
 use cache::DiskCache;

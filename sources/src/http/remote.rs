@@ -137,7 +137,13 @@ impl Remote {
                 (None, Some(src)) => Some(src.load_http()?),
                 (None, None) => None,
             };
-            (parsed.clone(), parsed.to_string(), auth, None, None)
+            (
+                parsed.clone(),
+                redact_url(parsed.as_str()),
+                auth,
+                None,
+                None,
+            )
         };
         let presigned = s3.is_none()
             && parsed
@@ -865,29 +871,76 @@ fn shown_field(h: &HeaderMap, name: &HeaderName) -> String {
 /// Parse and vet the URL.
 fn parse_url(url: &str) -> Result<Url, HttpError> {
     let mut parsed = Url::parse(url).map_err(|e| HttpError::BadUrl {
-        url: strip_userinfo(url),
+        url: redact_url(&strip_userinfo(url)),
         reason: e.to_string(),
     })?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         let _ = parsed.set_username("");
         let _ = parsed.set_password(None);
         return Err(HttpError::CredentialsInUrl {
-            url: parsed.to_string(),
+            url: redact_url(parsed.as_str()),
         });
     }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(HttpError::BadUrl {
-            url: parsed.to_string(),
-            reason: "only http:// and https:// are supported".into(),
+            url: redact_url(parsed.as_str()),
+            reason: "only http://, https:// and s3:// are supported".into(),
         });
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(HttpError::BadUrl {
-            url: parsed.to_string(),
+            url: redact_url(parsed.as_str()),
             reason: "no host".into(),
         });
     }
     Ok(parsed)
+}
+
+/// Query parameters that are credentials: a presigned URL is a bearer token until it
+/// expires (AWS SigV4 and SigV2 query authentication, with the session token of temporary
+/// credentials; Google Cloud Storage's V4 signing; Azure SAS `sig`).
+const SECRET_QUERY_NAMES: &[&str] = &[
+    "x-amz-signature",
+    "x-amz-security-token",
+    "x-amz-credential",
+    "signature",
+    "awsaccesskeyid",
+    "x-goog-signature",
+    "x-goog-credential",
+    "sig",
+];
+
+/// `url` for logs and messages: the values of [`SECRET_QUERY_NAMES`] replaced by
+/// `REDACTED` (the URL is sent as given; only what is shown changes). Works on text, so
+/// also on URLs that do not parse.
+pub fn redact_url(url: &str) -> String {
+    let (before, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let Some((base, query)) = before.split_once('?') else {
+        return url.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            if SECRET_QUERY_NAMES
+                .iter()
+                .any(|s| name.eq_ignore_ascii_case(s))
+            {
+                format!("{name}=REDACTED")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    let mut out = format!("{base}?{}", pairs.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
 }
 
 /// `scheme://user:pass@host/...` without `user:pass@`, for a URL that did
@@ -970,6 +1023,31 @@ mod tests {
                    &X-Amz-SignedHeaders=host&X-Amz-Security-Token=IQo%2Bb3%3D&\
                    X-Amz-Signature=3349d531fb9db18bb8b0d87ed18ccc6c5d6a1cf69dbcc4d8ff060b2618e6ac52";
         assert_eq!(parse_url(url).unwrap().as_str(), url);
+    }
+
+    #[test]
+    fn presigned_credentials_are_not_shown() {
+        let url = "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&\
+                   X-Amz-Credential=AKIDEXAMPLE%2F20261203&X-Amz-Security-Token=tok3n&\
+                   x-amz-signature=abc123&versionId=7";
+        let shown = redact_url(url);
+        for secret in ["AKIDEXAMPLE", "tok3n", "abc123"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("X-Amz-Algorithm=AWS4-HMAC-SHA256"),
+            "{shown}"
+        );
+        assert!(shown.ends_with("&versionId=7"), "{shown}");
+        assert_eq!(redact_url("http://h/p?a=1#f"), "http://h/p?a=1#f");
+        assert_eq!(
+            redact_url("http://h/p?sig=x#f"),
+            "http://h/p?sig=REDACTED#f"
+        );
+        let e = parse_url("ftp://h/k?Signature=s3cr3t")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
     }
 
     #[test]
