@@ -86,6 +86,8 @@ pub struct Moto {
     child: Child,
     port: u16,
     work: PathBuf,
+    /// The CA that signed its certificate, when it serves HTTPS.
+    ca: Option<PathBuf>,
 }
 
 /// What [`Moto::fill`] made: keys of an administrator and of a user with no permissions,
@@ -113,6 +115,16 @@ pub struct Filled {
 impl Moto {
     /// Starts moto on a free loopback port, its log in `work/moto.log`.
     pub fn start(work: &Path, enforce_auth: bool) -> Moto {
+        Self::start_with(work, enforce_auth, None)
+    }
+
+    /// Starts moto serving HTTPS with `cert` and `key` (a certificate for 127.0.0.1 that `ca`
+    /// signed).
+    pub fn start_tls(work: &Path, enforce_auth: bool, cert: &Path, key: &Path, ca: &Path) -> Moto {
+        Self::start_with(work, enforce_auth, Some((cert, key, ca)))
+    }
+
+    fn start_with(work: &Path, enforce_auth: bool, tls: Option<(&Path, &Path, &Path)>) -> Moto {
         fs::create_dir_all(work).unwrap();
         // A free port: bind, read it, release (moto binds it a moment later).
         let port = TcpListener::bind("127.0.0.1:0")
@@ -129,11 +141,14 @@ impl Moto {
             "127.0.0.1",
             "-p",
             &port.to_string(),
-        ])
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+        ]);
+        if let Some((cert, key, _)) = tls {
+            cmd.arg("-c").arg(cert).arg("-k").arg(key);
+        }
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         if enforce_auth {
             cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
         } else {
@@ -144,6 +159,7 @@ impl Moto {
             child,
             port,
             work: work.to_path_buf(),
+            ca: tls.map(|(_, _, ca)| ca.to_path_buf()),
         };
         let t0 = Instant::now();
         loop {
@@ -174,9 +190,10 @@ impl Moto {
         out.stdout_str().trim_end_matches('\n').to_owned()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port it listens on.
@@ -211,9 +228,12 @@ impl Moto {
         let spec = serde_json::json!({ "objects": objects, "presign": presign });
         let spec_path = self.work.join("spec.json");
         fs::write(&spec_path, spec.to_string()).unwrap();
+        let mut cmd = Command::new(python());
+        if let Some(ca) = &self.ca {
+            cmd.env("AWS_CA_BUNDLE", ca);
+        }
         let out = crate::run_ok(
-            Command::new(python())
-                .env("PYTHONDONTWRITEBYTECODE", "1")
+            cmd.env("PYTHONDONTWRITEBYTECODE", "1")
                 .arg(crate::script("s3_setup.py"))
                 .arg(self.endpoint())
                 .arg(bucket)

@@ -693,3 +693,86 @@ fn a_bucket_in_another_region_names_the_region() {
     );
     assert_eq!(proxy.seen().len(), 2, "{:#?}", proxy.seen());
 }
+
+#[test]
+fn an_https_endpoint_with_an_internal_ca() {
+    require_tool!("nbdcopy", "qemu-img", "cmp", "openssl");
+    require_moto!();
+    let dir = tempdir();
+    let (ca, cert, key) = crate::xz::make_ca_and_server_cert(dir.path());
+    let data = disk_file(dir.path(), "disk.raw", 18);
+    let moto = Moto::start_tls(&dir.path().join("moto"), true, &cert, &key, &ca);
+    let keys = moto.fill(BUCKET, &[("disk.raw", &data)], &[]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let ep = moto.endpoint();
+    assert!(ep.starts_with("https://"), "{ep}");
+    let ca_s = ca.to_str().unwrap();
+    let cmd = with_keys(
+        ds(
+            dir.path(),
+            &["http", &url, "--endpoint", &ep, "--cacert", ca_s],
+        ),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &data);
+    drop(server);
+    // Without --cacert the certificate is refused, never accepted silently.
+    let mut cmd = with_keys(
+        ds(
+            dir.path(),
+            &["http", &url, "--endpoint", &ep, "--retries", "0"],
+        ),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    );
+    cmd.env("SSL_CERT_FILE", "/nonexistent")
+        .env("SSL_CERT_DIR", "/nonexistent");
+    let err = refused(cmd);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+#[test]
+fn a_hostile_error_document_is_bounded_and_defanged() {
+    require_moto!();
+    let dir = tempdir();
+    let (moto, keys, _) = private_store(dir.path(), &[]);
+    let url = format!("s3://{BUCKET}/disk.raw");
+    let denied = |body: String| Canned {
+        method: "GET",
+        status: "403 Forbidden",
+        headers: vec!["Content-Type: application/xml".into()],
+        body,
+    };
+    // Terminal escapes and a bell in the message, then 4 MiB of padding: the message is
+    // shown without them, the padding never read.
+    let escapes = format!(
+        "<Error><Code>AccessDenied</Code><Message>\u{1b}[2J\u{1b}]0;owned\u{7}denied</Message>\
+         </Error>{}",
+        " ".repeat(4 << 20)
+    );
+    // An error document past the 16 KiB looked at: not parsed, not waited for.
+    let buried = format!(
+        "{}<Error><Code>NoSuchKey</Code><Message>late</Message></Error>",
+        " ".repeat(1 << 20)
+    );
+    for (body, want) in [
+        (escapes, "(403 AccessDenied): the credentials"),
+        (buried, "(403 (no error document)): the credentials"),
+    ] {
+        let head = Canned {
+            method: "HEAD",
+            ..denied(String::new())
+        };
+        let proxy = FaultProxy::start(moto.port(), vec![head, denied(body)]);
+        let err = refused(with_keys(
+            ds(dir.path(), &["http", &url, "--endpoint", &proxy.endpoint()]),
+            &keys.access_key_id,
+            &keys.secret_access_key,
+        ));
+        assert!(err.contains(want), "{err}");
+        assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+        assert!(!err.contains("late") && err.len() < 2000, "{err}");
+    }
+}

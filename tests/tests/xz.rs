@@ -220,7 +220,7 @@ fn raw_http_source_over_nginx_equals_the_file() {
 
 /// A certificate authority and a server certificate for 127.0.0.1 signed by it (rustls, like
 /// browsers, refuses a CA certificate used as the server's own).
-fn make_ca_and_server_cert(
+pub(crate) fn make_ca_and_server_cert(
     dir: &Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let (ca_key, ca, key, csr, cert, ext) = (
