@@ -132,6 +132,18 @@ impl Remote {
             (t.url, t.shown, None, t.signer, Some(t.context))
         } else {
             let parsed = parse_url(url)?;
+            let s3 = &opts.s3;
+            if s3.region.is_some()
+                || s3.endpoint.is_some()
+                || s3.profile.is_some()
+                || s3.no_sign_request
+            {
+                log::warn!(
+                    "--region, --endpoint, --profile and --no-sign-request apply to s3:// URLs; \
+                     ignored for {}",
+                    redact_url(parsed.as_str())
+                );
+            }
             let auth = match (&opts.auth, &opts.auth_source) {
                 (Some(a), _) => Some(a.clone()),
                 (None, Some(src)) => Some(src.load_http()?),

@@ -719,6 +719,36 @@ mod tests {
     }
 
     #[test]
+    fn mangled_error_documents_never_panic() {
+        let doc = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>a &amp; b \
+                   &#x1F600; &#1114112; &#xD800; &lt;</Message><Region>eu-west-1</Region>\
+                   <Endpoint>e</Endpoint></Error>ü"
+            .as_bytes()
+            .to_vec();
+        fastrand::seed(7);
+        for _ in 0..5000 {
+            let mut d = doc.clone();
+            for _ in 0..fastrand::usize(1..4) {
+                match fastrand::u8(0..3) {
+                    0 => d.truncate(fastrand::usize(0..=d.len())),
+                    1 if !d.is_empty() => {
+                        let i = fastrand::usize(0..d.len());
+                        d[i] = fastrand::u8(..);
+                    }
+                    _ => {
+                        let i = fastrand::usize(0..=d.len());
+                        d.insert(i, *fastrand::choice(b"<>&;#x/".iter()).unwrap_or(&b'&'));
+                    }
+                }
+            }
+            if let Some(e) = parse_error(&d) {
+                assert!(e.message.chars().count() <= 300);
+                assert!(!e.code.is_empty());
+            }
+        }
+    }
+
+    #[test]
     fn refusals_are_explained() {
         let ctx = S3Context {
             object: S3Url::parse("s3://b/k").unwrap(),
