@@ -98,7 +98,7 @@ pub(crate) struct Remote {
     signer: Option<Signer>,
     /// Set for `s3://` URLs: refusals are explained from S3's error document.
     s3: Option<S3Context>,
-    /// A presigned URL (`X-Amz-Signature` in the query): sent exactly as given, GET only
+    /// A presigned URL ([`is_presigned`]): sent exactly as given, GET only
     /// (the signature covers the method: a HEAD would be refused), refusals explained as
     /// S3's.
     presigned: bool,
@@ -157,10 +157,7 @@ impl Remote {
                 None,
             )
         };
-        let presigned = s3.is_none()
-            && parsed
-                .query_pairs()
-                .any(|(k, _)| k.eq_ignore_ascii_case("X-Amz-Signature"));
+        let presigned = s3.is_none() && is_presigned(&parsed);
         let headers = extra_headers(&opts.headers)?;
         let mut builder = Client::builder();
         for path in &opts.ca_certs {
@@ -908,6 +905,14 @@ fn parse_url(url: &str) -> Result<Url, HttpError> {
     Ok(parsed)
 }
 
+/// Whether `url` carries query-string authentication whose signature covers the method
+/// (so only GET may be sent): AWS SigV4 (`X-Amz-Signature`), SigV2 (`AWSAccessKeyId` with
+/// `Signature`), Google Cloud Storage V4 (`X-Goog-Signature`).
+fn is_presigned(url: &Url) -> bool {
+    let has = |name: &str| url.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    has("X-Amz-Signature") || (has("AWSAccessKeyId") && has("Signature")) || has("X-Goog-Signature")
+}
+
 /// Query parameters that are credentials: a presigned URL is a bearer token until it
 /// expires (AWS SigV4 and SigV2 query authentication, with the session token of temporary
 /// credentials; Google Cloud Storage's V4 signing; Azure SAS `sig`).
@@ -1035,6 +1040,20 @@ mod tests {
                    &X-Amz-SignedHeaders=host&X-Amz-Security-Token=IQo%2Bb3%3D&\
                    X-Amz-Signature=3349d531fb9db18bb8b0d87ed18ccc6c5d6a1cf69dbcc4d8ff060b2618e6ac52";
         assert_eq!(parse_url(url).unwrap().as_str(), url);
+    }
+
+    #[test]
+    fn presigned_urls_are_recognised() {
+        let yes = |u: &str| is_presigned(&Url::parse(u).unwrap());
+        assert!(yes(
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=A&X-Amz-Signature=s"
+        ));
+        assert!(yes(
+            "https://b.s3.amazonaws.com/k?AWSAccessKeyId=A&Expires=1&Signature=s"
+        ));
+        assert!(yes("https://storage.googleapis.com/b/k?X-Goog-Signature=s"));
+        assert!(!yes("https://h/k?Signature=s"));
+        assert!(!yes("https://h/disk.img"));
     }
 
     #[test]
