@@ -271,7 +271,7 @@ impl Drop for Moto {
 }
 
 /// A canned answer [`FaultProxy`] gives instead of forwarding a request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Canned {
     /// Only requests with this method get it (`GET`, `HEAD`).
     pub method: &'static str,
@@ -281,6 +281,8 @@ pub struct Canned {
     pub headers: Vec<String>,
     /// The body (an S3 error document).
     pub body: String,
+    /// Send the body one byte per this long (a server dripping it), instead of at once.
+    pub drip: Option<Duration>,
 }
 
 /// One request as the proxy saw it: the request line and the header fields (names
@@ -416,10 +418,23 @@ fn proxy_one(mut conn: TcpStream, upstream: u16, state: &std::sync::Mutex<ProxyS
             resp.push_str("\r\n");
         }
         resp.push_str(&format!("Content-Length: {}\r\n\r\n", c.body.len()));
-        if method != "HEAD" {
-            resp.push_str(&c.body);
+        if conn.write_all(resp.as_bytes()).is_err() || method == "HEAD" {
+            return;
         }
-        let _ = conn.write_all(resp.as_bytes());
+        match c.drip {
+            None => {
+                let _ = conn.write_all(c.body.as_bytes());
+            }
+            Some(pause) => {
+                // Until the client hangs up (a write fails) or the body ends.
+                for b in c.body.as_bytes() {
+                    if conn.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(pause);
+                }
+            }
+        }
         return;
     }
     // Forward unchanged but for `Connection: close`, then relay the answer to its end.

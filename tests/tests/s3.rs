@@ -605,6 +605,7 @@ fn slow_down_is_retried_and_every_attempt_is_signed_anew() {
             "Retry-After: 1".into(),
         ],
         body: s3_error("SlowDown", "Please reduce your request rate.", ""),
+        drip: None,
     };
     let proxy = FaultProxy::start(moto.port(), vec![slow.clone(), slow]);
     let url = format!("s3://{BUCKET}/disk.raw");
@@ -674,6 +675,7 @@ fn a_bucket_in_another_region_names_the_region() {
              endpoint. Please send all future requests to this endpoint.",
             &format!("<Endpoint>{BUCKET}.s3.eu-central-1.amazonaws.com</Endpoint>"),
         ),
+        drip: None,
     };
     let proxy = FaultProxy::start(moto.port(), vec![redirect("HEAD"), redirect("GET")]);
     let url = format!("s3://{BUCKET}/disk.raw");
@@ -744,6 +746,7 @@ fn a_hostile_error_document_is_bounded_and_defanged() {
         status: "403 Forbidden",
         headers: vec!["Content-Type: application/xml".into()],
         body,
+        drip: None,
     };
     // Terminal escapes and a bell in the message, then 4 MiB of padding: the message is
     // shown without them, the padding never read.
@@ -775,4 +778,30 @@ fn a_hostile_error_document_is_bounded_and_defanged() {
         assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
         assert!(!err.contains("late") && err.len() < 2000, "{err}");
     }
+    // An error document dripped a byte every 50 ms (16 KiB would take 14 minutes): the open
+    // still fails, with what arrived, within a bound.
+    let drip = Canned {
+        drip: Some(Duration::from_millis(50)),
+        ..denied(format!(
+            "<Error><Code>AccessDenied</Code><Message>{}</Message></Error>",
+            "x".repeat(20_000)
+        ))
+    };
+    let head = Canned {
+        method: "HEAD",
+        ..denied(String::new())
+    };
+    let proxy = FaultProxy::start(moto.port(), vec![head, drip]);
+    let t0 = std::time::Instant::now();
+    let err = refused(with_keys(
+        ds(dir.path(), &["http", &url, "--endpoint", &proxy.endpoint()]),
+        &keys.access_key_id,
+        &keys.secret_access_key,
+    ));
+    assert!(err.contains("S3 refused the request (403"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(100),
+        "{:?}",
+        t0.elapsed()
+    );
 }

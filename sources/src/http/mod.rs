@@ -48,10 +48,12 @@ mod cache;
 mod error;
 mod headers;
 mod limit;
+mod presigned;
 mod readahead;
 mod remote;
 mod s3;
 mod s3_config;
+mod s3_error;
 pub mod sigv4;
 
 use std::fmt;
@@ -64,7 +66,7 @@ use synth::{check_range, BlockDev, Caps, Error, ErrorKind, Result};
 pub use auth::{AuthSource, HttpAuth};
 pub use error::HttpError;
 pub use headers::{parse_content_range, ContentRange, ContentRangeError};
-pub use remote::redact_url;
+pub use presigned::redact_url;
 pub use s3::{is_s3_url, S3Options, S3Url};
 
 use cache::DiskCache;

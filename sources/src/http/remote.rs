@@ -28,7 +28,9 @@ use super::headers::{
     ContentRangeError, Length, Validator,
 };
 use super::limit::{Limit, Permit, StallRule};
+use super::presigned::{is_presigned, redact_url};
 use super::s3::{self, S3Context, Signer};
+use super::s3_error;
 use super::{HttpAuth, HttpError, HttpOptions, HttpStats, MAX_SIZE};
 
 /// Redirects followed per request.
@@ -735,34 +737,28 @@ impl Remote {
     }
 
     /// Classify an unwanted status. For S3 (and presigned URLs) the error document in the
-    /// body (at most [`s3::MAX_ERROR_BODY`] bytes read) says why.
+    /// body (at most [`s3_error::MAX_ERROR_BODY`] bytes read) says why.
     fn status_failure(&self, resp: &mut Response, what: &str) -> Failure {
         let status = resp.status();
         let url = self.shown.clone();
         let code = status.as_u16();
-        let s3_error = if self.s3.is_some() || self.presigned {
-            let mut body = Vec::new();
-            // A body that fails or drips ends the read early: it is only an explanation.
-            let _ = resp
-                .by_ref()
-                .take(s3::MAX_ERROR_BODY)
-                .read_to_end(&mut body);
-            s3::parse_error(&body)
+        let document = if self.s3.is_some() || self.presigned {
+            s3_error::parse_error(&read_error_body(resp))
         } else {
             None
         };
         if (self.s3.is_some() || self.presigned)
-            && (matches!(code, 301 | 307 | 400 | 401 | 403 | 404 | 409) || s3_error.is_some())
+            && (matches!(code, 301 | 307 | 400 | 401 | 403 | 404 | 409) || document.is_some())
             && !matches!(code, 408 | 429 | 500..=599)
         {
             let region = resp
                 .headers()
                 .get("x-amz-bucket-region")
                 .and_then(|v| v.to_str().ok());
-            return Failure::Fatal(s3::explain(
+            return Failure::Fatal(s3_error::explain(
                 &self.shown,
                 code,
-                s3_error.as_ref(),
+                document.as_ref(),
                 region,
                 self.s3.as_ref(),
             ));
@@ -771,7 +767,7 @@ impl Remote {
             // §15.5.9 (408), §15.6 (5xx) and RFC 6585 §4 (429) are transient;
             // Retry-After (§10.2.3) says for how long. S3's 503 SlowDown is one.
             408 | 429 | 500..=599 => Failure::Retry {
-                why: match &s3_error {
+                why: match &document {
                     Some(e) => format!("HTTP {status} ({})", e.code),
                     None => format!("HTTP {status}"),
                 },
@@ -858,6 +854,29 @@ impl Remote {
     }
 }
 
+/// How long reading an error document may take (plus one `read_timeout` for the read under
+/// way): it is only an explanation, and a server dripping it must not hold the open up.
+const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The start of an error response's body: at most [`s3_error::MAX_ERROR_BODY`] bytes, read
+/// for at most [`ERROR_BODY_DEADLINE`]; a failing read ends it.
+fn read_error_body(resp: &mut Response) -> Vec<u8> {
+    let started = Instant::now();
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while (body.len() as u64) < s3_error::MAX_ERROR_BODY && started.elapsed() < ERROR_BODY_DEADLINE
+    {
+        let room = (s3_error::MAX_ERROR_BODY as usize - body.len()).min(chunk.len());
+        match resp.read(&mut chunk[..room]) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    body
+}
+
 /// The response's `Content-Range`: `Err(None)` when absent or not text.
 fn content_range(h: &HeaderMap) -> Result<ContentRange, Option<ContentRangeError>> {
     let v = h
@@ -903,61 +922,6 @@ fn parse_url(url: &str) -> Result<Url, HttpError> {
         });
     }
     Ok(parsed)
-}
-
-/// Whether `url` carries query-string authentication whose signature covers the method
-/// (so only GET may be sent): AWS SigV4 (`X-Amz-Signature`), SigV2 (`AWSAccessKeyId` with
-/// `Signature`), Google Cloud Storage V4 (`X-Goog-Signature`).
-fn is_presigned(url: &Url) -> bool {
-    let has = |name: &str| url.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case(name));
-    has("X-Amz-Signature") || (has("AWSAccessKeyId") && has("Signature")) || has("X-Goog-Signature")
-}
-
-/// Query parameters that are credentials: a presigned URL is a bearer token until it
-/// expires (AWS SigV4 and SigV2 query authentication, with the session token of temporary
-/// credentials; Google Cloud Storage's V4 signing; Azure SAS `sig`).
-const SECRET_QUERY_NAMES: &[&str] = &[
-    "x-amz-signature",
-    "x-amz-security-token",
-    "x-amz-credential",
-    "signature",
-    "awsaccesskeyid",
-    "x-goog-signature",
-    "x-goog-credential",
-    "sig",
-];
-
-/// `url` for logs and messages: the values of [`SECRET_QUERY_NAMES`] replaced by
-/// `REDACTED` (the URL is sent as given; only what is shown changes). Works on text, so
-/// also on URLs that do not parse.
-pub fn redact_url(url: &str) -> String {
-    let (before, fragment) = match url.split_once('#') {
-        Some((b, f)) => (b, Some(f)),
-        None => (url, None),
-    };
-    let Some((base, query)) = before.split_once('?') else {
-        return url.to_owned();
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
-            if SECRET_QUERY_NAMES
-                .iter()
-                .any(|s| name.eq_ignore_ascii_case(s))
-            {
-                format!("{name}=REDACTED")
-            } else {
-                pair.to_owned()
-            }
-        })
-        .collect();
-    let mut out = format!("{base}?{}", pairs.join("&"));
-    if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
-    }
-    out
 }
 
 /// `scheme://user:pass@host/...` without `user:pass@`, for a URL that did
@@ -1043,38 +1007,7 @@ mod tests {
     }
 
     #[test]
-    fn presigned_urls_are_recognised() {
-        let yes = |u: &str| is_presigned(&Url::parse(u).unwrap());
-        assert!(yes(
-            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=A&X-Amz-Signature=s"
-        ));
-        assert!(yes(
-            "https://b.s3.amazonaws.com/k?AWSAccessKeyId=A&Expires=1&Signature=s"
-        ));
-        assert!(yes("https://storage.googleapis.com/b/k?X-Goog-Signature=s"));
-        assert!(!yes("https://h/k?Signature=s"));
-        assert!(!yes("https://h/disk.img"));
-    }
-
-    #[test]
-    fn presigned_credentials_are_not_shown() {
-        let url = "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&\
-                   X-Amz-Credential=AKIDEXAMPLE%2F20261203&X-Amz-Security-Token=tok3n&\
-                   x-amz-signature=abc123&versionId=7";
-        let shown = redact_url(url);
-        for secret in ["AKIDEXAMPLE", "tok3n", "abc123"] {
-            assert!(!shown.contains(secret), "{shown}");
-        }
-        assert!(
-            shown.contains("X-Amz-Algorithm=AWS4-HMAC-SHA256"),
-            "{shown}"
-        );
-        assert!(shown.ends_with("&versionId=7"), "{shown}");
-        assert_eq!(redact_url("http://h/p?a=1#f"), "http://h/p?a=1#f");
-        assert_eq!(
-            redact_url("http://h/p?sig=x#f"),
-            "http://h/p?sig=REDACTED#f"
-        );
+    fn unparsable_urls_do_not_show_presigned_credentials() {
         let e = parse_url("ftp://h/k?Signature=s3cr3t")
             .unwrap_err()
             .to_string();
