@@ -805,3 +805,52 @@ fn a_hostile_error_document_is_bounded_and_defanged() {
         t0.elapsed()
     );
 }
+
+/// `--auth-file`/`--auth-env` are read when the URL is opened, by its scheme: for http(s) they
+/// are still an `Authorization` line (Basic or Bearer).
+#[test]
+fn http_credentials_files_still_mean_authorization() {
+    require_tool!("nbdcopy", "qemu-img", "cmp");
+    let dir = tempdir();
+    let bytes = random_bytes(21, (2 * MIB) as usize);
+    let data = dir.path().join("disk.img");
+    fs::write(&data, &bytes).unwrap();
+    let origin = disksynth_tests::httpd::FaultServer::start(bytes);
+    // base64("alice:pa:ss") = YWxpY2U6cGE6c3M=
+    origin.require_auth(Some("Basic YWxpY2U6cGE6c3M="));
+    let file = dir.path().join("basic");
+    fs::write(&file, "alice:pa:ss\n").unwrap();
+    let server = serve(
+        dir.path(),
+        ds(
+            dir.path(),
+            &["http", &origin.url(), "--auth-file", file.to_str().unwrap()],
+        ),
+    );
+    same_as(dir.path(), &server, &data);
+    drop(server);
+    origin.require_auth(Some("Bearer t0ken"));
+    let mut cmd = ds(
+        dir.path(),
+        &["http", &origin.url(), "--auth-env", "DS_TOKEN"],
+    );
+    cmd.env("DS_TOKEN", "Bearer t0ken");
+    let server = serve(dir.path(), cmd);
+    same_as(dir.path(), &server, &data);
+    drop(server);
+    let mut cmd = ds(
+        dir.path(),
+        &["http", &origin.url(), "--auth-env", "DS_TOKEN"],
+    );
+    cmd.env("DS_TOKEN", "Bearer wr0ng");
+    let err = refused(cmd);
+    assert!(
+        err.contains("access denied (HTTP 401)") && !err.contains("wr0ng"),
+        "{err}"
+    );
+    let err = refused(ds(
+        dir.path(),
+        &["http", &origin.url(), "--auth-file", "/nonexistent/creds"],
+    ));
+    assert!(err.contains("/nonexistent/creds"), "{err}");
+}

@@ -531,6 +531,19 @@ mod tests {
     }
 
     #[test]
+    fn auth_env_holds_a_line() {
+        let env = env_of(&[("MY_S3", "ID1:sec:tok"), ("AWS_ACCESS_KEY_ID", "ENVID")]);
+        let f = credentials(Some(&AuthSource::Env("MY_S3".into())), None, &env).unwrap();
+        assert_eq!(f.creds.access_key_id, "ID1");
+        assert_eq!(f.creds.session_token.as_deref(), Some("tok"));
+        assert_eq!(f.origin, "environment variable MY_S3");
+        let e = credentials(Some(&AuthSource::Env("UNSET".into())), None, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("UNSET") && e.contains("not set"), "{e}");
+    }
+
+    #[test]
     fn nothing_found_says_what_to_do() {
         let env = env_of(&[("HOME", "/nonexistent-home")]);
         let e = credentials(None, None, &env).unwrap_err().to_string();
