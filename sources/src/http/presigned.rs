@@ -27,7 +27,7 @@ const SECRET_QUERY_NAMES: &[&str] = &[
     "sig",
 ];
 
-/// `url` for logs and messages: the values of [`SECRET_QUERY_NAMES`] replaced by
+/// `url` for logs and messages: the values of the parameters that are credentials replaced by
 /// `REDACTED` (the URL is sent as given; only what is shown changes). Works on text, so
 /// also on URLs that do not parse.
 pub fn redact_url(url: &str) -> String {
