@@ -1,6 +1,8 @@
 //! `s3://` URLs against a real S3-compatible server (moto, `disksynth_tests::s3`) that checks
 //! every request: access keys, SigV4 signatures (recomputed by botocore) and IAM policies.
-//! What NBD clients read equals the uploaded file; every refusal is explained.
+//! What NBD clients read equals the uploaded file; every refusal is explained. Answers moto
+//! cannot give (503 SlowDown, a wrong region, hostile error documents) come from a
+//! `FaultProxy` in front of it, which forwards everything else for moto to check.
 
 use std::fs;
 use std::path::Path;
