@@ -132,6 +132,34 @@ if ! tests/scripts/prepare-rootfs.sh; then
   echo "warning: no root filesystem for the boot tests; they will be SKIPPED" >&2
 fi
 
+# The s3:// tests (tests/tests/s3.rs) run moto, an S3-compatible server from PyPI, kept in a
+# virtualenv outside the checkout (Debian's python3 -m venv) and rebuilt when it is missing or
+# broken. The tests find it through DISKSYNTH_MOTO_VENV.
+step "S3 test server: moto in a virtualenv"
+export DISKSYNTH_MOTO_VENV="${DISKSYNTH_TEST_CACHE:-/var/cache/disksynth-tests}/venv-moto"
+moto_ok() { "$DISKSYNTH_MOTO_VENV/bin/python" -c 'import moto.server, boto3' >/dev/null 2>&1; }
+if moto_ok; then
+  echo "moto present in $DISKSYNTH_MOTO_VENV"
+else
+  if ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] \
+    && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv \
+      || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv; } || true
+  fi
+  rm -rf "$DISKSYNTH_MOTO_VENV"
+  mkdir -p "$(dirname "$DISKSYNTH_MOTO_VENV")"
+  if /usr/bin/python3 -m venv "$DISKSYNTH_MOTO_VENV" \
+    && "$DISKSYNTH_MOTO_VENV/bin/python" -m pip install --quiet 'moto[server]>=5,<6' && moto_ok; then
+    echo "moto installed in $DISKSYNTH_MOTO_VENV"
+  elif [[ "${CI:-}" == "true" || "${CI:-}" == "1" ]]; then
+    echo "error: CI=true and moto could not be installed in $DISKSYNTH_MOTO_VENV" >&2
+    exit 1
+  else
+    rm -rf "$DISKSYNTH_MOTO_VENV"
+    echo "warning: moto could not be installed; the s3:// tests will be SKIPPED" >&2
+  fi
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 

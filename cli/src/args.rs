@@ -127,7 +127,7 @@ pub enum Source {
     /// A remote image over HTTP(S), read lazily with range requests (read-only).
     #[command(after_help = HTTP_EXAMPLES)]
     Http {
-        /// http:// or https:// URL of the raw image.
+        /// http://, https:// or s3://BUCKET/KEY URL of the raw image.
         url: String,
         #[command(flatten)]
         http: HttpArgs,
@@ -138,7 +138,7 @@ pub enum Source {
     /// (read-only): only the blocks clients read are fetched and decoded.
     #[command(after_help = XZ_EXAMPLES)]
     Xz {
-        /// The .xz file: a path, or an http:// or https:// URL.
+        /// The .xz file: a path, or an http://, https:// or s3://BUCKET/KEY URL.
         source: String,
         #[command(flatten)]
         xz: XzArgs,
@@ -385,6 +385,7 @@ const HTTP_EXAMPLES: &str = "\
 Examples:
   disksynth http https://host/disk.raw --serve
   disksynth http https://host/disk.raw --auth-env TOKEN --run 'qemu-img info \"$uri\"'
+  disksynth http s3://images/disk.raw --endpoint http://minio:9000 --serve   (AWS_* credentials)
 
 Every ranged GET must come back 206 with the range asked for; a 200, a wrong range or a
 file replaced on the server (ETag/Last-Modified, sent as If-Range) fails the read with
@@ -539,12 +540,29 @@ pub struct HttpArgs {
     /// Extra request header, repeatable: --header 'User-Agent: x'.
     #[arg(long = "header", value_name = "'K: V'")]
     pub headers: Vec<String>,
-    /// Read credentials from this environment variable ("user:password" or "Bearer TOKEN").
+    /// Read credentials from this environment variable ("user:password" or "Bearer TOKEN";
+    /// for s3:// URLs "ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]").
     #[arg(long, value_name = "VAR", conflicts_with = "auth_file")]
     pub auth_env: Option<String>,
-    /// Read credentials from this file (same format as --auth-env).
+    /// Read credentials from this file (same format as --auth-env; for s3:// URLs also an AWS
+    /// shared credentials file, read with --profile).
     #[arg(long, value_name = "PATH")]
     pub auth_file: Option<PathBuf>,
+    /// s3:// URLs: the bucket's region (default: AWS_REGION, AWS_DEFAULT_REGION, the
+    /// profile's region in ~/.aws/config, us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// s3:// URLs: an S3-compatible endpoint (MinIO, Ceph RGW, R2…), addressed path-style
+    /// (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS itself).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// s3:// URLs: the profile of ~/.aws/credentials and ~/.aws/config (default: AWS_PROFILE,
+    /// else "default"); a profile named here wins over AWS_ACCESS_KEY_ID.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// s3:// URLs: send requests unsigned (public objects); look for no credentials.
+    #[arg(long, conflicts_with_all = ["auth_env", "auth_file", "profile"])]
+    pub no_sign_request: bool,
     /// Most requests in flight at once (shared by all clients). A request that stalls (below
     /// --speed-limit for 2 s, or no answer yet) stops counting, up to 4×N in all, so stalled
     /// ranges cannot starve reads the origin serves fast.

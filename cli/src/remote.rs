@@ -8,29 +8,30 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use formats::qcow2::{QcowDev, QcowError, QcowOptions};
 use formats::xz::{XzDev, XzOptions};
-use sources::http::{HttpAuth, HttpDev, HttpOptions};
+use sources::http::{AuthSource, HttpDev, HttpOptions, S3Options};
 use synth::BlockDev;
 
 use crate::args::{HttpArgs, Qcow2Args, XzArgs};
 use crate::interrupt::{Interrupt, Target};
 use crate::size::Size;
 
-/// Whether `s` names an HTTP(S) resource rather than a local path.
+/// Whether `s` names an HTTP(S) resource or an S3 object rather than a local path.
 pub(crate) fn is_url(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
-    lower.starts_with("http://") || lower.starts_with("https://")
+    lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("s3://")
 }
 
 /// `url` without `user:password@` (HttpDev refuses credentials in URLs;
-/// the error context must not repeat them either).
+/// the error context must not repeat them either) and without the
+/// signature of a presigned URL.
 fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
+        Some(at) => sources::http::redact_url(&format!("{scheme}://***@{}", &rest[at + 1..])),
+        None => sources::http::redact_url(url),
     }
 }
 
@@ -44,9 +45,11 @@ fn http_options(a: &HttpArgs) -> Result<HttpOptions> {
         };
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
-    let auth = match (&a.auth_env, &a.auth_file) {
-        (Some(var), _) => Some(HttpAuth::from_env(var)?),
-        (None, Some(path)) => Some(HttpAuth::from_file(path)?),
+    // Read at open: the same file is an Authorization line for http(s):// and an access key
+    // for s3://.
+    let auth_source = match (&a.auth_env, &a.auth_file) {
+        (Some(var), _) => Some(AuthSource::Env(var.clone())),
+        (None, Some(path)) => Some(AuthSource::File(path.clone())),
         (None, None) => None,
     };
     if a.connections == 0 {
@@ -57,7 +60,13 @@ fn http_options(a: &HttpArgs) -> Result<HttpOptions> {
     }
     Ok(HttpOptions {
         headers,
-        auth,
+        auth_source,
+        s3: S3Options {
+            region: a.region.clone(),
+            endpoint: a.endpoint.clone(),
+            profile: a.profile.clone(),
+            no_sign_request: a.no_sign_request,
+        },
         connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
         read_timeout: Duration::from_secs(a.timeout.max(1)),
         speed_limit: a.speed_limit.0,
@@ -75,7 +84,7 @@ fn http_options(a: &HttpArgs) -> Result<HttpOptions> {
 /// `disksynth http URL`: the remote file as a read-only device.
 pub(crate) fn http(url: &str, a: &HttpArgs) -> Result<Arc<dyn BlockDev>> {
     if !is_url(url) {
-        bail!("{url:?} is not an http:// or https:// URL");
+        bail!("{url:?} is not an http://, https:// or s3:// URL");
     }
     let t0 = std::time::Instant::now();
     let dev = HttpDev::open(url, &http_options(a)?).context("opening the remote image")?;

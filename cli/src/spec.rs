@@ -360,7 +360,8 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
         Some(SourceList::Many(v)) if v.is_empty() => bail!("source = [] names no directory"),
         Some(SourceList::Many(v)) => Some(v),
     };
-    let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+    let is_url =
+        |s: &str| s.starts_with("http://") || s.starts_with("https://") || s.starts_with("s3://");
     let local_or_url = |x: String| {
         if is_url(&x) {
             x

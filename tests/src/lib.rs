@@ -13,6 +13,7 @@
 //! * [`iso_util`] parses isoinfo listings and drives xorriso and 7z for the `iso` tests;
 //! * [`qemu_boot`] boots images in qemu (SeaBIOS or OVMF) and watches the console;
 //! * [`rootfs`] the cached Debian root filesystem, ESP and GPT disk of the Linux boot tests.
+//! * [`s3`] a real S3-compatible server (moto) for the `s3://` tests.
 //!
 //! ```no_run
 //! use disksynth_tests::{require_tool, run_ok, tempdir, Server};
@@ -35,6 +36,7 @@ pub mod nginx;
 mod process;
 pub mod qemu_boot;
 pub mod rootfs;
+pub mod s3;
 mod server;
 pub mod trees;
 

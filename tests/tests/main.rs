@@ -26,6 +26,7 @@ mod qcow2;
 mod qemu;
 mod remote_boot;
 mod run_mode;
+mod s3;
 mod signals;
 mod socket_activation;
 mod tmpdisk;

@@ -14,6 +14,27 @@ use std::path::Path;
 
 use super::HttpError;
 
+/// Where the user said credentials are: read when the URL is opened, because what they mean
+/// depends on its scheme (an `Authorization` line for `http(s)://`, an access key for
+/// `s3://`: see [`HttpAuth`] and [`super::S3Options`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSource {
+    /// An environment variable's name.
+    Env(String),
+    /// A file (mode 600, kept out of the command line).
+    File(std::path::PathBuf),
+}
+
+impl AuthSource {
+    /// The `Authorization` credentials of an `http(s)://` URL.
+    pub fn load_http(&self) -> Result<HttpAuth, HttpError> {
+        match self {
+            AuthSource::Env(var) => HttpAuth::from_env(var),
+            AuthSource::File(path) => HttpAuth::from_file(path),
+        }
+    }
+}
+
 /// Credentials sent as `Authorization` on every request. `Debug` never
 /// shows them, and no error message quotes them.
 #[derive(Clone, PartialEq, Eq)]

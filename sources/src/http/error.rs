@@ -164,6 +164,20 @@ pub enum HttpError {
         /// The failure.
         detail: String,
     },
+    /// S3 (or an S3-compatible store) refused the request: its error document explained.
+    #[error("{url}: S3 refused the request ({status} {code}): {explanation}{said}")]
+    S3 {
+        /// `s3://BUCKET/KEY`, or the (presigned) URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// S3's error code (`SignatureDoesNotMatch`, `NoSuchKey`…).
+        code: String,
+        /// What it means and what to do.
+        explanation: String,
+        /// The server's own message, quoted, or empty.
+        said: String,
+    },
     /// The on-disk cache could not be set up.
     #[error("cache {}: {reason}", path.display())]
     Cache {

@@ -28,6 +28,9 @@ use super::headers::{
     ContentRangeError, Length, Validator,
 };
 use super::limit::{Limit, Permit, StallRule};
+use super::presigned::{is_presigned, redact_url};
+use super::s3::{self, S3Context, Signer};
+use super::s3_error;
 use super::{HttpAuth, HttpError, HttpOptions, HttpStats, MAX_SIZE};
 
 /// Redirects followed per request.
@@ -93,6 +96,14 @@ pub(crate) struct Remote {
     /// `url` as shown in messages.
     shown: String,
     auth: Option<HttpAuth>,
+    /// Signs every request (`s3://` URLs with credentials).
+    signer: Option<Signer>,
+    /// Set for `s3://` URLs: refusals are explained from S3's error document.
+    s3: Option<S3Context>,
+    /// A presigned URL ([`is_presigned`]): sent exactly as given, GET only
+    /// (the signature covers the method: a HEAD would be refused), refusals explained as
+    /// S3's.
+    presigned: bool,
     validator: Option<Validator>,
     size: u64,
     retry: RetryPolicy,
@@ -117,7 +128,38 @@ impl Remote {
     /// Check the URL and headers, build the client, and learn the size and
     /// validator.
     pub(crate) fn open(url: &str, opts: &HttpOptions) -> Result<Remote, HttpError> {
-        let parsed = parse_url(url)?;
+        let (parsed, shown, auth, signer, s3) = if s3::is_s3_url(url) {
+            let env = |k: &str| std::env::var(k).ok();
+            let t = s3::resolve(url, &opts.s3, opts.auth_source.as_ref(), &env)?;
+            (t.url, t.shown, None, t.signer, Some(t.context))
+        } else {
+            let parsed = parse_url(url)?;
+            let s3 = &opts.s3;
+            if s3.region.is_some()
+                || s3.endpoint.is_some()
+                || s3.profile.is_some()
+                || s3.no_sign_request
+            {
+                log::warn!(
+                    "--region, --endpoint, --profile and --no-sign-request apply to s3:// URLs; \
+                     ignored for {}",
+                    redact_url(parsed.as_str())
+                );
+            }
+            let auth = match (&opts.auth, &opts.auth_source) {
+                (Some(a), _) => Some(a.clone()),
+                (None, Some(src)) => Some(src.load_http()?),
+                (None, None) => None,
+            };
+            (
+                parsed.clone(),
+                redact_url(parsed.as_str()),
+                auth,
+                None,
+                None,
+            )
+        };
+        let presigned = s3.is_none() && is_presigned(&parsed);
         let headers = extra_headers(&opts.headers)?;
         let mut builder = Client::builder();
         for path in &opts.ca_certs {
@@ -138,7 +180,14 @@ impl Remote {
         let client = builder
             .user_agent(concat!("disksynth/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            // S3 answers a request for another region with 301 (no Location) or 307: a
+            // signed request cannot follow either (the host is signed), so they are
+            // explained instead.
+            .redirect(if s3.is_some() {
+                reqwest::redirect::Policy::none()
+            } else {
+                reqwest::redirect::Policy::limited(MAX_REDIRECTS)
+            })
             .connect_timeout(opts.connect_timeout)
             // The blocking client applies this to the wait for the response
             // head and to every body read: an idle-read timeout, not a
@@ -150,9 +199,12 @@ impl Remote {
             .map_err(HttpError::Client)?;
         let mut remote = Remote {
             client,
-            shown: parsed.to_string(),
+            shown,
             url: parsed,
-            auth: opts.auth.clone(),
+            auth,
+            signer,
+            s3,
+            presigned,
             validator: None,
             size: 0,
             retry: RetryPolicy {
@@ -268,8 +320,11 @@ impl Remote {
     /// HEAD; `None` when the server will not answer it usefully (405, 501,
     /// other errors: the range probe decides).
     fn head(&self) -> Result<Option<HeadInfo>, HttpError> {
+        if self.presigned {
+            return Ok(None);
+        }
         self.with_retries("HEAD", |_| {
-            let resp = self.send(Method::HEAD, None)?;
+            let mut resp = self.send(Method::HEAD, None)?;
             let status = resp.status();
             if status.is_success() {
                 let h = resp.headers();
@@ -305,7 +360,13 @@ impl Remote {
                 }));
             }
             match status.as_u16() {
-                404 | 410 | 401 | 403 | 407 | 429 => Err(self.status_failure(&resp, "HEAD")),
+                // A HEAD answer has no body, so no S3 error document: the range probe's
+                // GET gets the refusal again, with its explanation.
+                301 | 307 | 400 | 403 | 404 if self.s3.is_some() => {
+                    log::debug!("{}: HEAD answered {status}; asking with GET", self.shown);
+                    Ok(None)
+                }
+                404 | 410 | 401 | 403 | 407 | 429 => Err(self.status_failure(&mut resp, "HEAD")),
                 _ => {
                     log::debug!("{}: HEAD answered {status}; probing with GET", self.shown);
                     Ok(None)
@@ -378,7 +439,7 @@ impl Remote {
                 StatusCode::OK => Err(Failure::Fatal(HttpError::NoRanges {
                     url: self.shown.clone(),
                 })),
-                _ => Err(self.status_failure(&resp, what)),
+                _ => Err(self.status_failure(&mut resp, what)),
             }
         })
     }
@@ -418,7 +479,9 @@ impl Remote {
                     self.size
                 )));
             }
-            _ => return Err(self.status_failure(&resp, &format!("reading bytes {start}-{last}"))),
+            _ => {
+                return Err(self.status_failure(&mut resp, &format!("reading bytes {start}-{last}")))
+            }
         }
         let h = resp.headers();
         match content_range(h) {
@@ -629,13 +692,31 @@ impl Remote {
     }
 
     /// Send one request. `range` is `(first, last, with If-Range)`.
+    /// Signed anew for every attempt: a retry carries a fresh `x-amz-date`.
     fn send(&self, method: Method, range: Option<(u64, u64, bool)>) -> Result<Response, Failure> {
+        let range_value = range.map(|(first, last, _)| format!("bytes={first}-{last}"));
+        let signed = match &self.signer {
+            Some(s) => s
+                .headers(
+                    &method,
+                    &self.url,
+                    range_value.as_deref(),
+                    SystemTime::now(),
+                )
+                .map_err(Failure::Fatal)?,
+            None => Vec::new(),
+        };
         let mut rb = self.client.request(method, self.url.clone());
-        if let Some((first, last, if_range)) = range {
-            rb = rb.header(RANGE, format!("bytes={first}-{last}"));
-            if let (true, Some(v)) = (if_range, &self.validator) {
+        if let Some(value) = range_value {
+            rb = rb.header(RANGE, value);
+        }
+        if let Some((_, _, true)) = range {
+            if let Some(v) = &self.validator {
                 rb = rb.header(IF_RANGE, v.value());
             }
+        }
+        for (name, value) in signed {
+            rb = rb.header(name, value);
         }
         if let Some(auth) = &self.auth {
             rb = auth.apply(rb);
@@ -656,16 +737,41 @@ impl Remote {
         })
     }
 
-    /// Classify an unwanted status.
-    fn status_failure(&self, resp: &Response, what: &str) -> Failure {
+    /// Classify an unwanted status. For S3 (and presigned URLs) the error document in the
+    /// body (at most [`s3_error::MAX_ERROR_BODY`] bytes read) says why.
+    fn status_failure(&self, resp: &mut Response, what: &str) -> Failure {
         let status = resp.status();
         let url = self.shown.clone();
         let code = status.as_u16();
+        let document = if self.s3.is_some() || self.presigned {
+            s3_error::parse_error(&read_error_body(resp))
+        } else {
+            None
+        };
+        if (self.s3.is_some() || self.presigned)
+            && (matches!(code, 301 | 307 | 400 | 401 | 403 | 404 | 409) || document.is_some())
+            && !matches!(code, 408 | 429 | 500..=599)
+        {
+            let region = resp
+                .headers()
+                .get("x-amz-bucket-region")
+                .and_then(|v| v.to_str().ok());
+            return Failure::Fatal(s3_error::explain(
+                &self.shown,
+                code,
+                document.as_ref(),
+                region,
+                self.s3.as_ref(),
+            ));
+        }
         match code {
             // §15.5.9 (408), §15.6 (5xx) and RFC 6585 §4 (429) are transient;
-            // Retry-After (§10.2.3) says for how long.
+            // Retry-After (§10.2.3) says for how long. S3's 503 SlowDown is one.
             408 | 429 | 500..=599 => Failure::Retry {
-                why: format!("HTTP {status}"),
+                why: match &document {
+                    Some(e) => format!("HTTP {status} ({})", e.code),
+                    None => format!("HTTP {status}"),
+                },
                 after: resp
                     .headers()
                     .get(RETRY_AFTER)
@@ -749,6 +855,29 @@ impl Remote {
     }
 }
 
+/// How long reading an error document may take (plus one `read_timeout` for the read under
+/// way): it is only an explanation, and a server dripping it must not hold the open up.
+const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The start of an error response's body: at most [`s3_error::MAX_ERROR_BODY`] bytes, read
+/// for at most [`ERROR_BODY_DEADLINE`]; a failing read ends it.
+fn read_error_body(resp: &mut Response) -> Vec<u8> {
+    let started = Instant::now();
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while (body.len() as u64) < s3_error::MAX_ERROR_BODY && started.elapsed() < ERROR_BODY_DEADLINE
+    {
+        let room = (s3_error::MAX_ERROR_BODY as usize - body.len()).min(chunk.len());
+        match resp.read(&mut chunk[..room]) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    body
+}
+
 /// The response's `Content-Range`: `Err(None)` when absent or not text.
 fn content_range(h: &HeaderMap) -> Result<ContentRange, Option<ContentRangeError>> {
     let v = h
@@ -771,25 +900,25 @@ fn shown_field(h: &HeaderMap, name: &HeaderName) -> String {
 /// Parse and vet the URL.
 fn parse_url(url: &str) -> Result<Url, HttpError> {
     let mut parsed = Url::parse(url).map_err(|e| HttpError::BadUrl {
-        url: strip_userinfo(url),
+        url: redact_url(&strip_userinfo(url)),
         reason: e.to_string(),
     })?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         let _ = parsed.set_username("");
         let _ = parsed.set_password(None);
         return Err(HttpError::CredentialsInUrl {
-            url: parsed.to_string(),
+            url: redact_url(parsed.as_str()),
         });
     }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(HttpError::BadUrl {
-            url: parsed.to_string(),
-            reason: "only http:// and https:// are supported".into(),
+            url: redact_url(parsed.as_str()),
+            reason: "only http://, https:// and s3:// are supported".into(),
         });
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(HttpError::BadUrl {
-            url: parsed.to_string(),
+            url: redact_url(parsed.as_str()),
             reason: "no host".into(),
         });
     }
@@ -864,6 +993,26 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         assert!(parse_url("ftp://example.com/x").is_err());
         assert!(parse_url("http://example.com/x").is_ok());
+    }
+
+    #[test]
+    fn presigned_urls_are_kept_byte_for_byte() {
+        // As boto3's generate_presigned_url writes them: the signature covers the query as
+        // sent, so the parser must not re-encode, reorder or decode any of it.
+        let url = "https://bkt.s3.eu-west-1.amazonaws.com/dir/a%20b%2Bc.img?\
+                   X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20261203%2F\
+                   eu-west-1%2Fs3%2Faws4_request&X-Amz-Date=20261203T011740Z&X-Amz-Expires=3600\
+                   &X-Amz-SignedHeaders=host&X-Amz-Security-Token=IQo%2Bb3%3D&\
+                   X-Amz-Signature=3349d531fb9db18bb8b0d87ed18ccc6c5d6a1cf69dbcc4d8ff060b2618e6ac52";
+        assert_eq!(parse_url(url).unwrap().as_str(), url);
+    }
+
+    #[test]
+    fn unparsable_urls_do_not_show_presigned_credentials() {
+        let e = parse_url("ftp://h/k?Signature=s3cr3t")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
     }
 
     #[test]
