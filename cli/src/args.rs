@@ -165,6 +165,26 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// Any image, its format found by its magic (raw, block-indexed xz, qcow2, and qcow2
+    /// inside xz), local or remote; served as its own subcommand would (read-only).
+    #[command(after_help = IMAGE_EXAMPLES)]
+    Image {
+        /// The image: a path, or an http://, https:// or s3:// URL.
+        source: String,
+        /// For a qcow2 image with a backing file: the backing image (raw or qcow2, a path or
+        /// a URL); repeat for a chain, nearest first.
+        #[arg(long, value_name = "FILE|URL")]
+        backing: Vec<String>,
+        /// qcow2: most memory for the L1 table; bigger images are refused.
+        #[arg(long, value_name = "SIZE", default_value = "32M")]
+        max_l1: Size,
+        #[command(flatten)]
+        xz: XzArgs,
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
     /// Compress an image into a block-indexed .xz (multithreaded) that `disksynth xz`
     /// and other random-access readers serve without decompressing it all.
     #[command(after_help = XZ_EXAMPLES)]
@@ -224,11 +244,24 @@ impl Source {
             | Source::Http { export, .. }
             | Source::Xz { export, .. }
             | Source::Qcow2 { export, .. }
+            | Source::Image { export, .. }
             | Source::Tmpdisk { export, .. } => Some(export),
             Source::Pack { .. } | Source::Inspect { .. } => None,
         }
     }
 }
+
+const IMAGE_EXAMPLES: &str = "\
+Examples:
+  disksynth image debian-12-genericcloud-amd64.qcow2 --serve
+  disksynth image https://host/disk.raw.xz --run 'qemu-img info \"$uri\"'
+  disksynth image s3://images/top.qcow2 --backing s3://images/base.qcow2 -o flat.img
+
+Formats are told by their magic, never by the file name: qcow2 (QFI\\xfb), xz (FD 37 7A 58
+5A 00; a qcow2 inside is served as qcow2), anything else is raw. VMDK, VHDX, VDI, dynamic
+VHD, qcow v1, gzip, zstd and bzip2 are refused with what to convert them to.
+With xz, --cache-size is the memory for decoded blocks; with qcow2, for L2 tables and
+clusters.";
 
 const FLOPPY_EXAMPLES: &str = "\
 Examples:

@@ -225,6 +225,13 @@ fn prepare(p: &PartSpec, whole: bool, epoch: Option<i64>, remote: &Remote) -> Re
             &remote.qcow2,
             &remote.http,
         )?),
+        Content::Image { source, backing } => raw(crate::remote::image(
+            source,
+            backing,
+            &remote.xz,
+            &remote.qcow2,
+            &remote.http,
+        )?),
     })
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use formats::detect::ImageFormat;
 use formats::qcow2::{QcowDev, QcowError, QcowOptions};
 use formats::xz::{XzDev, XzOptions};
 use sources::http::{AuthSource, HttpDev, HttpOptions, S3Options};
@@ -149,6 +150,87 @@ pub(crate) fn open_bytes(
         let dev = sources::FileDev::open(Path::new(source), false)
             .with_context(|| format!("opening {source}"))?;
         Ok(Arc::new(dev))
+    }
+}
+
+/// `disksynth image FILE|URL`: the image served as its format's own
+/// subcommand serves it, the format told by its magic
+/// ([`formats::detect`]); a qcow2 inside a block-indexed xz is served as
+/// qcow2 over the xz view.
+pub(crate) fn image(
+    source: &str,
+    backing: &[String],
+    x: &XzArgs,
+    q: &Qcow2Args,
+    h: &HttpArgs,
+) -> Result<Arc<dyn BlockDev>> {
+    let t0 = std::time::Instant::now();
+    // Probed without read-ahead: an xz view wants none, and the others
+    // reopen with it (one more HEAD, only for remote images).
+    let bytes = open_bytes(source, h, false, "image")?;
+    let shown = redacted(source);
+    let format = probe(&bytes).with_context(|| format!("reading the start of {shown}"))?;
+    log::info!("{shown}: {}", describe(format));
+    let reopen = |bytes: Arc<dyn BlockDev>| -> Result<Arc<dyn BlockDev>> {
+        if is_url(source) && h.readahead.0 > 0 {
+            open_bytes(source, h, true, "image")
+        } else {
+            Ok(bytes)
+        }
+    };
+    let refuse_backing = |what: &str| -> Result<()> {
+        match backing.first() {
+            Some(b) => bail!("{shown} is {what}: it has no backing file for --backing {b}"),
+            None => Ok(()),
+        }
+    };
+    match format {
+        ImageFormat::Raw => {
+            refuse_backing("a raw image")?;
+            reopen(bytes)
+        }
+        ImageFormat::Qcow2 => qcow2_over(reopen(bytes)?, source, backing, q, h, t0),
+        ImageFormat::Unsupported(u) => bail!("{shown} is {}", u.advice()),
+        ImageFormat::Xz => {
+            let opts = XzOptions {
+                cache_bytes: x.cache_size.0,
+                max_block: x.max_block.0,
+                allow_big_blocks: x.allow_big_blocks,
+                readahead: !x.no_readahead,
+                max_index: x.max_index.0,
+            };
+            let dev: Arc<dyn BlockDev> =
+                Arc::new(XzDev::open(bytes, &opts).with_context(|| format!("reading {shown}"))?);
+            let inner = probe(&dev).with_context(|| format!("decoding the start of {shown}"))?;
+            match inner {
+                ImageFormat::Qcow2 => {
+                    log::info!("{shown}: a qcow2 image inside the xz file");
+                    qcow2_over(dev, source, backing, q, h, t0)
+                }
+                // An xz inside an xz is a file someone compressed twice; it
+                // is served as what it is (its outer decoding), like raw.
+                _ => {
+                    refuse_backing("an xz image of a raw disk")?;
+                    Ok(dev)
+                }
+            }
+        }
+    }
+}
+
+/// The format of the image in `dev`, from its first bytes.
+fn probe(dev: &Arc<dyn BlockDev>) -> Result<ImageFormat> {
+    let n = dev.size().min(formats::detect::PROBE_BYTES as u64) as usize;
+    let mut head = vec![0u8; n];
+    dev.read_at(&mut head, 0)?;
+    Ok(formats::detect::detect(&head))
+}
+
+fn describe(f: ImageFormat) -> String {
+    match f {
+        ImageFormat::Raw => "no known magic: served as a raw disk".into(),
+        ImageFormat::Unsupported(_) => "an unsupported format".into(),
+        other => format!("{other} image"),
     }
 }
 

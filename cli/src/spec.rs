@@ -107,6 +107,12 @@ pub enum Content {
         source: String,
         backing: Vec<String>,
     },
+    /// Any image, its format told by its magic (`image = "…"`: raw, xz, qcow2 or qcow2
+    /// inside xz), with a backing chain for a qcow2 (`backing = …`).
+    Image {
+        source: String,
+        backing: Vec<String>,
+    },
     /// A host file or block device, writable by clients if `writable` (`disksynth file`).
     File { path: PathBuf, writable: bool },
     /// A writable sparse RAM disk (`disksynth memory`).
@@ -227,6 +233,7 @@ struct PartToml {
     raw: Option<String>,
     xz: Option<String>,
     qcow2: Option<String>,
+    image: Option<String>,
     backing: Option<SourceList>,
     size: Option<String>,
     attributes: Option<Vec<String>>,
@@ -369,24 +376,33 @@ fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
             resolve(base, &x).to_string_lossy().into_owned()
         }
     };
-    if p.backing.is_some() && p.qcow2.is_none() {
-        bail!("backing = … goes with qcow2 = …");
+    if p.backing.is_some() && p.qcow2.is_none() && p.image.is_none() {
+        bail!("backing = … goes with qcow2 = … or image = …");
     }
-    if let Some(q) = p.qcow2 {
+    if p.qcow2.is_some() && p.image.is_some() {
+        bail!("give either qcow2 = … or image = …, not both");
+    }
+    if let Some((q, is_image)) = p.qcow2.map(|q| (q, false)).or(p.image.map(|i| (i, true))) {
+        let key = if is_image { "image" } else { "qcow2" };
         if p.fs.is_some() || sources.is_some() || p.raw.is_some() || p.xz.is_some() {
-            bail!("qcow2 = … takes no fs, source, raw or xz");
+            bail!("{key} = … takes no fs, source, raw or xz");
         }
         let backing = match p.backing {
             None => Vec::new(),
             Some(SourceList::One(b)) => vec![b],
             Some(SourceList::Many(v)) => v,
         };
+        let (source, backing) = (
+            local_or_url(q),
+            backing.into_iter().map(local_or_url).collect(),
+        );
         return finish_part(
             p.label,
             p.kind,
-            Content::Qcow2 {
-                source: local_or_url(q),
-                backing: backing.into_iter().map(local_or_url).collect(),
+            if is_image {
+                Content::Image { source, backing }
+            } else {
+                Content::Qcow2 { source, backing }
             },
             p.size,
             p.attributes,
@@ -1017,6 +1033,32 @@ pub fn from_source(src: &Source) -> Result<Option<Job<'_>>> {
             spec.remote.qcow2 = qcow2.clone();
             job(spec, format!("qcow2 view of {source}"), export, None)
         }
+        Source::Image {
+            source,
+            backing,
+            max_l1,
+            xz,
+            http,
+            export,
+        } => {
+            let mut spec = whole(
+                "image",
+                "linux-generic",
+                Content::Image {
+                    source: source.clone(),
+                    backing: backing.clone(),
+                },
+                PartSize::Auto,
+                FsOptions::default(),
+            );
+            spec.remote.http = http.clone();
+            spec.remote.xz = xz.clone();
+            spec.remote.qcow2 = crate::args::Qcow2Args {
+                cache_size: xz.cache_size,
+                max_l1: *max_l1,
+            };
+            job(spec, format!("image {source}"), export, None)
+        }
         Source::Build {
             spec,
             build: b,
@@ -1116,7 +1158,21 @@ qcow2 = "https://host/d.qcow2"
                 backing: vec![],
             }
         );
+        let s = from_toml(
+            "[[partition]]\nlabel = \"i\"\ntype = \"linux-generic\"\nimage = \"d.qcow2.xz\"\nbacking = \"s3://b/base\"\n",
+            Path::new("/specs"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.partitions[0].content,
+            Content::Image {
+                source: "/specs/d.qcow2.xz".into(),
+                backing: vec!["s3://b/base".into()],
+            }
+        );
         for bad in [
+            "[[partition]]\nlabel = \"x\"\ntype = \"linux-generic\"\nimage = \"i\"\nqcow2 = \"q\"\n",
+            "[[partition]]\nlabel = \"x\"\ntype = \"linux-generic\"\nimage = \"i\"\nxz = \"q\"\n",
             "[[partition]]\nlabel = \"x\"\ntype = \"linux-generic\"\nbacking = \"b.qcow2\"\nraw = \"r\"\n",
             "[[partition]]\nlabel = \"x\"\ntype = \"linux-generic\"\nqcow2 = \"q\"\nfs = \"ext4\"\n",
         ] {

@@ -447,3 +447,155 @@ fn corrupt_l2_entry_fails_that_read_only() {
         server.stderr_text()
     );
 }
+
+/// `disksynth image` tells the format by its magic, never the name: a raw disk, a compressed
+/// qcow2, a block-indexed xz of each (the qcow2 inside served as qcow2) and a qcow2 with a
+/// backing chain, local and over nginx, each equal byte for byte to `qemu-img convert -O raw`
+/// (xz: to what was packed), and a qcow2's block status equal to `qemu-img map`'s.
+#[test]
+fn image_serves_raw_xz_qcow2_and_qcow2_in_xz_by_their_magic() {
+    require_tool!("qemu-img", "nbdcopy", "nbdinfo", "nginx", "cmp");
+    let dir = tempdir();
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let raw = www.join("disk.img");
+    raw_image(&raw);
+    let q = www.join("cloud.img"); // a qcow2 named like Ubuntu's
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    for (from, to) in [("cloud.img", "cloud.img.xz"), ("disk.img", "disk.xz")] {
+        run_ok(
+            disksynth()
+                .args(["pack", "--block-size", "1M"])
+                .arg(www.join(from))
+                .arg(www.join(to)),
+        );
+    }
+    let top = www.join("top");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "cloud.img",
+        "-F",
+        "qcow2",
+        top.to_str().unwrap(),
+    ]);
+    run_ok(
+        Command::new("qemu-io")
+            .args([
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 0x5a 3M 100k",
+                "-c",
+                "write -z 0 64k",
+            ])
+            .arg(&top),
+    );
+    let web = Nginx::serve(&www, &dir.path().join("nginx"), "");
+    let expected_top = dir.path().join("top.raw");
+    reference(&top, &expected_top);
+    let cases: Vec<(String, Vec<String>, &Path, Option<&Path>)> = vec![
+        ("disk.img".into(), vec![], &raw, None),
+        ("cloud.img".into(), vec![], &raw, Some(&q)),
+        ("cloud.img.xz".into(), vec![], &raw, None),
+        ("disk.xz".into(), vec![], &raw, None),
+        (
+            "top".into(),
+            vec!["cloud.img".into()],
+            &expected_top,
+            Some(&top),
+        ),
+    ];
+    for remote in [false, true] {
+        for (name, backing, expected, qcow2) in &cases {
+            let at = |n: &str| {
+                if remote {
+                    web.url(n)
+                } else {
+                    www.join(n).to_str().unwrap().to_string()
+                }
+            };
+            let work = dir.path().join(format!("w-{remote}-{name}"));
+            fs::create_dir(&work).unwrap();
+            let source = at(name);
+            let mut args = vec!["image".to_string(), source.clone()];
+            for b in backing {
+                args.extend(["--backing".to_string(), at(b)]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let server = Server::disksynth_unix(&work, &args);
+            let copy = work.join("copy.raw");
+            run_ok(Command::new("nbdcopy").arg(server.uri()).arg(&copy));
+            cmp_files(&copy, expected);
+            if let Some(q) = qcow2 {
+                assert_maps_agree(&nbdinfo_map(server.uri()), &qemu_map(q), &source);
+            }
+        }
+    }
+}
+
+/// Formats without random access, or that disksynth does not read, are refused by name with
+/// what to convert them to; so is a --backing for an image that has none.
+#[test]
+fn image_refuses_other_formats_with_advice() {
+    require_tool!("qemu-img", "gzip");
+    let dir = tempdir();
+    let raw = dir.path().join("disk.raw");
+    raw_image(&raw);
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for (fmt, name) in [
+        ("vmdk", "d.vmdk"),
+        ("vhdx", "d.vhdx"),
+        ("vdi", "d.vdi"),
+        ("vpc", "d.vhd"),
+    ] {
+        qemu_img(&["convert", "-O", fmt, raw.to_str().unwrap(), &p(name)]);
+    }
+    run_ok(Command::new("gzip").arg("-k").arg(&raw));
+    for (name, says) in [
+        ("d.vmdk", "VMDK"),
+        ("d.vhdx", "VHDX"),
+        ("d.vdi", "VDI"),
+        ("d.vhd", "VHD"),
+        ("disk.raw.gz", "gzip"),
+    ] {
+        let out = run(
+            disksynth().args(["image", &p(name), "-o", &p("out")]),
+            CMD_TIMEOUT,
+        );
+        assert!(!out.status.success(), "{name} was served");
+        let err = out.stderr_str();
+        assert!(
+            err.contains(says) && err.contains("convert"),
+            "{name}: {err}"
+        );
+        assert!(!dir.path().join("out").exists(), "{name}: output written");
+    }
+    let out = run(
+        disksynth().args([
+            "image",
+            &p("disk.raw"),
+            "--backing",
+            &p("d.vmdk"),
+            "-o",
+            &p("out"),
+        ]),
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_str().contains("has no backing file"),
+        "{}",
+        out.stderr_str()
+    );
+}
