@@ -1,8 +1,9 @@
-"""Shared pieces of the Python benchmarks (bench/xz.py, bench/tmpdisk.py)."""
+"""Shared pieces of the Python benchmarks (bench/xz.py, qcow2.py, remote_boot.py, tmpdisk.py)."""
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -76,3 +77,81 @@ class Server:
             self.proc.wait()
         self.err.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx:
+    """A throwaway nginx on a free 127.0.0.1 port serving `root`, its work directory and access
+    log under `logs`, stopped by its pid. `tls=(cert, key)` serves HTTPS (HTTP/1.1: qemu's curl
+    driver stalls over HTTP/2)."""
+
+    def __init__(self, root, logs, tls=None):
+        self.work = tempfile.mkdtemp(prefix="nginx-", dir=logs)
+        os.makedirs(os.path.join(self.work, "tmp"))
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.scheme = "https" if tls else "http"
+        w = self.work
+        listen = f"listen 127.0.0.1:{self.port}"
+        if tls:
+            listen += f" ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}"
+        conf = f"""daemon off; master_process off; worker_processes 1; pid {w}/nginx.pid;
+error_log {w}/error.log warn; events {{ worker_connections 1024; }}
+http {{ access_log {w}/access.log; client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp;
+  fastcgi_temp_path {w}/tmp; uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp; sendfile on;
+  keepalive_requests 1000000; default_type application/octet-stream;
+  server {{ {listen}; root {root}; }} }}
+"""
+        with open(os.path.join(w, "nginx.conf"), "w") as f:
+            f.write(conf)
+        self.proc = subprocess.Popen(
+            ["nginx", "-c", os.path.join(w, "nginx.conf"), "-p", w], stdin=subprocess.DEVNULL
+        )
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError("nginx did not start")
+                time.sleep(0.02)
+
+    def url(self, name):
+        return f"{self.scheme}://127.0.0.1:{self.port}/{name}"
+
+    def lines(self):
+        """The access log's lines so far."""
+        try:
+            with open(os.path.join(self.work, "access.log")) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def requests(self):
+        return len(self.lines())
+
+    @staticmethod
+    def traffic(lines, name=None):
+        """(requests, body bytes) for /name (every path if None) in combined-format access-log
+        lines ($body_bytes_sent is the second field after the quoted request)."""
+        n = b = 0
+        for line in lines:
+            parts = line.split('"')
+            if len(parts) < 3 or (name is not None and f" /{name} " not in parts[1]):
+                continue
+            n += 1
+            fields = parts[2].split()
+            if len(fields) > 1 and fields[1].isdigit():
+                b += int(fields[1])
+        return n, b
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

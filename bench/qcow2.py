@@ -32,11 +32,8 @@ import time
 
 import nbd
 
-from benchlib import Server, log
+from benchlib import Nginx, Server, log
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xz import Nginx  # noqa: E402  (the same throwaway nginx on 127.0.0.1)
-import xz as xzbench  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DS = os.environ.get("DISKSYNTH_BIN", os.path.join(ROOT, "target/release/disksynth"))
@@ -47,8 +44,6 @@ READS = int(os.environ.get("BENCH_QCOW2_READS", "300"))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench/out"))
 LOGS = os.path.join(OUT, "qcow2-logs")
 STEP_TIMEOUT = 1800
-# xz.py's Nginx keeps its work directory under xz.LOGS: put it under ours.
-xzbench.LOGS = LOGS
 
 
 def run(cmd, **kw):
@@ -73,22 +68,8 @@ def prepare():
 
 
 def access_bytes(web):
-    """(requests, body bytes) in nginx's access log so far (combined format: $body_bytes_sent
-    is the 10th field)."""
-    n = b = 0
-    try:
-        with open(os.path.join(web.work, "access.log")) as f:
-            for line in f:
-                n += 1
-                parts = line.split('"')
-                if len(parts) > 2:
-                    fields = parts[2].split()
-                    if len(fields) > 1 and fields[1].isdigit():
-                        b += int(fields[1])
-    except FileNotFoundError:
-        pass
-    return n, b
-
+    """(requests, body bytes) in nginx's access log so far."""
+    return Nginx.traffic(web.lines())
 
 def random_latency(uri, size):
     h = nbd.NBD()
@@ -136,7 +117,7 @@ def main():
         run(["cargo", "build", "--release", "-p", "disksynth"], cwd=ROOT)
     img, q = prepare()
     size = os.path.getsize(img)
-    web = Nginx(DATA)
+    web = Nginx(DATA, LOGS)
     url = web.url("disk.qcow2")
     sides = {
         "ds": [DS, "qcow2", url, "-U", "@SOCK@"],

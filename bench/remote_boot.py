@@ -35,15 +35,13 @@ Output: a table on stdout and in $BENCH_OUT/remote_boot.md, logs in $BENCH_OUT/r
 
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchlib import Server, log
+from benchlib import Nginx, Server, log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DS = os.environ.get("DISKSYNTH_BIN", os.path.join(ROOT, "target/release/disksynth"))
@@ -128,71 +126,6 @@ def make_tls(work):
     return p("ca.pem"), p("server.pem"), p("server.key")
 
 
-class Nginx:
-    """nginx over HTTPS (HTTP/1.1) on a free loopback port, access log in its directory."""
-
-    def __init__(self, root, cert, key):
-        self.work = tempfile.mkdtemp(prefix="nginx-", dir=LOGS)
-        os.makedirs(os.path.join(self.work, "tmp"))
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        w = self.work
-        conf = f"""daemon off; master_process off; worker_processes 1; pid {w}/nginx.pid;
-error_log {w}/error.log warn; events {{ worker_connections 1024; }}
-http {{ access_log {w}/access.log; client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp;
-  fastcgi_temp_path {w}/tmp; uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp; sendfile on;
-  keepalive_requests 1000000; default_type application/octet-stream;
-  server {{ listen 127.0.0.1:{self.port} ssl; ssl_certificate {cert};
-    ssl_certificate_key {key}; root {root}; }} }}
-"""
-        with open(os.path.join(w, "nginx.conf"), "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen(
-            ["nginx", "-c", os.path.join(w, "nginx.conf"), "-p", w], stdin=subprocess.DEVNULL
-        )
-        deadline = time.time() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("nginx did not start")
-                time.sleep(0.02)
-
-    def url(self, name):
-        return f"https://127.0.0.1:{self.port}/{name}"
-
-    def lines(self):
-        try:
-            with open(os.path.join(self.work, "access.log")) as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
-
-    @staticmethod
-    def traffic(lines, name):
-        """(requests, body bytes) for /name in combined-format access-log lines."""
-        n = b = 0
-        for line in lines:
-            parts = line.split('"')
-            if len(parts) < 3 or f" /{name} " not in parts[1]:
-                continue
-            n += 1
-            b += int(parts[2].split()[1])
-        return n, b
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def boot(disk_args, work):
     """Seconds from qemu's start to the marker line (the root mounted from the disk)."""
     vars_fd = os.path.join(work, "ovmf-vars.fd")
@@ -244,7 +177,7 @@ def main():
     www = make_disk(work)
     ca, cert, key = make_tls(work)
     sizes = {n: os.path.getsize(os.path.join(www, n)) for n in os.listdir(www)}
-    web = Nginx(www, cert, key)
+    web = Nginx(www, LOGS, tls=(cert, key))
     cases = {
         "ds-qcow2": ("disk.qcow2", [DS, "qcow2", web.url("disk.qcow2"), "--cacert", ca,
                                     "-U", "@SOCK@"]),

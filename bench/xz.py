@@ -24,17 +24,14 @@ Output: a table on stdout and in $BENCH_OUT/xz.md, logs in $BENCH_OUT/xz-logs/.
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import nbd
 
-from benchlib import Server, log
+from benchlib import Nginx, Server, log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DS = os.environ.get("DISKSYNTH_BIN", os.path.join(ROOT, "target/release/disksynth"))
@@ -81,57 +78,6 @@ def prepare():
     return img, xzf, xzf4, blocks
 
 
-class Nginx:
-    def __init__(self, root):
-        self.work = tempfile.mkdtemp(prefix="nginx-", dir=LOGS)
-        os.makedirs(os.path.join(self.work, "tmp"))
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        w = self.work
-        conf = f"""daemon off; master_process off; worker_processes 1; pid {w}/nginx.pid;
-error_log {w}/error.log warn; events {{ worker_connections 1024; }}
-http {{ access_log {w}/access.log; client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp;
-  fastcgi_temp_path {w}/tmp; uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp; sendfile on;
-  keepalive_requests 1000000; default_type application/octet-stream;
-  server {{ listen 127.0.0.1:{self.port}; root {root}; }} }}
-"""
-        with open(os.path.join(w, "nginx.conf"), "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen(
-            ["nginx", "-c", os.path.join(w, "nginx.conf"), "-p", w],
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("nginx did not start")
-                time.sleep(0.02)
-
-    def url(self, name):
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def requests(self):
-        try:
-            with open(os.path.join(self.work, "access.log")) as f:
-                return sum(1 for _ in f)
-        except FileNotFoundError:
-            return 0
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def random_latency(uri, size):
     h = nbd.NBD()
     h.connect_uri(uri)
@@ -171,7 +117,7 @@ def main():
         run(["cargo", "build", "--release", "-p", "disksynth"], cwd=ROOT)
     img, xzf, xzf4, blocks = prepare()
     size = os.path.getsize(img)
-    web = Nginx(DATA)
+    web = Nginx(DATA, LOGS)
     xz_url, raw_url = web.url("disk.raw.xz"), web.url("disk.raw")
     xz4_url = web.url("disk.raw.4m.xz")
     sides = {
