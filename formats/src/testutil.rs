@@ -41,3 +41,20 @@ pub(crate) fn check_image_and_overlay(map: RegionMap, writes: &[(usize, usize, u
     }
     synth::testing::check_dev(&ov, &expected, &starts);
 }
+
+/// Whether `tool --version` runs; when it does not, panics under `CI=true` (a missing peer is a
+/// failure there) and otherwise prints a SKIPPED line naming `test` and the Debian `package`.
+pub(crate) fn have_tool(tool: &str, package: &str, test: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: the `{tool}` command is missing (apt-get install {package})");
+        }
+        eprintln!("SKIPPED {test}: the `{tool}` command is missing (apt-get install {package})");
+    }
+    ok
+}

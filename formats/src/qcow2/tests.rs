@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -14,20 +14,8 @@ use super::*;
 
 const MIB: u64 = 1 << 20;
 
-/// Whether `qemu-img` can be run; panics under CI=true when it cannot.
 fn have_qemu_img(test: &str) -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: qemu-img is missing (apt-get install qemu-utils)");
-        }
-        eprintln!("SKIPPED {test}: qemu-img is missing (apt-get install qemu-utils)");
-    }
-    ok
+    crate::testutil::have_tool("qemu-img", "qemu-utils", test)
 }
 
 macro_rules! require_qemu_img {

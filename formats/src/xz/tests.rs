@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -22,20 +22,8 @@ use super::*;
 
 const MIB: u64 = 1 << 20;
 
-/// Whether `xz` can be run; panics under CI=true when it cannot.
 fn have_xz(test: &str) -> bool {
-    let ok = Command::new("xz")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: the `xz` command is missing (apt-get install xz-utils)");
-        }
-        eprintln!("SKIPPED {test}: the `xz` command is missing (apt-get install xz-utils)");
-    }
-    ok
+    crate::testutil::have_tool("xz", "xz-utils", test)
 }
 
 macro_rules! require_xz {
