@@ -38,6 +38,18 @@ where
     done.into_iter().map(|(_, r)| r).collect()
 }
 
+/// `f(0)`, …, `f(n - 1)` on all cores, for a request's independent
+/// pieces of work (a run of compressed clusters): a client with fewer
+/// requests in flight than there are cores still gets them all. The pool
+/// stays up between calls (rayon's global pool); this thread waits for it.
+pub(crate) fn par_for(n: usize, f: impl Fn(usize) + Sync + Send) {
+    use rayon::prelude::*;
+    if n <= 1 {
+        return (0..n).for_each(f);
+    }
+    (0..n).into_par_iter().for_each(f);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -45,5 +57,20 @@ mod tests {
         let v: Vec<u64> = (0..1000).collect();
         let out = super::par_map(&v, |i, x| (i as u64) * 1000 + x);
         assert_eq!(out, v.iter().map(|x| x * 1001).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn par_for_calls_each_index_once() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        for n in [0usize, 1, 2, 3, 17] {
+            let seen: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            super::par_for(n, |i| {
+                seen[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                seen.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
+        }
     }
 }

@@ -477,17 +477,15 @@ impl Inner {
                         }
                     };
                     self.decompressions.fetch_add(1, Ordering::Relaxed);
-                    let mut out = vec![0u8; cs as usize];
-                    compressed::decompress(self.info.compression, input, &mut out).map_err(
-                        |e| Failure {
+                    let out = compressed::decompress(self.info.compression, input, cs as usize)
+                        .map_err(|e| Failure {
                             kind: ErrorKind::Corrupt,
                             message: format!(
                                 "corrupt qcow2 image: compressed cluster at offset {offset} \
                                  (guest offset {}): {e}",
                                 guest - guest % cs
                             ),
-                        },
-                    )?;
+                        })?;
                     Ok(Bytes::from(out))
                 },
                 |_| true,
@@ -531,11 +529,14 @@ impl Inner {
             if j - i >= 2 {
                 let mut span = vec![0u8; (end - start) as usize];
                 self.read_file(&mut span, start, missing[i].2)?;
-                for &(s, e, guest, offset, len) in &missing[i..j] {
+                let group = &missing[i..j];
+                let decompress = |k: usize| {
+                    let (s, e, guest, offset, len) = group[k];
                     let raw = &span[(s - start) as usize..(e - start) as usize];
                     // A failure here is reported by the read that needs it.
                     let _ = self.cluster(offset, len, Some(raw), guest);
-                }
+                };
+                crate::par::par_for(group.len(), decompress);
             }
             i = j;
         }
