@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::size::Size;
+use synth::size::Size;
 
 const EXAMPLES: &str = "\
 Examples:

@@ -17,8 +17,8 @@ use serde_json::json;
 use synth::BlockDev;
 
 use crate::generators::{scan_with, source_date_epoch};
-use crate::size::Size;
 use crate::spec::{Content, FsOptions, PartSize, PartSpec, Remote, Sources, Spec};
+use synth::size::Size;
 
 /// Filesystem sizes are whole 4 KiB blocks (ext4's block; a whole number of sectors).
 const FS_UNIT: u64 = 4096;

@@ -13,7 +13,7 @@ use nbd_export::{is_nbd_uri, ClientOptions, NbdClient};
 use serde_json::{json, Value};
 use synth::BlockDev;
 
-use crate::size::Size;
+use synth::size::Size;
 
 fn fs_json(f: &Option<FoundFs>) -> Value {
     match f {

@@ -8,7 +8,6 @@ mod inspect;
 mod interrupt;
 mod remote;
 mod serve;
-mod size;
 mod spec;
 mod tmpdisk;
 
@@ -26,7 +25,7 @@ use synth::{BlockDev, Export, SharedExport};
 use crate::args::{Cli, ExportArgs, Source};
 use crate::interrupt::{target_of, Interrupt};
 use crate::serve::{serve, systemd_listener, tcp_endpoint, Endpoint};
-use crate::size::Size;
+use synth::size::Size;
 
 /// What to do with the disk, validated from [`ExportArgs`].
 enum Mode {

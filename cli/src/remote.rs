@@ -14,7 +14,7 @@ use synth::BlockDev;
 
 use crate::args::{HttpArgs, Qcow2Args, XzArgs};
 use crate::interrupt::{Interrupt, Target};
-use crate::size::Size;
+use synth::size::Size;
 
 /// Whether `s` names an HTTP(S) resource or an S3 object rather than a local path.
 pub(crate) fn is_url(s: &str) -> bool {

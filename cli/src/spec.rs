@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::args::{ExportArgs, Source, WriteArgs};
-use crate::size::Size;
+use synth::size::Size;
 
 /// The whole disk.
 #[derive(Debug, Clone)]

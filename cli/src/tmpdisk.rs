@@ -9,7 +9,7 @@ use sources::tmpdisk::{Initializer, TmpdiskExport, TmpdiskOptions};
 use synth::{BlockDev, ErrorKind};
 
 use crate::args::TmpdiskArgs;
-use crate::size::Size;
+use synth::size::Size;
 
 /// The filesystems synthesized in-process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

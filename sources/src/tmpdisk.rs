@@ -31,8 +31,8 @@ use std::time::Duration;
 mod command;
 
 use synth::{
-    BlockDev, BlockSize, Caps, CowOverlay, Error, ErrorKind, Export, ExtentList, OverlayOptions,
-    OverlayStore, ReadChunk, Result, SpaceQuota, ZeroFlags,
+    BlockDev, BlockSize, Caps, CowOverlay, Error, ErrorKind, Export, Filter, Layer, OverlayOptions,
+    OverlayStore, Result, SpaceQuota, ZeroFlags,
 };
 
 /// Builds a client's empty filesystem from 16 fresh random bytes (for its
@@ -243,7 +243,7 @@ impl TmpdiskExport {
             shell_quote(label),
         );
         command::run(&full, self.opts.command_timeout, gone)?;
-        let dev = FileDisk::new(file, self.opts.size, self.quota.clone())?;
+        let dev = FileDisk::layer(file, self.opts.size, self.quota.clone())?;
         Ok(Arc::new(dev))
     }
 }
@@ -293,11 +293,7 @@ impl Export for TmpdiskExport {
             t0.elapsed().as_secs_f64() * 1000.0,
             self.clients()
         );
-        Ok(Arc::new(ClientDisk {
-            dev,
-            n,
-            _slot: slot,
-        }))
+        Ok(Arc::new(Layer::new(Throwaway { n, _slot: slot }, dev)))
     }
 }
 
@@ -347,55 +343,28 @@ impl Drop for ClientSlot {
     }
 }
 
-/// A client's disk: the device, with flush a no-op (the disk is thrown
-/// away) and without `MULTI_CONN`.
+/// A client's disk: the device beneath, with flush a no-op (the disk is
+/// thrown away) and without `MULTI_CONN`; the client's slot is held as
+/// long as the layer is.
 #[derive(Debug)]
-struct ClientDisk {
-    dev: Arc<dyn BlockDev>,
+struct Throwaway {
     n: u64,
     _slot: ClientSlot,
 }
 
-impl Drop for ClientDisk {
+impl Drop for Throwaway {
     fn drop(&mut self) {
         log::info!("tmpdisk #{}: client gone, disk deleted", self.n);
     }
 }
 
-impl BlockDev for ClientDisk {
-    fn size(&self) -> u64 {
-        self.dev.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.dev.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.dev.write_at(buf, offset)
-    }
-    fn flush(&self) -> Result<()> {
+impl Filter for Throwaway {
+    fn flush(&self, _next: &dyn BlockDev) -> Result<()> {
         // Throwaway disks: nothing is ever made durable.
         Ok(())
     }
-    fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.dev.trim(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<()> {
-        self.dev.write_zeroes(offset, len, flags)
-    }
-    fn cache(&self, offset: u64, len: u64) -> Result<()> {
-        self.dev.cache(offset, len)
-    }
-    fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
-        self.dev.extents(offset, len, out)
-    }
-    fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
-        self.dev.read_chunks(offset, len, out)
-    }
-    fn caps(&self) -> Caps {
-        (self.dev.caps() | Caps::FLUSH) - Caps::MULTI_CONN
-    }
-    fn block_size(&self) -> BlockSize {
-        self.dev.block_size()
+    fn caps(&self, next: &dyn BlockDev) -> Caps {
+        (next.caps() | Caps::FLUSH) - Caps::MULTI_CONN
     }
 }
 
@@ -404,8 +373,7 @@ impl BlockDev for ClientDisk {
 /// reported), its allocated space charged to the quota.
 #[derive(Debug)]
 struct FileDisk {
-    dev: crate::FileDev,
-    /// The same open file, for `fstat`.
+    /// The same open file as the device beneath, for `fstat`.
     stat: File,
     quota: Option<Arc<SpaceQuota>>,
     /// Bytes of the file charged to the quota.
@@ -413,18 +381,19 @@ struct FileDisk {
 }
 
 impl FileDisk {
-    fn new(file: File, size: u64, quota: Option<Arc<SpaceQuota>>) -> Result<Self> {
+    /// The file as a device, its allocated space charged to `quota`.
+    fn layer(file: File, size: u64, quota: Option<Arc<SpaceQuota>>) -> Result<Layer<Self>> {
         let stat = file
             .try_clone()
             .map_err(|e| Error::io("duplicating the temp file's descriptor", e))?;
         let disk = FileDisk {
-            dev: crate::FileDev::from_file(file, size, true),
             stat,
             quota,
             charged: AtomicU64::new(0),
         };
         disk.recharge()?;
-        Ok(disk)
+        let dev: Arc<dyn BlockDev> = Arc::new(crate::FileDev::from_file(file, size, true));
+        Ok(Layer::new(disk, dev))
     }
 
     /// Bring the quota charge in line with the file's allocated space.
@@ -459,16 +428,9 @@ impl Drop for FileDisk {
     }
 }
 
-impl BlockDev for FileDisk {
-    fn size(&self) -> u64 {
-        self.dev.size()
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.dev.read_at(buf, offset)
-    }
-
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+/// Every change to the file may change its allocated space: recharge.
+impl Filter for FileDisk {
+    fn write_at(&self, next: &dyn BlockDev, buf: &[u8], offset: u64) -> Result<()> {
         if let Some(q) = &self.quota {
             // The file system decides what a write allocates; once the
             // budget is used up, writes are refused (the last one may go a
@@ -477,38 +439,31 @@ impl BlockDev for FileDisk {
                 return Err(q.used_up().at(offset));
             }
         }
-        self.dev.write_at(buf, offset)?;
+        next.write_at(buf, offset)?;
         self.recharge()
     }
 
-    fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.dev.trim(offset, len)?;
+    fn trim(&self, next: &dyn BlockDev, offset: u64, len: u64) -> Result<()> {
+        next.trim(offset, len)?;
         self.recharge()
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<()> {
-        self.dev.write_zeroes(offset, len, flags)?;
+    fn write_zeroes(
+        &self,
+        next: &dyn BlockDev,
+        offset: u64,
+        len: u64,
+        flags: ZeroFlags,
+    ) -> Result<()> {
+        next.write_zeroes(offset, len, flags)?;
         self.recharge()
-    }
-
-    fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
-        self.dev.extents(offset, len, out)
-    }
-
-    fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
-        self.dev.read_chunks(offset, len, out)
-    }
-
-    fn caps(&self) -> Caps {
-        // ClientDisk, which wraps every disk, answers flush and drops
-        // MULTI_CONN.
-        self.dev.caps()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use synth::ExtentList;
 
     fn blank(size: u64) -> Box<Synthesize> {
         Box::new(move |_id| Ok(Arc::new(crate::ZeroDev::new(size)) as Arc<dyn BlockDev>))

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::extent::{ExtentKind, ExtentList};
+use crate::filter::{Admission, Client};
 use crate::host::ReadCheck;
 
 bitflags! {
@@ -258,6 +259,19 @@ pub trait Export: Send + Sync + fmt::Debug {
     fn open_for(&self, gone: &dyn Fn() -> bool) -> Result<Arc<dyn BlockDev>> {
         let _ = gone;
         self.open()
+    }
+    /// Whether `client` may connect at all, asked before anything is
+    /// opened; `Err(reason)` refuses it (NBD `ERR_POLICY`, reason told).
+    /// What the admission holds lasts as long as the client's device.
+    fn admit(&self, client: &Client) -> std::result::Result<Admission, String> {
+        let _ = client;
+        Ok(Admission::default())
+    }
+    /// [`open_for`](Export::open_for) a known client: what a server calls.
+    /// Exports with per-client layers ([`crate::FilteredExport`]) use it.
+    fn open_client(&self, client: &Client, gone: &dyn Fn() -> bool) -> Result<Arc<dyn BlockDev>> {
+        let _ = client;
+        self.open_for(gone)
     }
 }
 

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     InvalidInput,
     /// The bytes behind the device do not parse (a corrupt image).
     Corrupt,
+    /// The client may not have the device (an address policy, a client
+    /// limit): NBD `ERR_POLICY`.
+    Refused,
 }
 
 /// A block-device error: a kind, the offset it concerns (if any), some

@@ -9,6 +9,9 @@
 //!   host-file ranges or other devices; every generator returns one.
 //! - [`CowOverlay`]: copy-on-write writes over any device, or a blank sparse disk.
 //! - [`SliceDev`]: a window of another device.
+//! - [`Filter`] and [`Layer`]: a change to some of a device's answers over the
+//!   device beneath (everything else passes through); [`FilteredExport`]
+//!   stacks layers per client.
 //! - [`testing::check_dev`]: the conformance check every device runs.
 //!
 //! ```
@@ -30,9 +33,11 @@
 pub mod dev;
 pub mod error;
 pub mod extent;
+pub mod filter;
 pub mod host;
 pub mod overlay;
 pub mod region;
+pub mod size;
 pub mod testing;
 pub mod view;
 
@@ -41,7 +46,9 @@ pub use dev::{
 };
 pub use error::{check_range, Error, ErrorKind, Result};
 pub use extent::{Extent, ExtentKind, ExtentList};
+pub use filter::{Admission, Client, Filter, FilteredExport, Layer, LayerFactory, Peer};
 pub use host::{FilePool, FileStamp, HostFile, ReadCheck, ScannedFile, DEFAULT_POOL_FDS};
 pub use overlay::{CowOverlay, OverlayOptions, OverlayStore, SpaceQuota};
 pub use region::{Backing, Region, RegionMap, RegionMapBuilder};
-pub use view::SliceDev;
+pub use size::Size;
+pub use view::{SliceDev, Window};

@@ -1,39 +1,46 @@
-//! Slice views: a window of another device, shifted to start at zero.
+//! Windows: a range of another device, shifted to start at zero, as a layer.
 
 use std::sync::Arc;
 
-use crate::dev::{BlockDev, BlockSize, Caps, ReadChunk, ZeroFlags};
+use crate::dev::{BlockDev, ReadChunk, ZeroFlags};
 use crate::error::{check_range, Error, ErrorKind, Result};
 use crate::extent::ExtentList;
+use crate::filter::{Filter, Layer};
 
-/// `len` bytes of `inner` starting at `offset`, seen as a device of its own
-/// (a partition, a component of a composed disk).
-#[derive(Debug, Clone)]
-pub struct SliceDev {
-    inner: Arc<dyn BlockDev>,
+/// `len` bytes of the device beneath starting at `offset`, seen as a
+/// device of its own (a partition, a component of a composed disk).
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
     offset: u64,
     len: u64,
 }
 
-impl SliceDev {
-    /// The window `[offset, offset + len)` of `inner`.
-    pub fn new(inner: Arc<dyn BlockDev>, offset: u64, len: u64) -> Result<Self> {
-        check_range(offset, len, inner.size()).map_err(|_| {
+impl Window {
+    /// The window `[offset, offset + len)` of a device of `size` bytes, or
+    /// why it does not fit.
+    pub fn new(offset: u64, len: u64, size: u64) -> Result<Self> {
+        check_range(offset, len, size).map_err(|_| {
             Error::new(
                 ErrorKind::InvalidInput,
-                format!(
-                    "slice of {len} bytes at {offset} does not fit a {}-byte device",
-                    inner.size()
-                ),
+                format!("a window of {len} bytes at {offset} does not fit a {size}-byte device"),
             )
         })?;
-        Ok(SliceDev { inner, offset, len })
+        Ok(Window { offset, len })
     }
 
-    /// Everything of `inner` from `offset` on.
-    pub fn from_offset(inner: Arc<dyn BlockDev>, offset: u64) -> Result<Self> {
-        let len = inner.size().saturating_sub(offset);
-        Self::new(inner, offset, len)
+    /// Where the window starts on the device beneath.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Its length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<u64> {
@@ -42,52 +49,78 @@ impl SliceDev {
     }
 }
 
-impl BlockDev for SliceDev {
-    fn size(&self) -> u64 {
+/// A window of another device: [`Window`] as a layer.
+pub type SliceDev = Layer<Window>;
+
+impl Layer<Window> {
+    /// The window `[offset, offset + len)` of `inner`.
+    pub fn window(inner: Arc<dyn BlockDev>, offset: u64, len: u64) -> Result<Self> {
+        let w = Window::new(offset, len, inner.size())?;
+        Ok(Layer::new(w, inner))
+    }
+
+    /// Everything of `inner` from `offset` on.
+    pub fn from_offset(inner: Arc<dyn BlockDev>, offset: u64) -> Result<Self> {
+        let len = inner.size().saturating_sub(offset);
+        Self::window(inner, offset, len)
+    }
+}
+
+impl Filter for Window {
+    fn size(&self, _next: &dyn BlockDev) -> u64 {
         self.len
     }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    fn read_at(&self, next: &dyn BlockDev, buf: &mut [u8], offset: u64) -> Result<()> {
         let at = self.map(offset, buf.len() as u64)?;
-        self.inner.read_at(buf, at)
+        next.read_at(buf, at)
     }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+    fn write_at(&self, next: &dyn BlockDev, buf: &[u8], offset: u64) -> Result<()> {
         let at = self.map(offset, buf.len() as u64)?;
-        self.inner.write_at(buf, at)
+        next.write_at(buf, at)
     }
-    fn flush(&self) -> Result<()> {
-        self.inner.flush()
-    }
-    fn trim(&self, offset: u64, len: u64) -> Result<()> {
+    fn trim(&self, next: &dyn BlockDev, offset: u64, len: u64) -> Result<()> {
         let at = self.map(offset, len)?;
-        self.inner.trim(at, len)
+        next.trim(at, len)
     }
-    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<()> {
+    fn write_zeroes(
+        &self,
+        next: &dyn BlockDev,
+        offset: u64,
+        len: u64,
+        flags: ZeroFlags,
+    ) -> Result<()> {
         let at = self.map(offset, len)?;
-        self.inner.write_zeroes(at, len, flags)
+        next.write_zeroes(at, len, flags)
     }
-    fn cache(&self, offset: u64, len: u64) -> Result<()> {
+    fn cache(&self, next: &dyn BlockDev, offset: u64, len: u64) -> Result<()> {
         let at = self.map(offset, len)?;
-        self.inner.cache(at, len)
+        next.cache(at, len)
     }
-    fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
+    fn extents(
+        &self,
+        next: &dyn BlockDev,
+        offset: u64,
+        len: u64,
+        out: &mut ExtentList,
+    ) -> Result<()> {
         let at = self.map(offset, len)?;
         let mut inner = ExtentList::new(at);
-        self.inner.extents(at, len, &mut inner)?;
+        next.extents(at, len, &mut inner)?;
         inner.truncate_to(at + len);
         for e in inner.as_slice() {
             out.push(e.len, e.kind);
         }
         Ok(())
     }
-    fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
+    fn read_chunks(
+        &self,
+        next: &dyn BlockDev,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<ReadChunk>,
+    ) -> Result<bool> {
         let at = self.map(offset, len)?;
-        self.inner.read_chunks(at, len, out)
-    }
-    fn caps(&self) -> Caps {
-        self.inner.caps()
-    }
-    fn block_size(&self) -> BlockSize {
-        self.inner.block_size()
+        next.read_chunks(at, len, out)
     }
 }
 
@@ -111,7 +144,7 @@ mod tests {
     #[test]
     fn slice_passes_conformance() {
         let (dev, expected) = base();
-        let slice = SliceDev::new(dev, 4_000, 12_000).unwrap();
+        let slice = SliceDev::window(dev, 4_000, 12_000).unwrap();
         check_dev(&slice, &expected[4_000..16_000], &[1_000]);
     }
 
@@ -136,7 +169,7 @@ mod tests {
     fn slice_outside_the_device_is_refused() {
         let (dev, _) = base();
         assert_eq!(
-            SliceDev::new(dev, 24_000, 2_000).unwrap_err().kind(),
+            SliceDev::window(dev, 24_000, 2_000).unwrap_err().kind(),
             ErrorKind::InvalidInput
         );
     }
