@@ -88,6 +88,13 @@ impl FilterArgs {
         Ok(())
     }
 
+    /// Every item in order: `(Some(key), value)` or `(None, bare value)`,
+    /// for a filter where a bare value continues the list of the key before
+    /// it, as nbdkit writes lists (`ip:allow=127.0.0.1,::1,deny=all`).
+    pub fn items(&self) -> impl Iterator<Item = (Option<&str>, &str)> {
+        self.items.iter().map(|(k, v)| (k.as_deref(), v.as_str()))
+    }
+
     /// The `i`th bare value.
     pub fn positional(&self, i: usize) -> Option<&str> {
         self.items
