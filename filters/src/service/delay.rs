@@ -13,8 +13,8 @@ use crate::{Below, Entry, FilterArgs, FilterError};
 
 pub(crate) const ENTRY: Entry = Entry {
     name: "delay",
-    usage: "delay:[ALL,]read=10ms,write=…,zero=…,trim=…,extents=…,cache=…,flush=…",
-    about: "wait before passing each request down (per op), to test clients on slow disks",
+    usage: "delay:[TIME,]read=TIME,write=…,flush=…",
+    about: "wait TIME (10ms) before each request of an op (read, write, zero, trim, flush, cache, extents) goes down",
     build,
 };
 

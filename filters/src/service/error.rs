@@ -21,10 +21,9 @@ use crate::{Below, Entry, FilterArgs, FilterError};
 
 pub(crate) const ENTRY: Entry = Entry {
     name: "error",
-    usage: "error:[rate=1][,ops=read|write|zero|trim|flush|cache|extents|all][,range=OFF-END]\
-            [,errno=EIO|ENOSPC|EPERM|EINVAL|ENOTSUP][,seed=N]",
-    about: "fail requests with an errno (a fraction of them, of some ops, in a range), \
-            reproducibly from a seed",
+    usage: "error:rate=P,ops=OP|…,range=OFF-END,errno=E,seed=N",
+    about: "fail requests (fraction P, default 1; ops default read|write|zero|trim; \
+            errno EIO, ENOSPC, EPERM, EINVAL or ENOTSUP) reproducibly from a seed",
     build,
 };
 

@@ -9,8 +9,9 @@
 //!   `"result":"error","errno":"EIO","error":"…"` (the errno the client is
 //!   sent); a zero request's flags are `fast` and `may-trim`. The time is
 //!   when the request arrived, the duration what the layers beneath took.
-//!   NBD's FUA flag does not reach devices (they write through), so it is
-//!   not logged.
+//!   NBD's FUA flag does not reach devices: the server follows such a
+//!   write with a flush (nbd-export's dispatch), which is logged as the
+//!   `flush` line after it.
 //! - `{"event":"disconnect","conn":1,"peer":…,"requests":N,"duration_s":…}`
 //!
 //! Lines go through one buffered writer behind a mutex, each line whole, so

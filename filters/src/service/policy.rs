@@ -27,8 +27,8 @@ use crate::{Below, Entry, FilterArgs, FilterError};
 
 pub(crate) const IP_ENTRY: Entry = Entry {
     name: "ip",
-    usage: "ip:allow=ADDR[/BITS]|anyipv4|anyipv6|all|uid:N|gid:N,…,deny=…",
-    about: "admit or refuse clients by address (TCP) or uid/gid (Unix socket)",
+    usage: "ip:allow=RULE,…,deny=RULE,…",
+    about: "admit or refuse clients; RULE: ADDR[/BITS] (IPv4, IPv6), anyipv4, anyipv6, all, uid:N, gid:N",
     build: build_ip,
 };
 

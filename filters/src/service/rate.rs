@@ -23,7 +23,7 @@ use crate::{Below, Entry, FilterArgs, FilterError};
 
 pub(crate) const ENTRY: Entry = Entry {
     name: "rate",
-    usage: "rate:[read=BYTES/s][,write=BYTES/s][,per-connection=BYTES/s]",
+    usage: "rate:read=BPS,write=BPS,per-connection=BPS",
     about: "limit read and write bandwidth (bytes/s, e.g. 50M), all clients or each",
     build,
 };
