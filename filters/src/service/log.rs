@@ -17,8 +17,10 @@
 //! Lines go through one buffered writer behind a mutex, each line whole, so
 //! concurrent clients' lines never interleave within a line and a request
 //! waits only for a memory copy (and, about once a second, a write). The
-//! buffer is flushed at each disconnect, each second it is written to, and
-//! when the filter is dropped. A failing log file is reported once and
+//! buffer is flushed at each disconnect, within a second of a line being
+//! buffered (by the next request, or by a small thread for an idle log, so
+//! that `tail -f` shows a quiet client's last request), and when the
+//! filter is dropped. A failing log file is reported once and
 //! never fails a request: the log watches the disk, it is not the disk.
 
 use std::fs::{File, OpenOptions};
@@ -100,6 +102,46 @@ impl LogSink {
                     self.path.display()
                 );
             }
+        }
+    }
+}
+
+impl LogSink {
+    /// Write out lines that have waited a second or more.
+    fn flush_stale(&self) {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if out.w.buffer().is_empty() || out.last_flush.elapsed() < FLUSH_EVERY {
+            return;
+        }
+        let r = out.w.flush();
+        out.last_flush = Instant::now();
+        drop(out);
+        if let Err(e) = r {
+            if !self.failed.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "--filter log: writing {} failed, logging stops: {e}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+
+    /// Flush an idle log once a second until the sink is dropped (the
+    /// thread holds it weakly, so it never keeps the file open).
+    fn flush_when_idle(sink: &Arc<LogSink>) {
+        let weak = Arc::downgrade(sink);
+        let spawned = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_EVERY);
+                match weak.upgrade() {
+                    Some(s) => s.flush_stale(),
+                    None => return,
+                }
+            });
+        if let Err(e) = spawned {
+            // Lines still go out at the next request, disconnect or exit.
+            log::warn!("--filter log: no idle-flush thread: {e}");
         }
     }
 }
@@ -238,7 +280,9 @@ impl LogFactory {
             filter: "log".into(),
             source: Error::io(format!("opening the log file {path}"), e),
         })?;
-        Ok(LogFactory(Arc::new(sink)))
+        let sink = Arc::new(sink);
+        LogSink::flush_when_idle(&sink);
+        Ok(LogFactory(sink))
     }
 }
 
@@ -395,6 +439,45 @@ mod tests {
             let n = l.iter().filter(|v| v["conn"] == id).count();
             assert_eq!(n, 502, "conn {id}");
         }
+    }
+
+    /// A quiet client's last line reaches the file within about a second,
+    /// without a disconnect or another request.
+    #[test]
+    fn an_idle_log_is_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let (dev, _) = testutil::base();
+        let f = factory(&path);
+        let top = f.layer(dev, &tcp_client(3)).unwrap();
+        let mut buf = [0u8; 8];
+        top.read_at(&mut buf, 0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lines(&path).len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the request line was never written"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(lines(&path)[1]["op"], "read");
+        drop(top);
+    }
+
+    /// A log that cannot be written (a full disk: /dev/full fails every
+    /// write with ENOSPC) stops logging; the requests still succeed.
+    #[test]
+    fn a_failing_log_never_fails_a_request() {
+        let dev_full = Path::new("/dev/full");
+        if !dev_full.exists() {
+            eprintln!("SKIPPED: no /dev/full");
+            return;
+        }
+        let (dev, expected) = testutil::base();
+        let f = factory(dev_full);
+        let top = f.layer(dev, &tcp_client(1)).unwrap();
+        check_dev(&*top, &expected, &[5_000]);
+        assert!(f.0.failed.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -247,6 +247,26 @@ mod tests {
         }
     }
 
+    /// The bucket's arithmetic at its edges, without sleeping: a full
+    /// bucket lends a tenth of a second, debt queues later requests behind
+    /// earlier ones, and no size or rate makes an endless wait.
+    #[test]
+    fn bucket_debts_queue_and_stay_finite() {
+        let near = |d: Duration, secs: f64| (d.as_secs_f64() - secs).abs() < 0.05;
+        let b = Bucket::new(1000);
+        assert_eq!(b.take(100), Duration::ZERO);
+        let first = b.take(1000);
+        assert!(near(first, 1.0), "{first:?}");
+        let second = b.take(500);
+        assert!(near(second, 1.5), "{second:?}");
+        let tiny = Bucket::new(1);
+        assert!(near(tiny.take(1), 0.9));
+        assert_eq!(tiny.take(u64::MAX), Duration::from_secs(86_400));
+        // A rate so high no request waits.
+        let huge = Bucket::new(u64::MAX);
+        assert_eq!(huge.take(32 << 20), Duration::ZERO);
+    }
+
     #[test]
     fn bad_arguments_are_refused() {
         for bad in [
