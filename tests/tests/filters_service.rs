@@ -396,3 +396,50 @@ fn delay_and_rate_slow_clients_and_change_no_byte() {
     assert!(took >= Duration::from_millis(1600), "{took:?}");
     assert!(std::fs::read(&copy).unwrap() == pattern(0, 2 << 20));
 }
+
+/// A guest sees the injected error too: SeaBIOS reading the boot sector
+/// of a virtio disk over NBD says it could not read it, where the same
+/// disk without the filter is read and found not bootable.
+#[test]
+fn seabios_cannot_read_a_boot_sector_the_error_filter_fails() {
+    use disksynth_tests::qemu_boot::{boot, BootOptions, Firmware};
+    require_tool!("qemu-system-x86_64");
+    let after_hard_disk = |filter: Option<&str>| -> String {
+        let dir = tempdir();
+        let mut args = vec!["pattern", "1M"];
+        if let Some(f) = filter {
+            args.extend(["--filter", f]);
+        }
+        let server = Server::disksynth_unix(dir.path(), &args);
+        // graphics=off: SeaBIOS copies its screen to the serial port.
+        let drive = [
+            "-machine".to_string(),
+            "graphics=off".to_string(),
+            "-drive".to_string(),
+            format!("file={},format=raw,if=virtio,readonly=on", server.uri()),
+        ];
+        let options = BootOptions {
+            timeout: Duration::from_secs(60),
+            memory_mib: 64,
+            debugcon: false,
+        };
+        let seen = boot(
+            dir.path(),
+            Firmware::Bios,
+            &drive,
+            &["No bootable device"],
+            &options,
+        );
+        assert!(seen.found, "{}", seen.text);
+        let text = seen.text.replace('\r', "");
+        let (_, rest) = text
+            .split_once("Booting from Hard Disk...\n")
+            .unwrap_or_else(|| panic!("{text}"));
+        rest.lines().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(
+        after_hard_disk(Some("error:ops=read,range=0-512")),
+        "Boot failed: could not read the boot disk"
+    );
+    assert_eq!(after_hard_disk(None), "Boot failed: not a bootable disk");
+}
