@@ -123,6 +123,9 @@ pub struct Table {
     ops: [OpStats; Op::ALL.len()],
     connections: AtomicU64,
     live: Mutex<Vec<Weak<ConnStats>>>,
+    /// The export name the first client asked for: with several exports
+    /// each with its own stats, this says whose table it is.
+    export: OnceLock<String>,
     /// Where reports go: `None` is stderr.
     file: Option<PathBuf>,
 }
@@ -134,6 +137,7 @@ impl Table {
             ops: Default::default(),
             connections: AtomicU64::new(0),
             live: Mutex::new(Vec::new()),
+            export: OnceLock::new(),
             file,
         }
     }
@@ -165,6 +169,7 @@ impl Table {
         // connection.
         if !(client.id == 0 && client.peer == Peer::Other) {
             self.connections.fetch_add(1, Ordering::Relaxed);
+            let _ = self.export.set(client.export.clone());
             let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             // Closed connections' entries go when the next one opens: the
             // list stays as long as the number open, not ever-growing.
@@ -184,9 +189,13 @@ impl Table {
             .filter_map(Weak::upgrade)
             .collect();
         let mut s = String::new();
+        let of = match self.export.get() {
+            Some(name) if !name.is_empty() => format!(" of export {name:?}"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             s,
-            "disksynth --filter stats ({why}) at {}: {:.3} s, {} connections ({} open)",
+            "disksynth --filter stats ({why}){of} at {}: {:.3} s, {} connections ({} open)",
             rfc3339(SystemTime::now()),
             self.started.elapsed().as_secs_f64(),
             self.connections.load(Ordering::Relaxed),
@@ -409,7 +418,7 @@ mod tests {
                 uid: Some(1000),
                 gid: Some(100),
             },
-            export: String::new(),
+            export: "pat".into(),
         }
     }
 
@@ -460,8 +469,12 @@ mod tests {
         assert_eq!(t.bytes(Op::Zero), 4096);
         assert_eq!(t.requests(Op::Flush), 1);
         let text = t.report("test");
+        assert!(
+            text.starts_with("disksynth --filter stats (test) of export \"pat\" at "),
+            "{text}"
+        );
         assert!(text.contains("2 connections (2 open)"), "{text}");
-        assert!(text.contains("conn 1 from unix:uid=1000,gid=100: 3 requests, 1 errors, 0 bytes read, 1000 written"), "{text}");
+        assert!(text.contains("conn 1 from unix:uid=1000,gid=100 (export \"pat\"): 3 requests, 1 errors, 0 bytes read, 1000 written"), "{text}");
         let row = text.lines().find(|l| l.starts_with("write ")).unwrap();
         let cols: Vec<_> = row.split_whitespace().collect();
         assert_eq!(cols[1..4], ["3", "1", "1500"], "{row}");
@@ -471,8 +484,9 @@ mod tests {
         // Dropping the factory (the export) prints the table.
         drop(f);
         let printed = std::fs::read_to_string(&out).unwrap();
+        // (The SIGUSR1 test, in this process too, may have printed it too.)
         assert!(
-            printed.starts_with("disksynth --filter stats (exit)"),
+            printed.contains("disksynth --filter stats (exit)"),
             "{printed}"
         );
         assert!(printed.contains("latency, all ops"), "{printed}");
