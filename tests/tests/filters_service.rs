@@ -443,3 +443,36 @@ fn seabios_cannot_read_a_boot_sector_the_error_filter_fails() {
     );
     assert_eq!(after_hard_disk(None), "Boot failed: not a bootable disk");
 }
+
+/// Writes one 4 KiB block with libnbd and prints the errno number it
+/// failed with (0: it did not fail).
+const WRITE_ERRNO: &str = r#"
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+try:
+    h.pwrite(b"x" * 4096, 0)
+    print(0)
+except nbd.Error as e:
+    print(e.errnum)
+"#;
+
+/// Every errno the filter offers reaches the client as that errno (NBD
+/// carries fixed numbers, proto.md "Error values", which are Linux's).
+#[test]
+fn each_errno_offered_is_the_errno_the_client_sees() {
+    require_tool!("python3-nbd");
+    for (name, number) in [
+        ("EIO", 5),
+        ("EPERM", 1),
+        ("EINVAL", 22),
+        ("ENOSPC", 28),
+        ("ENOTSUP", 95),
+    ] {
+        let dir = tempdir();
+        let filter = format!("error:ops=write,errno={name}");
+        let server = Server::disksynth_unix(dir.path(), &["memory", "1M", "--filter", &filter]);
+        let out = run_ok(Command::new(PYTHON).args(["-c", WRITE_ERRNO, server.uri()]));
+        assert_eq!(out.stdout_str().trim(), number.to_string(), "{name}");
+    }
+}
