@@ -476,3 +476,40 @@ fn each_errno_offered_is_the_errno_the_client_sees() {
         assert_eq!(out.stdout_str().trim(), number.to_string(), "{name}");
     }
 }
+
+/// A client reaching a dual-stack listener (`-i ::`) over IPv4 arrives as
+/// a v4-mapped IPv6 address (`::ffff:127.0.0.1`): an IPv4 deny rule must
+/// still catch it — else listening on `::` would be a way around the policy.
+#[test]
+fn an_ipv4_rule_catches_a_v4_mapped_client_of_a_dual_stack_listener() {
+    require_tool!("qemu-img");
+    let mut cmd = disksynth_tests::disksynth();
+    cmd.args([
+        "pattern",
+        "1M",
+        "-i",
+        "::",
+        "-p",
+        "0",
+        "--filter",
+        "ip:deny=127.0.0.0/8",
+    ]);
+    let server = Server::spawn(cmd);
+    let port = server
+        .uri()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in {}", server.uri()));
+    let info = run(
+        Command::new("qemu-img").args(["info", &format!("nbd://127.0.0.1:{port}")]),
+        CMD_TIMEOUT,
+    );
+    assert!(!info.status.success(), "{}", info.describe());
+    assert!(
+        info.stderr_str()
+            .contains("address 127.0.0.1 is denied by --filter ip (deny=127.0.0.0/8)"),
+        "{}",
+        info.describe()
+    );
+}
