@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use synth::{BlockDev, Caps};
+use synth::{BlockDev, Caps, Client};
 
 use crate::proto::*;
 use crate::server::ServerConfig;
@@ -122,6 +122,9 @@ struct Handshake<'a> {
     no_zeroes: bool,
     style: ReplyStyle,
     base_allocation: bool,
+    /// The client, for the export's admission and per-client layers; its
+    /// `export` is filled in with the name asked for when it opens.
+    client: Client,
     peer: String,
 }
 
@@ -191,16 +194,19 @@ impl Handshake<'_> {
     /// full stack (the connection's own thread has a small one; opening a
     /// tmpdisk builds a filesystem), and the time it takes is the server's,
     /// not the client's: the deadline moves by as much.
-    /// The export is told how to see that the client left (`open_for`), so
-    /// a slow open (a tmpdisk `--command`) stops for a client that is gone.
-    fn open(&mut self) -> synth::Result<Arc<dyn BlockDev>> {
+    /// The export is told who the client is (`open_client`: its layers
+    /// may refuse it or act per client) and how to see that it left, so a
+    /// slow open (a tmpdisk `--command`) stops for a client that is gone.
+    fn open(&mut self, name: &str) -> synth::Result<Arc<dyn BlockDev>> {
         let t0 = Instant::now();
         let export = &*self.cfg.export;
         let stream: &Stream = self.s.s;
+        self.client.export = name.to_owned();
+        let client = &self.client;
         let opened = std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("nbd-open".into())
-                .spawn_scoped(scope, || export.open_for(&|| stream.peer_gone()))
+                .spawn_scoped(scope, || export.open_client(client, &|| stream.peer_gone()))
                 .map_err(|e| synth::Error::io("starting a thread to open the export", e))
                 .and_then(|h| {
                     h.join().unwrap_or_else(|_| {
@@ -250,8 +256,13 @@ impl Handshake<'_> {
         // INFO must have no side effects: everything below comes from the
         // export's description, not from an opened device.
         let dev = if opt == OPT_GO {
-            match self.open() {
+            match self.open(name) {
                 Ok(d) => Some(d),
+                Err(e) if e.kind() == synth::ErrorKind::Refused => {
+                    info!("{}: refused: {e}", self.peer);
+                    self.error(opt, REP_ERR_POLICY, &format!("refused: {e}"))?;
+                    return Ok(None);
+                }
                 Err(e) => {
                     warn!("{}: opening the export failed: {e:#}", self.peer);
                     self.error(
@@ -263,6 +274,15 @@ impl Handshake<'_> {
                 }
             }
         } else {
+            // INFO opens nothing, but a client the export would refuse
+            // learns nothing about it either (an address policy); what
+            // the admission holds is let go at once.
+            self.client.export = name.to_owned();
+            if let Err(why) = self.cfg.export.admit(&self.client) {
+                info!("{}: refused: {why}", self.peer);
+                self.error(opt, REP_ERR_POLICY, &format!("refused: {why}"))?;
+                return Ok(None);
+            }
             None
         };
         let mut export = Vec::with_capacity(12);
@@ -376,9 +396,17 @@ impl Handshake<'_> {
                             "unknown export {name:?} via NBD_OPT_EXPORT_NAME"
                         )));
                     }
-                    let dev = self
-                        .open()
-                        .map_err(|e| invalid(format!("opening the export: {e:#}")))?;
+                    // This option has no way to say why either: the
+                    // connection closes, and the log says why.
+                    let name = name.into_owned();
+                    let dev = match self.open(&name) {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == synth::ErrorKind::Refused => {
+                            info!("{}: refused: {e}", self.peer);
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(invalid(format!("opening the export: {e:#}"))),
+                    };
                     let flags = self.flags();
                     let mut m = Vec::with_capacity(134);
                     m.extend_from_slice(&self.cfg.export.size().to_be_bytes());
@@ -483,6 +511,7 @@ pub(crate) fn greeting() -> [u8; 18] {
 pub fn negotiate(
     s: &Stream,
     cfg: &ServerConfig,
+    client: Client,
     peer: &str,
     limit: Duration,
 ) -> io::Result<Option<Negotiated>> {
@@ -497,6 +526,7 @@ pub fn negotiate(
         no_zeroes: false,
         style: ReplyStyle::Simple,
         base_allocation: false,
+        client,
         peer,
     }
     .run();
@@ -509,13 +539,13 @@ pub fn negotiate(
 
 /// The option reply for an export that cannot be opened (proto.md "Option
 /// reply types"): a resource limit (tmpdisk's `--max-clients`, no space for
-/// a disk) is `NBD_REP_ERR_POLICY`, a request the device cannot serve
+/// a disk) or a layer's refusal (an address policy) is `NBD_REP_ERR_POLICY`, a request the device cannot serve
 /// `NBD_REP_ERR_PLATFORM`, anything else `NBD_REP_ERR_UNKNOWN` ("the
 /// requested export is not available"). The error's text goes with it
 /// (qemu shows it as "server reported: ...").
 fn open_error_reply(kind: synth::ErrorKind) -> u32 {
     match kind {
-        synth::ErrorKind::NoSpace => REP_ERR_POLICY,
+        synth::ErrorKind::NoSpace | synth::ErrorKind::Refused => REP_ERR_POLICY,
         synth::ErrorKind::Unsupported => REP_ERR_PLATFORM,
         _ => REP_ERR_UNKNOWN,
     }

@@ -207,7 +207,8 @@ impl Server {
     /// Never panics on client input; errors end only this connection.
     pub fn serve_connection(&self, stream: Stream) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let peer = format!("client {id} ({})", stream.peer());
+        let who = stream.client_peer();
+        let peer = format!("client {id} ({who})");
         stream.tune();
         let stream = Arc::new(stream);
         self.conns
@@ -218,7 +219,7 @@ impl Server {
         // A panic is a bug (in a device, most likely); it ends this
         // connection, never the server, and the bookkeeping below still runs.
         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.serve_stream(stream.clone(), &peer)
+            self.serve_stream(stream.clone(), id, who, &peer)
         }));
         if served.is_err() {
             warn!("{peer}: closing after a panic (a bug: please report it)");
@@ -230,8 +231,13 @@ impl Server {
             .remove(&id);
     }
 
-    fn serve_stream(&self, stream: Arc<Stream>, peer: &str) {
-        match negotiate(&stream, &self.cfg, peer, self.opts.handshake_limit) {
+    fn serve_stream(&self, stream: Arc<Stream>, id: u64, who: synth::Peer, peer: &str) {
+        let client = synth::Client {
+            id,
+            peer: who,
+            export: String::new(),
+        };
+        match negotiate(&stream, &self.cfg, client, peer, self.opts.handshake_limit) {
             Ok(Some(neg)) => match Connection::new(stream, neg, self.limits(), peer.to_string()) {
                 Ok(conn) => conn.run(),
                 Err(e) => warn!("{peer}: {e}"),
