@@ -20,6 +20,7 @@ use log::{debug, info, warn};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use synth::Export;
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::handshake::negotiate;
 use crate::limits::default_max_connections;
 use crate::refuse::Refusals;
@@ -40,7 +41,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How a server serves its export.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Export name (`""` always reaches the export too).
+    /// Export name (`""` always reaches the export too); for
+    /// [`Server::new`] only: a [`Catalog`] names its exports itself.
     pub export_name: String,
     /// Refuse writes even if the device takes them.
     pub readonly: bool,
@@ -61,6 +63,9 @@ pub struct ServerOptions {
     pub sendfile: bool,
     /// On stop, how long in-flight requests get to finish.
     pub drain_timeout: Duration,
+    /// Stop once the last client leaves, after at least one came (nbdkit's
+    /// `exitlast` filter, `--exit-last`): a server started for one job.
+    pub exit_last: bool,
 }
 
 impl Default for ServerOptions {
@@ -76,6 +81,7 @@ impl Default for ServerOptions {
             worker_idle: Duration::from_secs(3),
             sendfile: true,
             drain_timeout: Duration::from_secs(30),
+            exit_last: false,
         }
     }
 }
@@ -83,11 +89,9 @@ impl Default for ServerOptions {
 /// What the handshake needs to know.
 #[derive(Debug)]
 pub struct ServerConfig {
-    /// The export.
-    pub export: Arc<dyn Export>,
-    /// Its name.
-    pub export_name: String,
-    /// Forced read-only.
+    /// The exports, by name.
+    pub catalog: Catalog,
+    /// Forced read-only (every export).
     pub readonly: bool,
     /// Per-connection payload budget: caps the maximum block size advertised.
     pub budget: u64,
@@ -124,7 +128,7 @@ impl WriteByte for &UnixStream {
     }
 }
 
-/// An NBD server for one export.
+/// An NBD server for one export or a [`Catalog`] of them.
 #[derive(Debug)]
 pub struct Server {
     cfg: ServerConfig,
@@ -136,6 +140,12 @@ pub struct Server {
     next_id: AtomicU64,
     /// Connections accepted by [`Server::run`] and not yet finished.
     active: AtomicUsize,
+}
+
+impl From<CatalogError> for io::Error {
+    fn from(e: CatalogError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidInput, e)
+    }
 }
 
 /// Counts a connection as active until its thread ends.
@@ -165,14 +175,22 @@ struct AcceptState {
 }
 
 impl Server {
-    /// A server for `export`.
+    /// A server for `export`, named `opts.export_name`.
     pub fn new(export: Arc<dyn Export>, opts: ServerOptions) -> io::Result<Arc<Server>> {
+        let name = opts.export_name.clone();
+        if name.len() > crate::catalog::MAX_NAME {
+            return Err(CatalogError::TooLong(name.len()).into());
+        }
+        Self::with_catalog(Catalog::single(name, export), opts)
+    }
+
+    /// A server for several named exports (`opts.export_name` is unused).
+    pub fn with_catalog(catalog: Catalog, opts: ServerOptions) -> io::Result<Arc<Server>> {
         let (rx, tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
         let cfg = ServerConfig {
-            export,
-            export_name: opts.export_name.clone(),
+            catalog,
             readonly: opts.readonly,
             budget: opts.conn_budget,
         };
@@ -385,8 +403,16 @@ impl Server {
             .name("nbd-conn".into())
             .stack_size(CONN_STACK)
             .spawn(move || {
-                let _active = Active(&me.active);
-                me.serve_connection(stream);
+                {
+                    let _active = Active(&me.active);
+                    me.serve_connection(stream);
+                }
+                // Whoever leaves last stops the server; a client arriving
+                // meanwhile is drained like any other at a stop.
+                if me.opts.exit_last && me.active.load(Ordering::SeqCst) == 0 {
+                    info!("the last client left: stopping (--exit-last)");
+                    me.shutdown_handle().trigger();
+                }
             });
         match spawned {
             Ok(h) => Some(h),
