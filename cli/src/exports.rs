@@ -196,8 +196,13 @@ fn open(w: &Wanted, outer: &[String]) -> Result<CatalogEntry> {
 }
 
 /// The exports `serve` was given: the file's, then the `--export` flags'.
-/// `filters` (serve's own `--filter`) go over every export.
-pub fn catalog(file: Option<&Path>, flags: &[String], filters: &[String]) -> Result<Catalog> {
+/// `serve`'s own `--filter`s go over every export (each its own layer:
+/// a `limit:clients=N` limits each export, not the server).
+pub fn catalog(file: Option<&Path>, flags: &[String], a: &ExportArgs) -> Result<Catalog> {
+    if !a.export_name.is_empty() {
+        bail!("-e names the one export of a subcommand; with `serve`, each export has its name");
+    }
+    let filters = &a.filters;
     let mut wanted = Vec::new();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
@@ -331,13 +336,49 @@ readonly = true
         assert!(format!("{:#}", open(&w, &[]).unwrap_err()).contains("cannot be an export"));
     }
 
+    /// `serve`'s own export options from its flags.
+    fn serve_args(extra: &[&str]) -> ExportArgs {
+        let argv = ["disksynth", "serve"].iter().chain(extra);
+        match Cli::try_parse_from(argv).unwrap().source {
+            Source::Serve { export, .. } => export,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    #[test]
+    fn serves_filters_go_over_every_export_and_e_is_refused() {
+        let flags = ["a=pattern 4K".to_string(), "b=zero 8K".to_string()];
+        let c = catalog(None, &flags, &serve_args(&["--filter", "nofilter"])).unwrap();
+        for e in c.entries() {
+            assert!(
+                format!("{:?}", e.export).contains("stack: [NoFilter]"),
+                "{:?}",
+                e.export
+            );
+        }
+        let msg = format!(
+            "{:#}",
+            catalog(None, &flags, &serve_args(&["--filter", "nosuch"])).unwrap_err()
+        );
+        assert!(
+            msg.contains("--export \"a=pattern 4K\"") && msg.contains("nosuch"),
+            "{msg}"
+        );
+        let msg = format!(
+            "{:#}",
+            catalog(None, &flags, &serve_args(&["-e", "x"])).unwrap_err()
+        );
+        assert!(msg.contains("each export has its name"), "{msg}");
+    }
+
     #[test]
     fn a_catalog_refuses_duplicate_names_and_nothing() {
         let flags = ["a=pattern 4K".to_string(), "a=zero 4K".to_string()];
-        let msg = format!("{:#}", catalog(None, &flags, &[]).unwrap_err());
+        let a = serve_args(&[]);
+        let msg = format!("{:#}", catalog(None, &flags, &a).unwrap_err());
         assert!(msg.contains("two exports are named \"a\""), "{msg}");
-        assert!(format!("{:#}", catalog(None, &[], &[]).unwrap_err()).contains("no exports"));
-        let c = catalog(None, &["a=pattern 4K".into(), "b=zero 8K".into()], &[]).unwrap();
+        assert!(format!("{:#}", catalog(None, &[], &a).unwrap_err()).contains("no exports"));
+        let c = catalog(None, &["a=pattern 4K".into(), "b=zero 8K".into()], &a).unwrap();
         assert_eq!(c.lookup("").unwrap().name, "a");
         assert_eq!(c.lookup("b").unwrap().export.size(), 8192);
     }

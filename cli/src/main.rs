@@ -187,7 +187,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         export: a,
     } = &cli.source
     {
-        let catalog = exports::catalog(file.as_deref(), exports, &a.filters)?;
+        let catalog = exports::catalog(file.as_deref(), exports, a)?;
         return match mode_of(a, systemd.is_some())? {
             Mode::Output(_) => {
                 bail!("-o writes one disk; `serve` has several: use -U, -p or --run")

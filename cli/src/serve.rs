@@ -553,3 +553,57 @@ fn run_captive(
     };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+
+    fn addr(e: Endpoint) -> SocketAddr {
+        match e {
+            Endpoint::Tcp(a) => a,
+            other => panic!("not TCP: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn addresses_are_taken_as_given_and_names_resolved() {
+        assert_eq!(
+            addr(tcp_endpoint(None, None).unwrap()),
+            "127.0.0.1:10809".parse().unwrap()
+        );
+        assert_eq!(
+            addr(tcp_endpoint(Some("::1"), Some(7)).unwrap()),
+            "[::1]:7".parse().unwrap()
+        );
+        assert_eq!(
+            addr(tcp_endpoint(Some("[::]"), Some(0)).unwrap()),
+            "[::]:0".parse().unwrap()
+        );
+        let a = addr(tcp_endpoint(Some("localhost"), Some(99)).unwrap());
+        assert!(a.ip().is_loopback() && a.port() == 99, "{a}");
+        let e = tcp_endpoint(Some("no-such-host.invalid"), None).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot resolve -i no-such-host.invalid"));
+    }
+
+    #[test]
+    fn every_printed_uri_is_percent_encoded() {
+        let v4: SocketAddr = "127.0.0.1:10809".parse().unwrap();
+        assert_eq!(tcp_uri(v4, ""), "nbd://127.0.0.1:10809");
+        assert_eq!(
+            tcp_uri(v4, "a b/ü?#%"),
+            "nbd://127.0.0.1:10809/a%20b%2F%C3%BC%3F%23%25"
+        );
+        let zoned = SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+            10809,
+            0,
+            3,
+        ));
+        assert_eq!(tcp_uri(zoned, "d"), "nbd://[fe80::1%253]:10809/d");
+        assert_eq!(
+            unix_uri(Path::new("/tmp/a b&c%/s.sock"), "x y"),
+            "nbd+unix:///x%20y?socket=/tmp/a%20b%26c%25/s.sock"
+        );
+    }
+}

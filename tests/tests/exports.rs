@@ -45,6 +45,7 @@ size = "1M"
 name = "pat"
 source = "pattern 1M"
 description = "test pattern"
+filters = ["nofilter", "nofilter"]
 
 [[export]]
 name = "img"
@@ -211,6 +212,22 @@ fn bad_exports_files_are_refused_saying_where() {
     let err = out.stderr_str();
     assert!(
         err.contains("export 1 (\"a\")") && err.contains("-U"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &file,
+        "[[export]]\nname = \"a\"\nsource = \"pattern 1M\"\nfilters = [\"nosuch\"]\n",
+    )
+    .unwrap();
+    let out = run(
+        disksynth().arg("serve").arg(&file).args(["-U", "-"]),
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success(), "{}", out.describe());
+    let err = out.stderr_str();
+    assert!(
+        err.contains("export 1 (\"a\")") && err.contains("nosuch"),
         "{err}"
     );
 }
