@@ -171,6 +171,10 @@ fn open(w: &Wanted, outer: &[String]) -> Result<CatalogEntry> {
     // clap's message is several lines with usage; its first line says what
     // is wrong, which is what a file's author needs.
     let cli = Cli::try_parse_from(argv).map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            return anyhow!("--help and --version have no place in a source");
+        }
         let text = e.to_string();
         let first = text.lines().next().unwrap_or_default().trim();
         anyhow!("{}", first.strip_prefix("error: ").unwrap_or(first))
@@ -330,6 +334,8 @@ readonly = true
         let w = from_flag("pat=pattern").unwrap();
         let msg = format!("{:#}", open(&w, &[]).unwrap_err());
         assert!(msg.contains("required") && !msg.contains('\n'), "{msg}");
+        let w = from_flag("x=pattern 1M --help").unwrap();
+        assert!(format!("{:#}", open(&w, &[]).unwrap_err()).contains("no place in a source"));
         let w = from_flag("x=inspect disk.img").unwrap();
         assert!(format!("{:#}", open(&w, &[]).unwrap_err()).contains("exports no disk"));
         let w = from_flag("x=serve --export 'y=pattern 1M'").unwrap();

@@ -34,16 +34,15 @@ enum Existing {
 
 fn existing(path: &Path) -> Result<Existing> {
     use std::io::Read;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
+    let what = || format!("reading the pid file {}", path.display());
+    // Looked at before it is opened: opening a FIFO would block.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(Existing::Foreign),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Stale),
-        Err(e) => {
-            return Err(e).with_context(|| format!("reading the pid file {}", path.display()))
-        }
-    };
-    if !file.metadata()?.is_file() {
-        return Ok(Existing::Foreign);
+        Err(e) => return Err(e).with_context(what),
     }
+    let file = std::fs::File::open(path).with_context(what)?;
     let mut text = String::new();
     if file
         .take(PID_FILE_MAX + 1)
@@ -233,9 +232,21 @@ mod tests {
             assert_eq!(text, format!("{}\n", std::process::id()));
         }
         assert!(!p.exists(), "removed when dropped");
-        // A directory is not ours to replace.
+        // A directory or a FIFO is not ours to replace (and a FIFO is not opened: that
+        // would block).
         std::fs::create_dir(&p).unwrap();
         assert!(PidFile::check(&p).is_err());
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = PidFile::check(&fifo).unwrap_err().to_string();
+        assert!(e.contains("is not a pid file"), "{e}");
     }
 
     #[test]
