@@ -4,12 +4,14 @@
 //! unknown name is refused naming those there are; `exit_last` stops the
 //! server when its last client leaves.
 
-use std::os::unix::net::UnixListener;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use disksynth_tests::{command, nbdinfo_list_json, require_tool, run, tempdir, CMD_TIMEOUT};
-use nbd_export::{Catalog, CatalogEntry, Listener, Server, ServerOptions};
+use nbd_export::proto::*;
+use nbd_export::{Catalog, CatalogEntry, Listener, Server, ServerOptions, Stream};
 use sources::PatternDev;
 use synth::SharedExport;
 
@@ -126,4 +128,192 @@ fn exit_last_stops_after_the_last_client_leaves() {
         finished,
         "the server kept running after its only client left"
     );
+}
+
+/// A raw option-haggling client (able to ask for anything) over a socketpair to
+/// `Server::serve_connection`.
+struct Raw {
+    s: UnixStream,
+    served: std::thread::JoinHandle<()>,
+}
+
+impl Raw {
+    fn connect(server: &Arc<Server>) -> Raw {
+        let (a, b) = UnixStream::pair().unwrap();
+        let server = server.clone();
+        let served = std::thread::spawn(move || server.serve_connection(Stream::Unix(b)));
+        a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = Raw { s: a, served };
+        let mut greeting = [0u8; 18];
+        r.s.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting[0..8], &NBDMAGIC.to_be_bytes());
+        r.s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
+            .unwrap();
+        r
+    }
+
+    fn send(&mut self, opt: u32, data: &[u8]) {
+        let mut m = IHAVEOPT.to_be_bytes().to_vec();
+        m.extend_from_slice(&opt.to_be_bytes());
+        m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        m.extend_from_slice(data);
+        self.s.write_all(&m).unwrap();
+    }
+
+    /// Replies (kind, data) up to the final one.
+    fn opt(&mut self, opt: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        self.send(opt, data);
+        let mut out = Vec::new();
+        loop {
+            let mut h = [0u8; 20];
+            self.s.read_exact(&mut h).unwrap();
+            assert_eq!(&h[0..8], &OPT_REPLY_MAGIC.to_be_bytes());
+            assert_eq!(&h[8..12], &opt.to_be_bytes());
+            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+            let mut d = vec![0u8; len];
+            self.s.read_exact(&mut d).unwrap();
+            let last = kind == REP_ACK || kind & REP_ERR != 0;
+            out.push((kind, d));
+            if last {
+                return out;
+            }
+        }
+    }
+
+    fn info(name: &[u8], reqs: &[u16]) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name);
+        d.extend_from_slice(&(reqs.len() as u16).to_be_bytes());
+        for r in reqs {
+            d.extend_from_slice(&r.to_be_bytes());
+        }
+        d
+    }
+
+    /// The `NBD_INFO_*` reply of type `info` among `replies`.
+    fn find(replies: &[(u32, Vec<u8>)], info: u16) -> Vec<u8> {
+        replies
+            .iter()
+            .find(|(k, d)| *k == REP_INFO && d[0..2] == info.to_be_bytes())
+            .map(|(_, d)| d[2..].to_vec())
+            .unwrap_or_else(|| panic!("no NBD_INFO {info} in {replies:?}"))
+    }
+
+    fn abort(mut self) {
+        self.send(OPT_ABORT, &[]);
+        drop(self.s);
+        self.served.join().unwrap();
+    }
+}
+
+#[test]
+fn what_a_client_is_told_about_each_export_is_that_exports_own() {
+    let tricky = entry("", 512, Some("the default"));
+    let long = "n".repeat(4096);
+    let catalog = Catalog::new(vec![
+        entry("a", 4096, None),
+        tricky,
+        entry(&long, 1024, Some("longest name")),
+    ])
+    .unwrap();
+    let server = Server::with_catalog(catalog, ServerOptions::default()).unwrap();
+    let mut c = Raw::connect(&server);
+
+    // LIST: every export, name length then name then description (proto.md NBD_REP_SERVER).
+    let list = c.opt(OPT_LIST, &[]);
+    assert_eq!(list.len(), 4);
+    let servers: Vec<(String, String)> = list[..3]
+        .iter()
+        .map(|(k, d)| {
+            assert_eq!(*k, REP_SERVER);
+            let n = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+            (
+                String::from_utf8(d[4..4 + n].to_vec()).unwrap(),
+                String::from_utf8(d[4 + n..].to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(servers[0], ("a".into(), "pattern 4096".into()));
+    assert_eq!(servers[1], ("".into(), "the default".into()));
+    assert_eq!(servers[2], (long.clone(), "longest name".into()));
+
+    // The empty name reaches the export named "", not the first; INFO_NAME says so.
+    for (asked, size, told) in [
+        ("", 512u64, ""),
+        ("a", 4096, "a"),
+        (long.as_str(), 1024, long.as_str()),
+    ] {
+        let r = c.opt(
+            OPT_INFO,
+            &Raw::info(asked.as_bytes(), &[INFO_NAME, INFO_DESCRIPTION]),
+        );
+        assert_eq!(r.last().unwrap().0, REP_ACK, "{asked:?}");
+        let export = Raw::find(&r, INFO_EXPORT);
+        assert_eq!(u64::from_be_bytes(export[0..8].try_into().unwrap()), size);
+        assert_eq!(Raw::find(&r, INFO_NAME), told.as_bytes());
+    }
+    // One byte past the longest name NBD allows: malformed, not looked up.
+    let r = c.opt(OPT_INFO, &Raw::info("n".repeat(4097).as_bytes(), &[]));
+    assert_eq!(r[0].0, REP_ERR_INVALID);
+    // Unknown names, for INFO and for meta contexts, are refused naming what there is.
+    let r = c.opt(OPT_INFO, &Raw::info(b"b", &[]));
+    assert_eq!(r[0].0, REP_ERR_UNKNOWN);
+    let msg = String::from_utf8_lossy(&r[0].1).into_owned();
+    assert!(
+        msg.starts_with(r#"no export named "b" (this server has "a", "", "nnnn"#),
+        "{msg}"
+    );
+    assert_eq!(c.opt(OPT_STRUCTURED_REPLY, &[])[0].0, REP_ACK);
+    let mut meta = 1u32.to_be_bytes().to_vec();
+    meta.push(b'b');
+    meta.extend_from_slice(&0u32.to_be_bytes());
+    let r = c.opt(OPT_LIST_META_CONTEXT, &meta);
+    assert_eq!(r[0].0, REP_ERR_UNKNOWN);
+    c.abort();
+
+    // NBD_OPT_EXPORT_NAME cannot fail politely: an unknown name closes the connection.
+    let mut c = Raw::connect(&server);
+    c.send(OPT_EXPORT_NAME, b"nope");
+    let mut b = [0u8; 1];
+    assert_eq!(c.s.read(&mut b).unwrap(), 0, "the connection stays open");
+    c.served.join().unwrap();
+}
+
+#[test]
+fn a_read_only_export_says_so_and_the_others_stay_writable() {
+    let mem = |name: &str| {
+        let dev = Arc::new(sources::memory(1 << 20).unwrap());
+        CatalogEntry::new(name, Arc::new(SharedExport::new(dev, "memory")))
+    };
+    let mut ro = mem("ro");
+    ro.readonly = true;
+    let server = Server::with_catalog(
+        Catalog::new(vec![mem("rw"), ro]).unwrap(),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let flags = |name: &str| {
+        let mut c = Raw::connect(&server);
+        let r = c.opt(OPT_INFO, &Raw::info(name.as_bytes(), &[]));
+        c.abort();
+        let e = Raw::find(&r, INFO_EXPORT);
+        u16::from_be_bytes([e[8], e[9]])
+    };
+    assert_eq!(flags("rw") & TF_READ_ONLY, 0);
+    assert_ne!(flags("ro") & TF_READ_ONLY, 0);
+    // The server-wide -r still covers every export.
+    let server = Server::with_catalog(
+        Catalog::new(vec![mem("rw")]).unwrap(),
+        ServerOptions {
+            readonly: true,
+            ..ServerOptions::default()
+        },
+    )
+    .unwrap();
+    let mut c = Raw::connect(&server);
+    let r = c.opt(OPT_INFO, &Raw::info(b"rw", &[]));
+    c.abort();
+    let e = Raw::find(&r, INFO_EXPORT);
+    assert_ne!(u16::from_be_bytes([e[8], e[9]]) & TF_READ_ONLY, 0);
 }
