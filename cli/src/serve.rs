@@ -395,8 +395,12 @@ pub fn serve_catalog(
     fds: FdLimit,
 ) -> Result<ExitCode> {
     let name = catalog.default_entry().name.clone();
-    for e in catalog.entries() {
-        info!("export {:?}: {}", e.name, e.description());
+    // One line per export when there are several (one export is named by
+    // the URI printed below); quoted, as a description may hold newlines.
+    if catalog.entries().len() > 1 {
+        for e in catalog.entries() {
+            info!("export {:?}: {:?}", e.name, e.description());
+        }
     }
     // Taken now, before any command is started, so none inherits it.
     let notify_socket = service::take_notify_socket();
