@@ -262,9 +262,6 @@ fn server_options(a: &ExportArgs, fds: FdLimit) -> Result<ServerOptions> {
     })
 }
 
-/// `--max-connections`, or as many clients as the descriptor limit holds.
-/// A cap the limit cannot hold is allowed (the excess is shed when
-/// descriptors run out) but said once at start, not discovered later.
 /// `--filter help`: every filter, its arguments and what it does.
 fn filter_help() -> String {
     let mut out =
@@ -279,6 +276,9 @@ fn filter_help() -> String {
     out
 }
 
+/// `--max-connections`, or as many clients as the descriptor limit holds.
+/// A cap the limit cannot hold is allowed (the excess is shed when
+/// descriptors run out) but said once at start, not discovered later.
 fn max_connections(a: &ExportArgs, fds: FdLimit) -> Result<usize> {
     if let Some(from) = fds.raised_from {
         log::debug!(

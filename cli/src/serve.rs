@@ -414,6 +414,11 @@ pub fn serve_catalog(
         signal_hook::low_level::pipe::register(sig, stop.wake_socket()?)
             .context("installing signal handlers")?;
     }
+    {
+        // `--filter exitlast`: its export's last client leaving stops the server.
+        let stop = stop.clone();
+        filters::when_last_client_leaves(Box::new(move || stop.trigger()));
+    }
     if a.exit_with_parent {
         service::exit_with_parent(stop.clone())?;
     }

@@ -393,27 +393,36 @@ fn exit_with_parent_stops_the_server_when_its_parent_dies() {
 #[test]
 fn exit_last_stops_when_the_last_client_leaves() {
     require_tool!("nbdinfo", "qemu-io");
-    let dir = tempdir();
-    let mut server = Server::disksynth_unix(dir.path(), &["memory", "1M", "--exit-last"]);
-    // Nobody has come yet: it waits for a first client.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(server.is_running(), "exited before any client came");
-    let out = run_ok(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-c",
-        "write -P 0x5a 0 64k",
-        server.uri(),
-    ]));
-    assert!(
-        out.stdout_str().contains("wrote 65536/65536"),
-        "{}",
-        out.describe()
-    );
-    let status = server
-        .wait_exit(REACT)
-        .expect("still running after its last client left");
-    assert!(status.success(), "{status}");
+    // The server option, and the filter (which stops the server through the
+    // hook the server sets).
+    for how in [&["--exit-last"][..], &["--filter", "exitlast"][..]] {
+        let dir = tempdir();
+        let mut args = vec!["memory", "1M"];
+        args.extend_from_slice(how);
+        let mut server = Server::disksynth_unix(dir.path(), &args);
+        // Nobody has come yet: it waits for a first client.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            server.is_running(),
+            "{how:?}: exited before any client came"
+        );
+        let out = run_ok(Command::new("qemu-io").args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 64k",
+            server.uri(),
+        ]));
+        assert!(
+            out.stdout_str().contains("wrote 65536/65536"),
+            "{}",
+            out.describe()
+        );
+        let status = server
+            .wait_exit(REACT)
+            .unwrap_or_else(|| panic!("{how:?}: still running after its last client left"));
+        assert!(status.success(), "{how:?}: {status}");
+    }
 }
 
 /// Lines `key=value` of a script's output.
