@@ -177,12 +177,13 @@ fn log_has_a_json_line_for_each_request_of_an_nbdcopy_run() {
     }
 }
 
-/// The row of `op` in the last table of `text` whose header has `why`:
-/// (requests, errors, bytes).
-fn stats_row(text: &str, why: &str, op: &str) -> Option<(u64, u64, u64)> {
+/// The row of `op` in the last table of `text` whose header goes on with
+/// `head` (`(SIGUSR1)`, `(exit) of export "a"`): (requests, errors, bytes).
+fn stats_row(text: &str, head: &str, op: &str) -> Option<(u64, u64, u64)> {
     let table = text
-        .rsplit(&format!("disksynth --filter stats ({why})"))
-        .next()?;
+        .split("disksynth --filter stats ")
+        .filter(|t| t.starts_with(head))
+        .last()?;
     let row = table
         .lines()
         .find(|l| l.split_whitespace().next() == Some(op))?;
@@ -243,9 +244,9 @@ fn stats_are_printed_on_sigusr1_and_at_exit() {
     // The table is written in one piece: wait for its last rows.
     assert!(server.wait_stderr_contains("latency, all ops", Duration::from_secs(5)));
     let err = server.stderr_text();
-    let (w, w_err, w_bytes) = stats_row(&err, "SIGUSR1", "write").expect(&err);
+    let (w, w_err, w_bytes) = stats_row(&err, "(SIGUSR1)", "write").expect(&err);
     assert_eq!((w, w_err, w_bytes), (1, 0, 65536), "{err}");
-    let (r, r_err, r_bytes) = stats_row(&err, "SIGUSR1", "read").expect(&err);
+    let (r, r_err, r_bytes) = stats_row(&err, "(SIGUSR1)", "read").expect(&err);
     // qemu may read more than asked (probing); never less. The failed
     // read counts as an error, its bytes not as read.
     assert!(r >= 3 && r_err == 1 && r_bytes >= 65536 + 4096, "{err}");
@@ -255,7 +256,7 @@ fn stats_are_printed_on_sigusr1_and_at_exit() {
     run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "read -P 7 0 4k", server.uri()]));
     assert!(server.stop_with(Signal::TERM).success());
     let err = server.stderr_text();
-    let (r2, _, _) = stats_row(&err, "exit", "read").expect(&err);
+    let (r2, _, _) = stats_row(&err, "(exit)", "read").expect(&err);
     assert!(r2 > r, "{err}");
     assert!(err.contains("2 connections (0 open)"), "{err}");
 }
@@ -512,4 +513,33 @@ fn an_ipv4_rule_catches_a_v4_mapped_client_of_a_dual_stack_listener() {
         "{}",
         info.describe()
     );
+}
+
+/// Each export of a server has its own table, named, at exit: the
+/// counts of one export's clients are not another's.
+#[test]
+fn each_export_has_its_own_stats_table() {
+    require_tool!("nbdcopy");
+    let dir = tempdir();
+    let mut server = Server::disksynth_unix(
+        dir.path(),
+        &[
+            "serve",
+            "--export",
+            "a=pattern 1M --filter stats",
+            "--export",
+            "b=pattern 2M --filter stats",
+        ],
+    );
+    let sock = dir.path().join("sock");
+    for name in ["a", "b", "b"] {
+        let uri = format!("nbd+unix:///{name}?socket={}", sock.display());
+        run_ok(Command::new("nbdcopy").arg(uri).arg("null:"));
+    }
+    assert!(server.stop_with(Signal::TERM).success());
+    let err = server.stderr_text();
+    let (_, a_err, a_bytes) = stats_row(&err, "(exit) of export \"a\"", "read").expect(&err);
+    let (_, b_err, b_bytes) = stats_row(&err, "(exit) of export \"b\"", "read").expect(&err);
+    assert_eq!((a_err, a_bytes), (0, 1 << 20), "{err}");
+    assert_eq!((b_err, b_bytes), (0, 2 * (2 << 20)), "{err}");
 }
