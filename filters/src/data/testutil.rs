@@ -1,0 +1,99 @@
+//! Devices the data filters' tests run over.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use synth::{
+    Backing, BlockDev, Caps, CowOverlay, ExtentList, OverlayOptions, RegionMapBuilder, Result,
+};
+
+use crate::Below;
+
+/// 5000 bytes of zeros (a hole), then 20000 bytes of data: a device with
+/// two extents, and the same bytes flat.
+pub(crate) fn base() -> (Arc<dyn BlockDev>, Vec<u8>) {
+    sized(5_000, 20_000)
+}
+
+/// `zeros` bytes of hole then `data` bytes of a pattern.
+pub(crate) fn sized(zeros: u64, data: usize) -> (Arc<dyn BlockDev>, Vec<u8>) {
+    let bytes: Vec<u8> = (0..data as u32).map(|i| (i % 251) as u8 + 1).collect();
+    let mut b = RegionMapBuilder::new();
+    if zeros > 0 {
+        b.push("zeros", zeros, Backing::Zero).unwrap();
+    }
+    if data > 0 {
+        b.push_bytes("data", bytes.clone()).unwrap();
+    }
+    let mut expected = vec![0u8; zeros as usize];
+    expected.extend_from_slice(&bytes);
+    (Arc::new(b.finish()), expected)
+}
+
+/// `base()` under a writable overlay (writes land in memory).
+pub(crate) fn writable() -> (Arc<dyn BlockDev>, Vec<u8>) {
+    let (dev, expected) = base();
+    let ov: Arc<dyn BlockDev> = Arc::new(CowOverlay::new(dev, OverlayOptions::default()).unwrap());
+    (ov, expected)
+}
+
+/// What a filter is built over, for a shared device.
+pub(crate) fn below(dev: &Arc<dyn BlockDev>) -> Below {
+    Below {
+        size: dev.size(),
+        caps: dev.caps() | Caps::MULTI_CONN,
+        block_size: dev.block_size(),
+        shared: Some(dev.clone()),
+    }
+}
+
+/// A device that counts the reads (and bytes) that reach it: what a cache
+/// or read-ahead must save.
+#[derive(Debug)]
+pub(crate) struct Counting {
+    pub(crate) inner: Arc<dyn BlockDev>,
+    pub(crate) reads: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+impl Counting {
+    pub(crate) fn new(inner: Arc<dyn BlockDev>) -> Arc<Self> {
+        Arc::new(Counting {
+            inner,
+            reads: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        })
+    }
+    pub(crate) fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+impl BlockDev for Counting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.bytes.fetch_add(buf.len() as u64, Ordering::SeqCst);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.inner.trim(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: synth::ZeroFlags) -> Result<()> {
+        self.inner.write_zeroes(offset, len, flags)
+    }
+    fn extents(&self, offset: u64, len: u64, out: &mut ExtentList) -> Result<()> {
+        self.inner.extents(offset, len, out)
+    }
+    fn caps(&self) -> Caps {
+        self.inner.caps()
+    }
+}
