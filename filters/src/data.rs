@@ -7,7 +7,7 @@
 //! fetched; the layers themselves read through the client's own device
 //! beneath, so per-client layers under them still see their client.
 
-// mod cache;
+mod cache;
 mod cow;
 mod partition;
 // mod readahead;
@@ -18,7 +18,7 @@ mod testutil;
 
 use crate::Entry;
 
-// pub use cache::{CacheFactory, CacheStats};
+pub use cache::{CacheFactory, CacheStats};
 pub use cow::CowFactory;
 pub use partition::PartitionFactory;
 // pub use readahead::{ReadAheadFactory, ReadAheadStats};
@@ -52,17 +52,18 @@ pub(crate) const FILTERS: &[Entry] = &[
                 beneath is never written",
         build: cow::build,
     },
-    /*Entry {
+    Entry {
         name: "cache",
         usage: "cache:dir=DIR,size=SIZE[,key=NAME,block=SIZE]",
         about: "a disk-backed read cache for slow sources, shared by all clients, kept across \
                 reconnects and restarts",
         build: cache::build,
     },
-    Entry {
+    /*    Entry {
         name: "readahead",
         usage: "readahead[:size=SIZE]",
         about: "prefetch ahead of sequential reads, windows growing up to SIZE (default 4M)",
         build: readahead::build,
-    },*/
+    },
+    */
 ];
