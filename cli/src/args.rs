@@ -731,4 +731,11 @@ pub struct ExportArgs {
     /// Log to stderr: -v connections, -vv requests.
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// Put a layer over the disk (repeatable; the first given is the outermost, as nbdkit
+    /// orders them): e.g. partition:1, offset:1M,len=64M, truncate:10G, cow, cache:dir=DIR,
+    /// readahead, delay:read=10ms, error:rate=0.1,errno=EIO, log:file=F, stats,
+    /// rate:read=50M, ip:allow=127.0.0.1,deny=all, limit:clients=4. `--filter help` lists
+    /// them all with their arguments.
+    #[arg(long = "filter", value_name = "NAME[:ARGS]")]
+    pub filters: Vec<String>,
 }

@@ -166,6 +166,23 @@ fn prepare(p: &PartSpec, whole: bool, epoch: Option<i64>, remote: &Remote) -> Re
         PartSize::Fixed(n) if whole => Some(n),
         _ => None,
     };
+    let prepared = prepare_content(p, first_size, epoch, remote)?;
+    Ok(match prepared {
+        // Layered now: the partition is sized by what its filters make of the content.
+        Prepared::Fixed { dev, info } => Prepared::Fixed {
+            dev: layered(p, dev)?,
+            info,
+        },
+        other => other,
+    })
+}
+
+fn prepare_content(
+    p: &PartSpec,
+    first_size: Option<u64>,
+    epoch: Option<i64>,
+    remote: &Remote,
+) -> Result<Prepared> {
     Ok(match &p.content {
         Content::Fat(dirs) | Content::Ext4(dirs) => {
             let t0 = std::time::Instant::now();
@@ -233,6 +250,36 @@ fn prepare(p: &PartSpec, whole: bool, epoch: Option<i64>, remote: &Remote) -> Re
             &remote.http,
         )?),
     })
+}
+
+/// A partition's `filters` over its content, outermost first (opened for the local client:
+/// filters that act per client belong on the disk, `[disk] filters` or `--filter`).
+fn layered(p: &PartSpec, dev: Arc<dyn BlockDev>) -> Result<Arc<dyn BlockDev>> {
+    if p.filters.is_empty() {
+        return Ok(dev);
+    }
+    let export = filters::stack(&p.filters, filters::Base::Shared(dev, p.label.clone()))
+        .with_context(|| format!("partition {:?}", p.label))?;
+    export
+        .open()
+        .with_context(|| format!("partition {:?}: opening its filters", p.label))
+}
+
+/// [`layered`] for a content laid out for its partition's size (a filesystem, zeros): its
+/// filters may not change that size.
+fn layered_in_place(p: &PartSpec, dev: Arc<dyn BlockDev>) -> Result<Arc<dyn BlockDev>> {
+    let size = dev.size();
+    let dev = layered(p, dev)?;
+    if dev.size() != size {
+        bail!(
+            "partition {:?}: its filters make the {size}-byte content {} bytes; filters may \
+             resize only contents of their own size (raw, file, image, …): give the \
+             partition a size instead",
+            p.label,
+            dev.size()
+        );
+    }
+    Ok(dev)
 }
 
 fn raw(dev: Arc<dyn BlockDev>) -> Prepared {
@@ -609,11 +656,12 @@ pub(crate) fn build(spec: &Spec) -> Result<Built> {
                         .with_context(|| format!("partition {:?}", p.label))?
                 };
                 log::info!("{}", fs.summary);
-                (fs.dev, fs.info)
+                (layered_in_place(p, fs.dev)?, fs.info)
             }
+            // Layered in `prepare`.
             Prepared::Fixed { dev, info } => (dev, info),
             Prepared::Empty => (
-                Arc::new(sources::ZeroDev::new(size)) as Arc<dyn BlockDev>,
+                layered_in_place(p, Arc::new(sources::ZeroDev::new(size)))?,
                 FsInfo::default(),
             ),
         };

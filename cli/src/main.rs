@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use nbd_export::{write_raw_until, FdLimit, RawOutput, ServerOptions};
-use synth::{BlockDev, Export, SharedExport};
+use synth::{BlockDev, Export};
 
 use crate::args::{Cli, ExportArgs, Source};
 use crate::interrupt::{target_of, Interrupt};
@@ -162,16 +162,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
     {
         return remote::pack(input, output, block_size.0, *threads, *preset);
     }
+    if cli
+        .source
+        .export()
+        .is_some_and(|a| a.filters.iter().any(|f| f == "help"))
+    {
+        print!("{}", filter_help());
+        return Ok(ExitCode::SUCCESS);
+    }
     let systemd = systemd_listener()?;
     let (export, a): (Arc<dyn Export>, &ExportArgs) = match spec::from_source(&cli.source)? {
         Some(job) => {
             let dev = open_job(&job)?;
-            (Arc::new(SharedExport::new(dev, job.what)), job.export)
+            // Command-line layers over the spec's disk-wide ones.
+            let texts: Vec<String> = job
+                .export
+                .filters
+                .iter()
+                .chain(&job.spec.filters)
+                .cloned()
+                .collect();
+            let base = filters::Base::Shared(dev, job.what);
+            (filters::stack(&texts, base)?, job.export)
         }
         // Every client gets its own disk.
         None => match &cli.source {
             Source::Tmpdisk { size, tmp, export } => {
-                (Arc::new(tmpdisk::export(size.0, tmp)?), export)
+                let base = filters::Base::PerClient(Arc::new(tmpdisk::export(size.0, tmp)?));
+                (filters::stack(&export.filters, base)?, export)
             }
             _ => bail!("this subcommand exports no disk"),
         },
@@ -203,6 +221,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// `--max-connections`, or as many clients as the descriptor limit holds.
 /// A cap the limit cannot hold is allowed (the excess is shed when
 /// descriptors run out) but said once at start, not discovered later.
+/// `--filter help`: every filter, its arguments and what it does.
+fn filter_help() -> String {
+    let mut out =
+        String::from("Filters (--filter NAME[:ARGS], repeatable; the first is the outermost):\n");
+    let width = filters::registry()
+        .map(|e| e.usage.len())
+        .max()
+        .unwrap_or(0);
+    for e in filters::registry() {
+        out.push_str(&format!("  {:width$}  {}\n", e.usage, e.about));
+    }
+    out
+}
+
 fn max_connections(a: &ExportArgs, fds: FdLimit) -> Result<usize> {
     if let Some(from) = fds.raised_from {
         log::debug!(

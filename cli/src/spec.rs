@@ -42,6 +42,9 @@ pub struct Spec {
     pub align: u64,
     /// The partitions in order.
     pub partitions: Vec<PartSpec>,
+    /// Layers over the whole disk (`[disk] filters`), outermost first, under any
+    /// `--filter` given on the command line.
+    pub filters: Vec<String>,
     /// How remote (`source = "https://…"`) and compressed (`xz = …`) contents are read: the
     /// `http` and `xz` subcommands' options (their defaults for a spec file).
     pub remote: Remote,
@@ -140,6 +143,8 @@ pub struct PartSpec {
     pub guid: Option<String>,
     /// Filesystem options, by the names of the filesystem's own subcommand.
     pub fs: FsOptions,
+    /// Layers over the partition's content (`filters = [...]`), outermost first.
+    pub filters: Vec<String>,
 }
 
 /// Filesystem options a partition may carry (each applies to some filesystems only), by the
@@ -213,6 +218,7 @@ struct DiskToml {
     seed: Option<String>,
     sector_size: Option<u64>,
     align: Option<String>,
+    filters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +260,7 @@ struct PartToml {
     efi_boot: Option<String>,
     efi_boot_dir: Option<String>,
     max_open_files: Option<usize>,
+    filters: Option<Vec<String>>,
     floppy: Option<String>,
     partition: Option<String>,
     hybrid: Option<bool>,
@@ -296,6 +303,7 @@ pub fn from_toml(text: &str, base: &Path) -> Result<Spec> {
         },
         partitions: parts,
         remote: Remote::default(),
+        filters: disk.filters.unwrap_or_default(),
     };
     validate(&spec)?;
     Ok(spec)
@@ -360,7 +368,14 @@ fn source_dir(base: &Path, s: &str) -> Result<(PathBuf, PathBuf)> {
     }
 }
 
-fn part_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
+fn part_from_toml(mut p: PartToml, base: &Path) -> Result<PartSpec> {
+    let filters = p.filters.take().unwrap_or_default();
+    let mut part = content_from_toml(p, base)?;
+    part.filters = filters;
+    Ok(part)
+}
+
+fn content_from_toml(p: PartToml, base: &Path) -> Result<PartSpec> {
     let sources: Option<Vec<String>> = match p.source {
         None => None,
         Some(SourceList::One(s)) => Some(vec![s]),
@@ -550,6 +565,7 @@ fn finish_part(
         bootable: bootable.unwrap_or(false),
         guid,
         fs,
+        filters: Vec::new(),
     })
 }
 
@@ -749,6 +765,7 @@ pub fn from_flags(
             bootable: false,
             guid: None,
             fs: FsOptions::default(),
+            filters: Vec::new(),
         });
     }
     let spec = Spec {
@@ -759,6 +776,7 @@ pub fn from_flags(
         align,
         partitions: out,
         remote: Remote::default(),
+        filters: Vec::new(),
     };
     validate(&spec)?;
     Ok(spec)
@@ -799,8 +817,10 @@ fn whole(label: &str, kind: &str, content: Content, size: PartSize, fs: FsOption
             bootable: false,
             guid: None,
             fs,
+            filters: Vec::new(),
         }],
         remote: Remote::default(),
+        filters: Vec::new(),
     }
 }
 

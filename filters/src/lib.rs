@@ -95,7 +95,39 @@ pub struct Entry {
 
 /// Every filter there is.
 pub fn registry() -> impl Iterator<Item = &'static Entry> {
-    data::FILTERS.iter().chain(service::FILTERS.iter())
+    CORE.iter()
+        .chain(data::FILTERS.iter())
+        .chain(service::FILTERS.iter())
+}
+
+/// Filters of the mechanism itself.
+const CORE: &[Entry] = &[Entry {
+    name: "nofilter",
+    usage: "nofilter",
+    about: "passes every request down unchanged (as nbdkit's nofilter: for measuring what a layer costs)",
+    build: |args, _| {
+        args.allow(&[], 0)?;
+        Ok(Arc::new(NoFilter))
+    },
+}];
+
+/// A layer that changes nothing.
+#[derive(Debug)]
+struct NoFilter;
+
+impl synth::Filter for NoFilter {}
+
+impl LayerFactory for NoFilter {
+    fn name(&self) -> &str {
+        "nofilter"
+    }
+    fn layer(
+        &self,
+        next: Arc<dyn BlockDev>,
+        _client: &synth::Client,
+    ) -> synth::Result<Arc<dyn BlockDev>> {
+        Ok(Arc::new(synth::Layer::new(NoFilter, next)))
+    }
 }
 
 /// The filter named `name`.
@@ -167,4 +199,40 @@ pub fn stack(texts: &[String], base: Base) -> Result<Arc<dyn Export>, FilterErro
         source: e,
     })?;
     Ok(Arc::new(export))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synth::{Backing, RegionMapBuilder};
+
+    fn disk() -> (Arc<dyn BlockDev>, Vec<u8>) {
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8 + 1).collect();
+        let mut b = RegionMapBuilder::new();
+        b.push("zeros", 8_192, Backing::Zero).unwrap();
+        b.push_bytes("data", data.clone()).unwrap();
+        let mut expected = vec![0u8; 8_192];
+        expected.extend_from_slice(&data);
+        (Arc::new(b.finish()), expected)
+    }
+
+    #[test]
+    fn a_stack_of_nofilters_is_the_disk() {
+        let (dev, expected) = disk();
+        let texts: Vec<String> = (0..5).map(|_| "nofilter".to_string()).collect();
+        let export = stack(&texts, Base::Shared(dev.clone(), "test".into())).unwrap();
+        assert_eq!(export.size(), dev.size());
+        assert_eq!(export.caps(), dev.caps() | Caps::MULTI_CONN);
+        let opened = export.open().unwrap();
+        synth::testing::check_dev(&*opened, &expected, &[8_192]);
+    }
+
+    #[test]
+    fn unknown_names_and_stray_arguments_are_refused() {
+        let (dev, _) = disk();
+        let err = stack(&["nosuch".into()], Base::Shared(dev.clone(), "t".into())).unwrap_err();
+        assert!(err.to_string().contains("nofilter"), "{err}");
+        let err = stack(&["nofilter:x=1".into()], Base::Shared(dev, "t".into())).unwrap_err();
+        assert!(err.to_string().contains("x"), "{err}");
+    }
 }
