@@ -10,7 +10,7 @@
 mod cache;
 mod cow;
 mod partition;
-// mod readahead;
+mod readahead;
 mod window;
 
 #[cfg(test)]
@@ -21,7 +21,7 @@ use crate::Entry;
 pub use cache::{CacheFactory, CacheStats};
 pub use cow::CowFactory;
 pub use partition::PartitionFactory;
-// pub use readahead::{ReadAheadFactory, ReadAheadStats};
+pub use readahead::{ReadAheadFactory, ReadAheadStats};
 pub use window::{OffsetFactory, Truncate, TruncateFactory};
 
 /// The data filters.
@@ -59,11 +59,10 @@ pub(crate) const FILTERS: &[Entry] = &[
                 reconnects and restarts",
         build: cache::build,
     },
-    /*    Entry {
+    Entry {
         name: "readahead",
         usage: "readahead[:size=SIZE]",
         about: "prefetch ahead of sequential reads, windows growing up to SIZE (default 4M)",
         build: readahead::build,
     },
-    */
 ];
