@@ -7,6 +7,7 @@ mod build_boot;
 mod cli_errors;
 mod ext4;
 mod extended_headers;
+mod filters_data;
 mod fio;
 mod floppy;
 mod harness;
