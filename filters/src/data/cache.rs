@@ -744,17 +744,34 @@ impl Cache {
             let start = first * self.block;
             let stop = last * self.block + self.block_len(last);
             let mut data = vec![0u8; (stop - start) as usize];
+            let end = offset + buf.len() as u64;
+            let (a, z) = (start.max(offset), stop.min(end));
+            let dst = &mut buf[(a - offset) as usize..(z - offset) as usize];
             if let Err(e) = next.read_at(&mut data, start) {
-                let mut st = self.lock();
-                self.release(&mut st, claimed[i..].iter().copied());
-                return Err(e);
+                {
+                    let mut st = self.lock();
+                    self.release(&mut st, claimed[i..j].iter().copied());
+                }
+                // Whole blocks reach past the request at its ends: the
+                // failure may lie only there (a bad sector next to the
+                // bytes asked for), and the client must not be told its
+                // read failed when its own bytes can be read.
+                if (a, z) == (start, stop) {
+                    let mut st = self.lock();
+                    self.release(&mut st, claimed[j..].iter().copied());
+                    return Err(e);
+                }
+                if let Err(e) = next.read_at(dst, a) {
+                    let mut st = self.lock();
+                    self.release(&mut st, claimed[j..].iter().copied());
+                    return Err(e);
+                }
+                i = j;
+                continue;
             }
             self.misses
                 .fetch_add(j as u64 - i as u64, Ordering::Relaxed);
-            let end = offset + buf.len() as u64;
-            let (a, z) = (start.max(offset), stop.min(end));
-            buf[(a - offset) as usize..(z - offset) as usize]
-                .copy_from_slice(&data[(a - start) as usize..(z - start) as usize]);
+            dst.copy_from_slice(&data[(a - start) as usize..(z - start) as usize]);
             self.store(first, &data, epoch);
             i = j;
         }
@@ -978,7 +995,7 @@ mod tests {
     use synth::{CowOverlay, ExtentList, OverlayOptions};
 
     use super::*;
-    use crate::data::testutil::{base, below, sized, Counting};
+    use crate::data::testutil::{base, below, sized, BadRange, Counting};
 
     /// The cache `key` in `dir` over `dev`, and a client's layer over it.
     fn open(
@@ -1282,5 +1299,86 @@ mod tests {
         layer.read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf[..], &expected[..100]);
         assert!(cache.lock().fetching.is_empty());
+    }
+
+    #[test]
+    fn a_bad_range_fails_only_the_reads_that_touch_it() {
+        let (dev, expected) = sized(0, 64 * 1024);
+        // Bytes 20_000..20_512 cannot be read: inside block 4 (16384..20480)
+        // and block 5.
+        let bad: Arc<dyn BlockDev> = Arc::new(BadRange {
+            inner: dev,
+            bad: (20_000, 20_512),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, layer) = open(dir.path(), 1 << 20, 4096, bad);
+        // Next to it, in the same block: served (the whole block cannot be
+        // fetched, the asked bytes can).
+        let mut buf = vec![0u8; 3000];
+        layer.read_at(&mut buf, 16_384).unwrap();
+        assert_eq!(&buf[..], &expected[16_384..19_384]);
+        let mut tail = vec![0u8; 100];
+        layer.read_at(&mut tail, 20_600).unwrap();
+        assert_eq!(&tail[..], &expected[20_600..20_700]);
+        // Touching it: an error, not zeros or old bytes.
+        let err = layer.read_at(&mut buf, 19_000).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        // A request spanning good blocks on both sides of it fails whole,
+        // but the good blocks it fetched are kept for later.
+        assert!(layer.read_at(&mut vec![0u8; 20_000], 8_192).is_err());
+        assert!(cache.lock().fetching.is_empty());
+        let mut good = vec![0u8; 8_192];
+        layer.read_at(&mut good, 8_192).unwrap();
+        assert_eq!(&good[..], &expected[8_192..16_384]);
+    }
+
+    #[test]
+    fn one_slot_and_many_readers() {
+        let (dev, expected) = sized(0, 32 * 4096);
+        let dir = tempfile::tempdir().unwrap();
+        // One slot: nearly every store evicts, and a pinned slot makes the
+        // next store give up rather than wait.
+        let (cache, layer) = open(dir.path(), 4096, 4096, dev);
+        std::thread::scope(|s| {
+            for t in 0..6u64 {
+                let (layer, expected) = (layer.clone(), &expected);
+                s.spawn(move || {
+                    let mut rng = synth::testing::Rng(t);
+                    let mut buf = vec![0u8; 5000];
+                    for _ in 0..300 {
+                        let at = rng.below(expected.len() as u64 - 5000);
+                        layer.read_at(&mut buf, at).unwrap();
+                        assert!(buf[..] == expected[at as usize..at as usize + 5000], "{at}");
+                    }
+                });
+            }
+        });
+        let s = cache.stats();
+        assert!(s.present <= 1 && s.evicted > 0, "{s:?}");
+        let on_disk = std::fs::metadata(dir.path().join("t.cache")).unwrap().len();
+        assert!(on_disk <= 4096);
+    }
+
+    #[test]
+    fn a_changed_last_block_or_size_is_another_device_and_empty_disks_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dev, mut bytes) = sized(0, 30_000);
+        let (cache, layer) = open(dir.path(), 1 << 20, 4096, dev);
+        all(&*layer);
+        assert_eq!(cache.stats().present, 8);
+        drop((cache, layer));
+        // Same first block, different last byte: another device.
+        bytes[29_999] ^= 1;
+        let mut b = synth::RegionMapBuilder::new();
+        b.push_bytes("changed", bytes.clone()).unwrap();
+        let changed: Arc<dyn BlockDev> = Arc::new(b.finish());
+        let (cache, layer) = open(dir.path(), 1 << 20, 4096, changed);
+        assert_eq!(cache.stats().present, 0);
+        assert_eq!(all(&*layer), bytes);
+        drop((cache, layer));
+        // A zero-byte disk: nothing to cache, nothing to fail.
+        let (empty, _) = sized(0, 0);
+        let (_, layer) = open(dir.path(), 1 << 20, 4096, empty);
+        check_dev(&*layer, &[], &[]);
     }
 }

@@ -242,7 +242,17 @@ impl ReadAhead {
                     st = self.lock();
                     st.pending.retain(|&p| p != (pos, stop));
                     self.fetched_cv.notify_all();
-                    r?;
+                    if let Err(e) = r {
+                        if stop == end {
+                            return Err(e);
+                        }
+                        // The failure may lie only in the bytes ahead,
+                        // which nobody asked for: the request's own bytes
+                        // are read alone before it is called failed.
+                        drop(st);
+                        self.direct.fetch_add(1, Ordering::Relaxed);
+                        return next.read_at(&mut buf[(pos - offset) as usize..], pos);
+                    }
                     self.windows.fetch_add(1, Ordering::Relaxed);
                     self.fetched.fetch_add(stop - pos, Ordering::Relaxed);
                     let n = (end - pos) as usize;
@@ -400,7 +410,7 @@ mod tests {
     use synth::{CowOverlay, ErrorKind, OverlayOptions};
 
     use super::*;
-    use crate::data::testutil::{base, below, sized, Counting};
+    use crate::data::testutil::{base, below, sized, BadRange, Counting};
 
     fn layer(cap: u64, dev: Arc<dyn BlockDev>) -> (Arc<ReadAheadFactory>, Arc<dyn BlockDev>) {
         let f = Arc::new(ReadAheadFactory::new(cap));
@@ -557,5 +567,73 @@ mod tests {
         }
         crate::build("readahead", &below(&dev)).unwrap();
         crate::build("readahead:size=1M", &below(&dev)).unwrap();
+    }
+
+    #[test]
+    fn a_failure_in_the_bytes_ahead_does_not_fail_the_read() {
+        let (dev, expected) = sized(0, 1 << 20);
+        let bad: Arc<dyn BlockDev> = Arc::new(BadRange {
+            inner: dev,
+            bad: (600_000, 600_001),
+        });
+        let (f, l) = layer(256 << 10, bad);
+        let mut buf = vec![0u8; 16 << 10];
+        let mut off = 0u64;
+        // Every read before the bad byte succeeds, though windows reach it.
+        while off + (16 << 10) <= 600_000 {
+            l.read_at(&mut buf, off).unwrap();
+            assert!(buf[..] == expected[off as usize..off as usize + buf.len()]);
+            off += 16 << 10;
+        }
+        assert!(f.stats().windows > 0);
+        assert_eq!(l.read_at(&mut buf, off).unwrap_err().kind(), ErrorKind::Io);
+        assert!(f.ra.lock().pending.is_empty());
+        // And past it, reading goes on.
+        l.read_at(&mut buf, 600_001).unwrap();
+        assert!(buf[..] == expected[600_001..600_001 + buf.len()]);
+    }
+
+    #[test]
+    fn more_streams_than_remembered_and_fetches_than_allowed() {
+        let (dev, expected) = sized(0, 4 << 20);
+        let (f, _) = layer(64 << 10, dev.clone());
+        let n = MAX_STREAMS as u64 + 4;
+        let stride = (4u64 << 20) / n;
+        std::thread::scope(|s| {
+            for k in 0..n {
+                let l = f.layer(dev.clone(), &Client::local()).unwrap();
+                let expected = &expected;
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 5000];
+                    let mut at = k * stride;
+                    while at + 5000 <= (k + 1) * stride {
+                        l.read_at(&mut buf, at).unwrap();
+                        assert!(buf[..] == expected[at as usize..at as usize + 5000]);
+                        at += 5000;
+                    }
+                });
+            }
+        });
+        let st = f.ra.lock();
+        assert!(st.streams.len() <= MAX_STREAMS && st.windows.len() <= MAX_WINDOWS);
+        assert!(st.pending.is_empty());
+    }
+
+    #[test]
+    fn empty_disks_and_reads_as_big_as_the_window() {
+        let (empty, _) = sized(0, 0);
+        let (_, l) = layer(64 << 10, empty);
+        check_dev(&*l, &[], &[]);
+        let (dev, expected) = sized(0, 1 << 20);
+        let counting = Counting::new(dev);
+        let (f, l) = layer(64 << 10, counting.clone());
+        let mut buf = vec![0u8; 64 << 10];
+        for off in (0..1u64 << 20).step_by(64 << 10) {
+            l.read_at(&mut buf, off).unwrap();
+            assert!(buf[..] == expected[off as usize..off as usize + buf.len()]);
+        }
+        // Reads of the window's size gain nothing from one: none fetched.
+        assert_eq!(f.stats().windows, 0);
+        assert_eq!(counting.bytes(), 1 << 20);
     }
 }

@@ -97,3 +97,24 @@ impl BlockDev for Counting {
         self.inner.caps()
     }
 }
+
+/// A device whose reads fail where they touch `[bad.0, bad.1)` (a bad
+/// sector, an origin that fails one range).
+#[derive(Debug)]
+pub(crate) struct BadRange {
+    pub(crate) inner: Arc<dyn BlockDev>,
+    pub(crate) bad: (u64, u64),
+}
+
+impl BlockDev for BadRange {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        if offset < self.bad.1 && self.bad.0 < end {
+            return Err(synth::Error::new(synth::ErrorKind::Io, "bad range").at(offset));
+        }
+        self.inner.read_at(buf, offset)
+    }
+}
