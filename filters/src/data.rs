@@ -48,7 +48,8 @@ pub(crate) const FILTERS: &[Entry] = &[
     Entry {
         name: "cow",
         usage: "cow[:dir=DIR,max-disk=SIZE,store=file|memory]",
-        about: "copy-on-write: writes land in a sparse overlay (a temp file in DIR), the disk \
+        about: "copy-on-write: writes land in a sparse overlay (a temp file in DIR, default \
+                $TMPDIR), the disk \
                 beneath is never written",
         build: cow::build,
     },

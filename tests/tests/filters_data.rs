@@ -433,3 +433,26 @@ fn readahead_turns_small_sequential_reads_into_few_origin_requests() {
     let bytes = total.bytes - without.bytes;
     assert!(bytes < data.len() as u64 + 4 * MIB, "{bytes}");
 }
+
+#[test]
+fn writes_through_the_cache_reach_the_file_and_are_what_later_reads_see() {
+    require_tool!("qemu-io", "qemu-img");
+    let dir = tempdir();
+    let img = dir.path().join("rw.img");
+    fs::write(&img, random_bytes(11, 4 * MIB as usize)).unwrap();
+    let cache = format!("cache:dir={},size=8M", dir.path().join("c").display());
+    let path = img.to_str().unwrap();
+    {
+        let s = serve(dir.path(), "rw1", &["file", path, "--rw"], &[&cache]);
+        // Read everything (cached), then overwrite part of a cached block, zero another.
+        qemu_img_identical(s.uri(), &img);
+        qemu_io(s.uri(), &["write -P 0x3c 100000 5000", "write -z 2M 64K"]);
+        // Another connection reads the new bytes, not the cached old ones.
+        qemu_io(s.uri(), &["read -P 0x3c 100000 5000", "read -P 0 2M 64K"]);
+        qemu_img_identical(s.uri(), &img);
+    }
+    // After a restart the cache agrees with the file.
+    let s = serve(dir.path(), "rw2", &["file", path, "--rw"], &[&cache]);
+    qemu_img_identical(s.uri(), &img);
+    qemu_io(s.uri(), &["read -P 0x3c 100000 5000"]);
+}

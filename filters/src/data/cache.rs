@@ -57,8 +57,9 @@
 //! (one HTTP range request rather than one per block). Eviction is CLOCK
 //! (a second chance for blocks read since the hand last passed), bounded
 //! to two sweeps; when every slot is pinned the block is served without
-//! being stored. Memory: the map (16 bytes a slot in memory, 8 on disk)
-//! and the request's blocks; at most [`MAX_SLOTS`] slots. A failure of the
+//! being stored. Memory: the map (about 64 bytes a slot, with the index)
+//! and the blocks of one run being fetched (at most 8 MiB); at most
+//! [`MAX_SLOTS`] slots, so at most about 64 MiB. A failure of the
 //! cache files (a full disk) never fails a client's read: the bytes are
 //! served from the device beneath and a warning is logged once.
 
@@ -83,8 +84,9 @@ use crate::{Below, FilterArgs, FilterError};
 /// amortized, small enough that a scattered read does not fetch much it
 /// will not use.
 const DEFAULT_BLOCK: u64 = 64 << 10;
-/// At most this many slots: the in-memory map stays under ~50 MiB.
-pub const MAX_SLOTS: u64 = 1 << 21;
+/// At most this many slots (64 GiB of 64 KiB blocks, 4 TiB of 4 MiB ones):
+/// the in-memory map stays under about 64 MiB.
+pub const MAX_SLOTS: u64 = 1 << 20;
 /// Largest run of missing blocks fetched by one read of the device beneath
 /// (bounded memory whatever the request).
 const MAX_RUN_BYTES: u64 = 8 << 20;
