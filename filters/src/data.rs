@@ -34,7 +34,7 @@ pub(crate) const FILTERS: &[Entry] = &[
     },
     Entry {
         name: "truncate",
-        usage: "truncate:SIZE | truncate:round-up=N | truncate:round-down=N",
+        usage: "truncate:SIZE|round-up=N|round-down=N",
         about: "resize the disk: a shrunk disk hides its tail, a grown one reads zeros past the \
                 old end",
         build: window::build_truncate,

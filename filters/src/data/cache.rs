@@ -827,7 +827,7 @@ impl Drop for Cache {
     }
 }
 
-/// Makes `cache` layers, all over one [`Cache`].
+/// Makes `cache` layers, all over one cache (its files and map).
 #[derive(Debug)]
 pub struct CacheFactory {
     cache: Arc<Cache>,

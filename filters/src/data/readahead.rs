@@ -308,7 +308,7 @@ impl ReadAhead {
     }
 }
 
-/// Makes `readahead` layers, all over one [`ReadAhead`].
+/// Makes `readahead` layers, all over one set of streams and windows.
 #[derive(Debug)]
 pub struct ReadAheadFactory {
     ra: Arc<ReadAhead>,
