@@ -997,7 +997,9 @@ mod tests {
     use synth::{CowOverlay, ExtentList, OverlayOptions};
 
     use super::*;
-    use crate::data::testutil::{base, below, sized, BadRange, Counting};
+    use crate::data::testutil::{
+        base, below, race_writes_and_reads, sized, BadRange, Counting, SlowRw,
+    };
 
     /// The cache `key` in `dir` over `dev`, and a client's layer over it.
     fn open(
@@ -1382,5 +1384,18 @@ mod tests {
         let (empty, _) = sized(0, 0);
         let (_, layer) = open(dir.path(), 1 << 20, 4096, empty);
         check_dev(&*layer, &[], &[]);
+    }
+
+    #[test]
+    fn reads_racing_writes_never_store_old_bytes() {
+        let (dev, _) = sized(0, 16 * 4096);
+        let ov: Arc<dyn BlockDev> =
+            Arc::new(CowOverlay::new(dev, OverlayOptions::default()).unwrap());
+        let slow: Arc<dyn BlockDev> = Arc::new(SlowRw(ov));
+        let dir = tempfile::tempdir().unwrap();
+        // Room for half the blocks: eviction races too.
+        let (cache, layer) = open(dir.path(), 8 * 4096, 4096, slow);
+        race_writes_and_reads(&layer, 4096, 16);
+        assert!(cache.stats().invalidated > 0 && cache.stats().hits > 0);
     }
 }

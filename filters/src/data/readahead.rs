@@ -410,7 +410,9 @@ mod tests {
     use synth::{CowOverlay, ErrorKind, OverlayOptions};
 
     use super::*;
-    use crate::data::testutil::{base, below, sized, BadRange, Counting};
+    use crate::data::testutil::{
+        base, below, race_writes_and_reads, sized, BadRange, Counting, SlowRw,
+    };
 
     fn layer(cap: u64, dev: Arc<dyn BlockDev>) -> (Arc<ReadAheadFactory>, Arc<dyn BlockDev>) {
         let f = Arc::new(ReadAheadFactory::new(cap));
@@ -635,5 +637,15 @@ mod tests {
         // Reads of the window's size gain nothing from one: none fetched.
         assert_eq!(f.stats().windows, 0);
         assert_eq!(counting.bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn reads_racing_writes_never_keep_old_bytes() {
+        let (dev, _) = sized(0, 64 * 4096);
+        let ov: Arc<dyn BlockDev> =
+            Arc::new(CowOverlay::new(dev, OverlayOptions::default()).unwrap());
+        let (f, l) = layer(64 << 10, Arc::new(SlowRw(ov)));
+        race_writes_and_reads(&l, 4096, 64);
+        assert!(f.stats().windows > 0, "{:?}", f.stats());
     }
 }

@@ -118,3 +118,88 @@ impl BlockDev for BadRange {
         self.inner.read_at(buf, offset)
     }
 }
+
+/// Writers and readers racing over `layer` (whose device beneath is
+/// writable): each writer owns some blocks of `block` bytes and, after
+/// every write returns, must read back what it wrote, however many
+/// readers are fetching (and caching) the same bytes meanwhile.
+pub(crate) fn race_writes_and_reads(layer: &Arc<dyn BlockDev>, block: u64, blocks: u64) {
+    use std::sync::atomic::AtomicBool;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for r in 0..3u64 {
+            let (layer, stop) = (layer.clone(), &stop);
+            s.spawn(move || {
+                // Sequential readers (each from its own start, wrapping):
+                // what starts read-ahead windows and fills caches.
+                let len = block / 2 + 1000;
+                let room = block * blocks;
+                let mut at = r * room / 3;
+                let mut buf = vec![0u8; len as usize];
+                while !stop.load(Ordering::Relaxed) {
+                    if at + len > room {
+                        at = 0;
+                    }
+                    layer.read_at(&mut buf, at).unwrap();
+                    at += len;
+                }
+            });
+        }
+        // Readers stop when the writers are done, or when one fails (a
+        // panic must fail the test, not leave readers spinning forever).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let layer = layer.clone();
+                s.spawn(move || {
+                    for round in 1..=40u8 {
+                        for b in (w..blocks).step_by(2) {
+                            let fill = round.wrapping_mul(2).wrapping_add(w as u8);
+                            let at = b * block + 100;
+                            layer.write_at(&vec![fill; 300], at).unwrap();
+                            let mut got = vec![0u8; 300];
+                            layer.read_at(&mut got, at).unwrap();
+                            assert!(
+                                got.iter().all(|&x| x == fill),
+                                "block {b} round {round}: a read after the write returned \
+                                 old bytes"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+    });
+}
+
+/// A writable device whose reads pause after reading: what they return
+/// may be overwritten before they return it, the window in which a cache
+/// could keep old bytes.
+#[derive(Debug)]
+pub(crate) struct SlowRw(pub(crate) Arc<dyn BlockDev>);
+
+impl BlockDev for SlowRw {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let r = self.0.read_at(buf, offset);
+        std::thread::sleep(std::time::Duration::from_micros(300));
+        r
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn caps(&self) -> Caps {
+        self.0.caps()
+    }
+}
