@@ -1,7 +1,6 @@
 //! Command-line definition. Help text comes from these definitions, so
 //! it cannot drift from what is accepted.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -18,7 +17,8 @@ Examples:
   disksynth file disk.img -o copy.img              sparse raw copy
   disksynth zero 10G -o - | wc -c                  stream to stdout
 
-In --run commands, $uri and $nbd hold the NBD URI and $unixsocket the socket path.
+In --run commands, $uri and $nbd hold the NBD URI, $exportname the export name, $unixsocket
+the socket path or $port the TCP port (with -p), $tls 0. With -U or -p, --run uses that socket.
 Under systemd socket activation (LISTEN_FDS), disksynth serves the passed socket.";
 
 /// Synthesize virtual disks and serve them over NBD or write them as raw images.
@@ -227,6 +227,21 @@ pub enum Source {
         #[command(flatten)]
         export: ExportArgs,
     },
+    /// Several named exports from one server, from an exports file (TOML) and/or --export
+    /// flags; clients pick one by name, and NBD_OPT_LIST lists them with their descriptions.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve {
+        /// The exports file (TOML): [[export]] tables with name, source or spec, description,
+        /// filters, readonly.
+        #[arg(value_name = "EXPORTS.toml")]
+        file: Option<PathBuf>,
+        /// An export, repeatable, after those of the file: NAME=SUBCOMMAND ARGS…, the
+        /// subcommand and its arguments as on the command line (e.g. --export 'pat=pattern 16M').
+        #[arg(long = "export", value_name = "NAME=SUBCOMMAND ARGS")]
+        exports: Vec<String>,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
 }
 
 impl Source {
@@ -245,11 +260,34 @@ impl Source {
             | Source::Xz { export, .. }
             | Source::Qcow2 { export, .. }
             | Source::Image { export, .. }
-            | Source::Tmpdisk { export, .. } => Some(export),
+            | Source::Tmpdisk { export, .. }
+            | Source::Serve { export, .. } => Some(export),
             Source::Pack { .. } | Source::Inspect { .. } => None,
         }
     }
 }
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  disksynth serve exports.toml -U /run/nbd.sock
+  disksynth serve --export 'pat=pattern 16M' --export 'iso=iso ./dir' -p 10809
+  nbdinfo --list nbd://localhost                    the names and descriptions
+
+exports.toml:
+  [[export]]
+  name = \"pat\"
+  source = \"pattern 16M\"          # a subcommand and its arguments, as on the command line
+  description = \"test pattern\"
+  filters = [\"stats\"]
+
+  [[export]]
+  name = \"boot\"
+  spec = \"disk.toml\"              # a `disksynth build` spec, relative to this file
+
+The empty name reaches the export named \"\" if there is one, else the first. Paths inside a
+source are as on the command line (relative to the working directory); serving options
+(-U, -p, --run, --filter, -r, ...) go on `serve` and apply to every export (-r in a source
+makes that export read-only).";
 
 const IMAGE_EXAMPLES: &str = "\
 Examples:
@@ -683,16 +721,18 @@ pub struct ExportArgs {
     /// Serve NBD over TCP (default 127.0.0.1:10809).
     #[arg(long)]
     pub serve: bool,
-    /// Listen on this address (implies --serve).
+    /// Listen on this address or host name (implies --serve); a name with several addresses
+    /// listens on the first (and says so).
     #[arg(short = 'i', long = "ip", value_name = "ADDR")]
-    pub ip: Option<IpAddr>,
+    pub ip: Option<String>,
     /// Listen on this TCP port; 0 picks a free one (implies --serve).
     #[arg(short = 'p', long, value_name = "PORT")]
     pub port: Option<u16>,
     /// Serve NBD on a Unix socket; `-` makes a private temporary socket.
     #[arg(short = 'U', long = "unix", value_name = "PATH")]
     pub unix: Option<PathBuf>,
-    /// Serve on a private socket, run CMD under /bin/sh, exit with its status.
+    /// Run CMD under /bin/sh against the server and exit with its status: on a private
+    /// socket, or on the one -U/-p give. $uri, $nbd, $exportname, $port, $unixsocket, $tls.
     #[arg(long, value_name = "CMD")]
     pub run: Option<String>,
     /// Write the whole disk as a sparse raw image; `-` streams to stdout.
@@ -738,4 +778,15 @@ pub struct ExportArgs {
     /// them all with their arguments.
     #[arg(long = "filter", value_name = "NAME[:ARGS]")]
     pub filters: Vec<String>,
+    /// Stop when the last client disconnects, after at least one came (nbdkit's exitlast).
+    #[arg(long)]
+    pub exit_last: bool,
+    /// Stop when the process that started disksynth exits (Linux: the parent-death signal,
+    /// PR_SET_PDEATHSIG, as SIGTERM; elsewhere its pid is checked every second).
+    #[arg(long)]
+    pub exit_with_parent: bool,
+    /// Write the server's pid to FILE once it listens; removed at exit. A file naming a
+    /// running process is refused (another server); a stale one is replaced.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }

@@ -3,11 +3,13 @@
 
 mod args;
 mod build;
+mod exports;
 mod generators;
 mod inspect;
 mod interrupt;
 mod remote;
 mod serve;
+mod service;
 mod spec;
 mod tmpdisk;
 
@@ -38,7 +40,6 @@ fn mode_of(a: &ExportArgs, systemd: bool) -> Result<Mode> {
     let chosen: Vec<&str> = [
         (tcp, "--serve/-i/-p"),
         (a.unix.is_some(), "-U"),
-        (a.run.is_some(), "--run"),
         (a.output.is_some(), "-o"),
     ]
     .iter()
@@ -51,16 +52,25 @@ fn mode_of(a: &ExportArgs, systemd: bool) -> Result<Mode> {
             chosen.join(" and ")
         );
     }
-    Ok(if tcp {
-        Mode::Serve(tcp_endpoint(a.ip, a.port))
-    } else if let Some(u) = &a.unix {
-        Mode::Serve(Endpoint::Unix(if u.as_os_str() == "-" {
-            None
-        } else {
-            Some(u.clone())
-        }))
-    } else if let Some(cmd) = &a.run {
-        Mode::Serve(Endpoint::Run(cmd.clone()))
+    if a.run.is_some() && a.output.is_some() {
+        bail!("choose one way to export the disk, not --run and -o");
+    }
+    // Where to listen; --run then uses that socket (else a private one).
+    let listen = if tcp {
+        Some(tcp_endpoint(a.ip.as_deref(), a.port)?)
+    } else {
+        a.unix.as_ref().map(|u| {
+            Endpoint::Unix(if u.as_os_str() == "-" {
+                None
+            } else {
+                Some(u.clone())
+            })
+        })
+    };
+    Ok(if let Some(cmd) = &a.run {
+        Mode::Serve(Endpoint::Run(cmd.clone(), listen.map(Box::new)))
+    } else if let Some(l) = listen {
+        Mode::Serve(l)
     } else if let Some(o) = &a.output {
         Mode::Output(o.clone())
     } else if systemd {
@@ -171,29 +181,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let systemd = systemd_listener()?;
-    let (export, a): (Arc<dyn Export>, &ExportArgs) = match spec::from_source(&cli.source)? {
-        Some(job) => {
-            let dev = open_job(&job)?;
-            // Command-line layers over the spec's disk-wide ones.
-            let texts: Vec<String> = job
-                .export
-                .filters
-                .iter()
-                .chain(&job.spec.filters)
-                .cloned()
-                .collect();
-            let base = filters::Base::Shared(dev, job.what);
-            (filters::stack(&texts, base)?, job.export)
-        }
-        // Every client gets its own disk.
-        None => match &cli.source {
-            Source::Tmpdisk { size, tmp, export } => {
-                let base = filters::Base::PerClient(Arc::new(tmpdisk::export(size.0, tmp)?));
-                (filters::stack(&export.filters, base)?, export)
+    if let Source::Serve {
+        file,
+        exports,
+        export: a,
+    } = &cli.source
+    {
+        let catalog = exports::catalog(file.as_deref(), exports, a)?;
+        return match mode_of(a, systemd.is_some())? {
+            Mode::Output(_) => {
+                bail!("-o writes one disk; `serve` has several: use -U, -p or --run")
             }
-            _ => bail!("this subcommand exports no disk"),
-        },
-    };
+            Mode::Serve(endpoint) => {
+                let fds = nbd_export::raise_fd_limit();
+                let opts = server_options(a, fds)?;
+                serve::serve_catalog(catalog, endpoint, opts, a, systemd, fds)
+            }
+        };
+    }
+    let (export, a) = open_source(&cli.source, &[])?;
     let mode = mode_of(a, systemd.is_some())?;
     match mode {
         Mode::Output(path) => {
@@ -203,24 +209,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Mode::Serve(endpoint) => {
             let fds = nbd_export::raise_fd_limit();
-            let opts = ServerOptions {
-                export_name: a.export_name.clone(),
-                readonly: a.readonly,
-                max_threads: a.threads as usize,
-                conn_budget: a.connection_memory.0,
-                handshake_limit: Duration::from_secs(a.handshake_limit),
-                max_connections: max_connections(a, fds)?,
-                sendfile: !a.no_sendfile,
-                ..ServerOptions::default()
-            };
-            serve(export, endpoint, opts, systemd, fds)
+            let opts = server_options(a, fds)?;
+            serve(export, endpoint, opts, a, systemd, fds)
         }
     }
 }
 
-/// `--max-connections`, or as many clients as the descriptor limit holds.
-/// A cap the limit cannot hold is allowed (the excess is shed when
-/// descriptors run out) but said once at start, not discovered later.
+/// The export a subcommand describes, with its layers: `outer` (the
+/// outermost), then its `--filter`s, then its spec's disk-wide ones; and
+/// how it is to be exported.
+fn open_source<'a>(
+    source: &'a Source,
+    outer: &[String],
+) -> Result<(Arc<dyn Export>, &'a ExportArgs)> {
+    Ok(match spec::from_source(source)? {
+        Some(job) => {
+            let dev = open_job(&job)?;
+            // Command-line layers over the spec's disk-wide ones.
+            let texts: Vec<String> = outer
+                .iter()
+                .chain(&job.export.filters)
+                .chain(&job.spec.filters)
+                .cloned()
+                .collect();
+            let base = filters::Base::Shared(dev, job.what);
+            (filters::stack(&texts, base)?, job.export)
+        }
+        // Every client gets its own disk.
+        None => match source {
+            Source::Tmpdisk { size, tmp, export } => {
+                let base = filters::Base::PerClient(Arc::new(tmpdisk::export(size.0, tmp)?));
+                let texts: Vec<String> = outer.iter().chain(&export.filters).cloned().collect();
+                (filters::stack(&texts, base)?, export)
+            }
+            _ => bail!("this subcommand exports no disk"),
+        },
+    })
+}
+
+/// The server's options from the command line.
+fn server_options(a: &ExportArgs, fds: FdLimit) -> Result<ServerOptions> {
+    Ok(ServerOptions {
+        export_name: a.export_name.clone(),
+        readonly: a.readonly,
+        max_threads: a.threads as usize,
+        conn_budget: a.connection_memory.0,
+        handshake_limit: Duration::from_secs(a.handshake_limit),
+        max_connections: max_connections(a, fds)?,
+        sendfile: !a.no_sendfile,
+        exit_last: a.exit_last,
+        ..ServerOptions::default()
+    })
+}
+
 /// `--filter help`: every filter, its arguments and what it does.
 fn filter_help() -> String {
     let mut out =
@@ -235,6 +276,9 @@ fn filter_help() -> String {
     out
 }
 
+/// `--max-connections`, or as many clients as the descriptor limit holds.
+/// A cap the limit cannot hold is allowed (the excess is shed when
+/// descriptors run out) but said once at start, not discovered later.
 fn max_connections(a: &ExportArgs, fds: FdLimit) -> Result<usize> {
     if let Some(from) = fds.raised_from {
         log::debug!(

@@ -13,8 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use log::info;
-use nbd_export::{FdLimit, Listener, Server, ServerOptions};
+use nbd_export::{Catalog, CatalogEntry, FdLimit, Listener, Server, ServerOptions};
 use synth::Export;
+
+use crate::args::ExportArgs;
+use crate::service::{self, PidFile};
 
 /// Where to listen.
 #[derive(Debug)]
@@ -23,8 +26,9 @@ pub enum Endpoint {
     Tcp(SocketAddr),
     /// A Unix socket at this path (`None`: a private temporary one).
     Unix(Option<PathBuf>),
-    /// A private Unix socket and a command to run against it.
-    Run(String),
+    /// A command to run against the server: on this endpoint (TCP or
+    /// Unix), or on a private Unix socket.
+    Run(String, Option<Box<Endpoint>>),
     /// A listening socket passed by systemd.
     Systemd,
 }
@@ -32,11 +36,48 @@ pub enum Endpoint {
 /// Default NBD port (IANA).
 pub const NBD_PORT: u16 = 10809;
 
-pub fn tcp_endpoint(ip: Option<IpAddr>, port: Option<u16>) -> Endpoint {
-    Endpoint::Tcp(SocketAddr::new(
-        ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        port.unwrap_or(NBD_PORT),
-    ))
+/// Where `-i HOST -p PORT` listens: an address as given (`::1` or
+/// `[::1]`), or a host name resolved now; a name with several addresses
+/// listens on the first, and says which.
+pub fn tcp_endpoint(host: Option<&str>, port: Option<u16>) -> Result<Endpoint> {
+    let port = port.unwrap_or(NBD_PORT);
+    let Some(host) = host else {
+        return Ok(Endpoint::Tcp(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+        )));
+    };
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(Endpoint::Tcp(SocketAddr::new(ip, port)));
+    }
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for a in (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve -i {host}"))?
+    {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    let Some(&first) = addrs.first() else {
+        bail!("-i {host} resolves to no address");
+    };
+    if addrs.len() > 1 {
+        let all: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+        log::warn!(
+            "{host} has {} addresses ({}); listening on the first, {} (give -i an address to \
+             choose)",
+            addrs.len(),
+            all.join(", "),
+            first.ip()
+        );
+    }
+    Ok(Endpoint::Tcp(first))
 }
 
 /// Percent-encode an export name for a URI path (RFC 3986 unreserved kept).
@@ -53,9 +94,11 @@ fn encode_name(name: &str) -> String {
 }
 
 fn tcp_uri(addr: SocketAddr, name: &str) -> String {
-    let host = match addr.ip() {
-        IpAddr::V6(ip) => format!("[{ip}]"),
-        IpAddr::V4(ip) => ip.to_string(),
+    let host = match addr {
+        // A zone (scope) is `%25` then its id inside the brackets (RFC 6874).
+        SocketAddr::V6(a) if a.scope_id() != 0 => format!("[{}%25{}]", a.ip(), a.scope_id()),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        SocketAddr::V4(a) => a.ip().to_string(),
     };
     let path = if name.is_empty() {
         String::new()
@@ -240,66 +283,174 @@ pub fn serve(
     export: Arc<dyn Export>,
     endpoint: Endpoint,
     opts: ServerOptions,
+    a: &ExportArgs,
     listener: Option<Listener>,
     fds: FdLimit,
 ) -> Result<ExitCode> {
-    let name = opts.export_name.clone();
-    let server = Server::new(export, opts).context("starting the server")?;
+    let catalog = Catalog::new(vec![CatalogEntry::new(opts.export_name.clone(), export)])
+        .context("the export name (-e)")?;
+    serve_catalog(catalog, endpoint, opts, a, listener, fds)
+}
+
+/// A bound listener and how clients reach it.
+struct Bound {
+    listener: Listener,
+    /// The default export's URI (`None` for a socket from systemd).
+    uri: Option<String>,
+    /// The Unix socket's path.
+    socket: Option<PathBuf>,
+    /// The TCP port.
+    port: Option<u16>,
+    cleanup: SocketFile,
+}
+
+/// The socket file a server made, removed when dropped (also when serving
+/// fails), with the private directory holding it.
+struct SocketFile {
+    unlink: Option<PathBuf>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.unlink {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A private socket in a fresh temporary directory (for `--run` and `-U -`).
+fn private_socket() -> Result<(PathBuf, tempfile::TempDir)> {
+    let d = tempfile::Builder::new()
+        .prefix("disksynth-")
+        .tempdir()
+        .context("making a directory for the private socket")?;
+    Ok((d.path().join("nbd.sock"), d))
+}
+
+fn bind(endpoint: Endpoint, name: &str, systemd: Option<Listener>) -> Result<Bound> {
+    let bound = |listener, uri, socket, port, unlink, tempdir| Bound {
+        listener,
+        uri,
+        socket,
+        port,
+        cleanup: SocketFile {
+            unlink,
+            _tempdir: tempdir,
+        },
+    };
+    Ok(match endpoint {
+        Endpoint::Systemd => {
+            let l = systemd.context("no socket from systemd")?;
+            info!("serving the socket passed by systemd");
+            bound(l, None, None, None, None, None)
+        }
+        Endpoint::Tcp(addr) => {
+            let l = bind_tcp(addr)?;
+            let real = l.local_addr()?;
+            let uri = tcp_uri(real, name);
+            bound(
+                Listener::Tcp(l),
+                Some(uri),
+                None,
+                Some(real.port()),
+                None,
+                None,
+            )
+        }
+        Endpoint::Unix(path) => {
+            let (path, tempdir) = match path {
+                Some(p) => (p, None),
+                None => {
+                    let (p, d) = private_socket()?;
+                    (p, Some(d))
+                }
+            };
+            let l = bind_unix(&path)?;
+            let uri = unix_uri(&path, name);
+            bound(
+                Listener::Unix(l),
+                Some(uri),
+                Some(path.clone()),
+                None,
+                Some(path),
+                tempdir,
+            )
+        }
+        Endpoint::Run(_, Some(on)) => bind(*on, name, systemd)?,
+        Endpoint::Run(_, None) => bind(Endpoint::Unix(None), name, systemd)?,
+    })
+}
+
+/// Serve the exports of `catalog` on `endpoint` until a signal (or the
+/// --run command ends, or with --exit-last the last client leaves), with
+/// the service habits `a` asks for: --pid-file, --exit-with-parent, and
+/// readiness told to systemd when `$NOTIFY_SOCKET` is set.
+pub fn serve_catalog(
+    catalog: Catalog,
+    endpoint: Endpoint,
+    opts: ServerOptions,
+    a: &ExportArgs,
+    listener: Option<Listener>,
+    fds: FdLimit,
+) -> Result<ExitCode> {
+    let name = catalog.default_entry().name.clone();
+    // One line per export when there are several (one export is named by
+    // the URI printed below); quoted, as a description may hold newlines.
+    if catalog.entries().len() > 1 {
+        for e in catalog.entries() {
+            info!("export {:?}: {:?}", e.name, e.description());
+        }
+    }
+    // Taken now, before any command is started, so none inherits it.
+    let notify_socket = service::take_notify_socket();
+    if let Some(p) = &a.pid_file {
+        // Before listening: a second server is refused before it binds.
+        PidFile::check(p)?;
+    }
+    let server = Server::with_catalog(catalog, opts).context("starting the server")?;
     let stop = server.shutdown_handle();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::low_level::pipe::register(sig, stop.wake_socket()?)
             .context("installing signal handlers")?;
     }
+    {
+        // `--filter exitlast`: its export's last client leaving stops the server.
+        let stop = stop.clone();
+        filters::when_last_client_leaves(Box::new(move || stop.trigger()));
+    }
+    if a.exit_with_parent {
+        service::exit_with_parent(stop.clone())?;
+    }
 
-    let mut tempdir = None;
-    let mut unlink = None;
     let run_cmd = match &endpoint {
-        Endpoint::Run(cmd) => Some(cmd.clone()),
+        Endpoint::Run(cmd, _) => Some(cmd.clone()),
         _ => None,
     };
-    let (listener, uri, socket) = match endpoint {
-        Endpoint::Systemd => {
-            let l = listener.context("no socket from systemd")?;
-            info!("serving the socket passed by systemd");
-            (l, None, None)
+    let Bound {
+        listener,
+        uri,
+        socket,
+        port,
+        cleanup,
+    } = bind(endpoint, &name, listener)?;
+    // Listening: clients may connect from here on, so say so now.
+    let _pid_file = a.pid_file.as_deref().map(PidFile::write).transpose()?;
+    if let Some(s) = &notify_socket {
+        let ready = format!("READY=1\nMAINPID={}", std::process::id());
+        if let Err(e) = service::notify(s, &ready) {
+            log::warn!("sd_notify: {e:#}");
         }
-        Endpoint::Tcp(addr) => {
-            let l = bind_tcp(addr)?;
-            let real = l.local_addr()?;
-            (Listener::Tcp(l), Some(tcp_uri(real, &name)), None)
-        }
-        Endpoint::Unix(path) => {
-            let path = match path {
-                Some(p) => p,
-                None => {
-                    let d = tempfile::Builder::new().prefix("disksynth-").tempdir()?;
-                    let p = d.path().join("nbd.sock");
-                    tempdir = Some(d);
-                    p
-                }
-            };
-            let l = bind_unix(&path)?;
-            unlink = Some(path.clone());
-            (Listener::Unix(l), Some(unix_uri(&path, &name)), Some(path))
-        }
-        Endpoint::Run(_) => {
-            let d = tempfile::Builder::new().prefix("disksynth-").tempdir()?;
-            let p = d.path().join("nbd.sock");
-            tempdir = Some(d);
-            let l = bind_unix(&p)?;
-            (Listener::Unix(l), Some(unix_uri(&p, &name)), Some(p))
-        }
-    };
+    }
 
     let code = if let Some(cmd) = &run_cmd {
-        run_captive(
-            &server,
-            listener,
-            cmd,
-            uri.as_deref().unwrap_or_default(),
-            socket.as_deref(),
-            fds.raised_from,
-        )?
+        let env = RunEnv {
+            uri: uri.as_deref().unwrap_or_default(),
+            name: &name,
+            socket: socket.as_deref(),
+            port,
+        };
+        run_captive(&server, listener, cmd, &env, fds.raised_from)?
     } else {
         if let Some(uri) = &uri {
             let mut out = std::io::stdout().lock();
@@ -315,11 +466,19 @@ pub fn serve(
         server.run(listener).context("serving")?;
         ExitCode::SUCCESS
     };
-    if let Some(p) = unlink {
-        let _ = std::fs::remove_file(p);
+    if let Some(s) = &notify_socket {
+        let _ = service::notify(s, "STOPPING=1");
     }
-    drop(tempdir);
+    drop(cleanup);
     Ok(code)
+}
+
+/// What a `--run` command is told (nbdkit's captive-mode variables).
+struct RunEnv<'a> {
+    uri: &'a str,
+    name: &'a str,
+    socket: Option<&'a Path>,
+    port: Option<u16>,
 }
 
 /// Captive mode: run `cmd` against the served socket; stop when it ends.
@@ -327,8 +486,7 @@ fn run_captive(
     server: &Arc<Server>,
     listener: Listener,
     cmd: &str,
-    uri: &str,
-    socket: Option<&Path>,
+    env: &RunEnv<'_>,
     fd_soft_limit: Option<u64>,
 ) -> Result<ExitCode> {
     let mut command = Command::new("/bin/sh");
@@ -359,12 +517,18 @@ fn run_captive(
     let mut child = command
         .arg("-c")
         .arg(cmd)
-        .env("uri", uri)
-        .env("nbd", uri)
+        .env("uri", env.uri)
+        .env("nbd", env.uri)
+        .env("exportname", env.name)
         .env(
             "unixsocket",
-            socket.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
+            env.socket
+                .map(|p| p.as_os_str().to_owned())
+                .unwrap_or_default(),
         )
+        .env("port", env.port.map(|p| p.to_string()).unwrap_or_default())
+        // No TLS yet: "0" as nbdkit says when it is off.
+        .env("tls", "0")
         .spawn()
         .with_context(|| format!("cannot run {cmd:?} with /bin/sh"))?;
     let pid = child.id();
@@ -397,4 +561,58 @@ fn run_captive(
         _ => 1,
     };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+
+    fn addr(e: Endpoint) -> SocketAddr {
+        match e {
+            Endpoint::Tcp(a) => a,
+            other => panic!("not TCP: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn addresses_are_taken_as_given_and_names_resolved() {
+        assert_eq!(
+            addr(tcp_endpoint(None, None).unwrap()),
+            "127.0.0.1:10809".parse().unwrap()
+        );
+        assert_eq!(
+            addr(tcp_endpoint(Some("::1"), Some(7)).unwrap()),
+            "[::1]:7".parse().unwrap()
+        );
+        assert_eq!(
+            addr(tcp_endpoint(Some("[::]"), Some(0)).unwrap()),
+            "[::]:0".parse().unwrap()
+        );
+        let a = addr(tcp_endpoint(Some("localhost"), Some(99)).unwrap());
+        assert!(a.ip().is_loopback() && a.port() == 99, "{a}");
+        let e = tcp_endpoint(Some("no-such-host.invalid"), None).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot resolve -i no-such-host.invalid"));
+    }
+
+    #[test]
+    fn every_printed_uri_is_percent_encoded() {
+        let v4: SocketAddr = "127.0.0.1:10809".parse().unwrap();
+        assert_eq!(tcp_uri(v4, ""), "nbd://127.0.0.1:10809");
+        assert_eq!(
+            tcp_uri(v4, "a b/ü?#%"),
+            "nbd://127.0.0.1:10809/a%20b%2F%C3%BC%3F%23%25"
+        );
+        let zoned = SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+            10809,
+            0,
+            3,
+        ));
+        assert_eq!(tcp_uri(zoned, "d"), "nbd://[fe80::1%253]:10809/d");
+        assert_eq!(
+            unix_uri(Path::new("/tmp/a b&c%/s.sock"), "x y"),
+            "nbd+unix:///x%20y?socket=/tmp/a%20b%26c%25/s.sock"
+        );
+    }
 }

@@ -311,7 +311,7 @@ pub fn from_toml(text: &str, base: &Path) -> Result<Spec> {
 
 /// A TOML error on one line: `line 9, column 1: unknown field `siez`, expected one of …`
 /// (toml's own rendering draws the source over several lines).
-fn one_line(e: &toml::de::Error, text: &str) -> anyhow::Error {
+pub(crate) fn one_line(e: &toml::de::Error, text: &str) -> anyhow::Error {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
@@ -1109,7 +1109,10 @@ pub fn from_source(src: &Source) -> Result<Option<Job<'_>>> {
                 report: b.json.as_deref(),
             }
         }
-        Source::Tmpdisk { .. } | Source::Pack { .. } | Source::Inspect { .. } => return Ok(None),
+        Source::Tmpdisk { .. }
+        | Source::Pack { .. }
+        | Source::Inspect { .. }
+        | Source::Serve { .. } => return Ok(None),
     }))
 }
 

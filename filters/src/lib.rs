@@ -14,7 +14,8 @@
 //! - [`service`]: filters that watch, slow, fail, limit or admit requests
 //!   and clients without changing a byte.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use synth::{BlockDev, BlockSize, Caps, Export, FilteredExport, LayerFactory, SharedExport};
 
@@ -101,15 +102,78 @@ pub fn registry() -> impl Iterator<Item = &'static Entry> {
 }
 
 /// Filters of the mechanism itself.
-const CORE: &[Entry] = &[Entry {
-    name: "nofilter",
-    usage: "nofilter",
-    about: "passes every request down unchanged (as nbdkit's nofilter: for measuring what a layer costs)",
-    build: |args, _| {
-        args.allow(&[], 0)?;
-        Ok(Arc::new(NoFilter))
+const CORE: &[Entry] = &[
+    Entry {
+        name: "nofilter",
+        usage: "nofilter",
+        about: "passes every request down unchanged (as nbdkit's nofilter: for measuring what a layer costs)",
+        build: |args, _| {
+            args.allow(&[], 0)?;
+            Ok(Arc::new(NoFilter))
+        },
     },
-}];
+    Entry {
+        name: "exitlast",
+        usage: "exitlast",
+        about: "stops the server when the last client of this export leaves (after at least one came)",
+        build: |args, _| {
+            args.allow(&[], 0)?;
+            Ok(Arc::new(ExitLast::default()))
+        },
+    },
+];
+
+/// What `exitlast` calls when its export's last client has left: the server
+/// sets it (to its shutdown) once it serves; unset (`-o`), nothing happens.
+static LAST_CLIENT_GONE: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// Set what `exitlast` layers call when their export's last client leaves
+/// (the first call wins: one server per process).
+pub fn when_last_client_leaves(hook: Box<dyn Fn() + Send + Sync>) {
+    let _ = LAST_CLIENT_GONE.set(hook);
+}
+
+/// Counts the export's clients through their admissions.
+#[derive(Debug, Default)]
+struct ExitLast {
+    clients: Arc<AtomicUsize>,
+}
+
+/// One client's place in an `exitlast` count.
+#[derive(Debug)]
+struct Present(Arc<AtomicUsize>);
+
+impl Drop for Present {
+    fn drop(&mut self) {
+        if self.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            log::info!("exitlast: the last client left; stopping");
+            if let Some(hook) = LAST_CLIENT_GONE.get() {
+                hook();
+            }
+        }
+    }
+}
+
+impl LayerFactory for ExitLast {
+    fn name(&self) -> &str {
+        "exitlast"
+    }
+    fn layer(
+        &self,
+        next: Arc<dyn BlockDev>,
+        _client: &synth::Client,
+    ) -> synth::Result<Arc<dyn BlockDev>> {
+        Ok(next)
+    }
+    fn admit(&self, client: &synth::Client) -> Result<synth::Admission, String> {
+        // The local client (a probe while building, `-o`) is not a client.
+        if *client == synth::Client::local() {
+            return Ok(synth::Admission::default());
+        }
+        self.clients.fetch_add(1, Ordering::SeqCst);
+        Ok(synth::Admission::holding(Present(self.clients.clone())))
+    }
+}
 
 /// A layer that changes nothing.
 #[derive(Debug)]

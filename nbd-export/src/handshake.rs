@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use synth::{BlockDev, Caps};
+use synth::{BlockDev, Caps, Client};
 
+use crate::catalog::CatalogEntry;
 use crate::proto::*;
 use crate::server::ServerConfig;
 use crate::stream::Stream;
@@ -122,6 +123,9 @@ struct Handshake<'a> {
     no_zeroes: bool,
     style: ReplyStyle,
     base_allocation: bool,
+    /// The client, for the export's admission and per-client layers; its
+    /// `export` is filled in with the name asked for when it opens.
+    client: Client,
     peer: String,
 }
 
@@ -171,7 +175,7 @@ impl<'a> Payload<'a> {
     }
 }
 
-impl Handshake<'_> {
+impl<'a> Handshake<'a> {
     fn reply(&mut self, opt: u32, kind: u32, data: &[u8]) -> io::Result<()> {
         let mut m = Vec::with_capacity(20 + data.len());
         m.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
@@ -191,16 +195,19 @@ impl Handshake<'_> {
     /// full stack (the connection's own thread has a small one; opening a
     /// tmpdisk builds a filesystem), and the time it takes is the server's,
     /// not the client's: the deadline moves by as much.
-    /// The export is told how to see that the client left (`open_for`), so
-    /// a slow open (a tmpdisk `--command`) stops for a client that is gone.
-    fn open(&mut self) -> synth::Result<Arc<dyn BlockDev>> {
+    /// The export is told who the client is (`open_client`: its layers
+    /// may refuse it or act per client) and how to see that it left, so a
+    /// slow open (a tmpdisk `--command`) stops for a client that is gone.
+    fn open(&mut self, entry: &CatalogEntry, name: &str) -> synth::Result<Arc<dyn BlockDev>> {
         let t0 = Instant::now();
-        let export = &*self.cfg.export;
+        let export = &*entry.export;
         let stream: &Stream = self.s.s;
+        self.client.export = name.to_owned();
+        let client = &self.client;
         let opened = std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("nbd-open".into())
-                .spawn_scoped(scope, || export.open_for(&|| stream.peer_gone()))
+                .spawn_scoped(scope, || export.open_client(client, &|| stream.peer_gone()))
                 .map_err(|e| synth::Error::io("starting a thread to open the export", e))
                 .and_then(|h| {
                     h.join().unwrap_or_else(|_| {
@@ -215,16 +222,34 @@ impl Handshake<'_> {
         opened
     }
 
-    fn name_ok(&self, name: &str) -> bool {
-        name.is_empty() || name == self.cfg.export_name
+    /// The export a client asking for `name` gets (the empty name: the
+    /// default one).
+    fn lookup(&self, name: &str) -> Option<&'a CatalogEntry> {
+        let cfg: &'a ServerConfig = self.cfg;
+        cfg.catalog.lookup(name)
     }
 
-    fn flags(&self) -> u16 {
-        transmission_flags(self.cfg.export.caps(), self.cfg.readonly, self.style)
+    /// Why `name` is not served, naming what is (proto.md lets the error
+    /// carry a message for humans).
+    fn unknown(&self, name: &str) -> String {
+        format!(
+            "no export named {name:?} (this server has {})",
+            self.cfg.catalog.names()
+        )
     }
 
-    /// `NBD_OPT_INFO` / `NBD_OPT_GO`. Returns the device on a successful GO.
-    fn info_or_go(&mut self, opt: u32, data: &[u8]) -> io::Result<Option<Arc<dyn BlockDev>>> {
+    fn flags(&self, entry: &CatalogEntry) -> u16 {
+        let readonly = self.cfg.readonly || entry.readonly;
+        transmission_flags(entry.export.caps(), readonly, self.style)
+    }
+
+    /// `NBD_OPT_INFO` / `NBD_OPT_GO`. Returns the device and its
+    /// transmission flags on a successful GO.
+    fn info_or_go(
+        &mut self,
+        opt: u32,
+        data: &[u8],
+    ) -> io::Result<Option<(Arc<dyn BlockDev>, u16)>> {
         let mut p = Payload(data);
         let parsed = (|| {
             let name = p.string()?;
@@ -239,19 +264,21 @@ impl Handshake<'_> {
             self.error(opt, REP_ERR_INVALID, "malformed NBD_OPT_INFO/GO payload")?;
             return Ok(None);
         };
-        if !self.name_ok(name) {
-            let msg = format!(
-                "no export named {name:?} (this server has {:?})",
-                self.cfg.export_name
-            );
+        let Some(entry) = self.lookup(name) else {
+            let msg = self.unknown(name);
             self.error(opt, REP_ERR_UNKNOWN, &msg)?;
             return Ok(None);
-        }
+        };
         // INFO must have no side effects: everything below comes from the
         // export's description, not from an opened device.
         let dev = if opt == OPT_GO {
-            match self.open() {
+            match self.open(entry, name) {
                 Ok(d) => Some(d),
+                Err(e) if e.kind() == synth::ErrorKind::Refused => {
+                    info!("{}: refused: {e}", self.peer);
+                    self.error(opt, REP_ERR_POLICY, &format!("refused: {e}"))?;
+                    return Ok(None);
+                }
                 Err(e) => {
                     warn!("{}: opening the export failed: {e:#}", self.peer);
                     self.error(
@@ -263,27 +290,38 @@ impl Handshake<'_> {
                 }
             }
         } else {
+            // INFO opens nothing, but a client the export would refuse
+            // learns nothing about it either (an address policy); what
+            // the admission holds is let go at once.
+            self.client.export = name.to_owned();
+            if let Err(why) = entry.export.admit(&self.client) {
+                info!("{}: refused: {why}", self.peer);
+                self.error(opt, REP_ERR_POLICY, &format!("refused: {why}"))?;
+                return Ok(None);
+            }
             None
         };
         let mut export = Vec::with_capacity(12);
         export.extend_from_slice(&INFO_EXPORT.to_be_bytes());
-        export.extend_from_slice(&self.cfg.export.size().to_be_bytes());
-        export.extend_from_slice(&self.flags().to_be_bytes());
+        let flags = self.flags(entry);
+        export.extend_from_slice(&entry.export.size().to_be_bytes());
+        export.extend_from_slice(&flags.to_be_bytes());
         self.reply(opt, REP_INFO, &export)?;
         if reqs.contains(&INFO_NAME) {
             let mut m = INFO_NAME.to_be_bytes().to_vec();
-            m.extend_from_slice(self.cfg.export_name.as_bytes());
+            // The export's own name, also when the default was asked for
+            // by the empty name (proto.md "NBD_INFO_NAME").
+            m.extend_from_slice(entry.name.as_bytes());
             self.reply(opt, REP_INFO, &m)?;
         }
         if reqs.contains(&INFO_DESCRIPTION) {
             let mut m = INFO_DESCRIPTION.to_be_bytes().to_vec();
-            let desc = self.cfg.export.description();
-            m.extend_from_slice(&desc.as_bytes()[..desc.len().min(4096)]);
+            m.extend_from_slice(entry.description().as_bytes());
             self.reply(opt, REP_INFO, &m)?;
         }
         // Always sent: clients that did not ask still benefit, and the
         // spec allows it (proto.md "Block size constraints").
-        let mut bs = self.cfg.export.block_size();
+        let mut bs = entry.export.block_size();
         bs.maximum = max_request(bs, self.cfg.budget);
         let mut m = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
         for v in [bs.minimum, bs.preferred, bs.maximum] {
@@ -291,7 +329,7 @@ impl Handshake<'_> {
         }
         self.reply(opt, REP_INFO, &m)?;
         self.reply(opt, REP_ACK, &[])?;
-        Ok(dev)
+        Ok(dev.map(|d| (d, flags)))
     }
 
     /// `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
@@ -316,8 +354,9 @@ impl Handshake<'_> {
         let Some((name, queries)) = parsed else {
             return self.error(opt, REP_ERR_INVALID, "malformed meta context payload");
         };
-        if !self.name_ok(name) {
-            return self.error(opt, REP_ERR_UNKNOWN, &format!("no export named {name:?}"));
+        if self.lookup(name).is_none() {
+            let msg = self.unknown(name);
+            return self.error(opt, REP_ERR_UNKNOWN, &msg);
         }
         let set = opt == OPT_SET_META_CONTEXT;
         let wanted = if set {
@@ -370,24 +409,33 @@ impl Handshake<'_> {
             match opt {
                 OPT_EXPORT_NAME => {
                     let name = String::from_utf8_lossy(&data);
-                    if !self.name_ok(&name) {
+                    let Some(entry) = self.lookup(&name) else {
                         // This option cannot fail politely: hang up (proto.md).
                         return Err(invalid(format!(
-                            "unknown export {name:?} via NBD_OPT_EXPORT_NAME"
+                            "{} via NBD_OPT_EXPORT_NAME",
+                            self.unknown(&name)
                         )));
-                    }
-                    let dev = self
-                        .open()
-                        .map_err(|e| invalid(format!("opening the export: {e:#}")))?;
-                    let flags = self.flags();
+                    };
+                    // This option has no way to say why either: the
+                    // connection closes, and the log says why.
+                    let name = name.into_owned();
+                    let dev = match self.open(entry, &name) {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == synth::ErrorKind::Refused => {
+                            info!("{}: refused: {e}", self.peer);
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(invalid(format!("opening the export: {e:#}"))),
+                    };
+                    let flags = self.flags(entry);
                     let mut m = Vec::with_capacity(134);
-                    m.extend_from_slice(&self.cfg.export.size().to_be_bytes());
+                    m.extend_from_slice(&entry.export.size().to_be_bytes());
                     m.extend_from_slice(&flags.to_be_bytes());
                     if !self.no_zeroes {
                         m.extend_from_slice(&[0u8; 124]);
                     }
                     self.s.write_all(&m)?;
-                    return Ok(Some(self.done(dev, flags)));
+                    return Ok(Some(self.done(dev, flags, &entry.name)));
                 }
                 OPT_ABORT => {
                     let _ = self.reply(opt, REP_ACK, &[]);
@@ -398,11 +446,16 @@ impl Handshake<'_> {
                         self.error(opt, REP_ERR_INVALID, "NBD_OPT_LIST takes no payload")?;
                         continue;
                     }
-                    let name = self.cfg.export_name.clone();
-                    let mut m = (name.len() as u32).to_be_bytes().to_vec();
-                    m.extend_from_slice(name.as_bytes());
-                    m.extend_from_slice(self.cfg.export.description().as_bytes());
-                    self.reply(opt, REP_SERVER, &m)?;
+                    // One NBD_REP_SERVER per export: the name's length,
+                    // the name, then the description filling the rest
+                    // (proto.md "NBD_REP_SERVER").
+                    let cfg: &ServerConfig = self.cfg;
+                    for e in cfg.catalog.entries() {
+                        let mut m = (e.name.len() as u32).to_be_bytes().to_vec();
+                        m.extend_from_slice(e.name.as_bytes());
+                        m.extend_from_slice(e.description().as_bytes());
+                        self.reply(opt, REP_SERVER, &m)?;
+                    }
                     self.reply(opt, REP_ACK, &[])?;
                 }
                 OPT_STARTTLS => self.error(
@@ -411,9 +464,8 @@ impl Handshake<'_> {
                     "TLS is not supported by this server yet",
                 )?,
                 OPT_INFO | OPT_GO => {
-                    if let Some(dev) = self.info_or_go(opt, &data)? {
-                        let flags = self.flags();
-                        return Ok(Some(self.done(dev, flags)));
+                    if let Some((dev, flags)) = self.info_or_go(opt, &data)? {
+                        return Ok(Some(self.done(dev, flags, &self.client.export.clone())));
                     }
                 }
                 OPT_STRUCTURED_REPLY | OPT_EXTENDED_HEADERS => {
@@ -441,14 +493,14 @@ impl Handshake<'_> {
         }
     }
 
-    fn done(&self, dev: Arc<dyn BlockDev>, flags: u16) -> Negotiated {
+    fn done(&self, dev: Arc<dyn BlockDev>, flags: u16, name: &str) -> Negotiated {
         let style = match self.style {
             ReplyStyle::Simple => "simple replies",
             ReplyStyle::Structured => "structured replies",
             ReplyStyle::Extended => "extended headers (structured replies, 64-bit)",
         };
         info!(
-            "{}: handshake done: {style}{}, flags {flags:#06x}",
+            "{}: handshake done: export {name:?}, {style}{}, flags {flags:#06x}",
             self.peer,
             if self.base_allocation {
                 ", base:allocation"
@@ -483,6 +535,7 @@ pub(crate) fn greeting() -> [u8; 18] {
 pub fn negotiate(
     s: &Stream,
     cfg: &ServerConfig,
+    client: Client,
     peer: &str,
     limit: Duration,
 ) -> io::Result<Option<Negotiated>> {
@@ -497,6 +550,7 @@ pub fn negotiate(
         no_zeroes: false,
         style: ReplyStyle::Simple,
         base_allocation: false,
+        client,
         peer,
     }
     .run();
@@ -509,13 +563,13 @@ pub fn negotiate(
 
 /// The option reply for an export that cannot be opened (proto.md "Option
 /// reply types"): a resource limit (tmpdisk's `--max-clients`, no space for
-/// a disk) is `NBD_REP_ERR_POLICY`, a request the device cannot serve
+/// a disk) or a layer's refusal (an address policy) is `NBD_REP_ERR_POLICY`, a request the device cannot serve
 /// `NBD_REP_ERR_PLATFORM`, anything else `NBD_REP_ERR_UNKNOWN` ("the
 /// requested export is not available"). The error's text goes with it
 /// (qemu shows it as "server reported: ...").
 fn open_error_reply(kind: synth::ErrorKind) -> u32 {
     match kind {
-        synth::ErrorKind::NoSpace => REP_ERR_POLICY,
+        synth::ErrorKind::NoSpace | synth::ErrorKind::Refused => REP_ERR_POLICY,
         synth::ErrorKind::Unsupported => REP_ERR_PLATFORM,
         _ => REP_ERR_UNKNOWN,
     }

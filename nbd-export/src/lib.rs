@@ -1,6 +1,7 @@
 //! Exporters for disksynth: an NBD server and raw image output.
 //!
-//! - [`Server`]: NBD per proto.md: fixed newstyle handshake, structured
+//! - [`Server`]: NBD per proto.md, one export or a [`Catalog`] of named
+//!   ones: fixed newstyle handshake, structured
 //!   replies with sparse reads, extended headers, `base:allocation`
 //!   block status, many requests in flight and answered out of order.
 //! - [`NbdClient`]: a small read-only NBD client (an export as a
@@ -20,6 +21,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod catalog;
 mod client;
 mod handshake;
 mod limits;
@@ -32,6 +34,7 @@ mod stream;
 mod transmission;
 mod uri;
 
+pub use catalog::{Catalog, CatalogEntry, CatalogError};
 pub use client::{ClientError, ClientOptions, NbdClient, MAX_OPTION_REPLY, MAX_READ_REQUEST};
 pub use handshake::transmission_flags;
 pub use limits::{

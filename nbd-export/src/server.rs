@@ -20,6 +20,7 @@ use log::{debug, info, warn};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use synth::Export;
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::handshake::negotiate;
 use crate::limits::default_max_connections;
 use crate::refuse::Refusals;
@@ -40,7 +41,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How a server serves its export.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Export name (`""` always reaches the export too).
+    /// Export name (`""` always reaches the export too); for
+    /// [`Server::new`] only: a [`Catalog`] names its exports itself.
     pub export_name: String,
     /// Refuse writes even if the device takes them.
     pub readonly: bool,
@@ -61,6 +63,9 @@ pub struct ServerOptions {
     pub sendfile: bool,
     /// On stop, how long in-flight requests get to finish.
     pub drain_timeout: Duration,
+    /// Stop once the last client leaves, after at least one came (nbdkit's
+    /// `exitlast` filter, `--exit-last`): a server started for one job.
+    pub exit_last: bool,
 }
 
 impl Default for ServerOptions {
@@ -76,6 +81,7 @@ impl Default for ServerOptions {
             worker_idle: Duration::from_secs(3),
             sendfile: true,
             drain_timeout: Duration::from_secs(30),
+            exit_last: false,
         }
     }
 }
@@ -83,11 +89,9 @@ impl Default for ServerOptions {
 /// What the handshake needs to know.
 #[derive(Debug)]
 pub struct ServerConfig {
-    /// The export.
-    pub export: Arc<dyn Export>,
-    /// Its name.
-    pub export_name: String,
-    /// Forced read-only.
+    /// The exports, by name.
+    pub catalog: Catalog,
+    /// Forced read-only (every export).
     pub readonly: bool,
     /// Per-connection payload budget: caps the maximum block size advertised.
     pub budget: u64,
@@ -124,7 +128,7 @@ impl WriteByte for &UnixStream {
     }
 }
 
-/// An NBD server for one export.
+/// An NBD server for one export or a [`Catalog`] of them.
 #[derive(Debug)]
 pub struct Server {
     cfg: ServerConfig,
@@ -136,6 +140,12 @@ pub struct Server {
     next_id: AtomicU64,
     /// Connections accepted by [`Server::run`] and not yet finished.
     active: AtomicUsize,
+}
+
+impl From<CatalogError> for io::Error {
+    fn from(e: CatalogError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidInput, e)
+    }
 }
 
 /// Counts a connection as active until its thread ends.
@@ -165,14 +175,22 @@ struct AcceptState {
 }
 
 impl Server {
-    /// A server for `export`.
+    /// A server for `export`, named `opts.export_name`.
     pub fn new(export: Arc<dyn Export>, opts: ServerOptions) -> io::Result<Arc<Server>> {
+        let name = opts.export_name.clone();
+        if name.len() > crate::catalog::MAX_NAME {
+            return Err(CatalogError::TooLong(name.len()).into());
+        }
+        Self::with_catalog(Catalog::single(name, export), opts)
+    }
+
+    /// A server for several named exports (`opts.export_name` is unused).
+    pub fn with_catalog(catalog: Catalog, opts: ServerOptions) -> io::Result<Arc<Server>> {
         let (rx, tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
         let cfg = ServerConfig {
-            export,
-            export_name: opts.export_name.clone(),
+            catalog,
             readonly: opts.readonly,
             budget: opts.conn_budget,
         };
@@ -207,7 +225,8 @@ impl Server {
     /// Never panics on client input; errors end only this connection.
     pub fn serve_connection(&self, stream: Stream) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let peer = format!("client {id} ({})", stream.peer());
+        let who = stream.client_peer();
+        let peer = format!("client {id} ({who})");
         stream.tune();
         let stream = Arc::new(stream);
         self.conns
@@ -218,7 +237,7 @@ impl Server {
         // A panic is a bug (in a device, most likely); it ends this
         // connection, never the server, and the bookkeeping below still runs.
         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.serve_stream(stream.clone(), &peer)
+            self.serve_stream(stream.clone(), id, who, &peer)
         }));
         if served.is_err() {
             warn!("{peer}: closing after a panic (a bug: please report it)");
@@ -230,8 +249,13 @@ impl Server {
             .remove(&id);
     }
 
-    fn serve_stream(&self, stream: Arc<Stream>, peer: &str) {
-        match negotiate(&stream, &self.cfg, peer, self.opts.handshake_limit) {
+    fn serve_stream(&self, stream: Arc<Stream>, id: u64, who: synth::Peer, peer: &str) {
+        let client = synth::Client {
+            id,
+            peer: who,
+            export: String::new(),
+        };
+        match negotiate(&stream, &self.cfg, client, peer, self.opts.handshake_limit) {
             Ok(Some(neg)) => match Connection::new(stream, neg, self.limits(), peer.to_string()) {
                 Ok(conn) => conn.run(),
                 Err(e) => warn!("{peer}: {e}"),
@@ -379,8 +403,16 @@ impl Server {
             .name("nbd-conn".into())
             .stack_size(CONN_STACK)
             .spawn(move || {
-                let _active = Active(&me.active);
-                me.serve_connection(stream);
+                {
+                    let _active = Active(&me.active);
+                    me.serve_connection(stream);
+                }
+                // Whoever leaves last stops the server; a client arriving
+                // meanwhile is drained like any other at a stop.
+                if me.opts.exit_last && me.active.load(Ordering::SeqCst) == 0 {
+                    info!("the last client left: stopping (--exit-last)");
+                    me.shutdown_handle().trigger();
+                }
             });
         match spawned {
             Ok(h) => Some(h),

@@ -96,13 +96,33 @@ impl Stream {
         }
     }
 
+    /// Where the client connects from, for an export's admission and
+    /// per-client layers: its TCP address, or for a Unix socket the
+    /// credentials the kernel recorded when it connected (`SO_PEERCRED`,
+    /// unix(7)); `Peer::Other` when the kernel tells nothing.
+    pub fn client_peer(&self) -> synth::Peer {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map_or(synth::Peer::Other, synth::Peer::Tcp),
+            Stream::Unix(s) => match rustix::net::sockopt::socket_peercred(s) {
+                Ok(c) => synth::Peer::Unix {
+                    uid: Some(c.uid.as_raw()),
+                    gid: Some(c.gid.as_raw()),
+                },
+                Err(_) => synth::Peer::Unix {
+                    uid: None,
+                    gid: None,
+                },
+            },
+        }
+    }
+
     /// A printable peer address for logs.
     pub fn peer(&self) -> String {
         match self {
             Stream::Tcp(s) => s
                 .peer_addr()
                 .map_or_else(|_| "tcp".into(), |a| a.to_string()),
-            Stream::Unix(_) => "unix".into(),
+            Stream::Unix(_) => self.client_peer().to_string(),
         }
     }
 }

@@ -5,6 +5,7 @@
 mod build;
 mod build_boot;
 mod cli_errors;
+mod exports;
 mod ext4;
 mod extended_headers;
 mod filters_data;
