@@ -66,12 +66,12 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use rustix::fs::{flock, FlockOperation};
+use rustix::fs::{flock, FlockOperation, OFlags};
 use sha2::{Digest, Sha256};
 use synth::{
     check_range, BlockDev, Caps, Client, Error, ErrorKind, Filter, Layer, LayerFactory, ReadChunk,
@@ -274,14 +274,27 @@ impl Cache {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "creating", e))?;
         let data_path = dir.join(format!("{key}.cache"));
         let map_path = dir.join(format!("{key}.cache-map"));
+        // Not through a symlink, and only a regular file: in a directory
+        // others can write to (a shared /var/tmp), a link planted at the
+        // name would otherwise make the cache truncate and overwrite
+        // whatever it points at.
         let open = |p: &Path| {
-            OpenOptions::new()
+            let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .custom_flags(OFlags::NOFOLLOW.bits() as i32)
                 .open(p)
-                .map_err(|e| io_err(p, "opening", e))
+                .map_err(|e| io_err(p, "opening (not following a symlink)", e))?;
+            let meta = f.metadata().map_err(|e| io_err(p, "stat", e))?;
+            if !meta.is_file() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{} is not a regular file", p.display()),
+                ));
+            }
+            Ok(f)
         };
         let map = open(&map_path)?;
         flock(&map, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
@@ -1397,5 +1410,26 @@ mod tests {
         let (cache, layer) = open(dir.path(), 8 * 4096, 4096, slow);
         race_writes_and_reads(&layer, 4096, 16);
         assert!(cache.stats().invalidated > 0 && cache.stats().hits > 0);
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_cache_name_is_not_followed() {
+        let (dev, _) = base();
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let link = dir.path().join("t.cache-map");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = Cache::open(dir.path(), "t", 1 << 20, 4096, &*dev).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("t.cache")).unwrap();
+        let e = Cache::open(dir.path(), "t", 1 << 20, 4096, &*dev).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        // A directory at the name.
+        std::fs::remove_file(dir.path().join("t.cache")).unwrap();
+        std::fs::create_dir(dir.path().join("t.cache")).unwrap();
+        assert!(Cache::open(dir.path(), "t", 1 << 20, 4096, &*dev).is_err());
     }
 }
