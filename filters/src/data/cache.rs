@@ -301,7 +301,8 @@ impl Cache {
             Error::new(
                 ErrorKind::InvalidInput,
                 format!(
-                    "{} is in use by another process ({e}): give each server its own key= or dir=",
+                    "{} is in use by another server or another export's cache ({e}): give each \
+                     its own key= or dir=",
                     map_path.display()
                 ),
             )
