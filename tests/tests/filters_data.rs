@@ -456,3 +456,58 @@ fn writes_through_the_cache_reach_the_file_and_are_what_later_reads_see() {
     qemu_img_identical(s.uri(), &img);
     qemu_io(s.uri(), &["read -P 0x3c 100000 5000"]);
 }
+
+#[test]
+fn a_spec_partition_can_be_one_partition_of_another_disk_image() {
+    require_tool!("sfdisk", "qemu-img");
+    let dir = tempdir();
+    // The inner disk: GPT, partition 2 at sector 20480, 20 MiB.
+    let inner = disk_with(
+        dir.path(),
+        "label: gpt\nstart=2048, size=16384\nstart=20480, size=40960\n",
+    );
+    let spec = dir.path().join("outer.toml");
+    fs::write(
+        &spec,
+        format!(
+            "[disk]\ntable = \"mbr\"\nseed = \"filters\"\n\n[[partition]]\nlabel = \"copy\"\n\
+             type = \"linux-generic\"\nraw = \"{}\"\nfilters = [\"partition:2\"]\n",
+            inner.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("outer.img");
+    run_ok(
+        disksynth_tests::disksynth()
+            .arg("build")
+            .arg(&spec)
+            .arg("-o")
+            .arg(&out),
+    );
+    // The outer disk's first partition (where sfdisk says it is) holds exactly the inner
+    // disk's partition 2.
+    let dump = run_ok(Command::new("sfdisk").args(["--dump"]).arg(&out)).stdout_str();
+    let line = dump
+        .lines()
+        .find(|l| l.contains("start="))
+        .unwrap_or_else(|| panic!("no partition in {dump}"));
+    let field = |k: &str| -> u64 {
+        let v = line.split(k).nth(1).unwrap().split(',').next().unwrap();
+        v.trim().parse().unwrap()
+    };
+    let (start, sectors) = (field("start="), field("size="));
+    assert_eq!(sectors * 512, 40960 * 512, "{line}");
+    let got = cut(
+        &out,
+        start * 512,
+        sectors * 512,
+        &dir.path().join("got.raw"),
+    );
+    let want = cut(
+        &inner,
+        20480 * 512,
+        40960 * 512,
+        &dir.path().join("want.raw"),
+    );
+    cmp_files(&got, &want);
+}
