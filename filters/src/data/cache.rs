@@ -986,8 +986,13 @@ impl Filter for CacheLayer {
         r
     }
     fn cache(&self, next: &dyn BlockDev, offset: u64, len: u64) -> Result<()> {
-        // Read the range through the cache, a bounded piece at a time.
+        // Read the range through the cache, a bounded piece at a time;
+        // no more than the cache holds (the hint is advisory, and more
+        // would only evict what it just fetched), so a client asking to
+        // cache a whole huge disk costs at most one cache-full of reads.
         check_range(offset, len, self.cache.size)?;
+        let room = self.cache.block * self.cache.lock().slots.len() as u64;
+        let len = len.min(room);
         let mut scratch = vec![0u8; len.min(MAX_RUN_BYTES) as usize];
         let mut at = offset;
         while at < offset + len {
@@ -1236,12 +1241,26 @@ mod tests {
         assert!(layer.caps().contains(Caps::CACHE));
         layer.cache(0, 25_000).unwrap();
         let before = counting.reads();
+        // A hint past the end is refused; one bigger than the cache is cut
+        // to what fits (checked below with a small cache).
+        assert_eq!(
+            layer.cache(20_000, 6_000).unwrap_err().kind(),
+            ErrorKind::OutOfBounds
+        );
         assert_eq!(all(&*layer), expected);
         assert_eq!(counting.reads(), before);
         assert_eq!(cache.stats().present, 7);
         let mut l = ExtentList::new(0);
         layer.extents(0, 25_000, &mut l).unwrap();
         assert_eq!(l.as_slice().len(), 2);
+        let (dev, _) = sized(0, 64 * 4096);
+        let counting = Counting::new(dev);
+        let inner: Arc<dyn BlockDev> = counting.clone();
+        let small = tempfile::tempdir().unwrap();
+        let (_, layer) = open(small.path(), 4 * 4096, 4096, inner);
+        let before = counting.bytes();
+        layer.cache(0, 64 * 4096).unwrap();
+        assert_eq!(counting.bytes() - before, 4 * 4096);
     }
 
     #[test]
