@@ -366,7 +366,6 @@ mod tests {
         mbr[510] = 0x55;
         mbr[511] = 0xAA;
         ov.write_at(&mbr, 0).unwrap();
-        let ext = prim.iter().find(|p| EXTENDED.contains(&p.0)).map(|p| p.1);
         for &(sector, rel, n, next) in ebrs {
             let mut s = [0u8; 512];
             entry(&mut s, 0, (0x83, rel, n));
@@ -377,7 +376,6 @@ mod tests {
             s[511] = 0xAA;
             ov.write_at(&s, u64::from(sector) * 512).unwrap();
         }
-        let _ = ext;
         // Content to tell partitions apart: each sector's first 8 bytes
         // hold its number (not over the table sectors).
         for sec in 1..size / 512 {
@@ -391,8 +389,8 @@ mod tests {
 
     #[test]
     fn logical_partitions_are_numbered_from_5() {
-        // Primary 1 at 2048 (1 MiB), extended 2 at 4096 (4 MiB), logical 5
-        // at 4096+63, logical 6 in the second EBR at 4096+2048.
+        // Primary 1 at sector 2048 (1 MiB), extended 2 at sector 4096 (2 MiB),
+        // logical 5 at 4096+63, logical 6 in the second EBR at 4096+2048.
         let dev = mbr_disk(
             8 << 20,
             &[(0x83, 2048, 2048), (0x05, 4096, 8192)],
