@@ -432,6 +432,51 @@ fn readahead_turns_small_sequential_reads_into_few_origin_requests() {
     // Nothing fetched twice: the bytes sent are the image (plus what opening the source reads).
     let bytes = total.bytes - without.bytes;
     assert!(bytes < data.len() as u64 + 4 * MIB, "{bytes}");
+    // Several connections with requests in parallel (nbdcopy's default) still get every byte
+    // right through the shared windows.
+    let c = dir.path().join("c.raw");
+    run_ok(Command::new("nbdcopy").arg(ra.uri()).arg(&c));
+    cmp_files(&c, &reference);
+}
+
+#[test]
+fn one_partition_of_a_remote_qcow2_cached_with_writes_in_an_overlay() {
+    require_tool!("sfdisk", "qemu-img", "qemu-io", "nginx");
+    let dir = tempdir();
+    let raw = disk_with(
+        dir.path(),
+        "label: gpt\nstart=2048, size=16384\nstart=20480, size=40960\n",
+    );
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(www.join("disk.qcow2")),
+    );
+    let web = Nginx::serve(&www, &dir.path().join("nginx"), "");
+    let url = web.url("disk.qcow2");
+    let cache = format!("cache:dir={},size=32M", dir.path().join("cache").display());
+    // Outermost first: writes land in the overlay, over partition 2, over the cache, over the
+    // remote image.
+    let s = serve(
+        dir.path(),
+        "s",
+        &["qcow2", &url],
+        &["cow", "partition:2", &cache],
+    );
+    let want = cut(&raw, 20480 * 512, 40960 * 512, &dir.path().join("p2.raw"));
+    qemu_img_identical(s.uri(), &want);
+    qemu_io(s.uri(), &["write -P 0x77 1M 64K"]);
+    qemu_io(s.uri(), &["read -P 0x77 1M 64K"]);
+    // The origin goes away: what was read is in the cache, what was written in the overlay.
+    drop(web);
+    let got = dir.path().join("got.raw");
+    run_ok(Command::new("nbdcopy").arg(s.uri()).arg(&got));
+    let mut expected = fs::read(&want).unwrap();
+    expected[MIB as usize..(MIB + 65536) as usize].fill(0x77);
+    assert!(fs::read(&got).unwrap() == expected, "bytes differ");
 }
 
 #[test]
