@@ -8,6 +8,7 @@ mod cli_errors;
 mod exports;
 mod ext4;
 mod extended_headers;
+mod filters_data;
 mod filters_service;
 mod fio;
 mod floppy;
