@@ -8,6 +8,7 @@
 //! beneath, so per-client layers under them still see their client.
 
 mod cache;
+mod copies;
 mod cow;
 mod partition;
 mod readahead;

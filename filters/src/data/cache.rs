@@ -73,11 +73,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rustix::fs::{flock, FlockOperation, OFlags};
 use sha2::{Digest, Sha256};
-use synth::{
-    check_range, BlockDev, Caps, Client, Error, ErrorKind, Filter, Layer, LayerFactory, ReadChunk,
-    Result, ZeroFlags,
-};
+use synth::{check_range, BlockDev, Caps, Client, Error, ErrorKind, Layer, LayerFactory, Result};
 
+use super::copies::{Copies, Copying};
 use crate::{Below, FilterArgs, FilterError};
 
 /// The default block: big enough that a slow source's round trip is
@@ -855,10 +853,6 @@ impl CacheFactory {
 }
 
 /// A client's view through the shared cache.
-#[derive(Debug)]
-struct CacheLayer {
-    cache: Arc<Cache>,
-}
 
 fn valid_key(key: &str) -> bool {
     !key.is_empty()
@@ -934,12 +928,7 @@ impl LayerFactory for CacheFactory {
                 ),
             ));
         }
-        Ok(Arc::new(Layer::new(
-            CacheLayer {
-                cache: self.cache.clone(),
-            },
-            next,
-        )))
+        Ok(Arc::new(Layer::new(Copying(self.cache.clone()), next)))
     }
     fn caps(&self, next: Caps) -> Caps {
         // `cache` requests fill the cache.
@@ -947,63 +936,34 @@ impl LayerFactory for CacheFactory {
     }
 }
 
-impl Filter for CacheLayer {
-    fn read_at(&self, next: &dyn BlockDev, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.cache.read(next, buf, offset)
+/// The cache under a client's layer: reads through the slots, hints fill
+/// them, and `cache` requests are answered.
+impl Copies for Cache {
+    fn read(&self, next: &dyn BlockDev, buf: &mut [u8], offset: u64) -> Result<()> {
+        Cache::read(self, next, buf, offset)
     }
-    fn read_chunks(
-        &self,
-        _next: &dyn BlockDev,
-        _offset: u64,
-        _len: u64,
-        _out: &mut Vec<ReadChunk>,
-    ) -> Result<bool> {
-        // A slot may be reused before the exporter sends it: copy.
-        Ok(false)
+    fn invalidate(&self, offset: u64, len: u64) {
+        Cache::invalidate(self, offset, len)
     }
-    fn write_at(&self, next: &dyn BlockDev, buf: &[u8], offset: u64) -> Result<()> {
-        self.cache.invalidate(offset, buf.len() as u64);
-        let r = next.write_at(buf, offset);
-        self.cache.invalidate(offset, buf.len() as u64);
-        r
-    }
-    fn write_zeroes(
-        &self,
-        next: &dyn BlockDev,
-        offset: u64,
-        len: u64,
-        flags: ZeroFlags,
-    ) -> Result<()> {
-        self.cache.invalidate(offset, len);
-        let r = next.write_zeroes(offset, len, flags);
-        self.cache.invalidate(offset, len);
-        r
-    }
-    fn trim(&self, next: &dyn BlockDev, offset: u64, len: u64) -> Result<()> {
-        self.cache.invalidate(offset, len);
-        let r = next.trim(offset, len);
-        self.cache.invalidate(offset, len);
-        r
-    }
-    fn cache(&self, next: &dyn BlockDev, offset: u64, len: u64) -> Result<()> {
+    fn hint(&self, next: &dyn BlockDev, offset: u64, len: u64) -> Result<()> {
         // Read the range through the cache, a bounded piece at a time;
         // no more than the cache holds (the hint is advisory, and more
         // would only evict what it just fetched), so a client asking to
         // cache a whole huge disk costs at most one cache-full of reads.
-        check_range(offset, len, self.cache.size)?;
-        let room = self.cache.block * self.cache.lock().slots.len() as u64;
+        check_range(offset, len, self.size)?;
+        let room = self.block * self.lock().slots.len() as u64;
         let len = len.min(room);
         let mut scratch = vec![0u8; len.min(MAX_RUN_BYTES) as usize];
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(MAX_RUN_BYTES) as usize;
-            self.cache.read(next, &mut scratch[..n], at)?;
+            self.read(next, &mut scratch[..n], at)?;
             at += n as u64;
         }
         Ok(())
     }
-    fn caps(&self, next: &dyn BlockDev) -> Caps {
-        next.caps() | Caps::CACHE
+    fn caps(&self, next: Caps) -> Caps {
+        next | Caps::CACHE
     }
 }
 
@@ -1013,7 +973,7 @@ mod tests {
     use std::time::Duration;
 
     use synth::testing::check_dev;
-    use synth::{CowOverlay, ExtentList, OverlayOptions};
+    use synth::{CowOverlay, ExtentList, OverlayOptions, ZeroFlags};
 
     use super::*;
     use crate::data::testutil::{
@@ -1028,12 +988,7 @@ mod tests {
         dev: Arc<dyn BlockDev>,
     ) -> (Arc<Cache>, Arc<dyn BlockDev>) {
         let cache = Arc::new(Cache::open(dir, "t", capacity, block, &*dev).unwrap());
-        let layer: Arc<dyn BlockDev> = Arc::new(Layer::new(
-            CacheLayer {
-                cache: cache.clone(),
-            },
-            dev,
-        ));
+        let layer: Arc<dyn BlockDev> = Arc::new(Layer::new(Copying(cache.clone()), dev));
         (cache, layer)
     }
 

@@ -35,10 +35,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use synth::{
-    check_range, BlockDev, Client, Filter, Layer, LayerFactory, ReadChunk, Result, ZeroFlags,
-};
+use synth::{check_range, BlockDev, Client, Layer, LayerFactory, Result};
 
+use super::copies::{Copies, Copying};
 use crate::{Below, FilterArgs, FilterError};
 
 /// Default largest window.
@@ -347,58 +346,16 @@ impl LayerFactory for ReadAheadFactory {
         "readahead"
     }
     fn layer(&self, next: Arc<dyn BlockDev>, _client: &Client) -> Result<Arc<dyn BlockDev>> {
-        Ok(Arc::new(Layer::new(
-            ReadAheadLayer {
-                ra: self.ra.clone(),
-            },
-            next,
-        )))
+        Ok(Arc::new(Layer::new(Copying(self.ra.clone()), next)))
     }
 }
 
-/// A client's view through the shared read-ahead.
-#[derive(Debug)]
-struct ReadAheadLayer {
-    ra: Arc<ReadAhead>,
-}
-
-impl Filter for ReadAheadLayer {
-    fn read_at(&self, next: &dyn BlockDev, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.ra.read(next, buf, offset)
+impl Copies for ReadAhead {
+    fn read(&self, next: &dyn BlockDev, buf: &mut [u8], offset: u64) -> Result<()> {
+        ReadAhead::read(self, next, buf, offset)
     }
-    fn read_chunks(
-        &self,
-        _next: &dyn BlockDev,
-        _offset: u64,
-        _len: u64,
-        _out: &mut Vec<ReadChunk>,
-    ) -> Result<bool> {
-        // Reads must go through `read_at` to be seen as streams.
-        Ok(false)
-    }
-    fn write_at(&self, next: &dyn BlockDev, buf: &[u8], offset: u64) -> Result<()> {
-        self.ra.invalidate(offset, buf.len() as u64);
-        let r = next.write_at(buf, offset);
-        self.ra.invalidate(offset, buf.len() as u64);
-        r
-    }
-    fn write_zeroes(
-        &self,
-        next: &dyn BlockDev,
-        offset: u64,
-        len: u64,
-        flags: ZeroFlags,
-    ) -> Result<()> {
-        self.ra.invalidate(offset, len);
-        let r = next.write_zeroes(offset, len, flags);
-        self.ra.invalidate(offset, len);
-        r
-    }
-    fn trim(&self, next: &dyn BlockDev, offset: u64, len: u64) -> Result<()> {
-        self.ra.invalidate(offset, len);
-        let r = next.trim(offset, len);
-        self.ra.invalidate(offset, len);
-        r
+    fn invalidate(&self, offset: u64, len: u64) {
+        ReadAhead::invalidate(self, offset, len)
     }
 }
 
@@ -407,7 +364,7 @@ mod tests {
     use std::sync::Barrier;
 
     use synth::testing::check_dev;
-    use synth::{CowOverlay, ErrorKind, OverlayOptions};
+    use synth::{CowOverlay, ErrorKind, OverlayOptions, ZeroFlags};
 
     use super::*;
     use crate::data::testutil::{
