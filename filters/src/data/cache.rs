@@ -852,8 +852,6 @@ impl CacheFactory {
     }
 }
 
-/// A client's view through the shared cache.
-
 fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 64
