@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use log::info;
-use nbd_export::{Catalog, CatalogEntry, FdLimit, Listener, Server, ServerOptions};
+use nbd_export::{
+    Catalog, CatalogEntry, FdLimit, Listener, Server, ServerOptions, TlsMode, TlsSetup,
+};
 use synth::Export;
 
 use crate::args::ExportArgs;
@@ -408,6 +410,10 @@ pub fn serve_catalog(
         // Before listening: a second server is refused before it binds.
         PidFile::check(p)?;
     }
+    let tls_mode = opts.tls_mode;
+    if let Some(setup) = opts.tls.clone() {
+        reload_on_sighup(setup)?;
+    }
     let server = Server::with_catalog(catalog, opts).context("starting the server")?;
     let stop = server.shutdown_handle();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -434,6 +440,15 @@ pub fn serve_catalog(
         port,
         cleanup,
     } = bind(endpoint, &name, listener)?;
+    warn_if_exposed(&listener, tls_mode);
+    // nbdkit's habit: a server that requires TLS prints the TLS scheme.
+    let uri = uri.map(|u| match tls_mode {
+        TlsMode::Require => {
+            u.replacen("nbd://", "nbds://", 1)
+                .replacen("nbd+unix://", "nbds+unix://", 1)
+        }
+        _ => u,
+    });
     // Listening: clients may connect from here on, so say so now.
     let _pid_file = a.pid_file.as_deref().map(PidFile::write).transpose()?;
     if let Some(s) = &notify_socket {
@@ -449,6 +464,11 @@ pub fn serve_catalog(
             name: &name,
             socket: socket.as_deref(),
             port,
+            tls: match tls_mode {
+                TlsMode::Off => "0",
+                TlsMode::On => "1",
+                TlsMode::Require => "2",
+            },
         };
         run_captive(&server, listener, cmd, &env, fds.raised_from)?
     } else {
@@ -479,6 +499,55 @@ struct RunEnv<'a> {
     name: &'a str,
     socket: Option<&'a Path>,
     port: Option<u16>,
+    /// nbdkit's `$tls`: 0 off, 1 on, 2 require.
+    tls: &'static str,
+}
+
+/// SIGHUP re-reads the TLS certificate, key and CA files (a renewed
+/// certificate): new connections use them, connected clients keep their
+/// sessions. A file that no longer parses keeps the old credentials.
+fn reload_on_sighup(setup: Arc<TlsSetup>) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match setup.reload() {
+                    Ok(()) => info!(
+                        "SIGHUP: TLS credentials reloaded from {}",
+                        setup.files().cert.display()
+                    ),
+                    Err(e) => log::warn!("SIGHUP: keeping the TLS credentials in use: {e}"),
+                }
+            }
+        })
+        .context("starting the SIGHUP thread")?;
+    Ok(())
+}
+
+/// Say so at start when clients on other hosts can connect in the clear.
+fn warn_if_exposed(listener: &Listener, mode: TlsMode) {
+    let Listener::Tcp(l) = listener else {
+        return;
+    };
+    let Ok(addr) = l.local_addr() else {
+        return;
+    };
+    if addr.ip().is_loopback() {
+        return;
+    }
+    match mode {
+        TlsMode::Off => log::warn!(
+            "listening on {addr} without TLS: anyone who can reach it reads (and may write) \
+             the disk in the clear; use --tls require with --tls-certificates"
+        ),
+        TlsMode::On => log::warn!(
+            "listening on {addr} with --tls on: clients may still connect without TLS; \
+             --tls require refuses them"
+        ),
+        TlsMode::Require => {}
+    }
 }
 
 /// Captive mode: run `cmd` against the served socket; stop when it ends.
@@ -527,8 +596,7 @@ fn run_captive(
                 .unwrap_or_default(),
         )
         .env("port", env.port.map(|p| p.to_string()).unwrap_or_default())
-        // No TLS yet: "0" as nbdkit says when it is off.
-        .env("tls", "0")
+        .env("tls", env.tls)
         .spawn()
         .with_context(|| format!("cannot run {cmd:?} with /bin/sh"))?;
     let pid = child.id();
