@@ -169,6 +169,8 @@ struct Handshake<'a> {
     /// Why every option is refused after TLS came up: the client's
     /// certificate subject is not allowed (`--tls-allow-subject`).
     denied: Option<String>,
+    /// TLS came up and no option has come through it yet.
+    tls_fresh: bool,
 }
 
 fn read_u32(s: &mut impl Read) -> io::Result<u32> {
@@ -429,11 +431,12 @@ impl<'a> Handshake<'a> {
         let setup = match (&self.cfg.tls, self.cfg.tls_mode) {
             (Some(t), TlsMode::On | TlsMode::Require) => t.clone(),
             _ => {
+                info!("{}: NBD_OPT_STARTTLS refused (--tls off)", self.peer);
                 return self.error(
                     opt,
                     REP_ERR_POLICY,
                     "TLS is not enabled on this server (--tls off)",
-                )
+                );
             }
         };
         if !data.is_empty() {
@@ -462,6 +465,7 @@ impl<'a> Handshake<'a> {
             self.denied = Some(why);
         }
         self.s.tls = Some(session);
+        self.tls_fresh = true;
         // What was agreed in the clear could have been injected by a man
         // in the middle: it is forgotten, and clients negotiate reply
         // styles and meta contexts after STARTTLS (libnbd and qemu do).
@@ -518,7 +522,31 @@ impl<'a> Handshake<'a> {
         self.no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
 
         loop {
-            let magic = read_u64(&mut self.s)?;
+            let magic = match read_u64(&mut self.s) {
+                Ok(m) => m,
+                // Under TLS 1.3 the server's side of the handshake ends
+                // before the client has checked the server's certificate:
+                // a client that does not trust it just leaves (GnuTLS
+                // often without an alert). Say what that most likely means.
+                Err(e)
+                    if self.tls_fresh
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                        ) =>
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!(
+                            "the client left right after the TLS handshake ({e}): does it \
+                             trust this server's certificate (expired, signed by another CA, \
+                             for another name)?"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+            self.tls_fresh = false;
             if magic != IHAVEOPT {
                 return Err(invalid(format!("bad option magic {magic:#x}")));
             }
@@ -682,6 +710,7 @@ pub fn negotiate(
         client,
         peer,
         denied: None,
+        tls_fresh: false,
     }
     .run();
     if let Ok(Some(_)) = result {
