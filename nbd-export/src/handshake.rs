@@ -454,8 +454,9 @@ impl<'a> Handshake<'a> {
         let session = Arc::new(TlsSession::new(conn));
         let subject = session.peer_subject();
         info!(
-            "{}: TLS established{}",
+            "{}: TLS established ({}){}",
             self.peer,
+            session.describe(),
             subject
                 .as_deref()
                 .map_or(String::new(), |s| format!(", client certificate {s:?}"))

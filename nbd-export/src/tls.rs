@@ -26,7 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConnection};
 
-use crate::send::{Piece, SendOutcome, ZEROS};
+use crate::send::{Piece, SendOutcome};
 use crate::stream::Stream;
 
 /// When TLS is offered and whether it is required (nbdkit's `--tls`).
@@ -284,6 +284,9 @@ impl TlsSession {
                         return Err(io::Error::other("TLS: rustls took none of the bytes read"));
                     }
                     rx.drain(..n);
+                    if rx.is_empty() {
+                        *rx = Vec::new();
+                    }
                     if let Err(e) = c.process_new_packets() {
                         // Tell the client why (an alert), best effort.
                         let mut alert = Vec::new();
@@ -299,15 +302,11 @@ impl TlsSession {
                 }
             }
             before_read()?;
-            rx.resize(RECV_CHUNK, 0);
-            let n = match { s }.read(&mut rx[..]) {
-                Ok(n) => n,
-                Err(e) => {
-                    rx.clear();
-                    return Err(e);
-                }
-            };
-            rx.truncate(n);
+            // On the stack: an idle connection keeps no receive buffer;
+            // only what rustls does not take at once (rare) is kept in `rx`.
+            let mut tmp = [0u8; RECV_CHUNK];
+            let n = { s }.read(&mut tmp)?;
+            rx.extend_from_slice(&tmp[..n]);
             if n == 0 {
                 // The end of the socket, with or without close_notify: the
                 // end of the stream, as on a plain socket (NBD's framing
@@ -362,73 +361,77 @@ impl TlsSession {
         bounce: &mut Vec<u8>,
     ) -> io::Result<SendOutcome> {
         let mut out = SendOutcome::default();
-        let mut wire = Vec::with_capacity(SEND_CHUNK + 1024);
-        // Small pieces (headers) are gathered so that a header and its
-        // data share a record.
-        bounce.clear();
+        // Grows to what the reply needs, at most a chunk's records: a
+        // simple reply's 16 bytes do not cost a 64 KiB allocation.
+        let mut wire = Vec::new();
+        // The plaintext staging area: small pieces (headers) are gathered
+        // so that a header and its data share a record, and file data is
+        // read straight into it. Sized once per worker (the worker's
+        // scratch keeps it): zeroing 64 KiB before every read cost 4 % of
+        // the CPU of a TLS read.
+        if bounce.len() < SEND_CHUNK {
+            bounce.resize(SEND_CHUNK, 0);
+        }
+        let buf = &mut bounce[..SEND_CHUNK];
+        let mut fill = 0usize;
         let mut pos = 0u64;
-        let stage = |bounce: &mut Vec<u8>, wire: &mut Vec<u8>, force: bool| -> io::Result<()> {
-            if bounce.len() >= SEND_CHUNK || (force && !bounce.is_empty()) {
-                self.encrypt(bounce, wire)?;
-                bounce.clear();
+        let stage = |buf: &[u8], fill: &mut usize, wire: &mut Vec<u8>, force: bool| {
+            if *fill == SEND_CHUNK || (force && *fill > 0) {
+                self.encrypt(&buf[..*fill], wire)?;
+                *fill = 0;
             }
             if wire.len() >= SEND_CHUNK || (force && !wire.is_empty()) {
                 self.flush(s, wire)?;
             }
-            Ok(())
+            Ok::<(), io::Error>(())
         };
         for p in pieces {
-            match *p {
-                Piece::Mem(mut b) => {
-                    while !b.is_empty() {
-                        let k = b.len().min(SEND_CHUNK.saturating_sub(bounce.len()).max(1));
-                        bounce.extend_from_slice(&b[..k]);
-                        b = &b[k..];
-                        stage(bounce, &mut wire, false)?;
-                    }
-                }
-                Piece::Zeros(mut n) => {
-                    while n > 0 {
-                        let room = SEND_CHUNK.saturating_sub(bounce.len()).max(1);
-                        let k = (n.min(room as u64) as usize).min(ZEROS.len());
-                        bounce.extend_from_slice(&ZEROS[..k]);
-                        n -= k as u64;
-                        stage(bounce, &mut wire, false)?;
-                    }
-                }
-                Piece::File { file, offset, len } => {
-                    let mut done = 0u64;
-                    while done < len {
-                        let room = SEND_CHUNK.saturating_sub(bounce.len()).max(1);
-                        let k = ((len - done).min(room as u64)) as usize;
-                        let at = bounce.len();
-                        bounce.resize(at + k, 0);
-                        if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(
-                            file,
-                            &mut bounce[at..],
-                            offset + done,
-                        ) {
+            let len = match *p {
+                Piece::Mem(b) => b.len() as u64,
+                Piece::Zeros(n) => n,
+                Piece::File { len, .. } => len,
+            };
+            let mut done = 0u64;
+            while done < len {
+                let k = ((len - done).min((SEND_CHUNK - fill) as u64)) as usize;
+                let dst = &mut buf[fill..fill + k];
+                match *p {
+                    Piece::Mem(b) => dst.copy_from_slice(&b[done as usize..done as usize + k]),
+                    Piece::Zeros(_) => dst.fill(0),
+                    Piece::File { file, offset, .. } => {
+                        if let Err(e) =
+                            std::os::unix::fs::FileExt::read_exact_at(file, dst, offset + done)
+                        {
                             // Zeros keep the stream in step; the caller
                             // reports the error (as `send_pieces`).
                             if out.short_at.is_none() {
                                 log::warn!("reading a file piece for a reply: {e}");
                             }
                             out.short_at.get_or_insert(pos + done);
-                            bounce[at..].fill(0);
+                            dst.fill(0);
                         }
-                        done += k as u64;
-                        stage(bounce, &mut wire, false)?;
                     }
                 }
+                fill += k;
+                done += k as u64;
+                stage(buf, &mut fill, &mut wire, false)?;
             }
-            pos += match *p {
-                Piece::Mem(b) => b.len() as u64,
-                Piece::Zeros(n) => n,
-                Piece::File { len, .. } => len,
-            };
+            pos += len;
         }
-        stage(bounce, &mut wire, true)?;
+        stage(buf, &mut fill, &mut wire, true)?;
         Ok(out)
+    }
+
+    /// The protocol version and cipher suite, for logs.
+    pub(crate) fn describe(&self) -> String {
+        let c = lock(&self.conn);
+        let v = c
+            .protocol_version()
+            .map_or_else(|| "TLS".into(), |v| format!("{v:?}"));
+        match c.negotiated_cipher_suite() {
+            Some(cs) => format!("{v}, {:?}", cs.suite()),
+            None => v,
+        }
     }
 
     /// The verified client certificate's subject, if the client sent one.
