@@ -183,8 +183,14 @@ impl TlsSetup {
             builder.with_no_client_auth()
         };
         builder.with_single_cert(certs, key).map_err(|e| {
+            let why = match e {
+                rustls::Error::InconsistentKeys(_) => {
+                    "the private key does not belong to the certificate".to_string()
+                }
+                e => e.to_string(),
+            };
             TlsError::Config(format!(
-                "{} with {}: {e}",
+                "{} with {}: {why}",
                 files.cert.display(),
                 files.key.display()
             ))

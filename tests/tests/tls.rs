@@ -634,3 +634,71 @@ fn tls_psk_is_refused_with_the_reason() {
         out.describe()
     );
 }
+
+#[test]
+fn bad_tls_settings_are_refused_at_start() {
+    require_tool!("openssl");
+    let dir = tempdir();
+    let pki = pki(dir.path(), "a");
+    let p = |n: &str| s(&pki.join(n)).to_string();
+    let only_server = dir.path().join("only-server");
+    fs::create_dir_all(&only_server).expect("mkdir");
+    for n in ["server-cert.pem", "server-key.pem"] {
+        fs::copy(pki.join(n), only_server.join(n)).expect("copy");
+    }
+    let on = |rest: &[String]| {
+        let mut v = vec!["--tls".to_string(), "on".into()];
+        v.extend_from_slice(rest);
+        v
+    };
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--tls".into(), "require".into()],
+            "--tls require: give the server's certificate".into(),
+        ),
+        (
+            vec!["--tls-certificates".into(), p("")],
+            "TLS options given with --tls off".into(),
+        ),
+        (
+            on(&[
+                "--tls-cert".into(),
+                p("server-cert.pem"),
+                "--tls-key".into(),
+                p("client-key.pem"),
+            ]),
+            "the private key does not belong to the certificate".into(),
+        ),
+        (
+            on(&[
+                "--tls-certificates".into(),
+                s(&only_server).into(),
+                "--tls-verify-peer".into(),
+            ]),
+            "--tls-verify-peer needs the CA that signs client certificates".into(),
+        ),
+        (
+            on(&[
+                "--tls-cert".into(),
+                p("nonexistent.pem"),
+                "--tls-key".into(),
+                p("server-key.pem"),
+            ]),
+            format!("{}: No such file", p("nonexistent.pem")),
+        ),
+    ];
+    for (args, want) in cases {
+        let out = run(
+            disksynth_tests::disksynth()
+                .args(["pattern", "1M", "-p", "0"])
+                .args(&args),
+            CMD_TIMEOUT,
+        );
+        assert!(!out.status.success(), "{args:?}: {}", out.describe());
+        assert!(
+            out.stderr_str().contains(&want),
+            "{args:?}: wanted {want:?}\n{}",
+            out.describe()
+        );
+    }
+}
