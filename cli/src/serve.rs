@@ -181,6 +181,58 @@ fn qemu_drive(uri: &str, socket: Option<&Path>, name: &str) -> String {
     }
 }
 
+/// qemu's options for a server that requires TLS: qemu takes no `nbds://`
+/// URI, only its own option syntax with a `tls-creds-x509` object, whose
+/// directory holds ca-cert.pem (and client-cert.pem, client-key.pem for
+/// --tls-verify-peer). The server's own --tls-certificates directory is
+/// printed when given (it works on this host); else a placeholder. Over a
+/// Unix socket qemu must be told the name to check the certificate
+/// against: the certificate's CN (`cn`).
+fn qemu_tls_drive(
+    listener: &Listener,
+    name: &str,
+    dir: Option<&Path>,
+    cn: Option<&str>,
+) -> Option<String> {
+    let comma = |s: &str| s.replace(',', ",,");
+    let server = match listener {
+        Listener::Tcp(l) => {
+            let a = l.local_addr().ok()?;
+            let host = if a.ip().is_unspecified() {
+                "HOST".to_string()
+            } else {
+                a.ip().to_string()
+            };
+            format!(
+                "file.server.type=inet,file.server.host={host},file.server.port={}",
+                a.port()
+            )
+        }
+        Listener::Unix(l) => {
+            let a = l.local_addr().ok()?;
+            let p = a.as_pathname()?;
+            format!(
+                "file.server.type=unix,file.server.path={},file.tls-hostname={}",
+                comma(&p.display().to_string()),
+                comma(cn.unwrap_or("NAME-IN-THE-CERTIFICATE"))
+            )
+        }
+    };
+    let export = if name.is_empty() {
+        String::new()
+    } else {
+        format!(",file.export={}", comma(name))
+    };
+    let dir = dir.map_or_else(
+        || "DIR-WITH-ca-cert.pem".to_string(),
+        |d| comma(&d.display().to_string()),
+    );
+    Some(format!(
+        "-object tls-creds-x509,id=tls0,dir={dir},endpoint=client \
+         -drive driver=raw,file.driver=nbd,{server}{export},file.tls-creds=tls0,if=virtio"
+    ))
+}
+
 /// Bind a Unix socket at `path`, replacing a stale socket left by a dead
 /// server but never a live one or a non-socket file.
 fn bind_unix(path: &Path) -> Result<UnixListener> {
@@ -411,6 +463,8 @@ pub fn serve_catalog(
         PidFile::check(p)?;
     }
     let tls_mode = opts.tls_mode;
+    let tls_dir = a.tls_certificates.clone();
+    let tls_name = opts.tls.as_ref().and_then(|t| t.server_common_name());
     if let Some(setup) = opts.tls.clone() {
         reload_on_sighup(setup)?;
     }
@@ -475,11 +529,15 @@ pub fn serve_catalog(
         if let Some(uri) = &uri {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{uri}");
-            let _ = writeln!(
-                out,
-                "qemu-system-x86_64 -drive {}",
-                qemu_drive(uri, socket.as_deref(), &name)
-            );
+            let drive = match tls_mode {
+                TlsMode::Require => {
+                    qemu_tls_drive(&listener, &name, tls_dir.as_deref(), tls_name.as_deref())
+                }
+                _ => None,
+            };
+            let drive = drive
+                .unwrap_or_else(|| format!("-drive {}", qemu_drive(uri, socket.as_deref(), &name)));
+            let _ = writeln!(out, "qemu-system-x86_64 {drive}");
             let _ = out.flush();
             info!("serving {uri}");
         }

@@ -155,6 +155,18 @@ impl TlsSetup {
         Ok(())
     }
 
+    /// The common name (CN) in the server certificate's subject, read from
+    /// its file now: what a client over a Unix socket, which has no host
+    /// name, must be told to expect (qemu's `tls-hostname`).
+    pub fn server_common_name(&self) -> Option<String> {
+        let certs = read_certs(&self.files.cert).ok()?;
+        let subject = subject_of(certs.first()?.as_ref())?;
+        subject
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("CN="))
+            .map(str::to_owned)
+    }
+
     /// The files in use, for logs.
     pub fn files(&self) -> &TlsFiles {
         &self.files
