@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use synth::size::Size;
 
@@ -789,4 +789,42 @@ pub struct ExportArgs {
     /// running process is refused (another server); a stale one is replaced.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+    /// NBD over TLS (NBD_OPT_STARTTLS), as nbdkit's --tls: off refuses it, on serves plain
+    /// and TLS clients, require refuses every option until TLS is up.
+    #[arg(long, value_name = "MODE", default_value = "off", help_heading = "TLS")]
+    pub tls: TlsArg,
+    /// Directory with server-cert.pem, server-key.pem and ca-cert.pem (nbdkit's and
+    /// qemu's layout). Re-read on SIGHUP, as the other TLS files.
+    #[arg(long, value_name = "DIR", help_heading = "TLS")]
+    pub tls_certificates: Option<PathBuf>,
+    /// The server's certificate (PEM chain), instead of DIR/server-cert.pem.
+    #[arg(long, value_name = "FILE", requires = "tls_key", help_heading = "TLS")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM), instead of DIR/server-key.pem.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", help_heading = "TLS")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates for --tls-verify-peer, instead of DIR/ca-cert.pem.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub tls_ca: Option<PathBuf>,
+    /// Require a client certificate signed by the CA; its subject is logged.
+    #[arg(long, help_heading = "TLS")]
+    pub tls_verify_peer: bool,
+    /// Serve only clients whose certificate subject (as logged, `CN=name,O=org`) matches
+    /// PATTERN (`*` and `?` wildcards); implies --tls-verify-peer.
+    #[arg(long, value_name = "PATTERN", help_heading = "TLS")]
+    pub tls_allow_subject: Option<String>,
+    /// Pre-shared keys (psktool format): not supported (see `--tls-psk` in the README).
+    #[arg(long, value_name = "FILE", help_heading = "TLS", hide = true)]
+    pub tls_psk: Option<PathBuf>,
+}
+
+/// `--tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsArg {
+    /// STARTTLS refused.
+    Off,
+    /// Plain and TLS clients.
+    On,
+    /// TLS clients only.
+    Require,
 }

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use nbd_export::{write_raw_until, FdLimit, RawOutput, ServerOptions};
+use nbd_export::{write_raw_until, FdLimit, RawOutput, ServerOptions, TlsFiles, TlsMode, TlsSetup};
 use synth::{BlockDev, Export};
 
-use crate::args::{Cli, ExportArgs, Source};
+use crate::args::{Cli, ExportArgs, Source, TlsArg};
 use crate::interrupt::{target_of, Interrupt};
 use crate::serve::{serve, systemd_listener, tcp_endpoint, Endpoint};
 use synth::size::Size;
@@ -258,8 +258,66 @@ fn server_options(a: &ExportArgs, fds: FdLimit) -> Result<ServerOptions> {
         max_connections: max_connections(a, fds)?,
         sendfile: !a.no_sendfile,
         exit_last: a.exit_last,
+        tls_mode: match a.tls {
+            TlsArg::Off => TlsMode::Off,
+            TlsArg::On => TlsMode::On,
+            TlsArg::Require => TlsMode::Require,
+        },
+        tls: tls_setup(a)?,
         ..ServerOptions::default()
     })
+}
+
+/// The TLS credentials the command line names, read and checked now (a
+/// bad file is an error at start, not at the first client).
+fn tls_setup(a: &ExportArgs) -> Result<Option<Arc<TlsSetup>>> {
+    if let Some(f) = &a.tls_psk {
+        // Pre-shared keys would need OpenSSL or GnuTLS next to rustls:
+        // rustls implements no TLS-PSK cipher suites (RFC 4279), and its
+        // TLS 1.3 PSKs are for resumption only, not for keys given out of
+        // band as psktool's files are. X.509 client certificates
+        // (--tls-verify-peer) give the same mutual authentication.
+        bail!(
+            "--tls-psk {}: pre-shared keys are not supported (rustls, the TLS library used, \
+             has no TLS-PSK); use X.509 client certificates instead: --tls-verify-peer",
+            f.display()
+        );
+    }
+    let verify = a.tls_verify_peer || a.tls_allow_subject.is_some();
+    let named = a.tls_certificates.is_some() || a.tls_cert.is_some();
+    if a.tls == TlsArg::Off {
+        if named || verify {
+            bail!("TLS options given with --tls off: add --tls on or --tls require");
+        }
+        return Ok(None);
+    }
+    let mut files = match (&a.tls_certificates, &a.tls_cert, &a.tls_key) {
+        (_, Some(cert), Some(key)) => TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: a
+                .tls_certificates
+                .as_deref()
+                .and_then(|d| TlsFiles::from_dir(d).ca),
+        },
+        (Some(dir), _, _) => {
+            if !dir.is_dir() {
+                bail!("--tls-certificates {}: not a directory", dir.display());
+            }
+            TlsFiles::from_dir(dir)
+        }
+        _ => bail!(
+            "--tls {}: give the server's certificate: --tls-certificates DIR (server-cert.pem, \
+             server-key.pem, ca-cert.pem), or --tls-cert FILE --tls-key FILE",
+            if a.tls == TlsArg::On { "on" } else { "require" }
+        ),
+    };
+    if let Some(ca) = &a.tls_ca {
+        files.ca = Some(ca.clone());
+    }
+    let setup = TlsSetup::load(files, verify, a.tls_allow_subject.clone())
+        .context("loading the TLS credentials")?;
+    Ok(Some(Arc::new(setup)))
 }
 
 /// `--filter help`: every filter, its arguments and what it does.
@@ -346,6 +404,18 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::new()
         .filter_level(level)
+        // rustls warns of what clients do that the server copes with (libnbd
+        // and qemu send an IP address as SNI, which RFC 6066 §3 forbids): a
+        // line per connection that helps no one; the server logs the
+        // failures that matter itself. Shown from -vv.
+        .filter_module(
+            "rustls",
+            if level >= log::LevelFilter::Debug {
+                level
+            } else {
+                log::LevelFilter::Error
+            },
+        )
         .format_timestamp(None)
         .format_target(false)
         .init();

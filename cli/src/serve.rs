@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use log::info;
-use nbd_export::{Catalog, CatalogEntry, FdLimit, Listener, Server, ServerOptions};
+use nbd_export::{
+    Catalog, CatalogEntry, FdLimit, Listener, Server, ServerOptions, TlsMode, TlsSetup,
+};
 use synth::Export;
 
 use crate::args::ExportArgs;
@@ -177,6 +179,58 @@ fn qemu_drive(uri: &str, socket: Option<&Path>, name: &str) -> String {
         }
         _ => format!("file={},format=raw,if=virtio", comma(uri)),
     }
+}
+
+/// qemu's options for a server that requires TLS: qemu takes no `nbds://`
+/// URI, only its own option syntax with a `tls-creds-x509` object, whose
+/// directory holds ca-cert.pem (and client-cert.pem, client-key.pem for
+/// --tls-verify-peer). The server's own --tls-certificates directory is
+/// printed when given (it works on this host); else a placeholder. Over a
+/// Unix socket qemu must be told the name to check the certificate
+/// against: the certificate's CN (`cn`).
+fn qemu_tls_drive(
+    listener: &Listener,
+    name: &str,
+    dir: Option<&Path>,
+    cn: Option<&str>,
+) -> Option<String> {
+    let comma = |s: &str| s.replace(',', ",,");
+    let server = match listener {
+        Listener::Tcp(l) => {
+            let a = l.local_addr().ok()?;
+            let host = if a.ip().is_unspecified() {
+                "HOST".to_string()
+            } else {
+                a.ip().to_string()
+            };
+            format!(
+                "file.server.type=inet,file.server.host={host},file.server.port={}",
+                a.port()
+            )
+        }
+        Listener::Unix(l) => {
+            let a = l.local_addr().ok()?;
+            let p = a.as_pathname()?;
+            format!(
+                "file.server.type=unix,file.server.path={},file.tls-hostname={}",
+                comma(&p.display().to_string()),
+                comma(cn.unwrap_or("NAME-IN-THE-CERTIFICATE"))
+            )
+        }
+    };
+    let export = if name.is_empty() {
+        String::new()
+    } else {
+        format!(",file.export={}", comma(name))
+    };
+    let dir = dir.map_or_else(
+        || "DIR-WITH-ca-cert.pem".to_string(),
+        |d| comma(&d.display().to_string()),
+    );
+    Some(format!(
+        "-object tls-creds-x509,id=tls0,dir={dir},endpoint=client \
+         -drive driver=raw,file.driver=nbd,{server}{export},file.tls-creds=tls0,if=virtio"
+    ))
 }
 
 /// Bind a Unix socket at `path`, replacing a stale socket left by a dead
@@ -408,6 +462,12 @@ pub fn serve_catalog(
         // Before listening: a second server is refused before it binds.
         PidFile::check(p)?;
     }
+    let tls_mode = opts.tls_mode;
+    let tls_dir = a.tls_certificates.clone();
+    let tls_name = opts.tls.as_ref().and_then(|t| t.server_common_name());
+    if let Some(setup) = opts.tls.clone() {
+        reload_on_sighup(setup)?;
+    }
     let server = Server::with_catalog(catalog, opts).context("starting the server")?;
     let stop = server.shutdown_handle();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -434,6 +494,15 @@ pub fn serve_catalog(
         port,
         cleanup,
     } = bind(endpoint, &name, listener)?;
+    warn_if_exposed(&listener, tls_mode);
+    // nbdkit's habit: a server that requires TLS prints the TLS scheme.
+    let uri = uri.map(|u| match tls_mode {
+        TlsMode::Require => {
+            u.replacen("nbd://", "nbds://", 1)
+                .replacen("nbd+unix://", "nbds+unix://", 1)
+        }
+        _ => u,
+    });
     // Listening: clients may connect from here on, so say so now.
     let _pid_file = a.pid_file.as_deref().map(PidFile::write).transpose()?;
     if let Some(s) = &notify_socket {
@@ -449,17 +518,26 @@ pub fn serve_catalog(
             name: &name,
             socket: socket.as_deref(),
             port,
+            tls: match tls_mode {
+                TlsMode::Off => "0",
+                TlsMode::On => "1",
+                TlsMode::Require => "2",
+            },
         };
         run_captive(&server, listener, cmd, &env, fds.raised_from)?
     } else {
         if let Some(uri) = &uri {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{uri}");
-            let _ = writeln!(
-                out,
-                "qemu-system-x86_64 -drive {}",
-                qemu_drive(uri, socket.as_deref(), &name)
-            );
+            let drive = match tls_mode {
+                TlsMode::Require => {
+                    qemu_tls_drive(&listener, &name, tls_dir.as_deref(), tls_name.as_deref())
+                }
+                _ => None,
+            };
+            let drive = drive
+                .unwrap_or_else(|| format!("-drive {}", qemu_drive(uri, socket.as_deref(), &name)));
+            let _ = writeln!(out, "qemu-system-x86_64 {drive}");
             let _ = out.flush();
             info!("serving {uri}");
         }
@@ -479,6 +557,55 @@ struct RunEnv<'a> {
     name: &'a str,
     socket: Option<&'a Path>,
     port: Option<u16>,
+    /// nbdkit's `$tls`: 0 off, 1 on, 2 require.
+    tls: &'static str,
+}
+
+/// SIGHUP re-reads the TLS certificate, key and CA files (a renewed
+/// certificate): new connections use them, connected clients keep their
+/// sessions. A file that no longer parses keeps the old credentials.
+fn reload_on_sighup(setup: Arc<TlsSetup>) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match setup.reload() {
+                    Ok(()) => info!(
+                        "SIGHUP: TLS credentials reloaded from {}",
+                        setup.files().cert.display()
+                    ),
+                    Err(e) => log::warn!("SIGHUP: keeping the TLS credentials in use: {e}"),
+                }
+            }
+        })
+        .context("starting the SIGHUP thread")?;
+    Ok(())
+}
+
+/// Say so at start when clients on other hosts can connect in the clear.
+fn warn_if_exposed(listener: &Listener, mode: TlsMode) {
+    let Listener::Tcp(l) = listener else {
+        return;
+    };
+    let Ok(addr) = l.local_addr() else {
+        return;
+    };
+    if addr.ip().is_loopback() {
+        return;
+    }
+    match mode {
+        TlsMode::Off => log::warn!(
+            "listening on {addr} without TLS: anyone who can reach it reads (and may write) \
+             the disk in the clear; use --tls require with --tls-certificates"
+        ),
+        TlsMode::On => log::warn!(
+            "listening on {addr} with --tls on: clients may still connect without TLS; \
+             --tls require refuses them"
+        ),
+        TlsMode::Require => {}
+    }
 }
 
 /// Captive mode: run `cmd` against the served socket; stop when it ends.
@@ -527,8 +654,7 @@ fn run_captive(
                 .unwrap_or_default(),
         )
         .env("port", env.port.map(|p| p.to_string()).unwrap_or_default())
-        // No TLS yet: "0" as nbdkit says when it is off.
-        .env("tls", "0")
+        .env("tls", env.tls)
         .spawn()
         .with_context(|| format!("cannot run {cmd:?} with /bin/sh"))?;
     let pid = child.id();

@@ -13,6 +13,7 @@ use crate::catalog::CatalogEntry;
 use crate::proto::*;
 use crate::server::ServerConfig;
 use crate::stream::Stream;
+use crate::tls::{TlsMode, TlsSession, TlsSetup};
 use crate::transmission::max_request;
 
 /// Option payloads longer than this are refused (`ERR_TOO_BIG`) and,
@@ -32,6 +33,9 @@ pub struct Negotiated {
     pub dev: Arc<dyn BlockDev>,
     /// Transmission flags sent to the client.
     pub flags: u16,
+    /// The TLS session, when the client sent `NBD_OPT_STARTTLS`: every
+    /// byte from now on goes through it.
+    pub(crate) tls: Option<Arc<TlsSession>>,
 }
 
 /// Transmission flags for an export with `caps`.
@@ -63,6 +67,9 @@ struct Timed<'a> {
     s: &'a Stream,
     deadline: Instant,
     limit: Duration,
+    /// After `NBD_OPT_STARTTLS`: reads and writes go through it (no
+    /// downgrade: it is never taken away).
+    tls: Option<Arc<TlsSession>>,
 }
 
 impl Timed<'_> {
@@ -98,10 +105,39 @@ impl Timed<'_> {
     }
 }
 
+impl Timed<'_> {
+    /// The TLS handshake after `NBD_OPT_STARTTLS` was acknowledged, under
+    /// the same deadline as the rest (a client that stalls it is cut off
+    /// like one that stalls an option).
+    fn start_tls(&self, setup: &TlsSetup) -> io::Result<rustls::ServerConnection> {
+        let mut c = setup.session()?;
+        let mut plain = Timed {
+            s: self.s,
+            deadline: self.deadline,
+            limit: self.limit,
+            tls: None,
+        };
+        while c.is_handshaking() {
+            c.complete_io(&mut plain).map_err(|e| {
+                let kind = e.kind();
+                io::Error::new(kind, format!("TLS handshake: {e}"))
+            })?;
+        }
+        Ok(c)
+    }
+}
+
 impl Read for Timed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm(true)?;
-        let r = { self.s }.read(buf);
+        let r = match self.tls.clone() {
+            // Several socket reads may make one record: each is bounded
+            // by what is left of the deadline.
+            Some(t) => t.read(self.s, buf, &mut || self.arm(true)),
+            None => {
+                self.arm(true)?;
+                { self.s }.read(buf)
+            }
+        };
         self.check(r)
     }
 }
@@ -109,7 +145,10 @@ impl Read for Timed<'_> {
 impl Write for Timed<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.arm(false)?;
-        let r = { self.s }.write(buf);
+        let r = match &self.tls {
+            Some(t) => t.write_all(self.s, buf).map(|()| buf.len()),
+            None => { self.s }.write(buf),
+        };
         self.check(r)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -127,6 +166,11 @@ struct Handshake<'a> {
     /// `export` is filled in with the name asked for when it opens.
     client: Client,
     peer: String,
+    /// Why every option is refused after TLS came up: the client's
+    /// certificate subject is not allowed (`--tls-allow-subject`).
+    denied: Option<String>,
+    /// TLS came up and no option has come through it yet.
+    tls_fresh: bool,
 }
 
 fn read_u32(s: &mut impl Read) -> io::Result<u32> {
@@ -380,6 +424,95 @@ impl<'a> Handshake<'a> {
         self.reply(opt, REP_ACK, &[])
     }
 
+    /// `NBD_OPT_STARTTLS` (proto.md "TLS support"): acknowledged, then the
+    /// TLS handshake, then the haggling starts over inside TLS.
+    fn starttls(&mut self, data: &[u8]) -> io::Result<()> {
+        let opt = OPT_STARTTLS;
+        let setup = match (&self.cfg.tls, self.cfg.tls_mode) {
+            (Some(t), TlsMode::On | TlsMode::Require) => t.clone(),
+            _ => {
+                info!("{}: NBD_OPT_STARTTLS refused (--tls off)", self.peer);
+                return self.error(
+                    opt,
+                    REP_ERR_POLICY,
+                    "TLS is not enabled on this server (--tls off)",
+                );
+            }
+        };
+        if !data.is_empty() {
+            return self.error(opt, REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no payload");
+        }
+        if self.s.tls.is_some() {
+            return self.error(
+                opt,
+                REP_ERR_INVALID,
+                "TLS is already negotiated on this connection",
+            );
+        }
+        self.reply(opt, REP_ACK, &[])?;
+        let conn = self.s.start_tls(&setup)?;
+        let session = Arc::new(TlsSession::new(conn));
+        let subject = session.peer_subject();
+        info!(
+            "{}: TLS established ({}){}",
+            self.peer,
+            session.describe(),
+            subject
+                .as_deref()
+                .map_or(String::new(), |s| format!(", client certificate {s:?}"))
+        );
+        if let Err(why) = setup.admit_subject(subject.as_deref()) {
+            warn!("{}: refused: {why}", self.peer);
+            self.denied = Some(why);
+        }
+        self.s.tls = Some(session);
+        self.tls_fresh = true;
+        // What was agreed in the clear could have been injected by a man
+        // in the middle: it is forgotten, and clients negotiate reply
+        // styles and meta contexts after STARTTLS (libnbd and qemu do).
+        self.style = ReplyStyle::Simple;
+        self.base_allocation = false;
+        Ok(())
+    }
+
+    /// Why `opt` is refused before it is looked at: TLS is required and
+    /// not up yet (`NBD_REP_ERR_TLS_REQD`), or the client's certificate
+    /// is not allowed (`NBD_REP_ERR_POLICY`). `NBD_OPT_EXPORT_NAME`
+    /// cannot be refused politely: `Err`, the connection closes.
+    fn gate(&mut self, opt: u32) -> io::Result<bool> {
+        if opt == OPT_ABORT {
+            return Ok(false);
+        }
+        let (kind, why) = if let Some(why) = &self.denied {
+            (REP_ERR_POLICY, format!("refused: {why}"))
+        } else if self.s.tls.is_none()
+            && self.cfg.tls_mode == TlsMode::Require
+            && opt != OPT_STARTTLS
+        {
+            (
+                REP_ERR_TLS_REQD,
+                "this server requires TLS (--tls require): negotiate NBD_OPT_STARTTLS first \
+                 (an nbds:// URI, or qemu's tls-creds)"
+                    .to_string(),
+            )
+        } else {
+            return Ok(false);
+        };
+        if opt == OPT_EXPORT_NAME {
+            return Err(invalid(format!(
+                "NBD_OPT_EXPORT_NAME refused, hanging up: {why}"
+            )));
+        }
+        if kind == REP_ERR_TLS_REQD {
+            info!(
+                "{}: option {opt} before TLS refused (--tls require)",
+                self.peer
+            );
+        }
+        self.error(opt, kind, &why)?;
+        Ok(true)
+    }
+
     /// Haggle until transmission (`Some`) or until the client leaves (`None`).
     fn run(&mut self) -> io::Result<Option<Negotiated>> {
         self.s.write_all(&greeting())?;
@@ -390,7 +523,31 @@ impl<'a> Handshake<'a> {
         self.no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
 
         loop {
-            let magic = read_u64(&mut self.s)?;
+            let magic = match read_u64(&mut self.s) {
+                Ok(m) => m,
+                // Under TLS 1.3 the server's side of the handshake ends
+                // before the client has checked the server's certificate:
+                // a client that does not trust it just leaves (GnuTLS
+                // often without an alert). Say what that most likely means.
+                Err(e)
+                    if self.tls_fresh
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                        ) =>
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!(
+                            "the client left right after the TLS handshake ({e}): does it \
+                             trust this server's certificate (expired, signed by another CA, \
+                             for another name)?"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+            self.tls_fresh = false;
             if magic != IHAVEOPT {
                 return Err(invalid(format!("bad option magic {magic:#x}")));
             }
@@ -406,6 +563,9 @@ impl<'a> Handshake<'a> {
             }
             let mut data = vec![0u8; len as usize];
             self.s.read_exact(&mut data)?;
+            if self.gate(opt)? {
+                continue;
+            }
             match opt {
                 OPT_EXPORT_NAME => {
                     let name = String::from_utf8_lossy(&data);
@@ -458,11 +618,7 @@ impl<'a> Handshake<'a> {
                     }
                     self.reply(opt, REP_ACK, &[])?;
                 }
-                OPT_STARTTLS => self.error(
-                    opt,
-                    REP_ERR_POLICY,
-                    "TLS is not supported by this server yet",
-                )?,
+                OPT_STARTTLS => self.starttls(&data)?,
                 OPT_INFO | OPT_GO => {
                     if let Some((dev, flags)) = self.info_or_go(opt, &data)? {
                         return Ok(Some(self.done(dev, flags, &self.client.export.clone())));
@@ -513,6 +669,7 @@ impl<'a> Handshake<'a> {
             base_allocation: self.base_allocation,
             dev,
             flags,
+            tls: self.s.tls.clone(),
         }
     }
 }
@@ -545,6 +702,7 @@ pub fn negotiate(
             s,
             deadline: Instant::now() + limit,
             limit,
+            tls: None,
         },
         cfg,
         no_zeroes: false,
@@ -552,6 +710,8 @@ pub fn negotiate(
         base_allocation: false,
         client,
         peer,
+        denied: None,
+        tls_fresh: false,
     }
     .run();
     if let Ok(Some(_)) = result {

@@ -31,6 +31,7 @@ mod refuse;
 mod send;
 mod server;
 mod stream;
+mod tls;
 mod transmission;
 mod uri;
 
@@ -46,4 +47,5 @@ pub use raw::{
 };
 pub use server::{Server, ServerConfig, ServerOptions, ShutdownHandle};
 pub use stream::{Listener, Stream};
+pub use tls::{TlsError, TlsFiles, TlsMode, TlsSetup};
 pub use uri::{is_nbd_uri, Endpoint, NbdUri, DEFAULT_PORT};

@@ -25,6 +25,7 @@ use crate::handshake::negotiate;
 use crate::limits::default_max_connections;
 use crate::refuse::Refusals;
 use crate::stream::{Listener, Stream};
+use crate::tls::{TlsMode, TlsSetup};
 use crate::transmission::{ConnLimits, Connection};
 
 /// Stack of a connection's own thread. It runs the handshake and then
@@ -66,6 +67,10 @@ pub struct ServerOptions {
     /// Stop once the last client leaves, after at least one came (nbdkit's
     /// `exitlast` filter, `--exit-last`): a server started for one job.
     pub exit_last: bool,
+    /// Whether `NBD_OPT_STARTTLS` is answered, and required.
+    pub tls_mode: TlsMode,
+    /// The credentials, needed unless `tls_mode` is `Off`.
+    pub tls: Option<Arc<TlsSetup>>,
 }
 
 impl Default for ServerOptions {
@@ -82,6 +87,8 @@ impl Default for ServerOptions {
             sendfile: true,
             drain_timeout: Duration::from_secs(30),
             exit_last: false,
+            tls_mode: TlsMode::Off,
+            tls: None,
         }
     }
 }
@@ -95,6 +102,10 @@ pub struct ServerConfig {
     pub readonly: bool,
     /// Per-connection payload budget: caps the maximum block size advertised.
     pub budget: u64,
+    /// Whether `NBD_OPT_STARTTLS` is answered, and required.
+    pub tls_mode: TlsMode,
+    /// The credentials (always there unless `tls_mode` is `Off`).
+    pub tls: Option<Arc<TlsSetup>>,
 }
 
 /// Wakes a running server's accept loop and makes it stop.
@@ -186,6 +197,12 @@ impl Server {
 
     /// A server for several named exports (`opts.export_name` is unused).
     pub fn with_catalog(catalog: Catalog, opts: ServerOptions) -> io::Result<Arc<Server>> {
+        if opts.tls_mode != TlsMode::Off && opts.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS needs a certificate and its key (--tls-certificates DIR, or --tls-cert and --tls-key)",
+            ));
+        }
         let (rx, tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
@@ -193,6 +210,8 @@ impl Server {
             catalog,
             readonly: opts.readonly,
             budget: opts.conn_budget,
+            tls_mode: opts.tls_mode,
+            tls: opts.tls.clone(),
         };
         Ok(Arc::new(Server {
             cfg,

@@ -11,6 +11,8 @@ import time
 import nbd
 
 h = nbd.NBD()
+# nbds:// URIs name their certificates directory (tls-certificates=).
+h.set_uri_allow_local_file(True)
 h.connect_uri(sys.argv[1])
 size = h.get_size()
 chunk = min(1 << 20, size)

@@ -32,6 +32,7 @@ mod run_mode;
 mod s3;
 mod signals;
 mod socket_activation;
+mod tls;
 mod tmpdisk;
 mod trust;
 mod xz;

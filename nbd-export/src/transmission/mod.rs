@@ -25,7 +25,8 @@ use synth::{BlockDev, BlockSize, Caps, ExtentList, ReadChunk};
 
 use crate::handshake::Negotiated;
 use crate::proto::*;
-use crate::stream::Stream;
+use crate::stream::{wait_readable, Stream};
+use crate::tls::TlsSession;
 
 use self::budget::Budget;
 use self::reply::SendBufs;
@@ -112,6 +113,9 @@ pub struct Connection {
     /// The socket: one descriptor, read by the leading worker, written
     /// under `writer`, shut down by [`Connection::kill`].
     stream: Arc<Stream>,
+    /// The TLS session, if the client started one: every read and write
+    /// goes through it (and no `sendfile`).
+    tls: Option<Arc<TlsSession>>,
     reader: Mutex<ReaderState>,
     /// Held while a reply is written, so replies never interleave.
     writer: Mutex<()>,
@@ -155,12 +159,19 @@ impl Connection {
             reader: Mutex::new(ReaderState {
                 // Sized when the first worker starts (see `workers`): an
                 // idle connection holds no read-ahead buffer.
-                r: BufReader::with_capacity(0, SharedStream(stream.clone())),
+                r: BufReader::with_capacity(
+                    0,
+                    SharedStream {
+                        s: stream.clone(),
+                        tls: neg.tls.clone(),
+                    },
+                ),
                 done: false,
                 broken: None,
                 idle: false,
             }),
             stream,
+            tls: neg.tls,
             writer: Mutex::new(()),
             waiting: AtomicUsize::new(0),
             pool: Pool::new(),
@@ -170,6 +181,23 @@ impl Connection {
             limits,
             peer,
         })
+    }
+
+    /// The connection's socket as a reader.
+    fn shared(&self) -> SharedStream {
+        SharedStream {
+            s: self.stream.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// Whether a request can be read within `timeout` (`None`: no limit):
+    /// under TLS, bytes already decrypted or read count too.
+    fn readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        if self.tls.as_ref().is_some_and(|t| t.buffered()) {
+            return Ok(true);
+        }
+        wait_readable(&*self.stream, timeout)
     }
 
     /// Cut the connection: both directions, so every worker unblocks (a

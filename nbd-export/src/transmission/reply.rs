@@ -96,7 +96,10 @@ impl Connection {
         if self.dead.load(Ordering::SeqCst) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        send_pieces(&self.stream, pieces, self.limits.sendfile, &mut io.bounce)
+        match &self.tls {
+            Some(t) => t.send(&self.stream, pieces, &mut io.bounce),
+            None => send_pieces(&self.stream, pieces, self.limits.sendfile, &mut io.bounce),
+        }
     }
 
     /// Send the batched replies, if any.
@@ -107,6 +110,8 @@ impl Connection {
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let r = if self.dead.load(Ordering::SeqCst) {
             Err(io::ErrorKind::BrokenPipe.into())
+        } else if let Some(t) = &self.tls {
+            t.send(&self.stream, &[Piece::Mem(&io.batch)], &mut io.bounce)
         } else {
             send_pieces(
                 &self.stream,

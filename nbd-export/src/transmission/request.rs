@@ -130,11 +130,18 @@ pub(super) struct ReaderState {
 
 /// A connection's socket as a reader: the one descriptor is shared by the
 /// reading and the replying threads.
-pub(super) struct SharedStream(pub std::sync::Arc<Stream>);
+pub(super) struct SharedStream {
+    pub s: std::sync::Arc<Stream>,
+    /// Under TLS, reads decrypt through the session.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsSession>>,
+}
 
 impl Read for SharedStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        match &self.tls {
+            Some(t) => t.read(&self.s, buf, &mut || Ok(())),
+            None => (&*self.s).read(buf),
+        }
     }
 }
 

@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use log::{debug, warn};
 
-use crate::stream::wait_readable;
-
-use super::request::{pause, Command, Next, ReaderState, Request, SharedStream};
+use super::request::{pause, Command, Next, ReaderState, Request};
 use super::{Connection, Scratch, READ_BUFFER};
 
 /// Requests up to this size may be served inline by the reading thread...
@@ -130,7 +128,7 @@ impl Connection {
         if buffered {
             return true;
         }
-        match wait_readable(&*self.stream, None) {
+        match self.readable(None) {
             // Readable, at end of file or in error: a worker's read tells which.
             Ok(_) => true,
             Err(e) => {
@@ -146,7 +144,7 @@ impl Connection {
     fn size_read_buffer(&self, cap: usize) {
         let mut st = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         if st.r.capacity() != cap && st.r.buffer().is_empty() {
-            st.r = BufReader::with_capacity(cap, SharedStream(self.stream.clone()));
+            st.r = BufReader::with_capacity(cap, self.shared());
         }
     }
 
@@ -255,7 +253,7 @@ impl Connection {
     /// the ones behind it leave at once unless input is there already.
     fn await_input(&self, st: &mut ReaderState) -> bool {
         if st.idle {
-            return match wait_readable(&*self.stream, Some(Duration::ZERO)) {
+            return match self.readable(Some(Duration::ZERO)) {
                 Ok(false) => false,
                 _ => {
                     st.idle = false;

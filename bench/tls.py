@@ -1,0 +1,143 @@
+#!/usr/bin/python3
+"""Sequential reads over TLS: disksynth (rustls, ring) vs nbdkit (GnuTLS), one run.
+
+Usage:  bench/tls.py       (Debian's /usr/bin/python3: it has the libnbd bindings)
+
+A file of random bytes (in the page cache) is served read-only on Unix sockets by
+`disksynth file F --tls require --tls-certificates DIR`, by `nbdkit --tls=require
+--tls-certificates=DIR file F`, and by `disksynth file F` without TLS (what TLS costs). The
+certificates (ECDSA P-256, so TLS 1.3 with AES-256-GCM or ChaCha20 as both sides prefer) come
+from tests/scripts/tls_pki.sh. Reads: `nbdcopy --no-extents --connections=N URI null:` with
+N = 1 and 4, nbdcopy's default 256 KiB requests; the two TLS servers are read back to back
+(order alternating), and the ratio is the median of those pairs' ratios. Each server's CPU time
+(user + system of all its threads, /proc/PID/stat) over the reads gives CPU seconds per GiB.
+The client (GnuTLS decrypting in nbdcopy) shares the machine: on a small machine the
+throughput is partly the client's; CPU per GiB is the server's own cost.
+
+Environment knobs (defaults in brackets):
+  DISKSYNTH_BIN   disksynth binary                  [<repo>/target/release/disksynth]
+  BENCH_REPS      repetitions (median shown)        [5]
+  BENCH_SIZE_MIB  size of the file                  [1024]
+  BENCH_DATA      directory for the file and certs  [/tmp/tlsbench]
+  BENCH_OUT       output directory                  [<repo>/bench/out]
+Output: a table on stdout and in $BENCH_OUT/tls.md.
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from benchlib import Server, log
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DS = os.environ.get("DISKSYNTH_BIN", os.path.join(ROOT, "target/release/disksynth"))
+REPS = int(os.environ.get("BENCH_REPS", "5"))
+SIZE = int(os.environ.get("BENCH_SIZE_MIB", "1024")) << 20
+DATA = os.environ.get("BENCH_DATA", "/tmp/tlsbench")
+OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench/out"))
+LOGS = os.path.join(OUT, "tls-logs")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def prepare():
+    os.makedirs(DATA, exist_ok=True)
+    f = os.path.join(DATA, "disk.img")
+    if not os.path.exists(f) or os.path.getsize(f) != SIZE:
+        log(f"writing {f}")
+        with open(f, "wb") as out:
+            for _ in range(SIZE >> 24):
+                out.write(os.urandom(1 << 24))
+    subprocess.run(["cat", f], stdout=subprocess.DEVNULL, check=True)
+    pki = os.path.join(DATA, "pki")
+    shutil.rmtree(pki, ignore_errors=True)
+    subprocess.run(["sh", os.path.join(ROOT, "tests/scripts/tls_pki.sh"), DATA, "pki"],
+                   check=True)
+    return f, pki
+
+
+def cpu_seconds(pid):
+    """User + system time of the whole process (all threads), /proc/PID/stat fields 14-15."""
+    with open(f"/proc/{pid}/stat") as st:
+        # The command name (field 2) may hold spaces: split after its closing parenthesis.
+        fields = st.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def seq_read(server, uri, conns):
+    """(MiB/s, server CPU seconds per GiB) of one whole read."""
+    cmd = ["nbdcopy", "--no-extents", f"--connections={conns}", uri, "null:"]
+    c0 = cpu_seconds(server.proc.pid)
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, timeout=600)
+    dt = time.perf_counter() - t
+    cpu = cpu_seconds(server.proc.pid) - c0
+    return SIZE / (1 << 20) / dt, cpu / (SIZE / (1 << 30))
+
+
+def main():
+    os.makedirs(LOGS, exist_ok=True)
+    for tool in ["nbdkit", "nbdcopy", "openssl"]:
+        if shutil.which(tool) is None:
+            sys.exit(f"missing tool: {tool}")
+    if not os.access(DS, os.X_OK):
+        subprocess.run(["cargo", "build", "--release", "-p", "disksynth"], cwd=ROOT, check=True)
+    f, pki = prepare()
+    tls = ["--tls", "require", "--tls-certificates", pki]
+    servers = {
+        "disksynth": Server("disksynth", [DS, "file", f, "-r", "-U", "@SOCK@"] + tls, LOGS),
+        "nbdkit": Server("nbdkit", ["nbdkit", "-r", "-f", "-U", "@SOCK@", "--tls=require",
+                                    f"--tls-certificates={pki}", "file", f], LOGS),
+        "disksynth, no TLS": Server("disksynth-plain",
+                                    [DS, "file", f, "-r", "-U", "@SOCK@"], LOGS),
+    }
+    uris = {n: s.uri.replace("nbd+unix:", "nbds+unix:") + f"&tls-certificates={pki}"
+            for n, s in servers.items() if "no TLS" not in n}
+    uris["disksynth, no TLS"] = servers["disksynth, no TLS"].uri
+    res = {}
+    try:
+        for rep in range(REPS):
+            for conns in (1, 4):
+                order = ["disksynth", "nbdkit"] if rep % 2 == 0 else ["nbdkit", "disksynth"]
+                got = {}
+                for name in order + ["disksynth, no TLS"]:
+                    got[name] = seq_read(servers[name], uris[name], conns)
+                    res.setdefault((name, conns, "mib"), []).append(got[name][0])
+                    res.setdefault((name, conns, "cpu"), []).append(got[name][1])
+                res.setdefault(("ratio", conns), []).append(
+                    got["disksynth"][0] / got["nbdkit"][0])
+                log(f"rep {rep} conns {conns}: " + ", ".join(
+                    f"{n} {v[0]:.0f} MiB/s {v[1]:.2f} CPU s/GiB" for n, v in got.items()))
+    finally:
+        for s in servers.values():
+            s.stop()
+    lines = [
+        "| sequential read, 256 KiB requests | server | MiB/s | server CPU s/GiB | "
+        "disksynth / nbdkit (median of paired runs) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for conns in (1, 4):
+        for name in ("disksynth", "nbdkit", "disksynth, no TLS"):
+            mib = statistics.median(res[(name, conns, "mib")])
+            cpu = statistics.median(res[(name, conns, "cpu")])
+            ratio = (f"{statistics.median(res[('ratio', conns)]):.2f}×"
+                     if name == "disksynth" else "")
+            lines.append(f"| {conns} connection{'s' if conns > 1 else ''} | {name} | {mib:.0f} "
+                         f"| {cpu:.2f} | {ratio} |")
+    table = "\n".join(lines)
+    note = (f"\nMedian of {REPS} runs; {SIZE >> 20} MiB file in the page cache; Unix sockets; "
+            f"TLS 1.3, ECDSA P-256 certificates; nproc={os.cpu_count()}, client on the same "
+            "machine.\n")
+    print(table + note)
+    with open(os.path.join(OUT, "tls.md"), "w") as out:
+        out.write(table + note)
+    with open(os.path.join(OUT, "tls.raw.tsv"), "w") as out:
+        for key, vals in res.items():
+            out.write("\t".join([str(k) for k in key] + [f"{v:.3f}" for v in vals]) + "\n")
+
+
+if __name__ == "__main__":
+    main()
