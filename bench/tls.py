@@ -19,6 +19,8 @@ Environment knobs (defaults in brackets):
   BENCH_REPS      repetitions (median shown)        [5]
   BENCH_SIZE_MIB  size of the file                  [1024]
   BENCH_DATA      directory for the file and certs  [/tmp/tlsbench]
+  BENCH_PIN       1: servers on CPU 1, nbdcopy on CPU 0 (taskset), so that the client's
+                  decryption does not compete with the server for a core  [0]
   BENCH_OUT       output directory                  [<repo>/bench/out]
 Output: a table on stdout and in $BENCH_OUT/tls.md.
 """
@@ -41,6 +43,9 @@ DATA = os.environ.get("BENCH_DATA", "/tmp/tlsbench")
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench/out"))
 LOGS = os.path.join(OUT, "tls-logs")
 TICK = os.sysconf("SC_CLK_TCK")
+PIN = os.environ.get("BENCH_PIN") == "1"
+SERVER_CPU = ["taskset", "-c", "1"] if PIN else []
+CLIENT_CPU = ["taskset", "-c", "0"] if PIN else []
 
 
 def prepare():
@@ -69,7 +74,7 @@ def cpu_seconds(pid):
 
 def seq_read(server, uri, conns):
     """(MiB/s, server CPU seconds per GiB) of one whole read."""
-    cmd = ["nbdcopy", "--no-extents", f"--connections={conns}", uri, "null:"]
+    cmd = CLIENT_CPU + ["nbdcopy", "--no-extents", f"--connections={conns}", uri, "null:"]
     c0 = cpu_seconds(server.proc.pid)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, timeout=600)
@@ -88,11 +93,13 @@ def main():
     f, pki = prepare()
     tls = ["--tls", "require", "--tls-certificates", pki]
     servers = {
-        "disksynth": Server("disksynth", [DS, "file", f, "-r", "-U", "@SOCK@"] + tls, LOGS),
-        "nbdkit": Server("nbdkit", ["nbdkit", "-r", "-f", "-U", "@SOCK@", "--tls=require",
-                                    f"--tls-certificates={pki}", "file", f], LOGS),
+        "disksynth": Server("disksynth",
+                            SERVER_CPU + [DS, "file", f, "-r", "-U", "@SOCK@"] + tls, LOGS),
+        "nbdkit": Server("nbdkit", SERVER_CPU + ["nbdkit", "-r", "-f", "-U", "@SOCK@",
+                                                 "--tls=require", f"--tls-certificates={pki}",
+                                                 "file", f], LOGS),
         "disksynth, no TLS": Server("disksynth-plain",
-                                    [DS, "file", f, "-r", "-U", "@SOCK@"], LOGS),
+                                    SERVER_CPU + [DS, "file", f, "-r", "-U", "@SOCK@"], LOGS),
     }
     uris = {n: s.uri.replace("nbd+unix:", "nbds+unix:") + f"&tls-certificates={pki}"
             for n, s in servers.items() if "no TLS" not in n}
@@ -130,7 +137,7 @@ def main():
     table = "\n".join(lines)
     note = (f"\nMedian of {REPS} runs; {SIZE >> 20} MiB file in the page cache; Unix sockets; "
             f"TLS 1.3, ECDSA P-256 certificates; nproc={os.cpu_count()}, client on the same "
-            "machine.\n")
+            "machine" + ("; servers pinned to CPU 1, nbdcopy to CPU 0" if PIN else "") + ".\n")
     print(table + note)
     with open(os.path.join(OUT, "tls.md"), "w") as out:
         out.write(table + note)
