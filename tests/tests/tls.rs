@@ -46,6 +46,15 @@ fn port(server: &Server) -> u16 {
     digits.parse().expect("a port")
 }
 
+/// A TCP server of `source` (a subcommand and its arguments) with `--tls MODE` and the
+/// credentials in `pki`, then `extra` flags.
+fn tls_tcp(source: &[&str], mode: &str, pki: &Path, extra: &[&str]) -> Server {
+    let mut args = source.to_vec();
+    args.extend(["--tls", mode, "--tls-certificates", s(pki)]);
+    args.extend_from_slice(extra);
+    Server::disksynth_tcp(&args)
+}
+
 fn nbds_tcp(port: u16, client_dir: &Path) -> String {
     format!(
         "nbds://127.0.0.1:{port}/?tls-certificates={}",
@@ -87,15 +96,7 @@ fn libnbd_reads_byte_for_byte_over_tcp_and_unix() {
     let dir = tempdir();
     let pki = pki(dir.path(), "a");
     let (path, data) = disk(dir.path());
-    let tcp = Server::disksynth_tcp(&[
-        "file",
-        s(&path),
-        "--tls",
-        "require",
-        "--tls-certificates",
-        s(&pki),
-        "-v",
-    ]);
+    let tcp = tls_tcp(&["file", s(&path)], "require", &pki, &["-v"]);
     assert!(tcp.uri().starts_with("nbds://"), "printed {}", tcp.uri());
     let uri = nbds_tcp(port(&tcp), &pki);
     let info = nbdinfo(&uri);
@@ -139,14 +140,7 @@ fn qemu_reads_and_writes_over_tls() {
     let dir = tempdir();
     let pki = pki(dir.path(), "a");
     let (path, data) = disk(dir.path());
-    let server = Server::disksynth_tcp(&[
-        "file",
-        s(&path),
-        "--tls",
-        "require",
-        "--tls-certificates",
-        s(&pki),
-    ]);
+    let server = tls_tcp(&["file", s(&path)], "require", &pki, &[]);
     let out = dir.path().join("qemu.raw");
     run_ok(
         Command::new("qemu-img")
@@ -161,14 +155,7 @@ fn qemu_reads_and_writes_over_tls() {
     );
 
     // Writes carry payloads through TLS the other way; a 4 MiB one spans many records.
-    let mem = Server::disksynth_tcp(&[
-        "memory",
-        "64M",
-        "--tls",
-        "require",
-        "--tls-certificates",
-        s(&pki),
-    ]);
+    let mem = tls_tcp(&["memory", "64M"], "require", &pki, &[]);
     let io = run_ok(
         Command::new("qemu-io")
             .args(["--object", &qemu_creds(&pki), "--image-opts"])
@@ -191,15 +178,7 @@ fn require_refuses_plain_clients_and_off_refuses_tls_clients() {
     let dir = tempdir();
     let pki = pki(dir.path(), "a");
     let (path, _) = disk(dir.path());
-    let server = Server::disksynth_tcp(&[
-        "file",
-        s(&path),
-        "--tls",
-        "require",
-        "--tls-certificates",
-        s(&pki),
-        "-v",
-    ]);
+    let server = tls_tcp(&["file", s(&path)], "require", &pki, &["-v"]);
     let p = port(&server);
     let plain = run(
         Command::new("qemu-img")
@@ -283,16 +262,7 @@ fn starttls_twice_is_invalid_and_a_stalled_tls_handshake_is_cut_off() {
     require_tool!("openssl");
     let dir = tempdir();
     let pki = pki(dir.path(), "a");
-    let server = Server::disksynth_tcp(&[
-        "memory",
-        "1M",
-        "--tls",
-        "on",
-        "--tls-certificates",
-        s(&pki),
-        "--handshake-limit",
-        "2",
-    ]);
+    let server = tls_tcp(&["memory", "1M"], "on", &pki, &["--handshake-limit", "2"]);
     let p = port(&server);
     let twice = raw_options(p, &pki, "twice");
     let lines: Vec<&str> = twice.lines().collect();
@@ -328,14 +298,7 @@ fn tls_on_serves_plain_and_tls_clients() {
     require_tool!("nbdinfo", "openssl");
     let dir = tempdir();
     let pki = pki(dir.path(), "a");
-    let server = Server::disksynth_tcp(&[
-        "pattern",
-        "8M",
-        "--tls",
-        "on",
-        "--tls-certificates",
-        s(&pki),
-    ]);
+    let server = tls_tcp(&["pattern", "8M"], "on", &pki, &[]);
     let p = port(&server);
     let plain = nbdinfo(&format!("nbd://127.0.0.1:{p}"));
     assert!(plain.status.success(), "{}", plain.describe());
@@ -372,16 +335,12 @@ fn verify_peer_refuses_missing_foreign_and_expired_client_certificates() {
     let dir = tempdir();
     let pki = pki(dir.path(), "a");
     let other = pki_other(dir.path());
-    let server = Server::disksynth_tcp(&[
-        "pattern",
-        "8M",
-        "--tls",
+    let server = tls_tcp(
+        &["pattern", "8M"],
         "require",
-        "--tls-certificates",
-        s(&pki),
-        "--tls-verify-peer",
-        "-v",
-    ]);
+        &pki,
+        &["--tls-verify-peer", "-v"],
+    );
     let p = port(&server);
     let good = nbdinfo(&nbds_tcp(p, &pki));
     assert!(good.status.success(), "{}", good.describe());
@@ -491,14 +450,7 @@ fn clients_refuse_a_foreign_or_expired_server_certificate() {
     );
     assert_logged(&server, "the client left right after the TLS handshake");
 
-    let fresh = Server::disksynth_tcp(&[
-        "pattern",
-        "8M",
-        "--tls",
-        "require",
-        "--tls-certificates",
-        s(&pki),
-    ]);
+    let fresh = tls_tcp(&["pattern", "8M"], "require", &pki, &[]);
     let out = nbdinfo(&nbds_tcp(port(&fresh), &other));
     assert!(!out.status.success(), "{}", out.describe());
     assert!(
