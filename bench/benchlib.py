@@ -16,6 +16,20 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def warm_random_file(directory, size):
+    """`directory`/disk.img: `size` random bytes (written once, kept while its size is right),
+    read once so that every measurement reads it from the page cache."""
+    os.makedirs(directory, exist_ok=True)
+    f = os.path.join(directory, "disk.img")
+    if not os.path.exists(f) or os.path.getsize(f) != size:
+        log(f"writing {f}")
+        with open(f, "wb") as out:
+            for _ in range(size >> 24):
+                out.write(os.urandom(1 << 24))
+    subprocess.run(["cat", f], stdout=subprocess.DEVNULL, check=True)
+    return f
+
+
 class Server:
     """An NBD server on a Unix socket in a private directory under `logs`, stopped by its pid.
 

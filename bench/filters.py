@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import Server, log
+from benchlib import Server, warm_random_file
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,19 +41,6 @@ LOGS = os.path.join(OUT, "filters-logs")
 SIZE = 1 << 30
 LAYERS = 5
 PASSES = int(os.environ.get("BENCH_PASSES", "4"))
-
-
-def prepare():
-    os.makedirs(DATA, exist_ok=True)
-    f = os.path.join(DATA, "disk.img")
-    if not os.path.exists(f) or os.path.getsize(f) != SIZE:
-        log(f"writing {f}")
-        with open(f, "wb") as out:
-            for _ in range(SIZE >> 24):
-                out.write(os.urandom(1 << 24))
-    # Into the page cache: every variant reads warm data.
-    subprocess.run(["cat", f], stdout=subprocess.DEVNULL, check=True)
-    return f
 
 
 def seq_read(uri, request_size):
@@ -74,7 +61,7 @@ def main():
             sys.exit(f"missing tool: {tool}")
     if not os.access(DS, os.X_OK):
         subprocess.run(["cargo", "build", "--release", "-p", "disksynth"], cwd=ROOT, check=True)
-    f = prepare()
+    f = warm_random_file(DATA, SIZE)
     layers = " ".join(["--filter nofilter"] * LAYERS)
     # disksynth: both variants as two exports of one server (same process, same threads: only
     # the layers differ). nbdkit: one server per variant, both up for the whole run.

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import Server, log
+from benchlib import Server, log, warm_random_file
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,14 +49,7 @@ CLIENT_CPU = ["taskset", "-c", "0"] if PIN else []
 
 
 def prepare():
-    os.makedirs(DATA, exist_ok=True)
-    f = os.path.join(DATA, "disk.img")
-    if not os.path.exists(f) or os.path.getsize(f) != SIZE:
-        log(f"writing {f}")
-        with open(f, "wb") as out:
-            for _ in range(SIZE >> 24):
-                out.write(os.urandom(1 << 24))
-    subprocess.run(["cat", f], stdout=subprocess.DEVNULL, check=True)
+    f = warm_random_file(DATA, SIZE)
     pki = os.path.join(DATA, "pki")
     shutil.rmtree(pki, ignore_errors=True)
     subprocess.run(["sh", os.path.join(ROOT, "tests/scripts/tls_pki.sh"), DATA, "pki"],
