@@ -183,49 +183,28 @@ fn an_unknown_name_is_refused_with_the_names_there_are() {
 fn bad_exports_files_are_refused_saying_where() {
     let dir = tempdir();
     let file = dir.path().join("exports.toml");
-    std::fs::write(
-        &file,
-        "[[export]]\nname = \"a\"\nsource = \"pattern 1M\"\ndescripton = \"typo\"\n",
-    )
-    .unwrap();
-    let out = run(
-        disksynth().arg("serve").arg(&file).args(["-U", "-"]),
-        CMD_TIMEOUT,
-    );
-    assert!(!out.status.success(), "{}", out.describe());
-    let err = out.stderr_str();
+    // `serve` of an exports file that must be refused: its error message.
+    let refused = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let out = run(
+            disksynth().arg("serve").arg(&file).args(["-U", "-"]),
+            CMD_TIMEOUT,
+        );
+        assert!(!out.status.success(), "{}", out.describe());
+        out.stderr_str().to_string()
+    };
+    let err = refused("[[export]]\nname = \"a\"\nsource = \"pattern 1M\"\ndescripton = \"typo\"\n");
     assert!(
         err.contains("descripton") && err.contains("line 4"),
         "{err}"
     );
-
-    std::fs::write(
-        &file,
-        "[[export]]\nname = \"a\"\nsource = \"pattern 1M -U /tmp/x\"\n",
-    )
-    .unwrap();
-    let out = run(
-        disksynth().arg("serve").arg(&file).args(["-U", "-"]),
-        CMD_TIMEOUT,
-    );
-    assert!(!out.status.success(), "{}", out.describe());
-    let err = out.stderr_str();
+    let err = refused("[[export]]\nname = \"a\"\nsource = \"pattern 1M -U /tmp/x\"\n");
     assert!(
         err.contains("export 1 (\"a\")") && err.contains("-U"),
         "{err}"
     );
-
-    std::fs::write(
-        &file,
-        "[[export]]\nname = \"a\"\nsource = \"pattern 1M\"\nfilters = [\"nosuch\"]\n",
-    )
-    .unwrap();
-    let out = run(
-        disksynth().arg("serve").arg(&file).args(["-U", "-"]),
-        CMD_TIMEOUT,
-    );
-    assert!(!out.status.success(), "{}", out.describe());
-    let err = out.stderr_str();
+    let err =
+        refused("[[export]]\nname = \"a\"\nsource = \"pattern 1M\"\nfilters = [\"nosuch\"]\n");
     assert!(
         err.contains("export 1 (\"a\")") && err.contains("nosuch"),
         "{err}"
