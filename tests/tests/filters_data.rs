@@ -98,22 +98,7 @@ fn partition_of_a_gpt_disk_is_the_bytes_nbdkit_and_the_table_say() {
         (2, 20480, 40960),
         (3, 63488, 65536),
     ] {
-        let ours = serve(
-            dir.path(),
-            &format!("p{n}"),
-            &["file", path],
-            &[&format!("partition:{n}")],
-        );
-        let theirs = nbdkit(
-            dir.path(),
-            &format!("k{n}"),
-            &[
-                "--filter=partition",
-                "file",
-                path,
-                &format!("partition={n}"),
-            ],
-        );
+        let (ours, theirs) = partition_both(dir.path(), path, n);
         assert_eq!(nbdinfo_size(ours.uri()), sectors * 512);
         same(ours.uri(), theirs.uri());
         let piece = cut(
@@ -132,6 +117,27 @@ fn partition_of_a_gpt_disk_is_the_bytes_nbdkit_and_the_table_say() {
     }
 }
 
+/// Partition `n` of the image at `path`, served by disksynth's and by nbdkit's partition filter.
+fn partition_both(dir: &Path, path: &str, n: u64) -> (Server, Server) {
+    let ours = serve(
+        dir,
+        &format!("p{n}"),
+        &["file", path],
+        &[&format!("partition:{n}")],
+    );
+    let theirs = nbdkit(
+        dir,
+        &format!("k{n}"),
+        &[
+            "--filter=partition",
+            "file",
+            path,
+            &format!("partition={n}"),
+        ],
+    );
+    (ours, theirs)
+}
+
 #[test]
 fn logical_partitions_of_an_mbr_disk_are_numbered_from_5_like_nbdkit() {
     require_tool!("sfdisk", "qemu-img", "nbdkit");
@@ -143,22 +149,7 @@ fn logical_partitions_of_an_mbr_disk_are_numbered_from_5_like_nbdkit() {
     );
     let path = img.to_str().unwrap();
     for n in [1, 5, 6] {
-        let ours = serve(
-            dir.path(),
-            &format!("p{n}"),
-            &["file", path],
-            &[&format!("partition:{n}")],
-        );
-        let theirs = nbdkit(
-            dir.path(),
-            &format!("k{n}"),
-            &[
-                "--filter=partition",
-                "file",
-                path,
-                &format!("partition={n}"),
-            ],
-        );
+        let (ours, theirs) = partition_both(dir.path(), path, n);
         assert_eq!(
             nbdinfo_size(ours.uri()),
             nbdinfo_size(theirs.uri()),
