@@ -12,7 +12,7 @@ use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
 use crate::stream::Stream;
 
 /// Zeros to point iovecs at (payload zeros are never materialised).
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+pub(crate) static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Most iovecs handed to one `sendmsg` (Linux `UIO_MAXIOV` is 1024).
 const MAX_IOV: usize = 512;

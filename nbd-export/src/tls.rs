@@ -17,7 +17,7 @@
 //! suites (RFC 4279) and TLS 1.3 external PSKs only for resumption.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,7 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConnection};
 
-use crate::send::{Piece, SendOutcome};
+use crate::send::{Piece, SendOutcome, ZEROS};
 use crate::stream::Stream;
 
 /// When TLS is offered and whether it is required (nbdkit's `--tls`).
@@ -238,9 +238,11 @@ impl TlsSetup {
     }
 }
 
-/// Plaintext handed to rustls at once, and the encrypted bytes gathered
-/// before one socket write.
+/// Plaintext encrypted at once, whose records are then written to the
+/// socket together.
 const SEND_CHUNK: usize = 64 * 1024;
+/// What rustls may hold for sending (bounded memory whatever the reply's
+/// size: it never holds more than one step's records).
 const SEND_LIMIT: usize = 4 * SEND_CHUNK;
 /// Ciphertext read from the socket at once.
 const RECV_CHUNK: usize = 16 * 1024 + 512;
@@ -338,106 +340,138 @@ impl TlsSession {
     /// Encrypt `plain` and send it. The caller is the only writer (it
     /// holds the connection's writer lock, or it is the handshake).
     pub(crate) fn write_all(&self, s: &Stream, plain: &[u8]) -> io::Result<()> {
-        let mut out = Vec::new();
-        self.encrypt(plain, &mut out)?;
-        self.flush(s, &mut out)
+        self.send_staged(s, &[IoSlice::new(plain)])
     }
 
-    /// Hand `plain` to rustls and gather the records it makes in `out`.
-    fn encrypt(&self, mut plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        let mut c = lock(&self.conn);
-        while !plain.is_empty() {
-            let n = c.writer().write(plain)?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            plain = &plain[n..];
-            while c.wants_write() {
-                c.write_tls(out)?;
-            }
-        }
-        while c.wants_write() {
-            c.write_tls(out)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&self, s: &Stream, out: &mut Vec<u8>) -> io::Result<()> {
-        let r = { s }.write_all(out);
-        out.clear();
-        r
-    }
-
-    /// [`crate::send::send_pieces`] for a TLS connection: file pieces are
-    /// read and encrypted (no `sendfile` through TLS), everything goes out
-    /// in records of up to [`SEND_CHUNK`] plaintext bytes, with bounded
-    /// buffers whatever the reply's size.
-    pub(crate) fn send(
-        &self,
-        s: &Stream,
-        pieces: &[Piece<'_>],
-        bounce: &mut Vec<u8>,
-    ) -> io::Result<SendOutcome> {
+    /// The first half of sending a reply over TLS, done before the writer
+    /// lock so that workers do it in parallel: file pieces are read into
+    /// `bounce` (no `sendfile` through TLS), and the reply becomes
+    /// plaintext slices for [`TlsSession::send_staged`]. (Reads copy their
+    /// file pieces earlier still, in `dispatch`, so that their data chunk
+    /// can be final.) `bounce` grows to the reply's file bytes, which the
+    /// request limits bound (`--connection-memory`).
+    pub(crate) fn stage<'a>(
+        pieces: &[Piece<'a>],
+        bounce: &'a mut Vec<u8>,
+    ) -> (Vec<IoSlice<'a>>, SendOutcome) {
         let mut out = SendOutcome::default();
-        // Grows to what the reply needs, at most a chunk's records: a
-        // simple reply's 16 bytes do not cost a 64 KiB allocation.
-        let mut wire = Vec::new();
-        // The plaintext staging area: small pieces (headers) are gathered
-        // so that a header and its data share a record, and file data is
-        // read straight into it. Sized once per worker (the worker's
-        // scratch keeps it): zeroing 64 KiB before every read cost 4 % of
-        // the CPU of a TLS read.
-        if bounce.len() < SEND_CHUNK {
-            bounce.resize(SEND_CHUNK, 0);
-        }
-        let buf = &mut bounce[..SEND_CHUNK];
-        let mut fill = 0usize;
-        let mut pos = 0u64;
-        let stage = |buf: &[u8], fill: &mut usize, wire: &mut Vec<u8>, force: bool| {
-            if *fill == SEND_CHUNK || (force && *fill > 0) {
-                self.encrypt(&buf[..*fill], wire)?;
-                *fill = 0;
-            }
-            if wire.len() >= SEND_CHUNK || (force && !wire.is_empty()) {
-                self.flush(s, wire)?;
-            }
-            Ok::<(), io::Error>(())
-        };
-        for p in pieces {
-            let len = match *p {
-                Piece::Mem(b) => b.len() as u64,
-                Piece::Zeros(n) => n,
+        let file_bytes: u64 = pieces
+            .iter()
+            .map(|p| match *p {
                 Piece::File { len, .. } => len,
-            };
-            let mut done = 0u64;
-            while done < len {
-                let k = ((len - done).min((SEND_CHUNK - fill) as u64)) as usize;
-                let dst = &mut buf[fill..fill + k];
-                match *p {
-                    Piece::Mem(b) => dst.copy_from_slice(&b[done as usize..done as usize + k]),
-                    Piece::Zeros(_) => dst.fill(0),
-                    Piece::File { file, offset, .. } => {
-                        if let Err(e) =
-                            std::os::unix::fs::FileExt::read_exact_at(file, dst, offset + done)
-                        {
-                            // Zeros keep the stream in step; the caller
-                            // reports the error (as `send_pieces`).
-                            if out.short_at.is_none() {
-                                log::warn!("reading a file piece for a reply: {e}");
-                            }
-                            out.short_at.get_or_insert(pos + done);
-                            dst.fill(0);
+                _ => 0,
+            })
+            .sum();
+        // Grown, never shrunk here (the worker's scratch trims it after a
+        // large reply): zeroing a buffer that is overwritten anyway cost
+        // 4 % of a TLS read's CPU when it was done before every read.
+        if bounce.len() < file_bytes as usize {
+            bounce.resize(file_bytes as usize, 0);
+        }
+        let mut at = 0usize;
+        let mut pos = 0u64;
+        for p in pieces {
+            match *p {
+                Piece::File { file, offset, len } => {
+                    let dst = &mut bounce[at..at + len as usize];
+                    if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(file, dst, offset) {
+                        // Zeros keep the stream in step; the caller reports
+                        // the error (as `send_pieces` does).
+                        if out.short_at.is_none() {
+                            log::warn!("reading a file piece for a reply: {e}");
                         }
+                        out.short_at.get_or_insert(pos);
+                        dst.fill(0);
+                    }
+                    at += len as usize;
+                    pos += len;
+                }
+                Piece::Mem(b) => pos += b.len() as u64,
+                Piece::Zeros(n) => pos += n,
+            }
+        }
+        let bounce: &'a [u8] = bounce;
+        let mut slices = Vec::with_capacity(pieces.len() + 1);
+        let mut at = 0usize;
+        for p in pieces {
+            match *p {
+                Piece::Mem(b) if !b.is_empty() => slices.push(IoSlice::new(b)),
+                Piece::Mem(_) => {}
+                Piece::Zeros(mut n) => {
+                    while n > 0 {
+                        let k = n.min(ZEROS.len() as u64) as usize;
+                        slices.push(IoSlice::new(&ZEROS[..k]));
+                        n -= k as u64;
                     }
                 }
-                fill += k;
-                done += k as u64;
-                stage(buf, &mut fill, &mut wire, false)?;
+                Piece::File { len, .. } => {
+                    slices.push(IoSlice::new(&bounce[at..at + len as usize]));
+                    at += len as usize;
+                }
             }
-            pos += len;
         }
-        stage(buf, &mut fill, &mut wire, true)?;
-        Ok(out)
+        (slices, out)
+    }
+
+    /// The second half, under the connection's writer lock (records reach
+    /// the wire in the order of their sequence numbers): rustls encrypts
+    /// the slices [`SEND_CHUNK`] of plaintext at a time (a header and its
+    /// data share records: RFC 8446 §5.1 fragments across them, and no
+    /// staging copy is made), and the records of each step are written to
+    /// the socket. The session lock is held only to encrypt, never across
+    /// a socket call: a client that does not read its replies cannot stop
+    /// its requests from being read.
+    pub(crate) fn send_staged(&self, s: &Stream, slices: &[IoSlice<'_>]) -> io::Result<()> {
+        // Grows to one step's records (a simple reply's 16 bytes do not
+        // cost a 64 KiB allocation).
+        let mut wire = Vec::new();
+        // Where the next step starts: a slice and an offset in it.
+        let (mut i, mut off) = (0usize, 0usize);
+        loop {
+            let mut step: Vec<&[u8]> = Vec::with_capacity(4);
+            let mut room = SEND_CHUNK;
+            let (mut j, mut o) = (i, off);
+            while room > 0 && j < slices.len() {
+                let k = (slices[j].len() - o).min(room);
+                if k > 0 {
+                    step.push(&slices[j][o..o + k]);
+                }
+                room -= k;
+                o += k;
+                if o == slices[j].len() {
+                    j += 1;
+                    o = 0;
+                }
+            }
+            let mut step: Vec<IoSlice<'_>> = step.into_iter().map(IoSlice::new).collect();
+            {
+                let mut c = lock(&self.conn);
+                let mut rest: &mut [IoSlice<'_>] = &mut step;
+                while !rest.is_empty() {
+                    let n = c.writer().write_vectored(rest)?;
+                    while c.wants_write() {
+                        c.write_tls(&mut wire)?;
+                    }
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                // Anything rustls queued on its own (a KeyUpdate answer,
+                // RFC 8446 §4.6.3) goes out with the records.
+                while c.wants_write() {
+                    c.write_tls(&mut wire)?;
+                }
+            }
+            (i, off) = (j, o);
+            if !wire.is_empty() {
+                { s }.write_all(&wire)?;
+                wire.clear();
+            }
+            if i >= slices.len() {
+                return Ok(());
+            }
+        }
     }
 
     /// The protocol version and cipher suite, for logs.

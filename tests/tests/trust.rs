@@ -286,6 +286,91 @@ fn a_shrinking_host_file_never_reads_as_zeros() {
     );
 }
 
+/// The same race over TLS, where file data is always copied and encrypted before the reply
+/// goes out (no sendfile): a read across a shrink is an error reply, never zeros, and the
+/// connection lives on.
+#[test]
+fn a_shrinking_host_file_never_reads_as_zeros_over_tls() {
+    require_tool!("python3-nbd", "openssl");
+    let dir = tempdir();
+    run_ok(
+        Command::new("sh")
+            .arg(disksynth_tests::script("tls_pki.sh"))
+            .arg(dir.path())
+            .arg("pki"),
+    );
+    let pki = dir.path().join("pki");
+    let tree = dir.path().join("tree");
+    tree_with_files(&tree);
+    let reference = dir.path().join("ref.img");
+    build_image("floppy", &tree, &reference, &[]);
+    let len = 3 * MIB as usize;
+    let at = find_run(&reference, 0x5A, len);
+    let pki_arg = pki.to_str().unwrap();
+    let server = serve(
+        "floppy",
+        &tree,
+        dir.path(),
+        &["--tls", "require", "--tls-certificates", pki_arg],
+    );
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-certificates={pki_arg}",
+        dir.path().join("sock").display()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let shrinker = {
+        let stop = stop.clone();
+        let path = tree.join("data/big.bin");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            shrink_loop(path, 0x5A, stop).join().unwrap()
+        })
+    };
+    let py = |style: &'static str| {
+        let uri = uri.clone();
+        std::thread::spawn(move || {
+            run(
+                python_script("shrink_reads.py").args([
+                    &uri,
+                    "--style",
+                    style,
+                    "--offset",
+                    &at.to_string(),
+                    "--len",
+                    &len.to_string(),
+                    "--byte",
+                    "0x5a",
+                    "--count",
+                    "3000",
+                    "--seconds",
+                    "15",
+                ]),
+                Duration::from_secs(60),
+            )
+        })
+    };
+    let simple = py("simple");
+    let structured = py("structured");
+    let simple = simple.join().unwrap();
+    let structured = structured.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let rounds = shrinker.join().unwrap();
+    let (s_ok, s_err, s_wrong) = counts(&simple.stdout_str());
+    let (t_ok, t_err, t_wrong) = counts(&structured.stdout_str());
+    assert_eq!(s_wrong, 0, "simple replies: {}", simple.describe());
+    assert_eq!(t_wrong, 0, "structured replies: {}", structured.describe());
+    eprintln!(
+        "TLS: shrink rounds {rounds}; simple ok/err {s_ok}/{s_err}; structured {t_ok}/{t_err}"
+    );
+    assert!(rounds > 0, "the file never shrank");
+    assert!(s_ok > 0 && s_err > 0, "simple: {}", simple.describe());
+    assert!(
+        t_ok > 0 && t_err > 0,
+        "structured: {}",
+        structured.describe()
+    );
+}
+
 // ---- 3. a host file swapped after start-up -----------------------------------------------------
 
 /// What the tree owner puts where `victim` was, keeping its size and mtime.

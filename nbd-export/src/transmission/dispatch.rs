@@ -131,9 +131,12 @@ impl Connection {
         // of any file are copied too: one pread plus one sendmsg carrying
         // header and data, and the data chunk can be final. So are all
         // reads under simple replies, which cannot carry an error after the
-        // data (proto.md "Simple reply message"). Plain files (`disksynth
-        // file`, overlay pages) keep sendfile otherwise; if one comes up
-        // short, an error chunk ends the reply.
+        // data (proto.md "Simple reply message"), and all reads over TLS,
+        // where there is no sendfile and the copy is needed anyway: read
+        // here, before the writer lock, the data chunk carries `DONE` (no
+        // extra record for a `NONE` chunk). Plain files (`disksynth file`,
+        // overlay pages) keep sendfile otherwise; if one comes up short, an
+        // error chunk ends the reply.
         let has_file = sc
             .chunks
             .iter()
@@ -144,7 +147,10 @@ impl Connection {
             .any(|c| matches!(c, ReadChunk::File { check: Some(_), .. }));
         let inline_files = zero_copy
             && has_file
-            && (req.len <= SMALL_READ || checked || self.style == ReplyStyle::Simple);
+            && (req.len <= SMALL_READ
+                || checked
+                || self.style == ReplyStyle::Simple
+                || self.tls.is_some());
         let _inline_guard;
         if inline_files {
             if req.len > SMALL_READ {

@@ -12,6 +12,7 @@ use synth::ErrorKind;
 
 use crate::proto::*;
 use crate::send::{send_pieces, Piece, SendOutcome};
+use crate::tls::TlsSession;
 
 use super::request::Request;
 use super::{Connection, Scratch, KEEP_BUFFER};
@@ -92,14 +93,22 @@ impl Connection {
             }
             return Ok(SendOutcome::default());
         }
+        if let Some(t) = &self.tls {
+            // File pieces are read before the writer lock (in parallel
+            // with other workers' replies going out); only encryption and
+            // sending are serialized.
+            let (slices, out) = TlsSession::stage(pieces, &mut io.bounce);
+            let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if self.dead.load(Ordering::SeqCst) {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            return t.send_staged(&self.stream, &slices).map(|()| out);
+        }
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if self.dead.load(Ordering::SeqCst) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        match &self.tls {
-            Some(t) => t.send(&self.stream, pieces, &mut io.bounce),
-            None => send_pieces(&self.stream, pieces, self.limits.sendfile, &mut io.bounce),
-        }
+        send_pieces(&self.stream, pieces, self.limits.sendfile, &mut io.bounce)
     }
 
     /// Send the batched replies, if any.
@@ -111,7 +120,8 @@ impl Connection {
         let r = if self.dead.load(Ordering::SeqCst) {
             Err(io::ErrorKind::BrokenPipe.into())
         } else if let Some(t) = &self.tls {
-            t.send(&self.stream, &[Piece::Mem(&io.batch)], &mut io.bounce)
+            t.write_all(&self.stream, &io.batch)
+                .map(|()| SendOutcome::default())
         } else {
             send_pieces(
                 &self.stream,
