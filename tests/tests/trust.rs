@@ -307,7 +307,7 @@ fn a_shrinking_host_file_never_reads_as_zeros_over_tls() {
     let len = 3 * MIB as usize;
     let at = find_run(&reference, 0x5A, len);
     let pki_arg = pki.to_str().unwrap();
-    let server = serve(
+    let _server = serve(
         "floppy",
         &tree,
         dir.path(),
