@@ -12,7 +12,9 @@ N = 1 and 4, nbdcopy's default 256 KiB requests; the two TLS servers are read ba
 (order alternating), and the ratio is the median of those pairs' ratios. Each server's CPU time
 (user + system of all its threads, /proc/PID/stat) over the reads gives CPU seconds per GiB.
 The client (GnuTLS decrypting in nbdcopy) shares the machine: on a small machine the
-throughput is partly the client's; CPU per GiB is the server's own cost.
+throughput is partly the client's; CPU per GiB is the server's own cost. The client's CPU per
+GiB and how busy it was (CPU seconds over wall seconds; with BENCH_PIN, 100 % is its whole
+core) show when the client, not the server, sets the pace.
 
 Environment knobs (defaults in brackets):
   DISKSYNTH_BIN   disksynth binary                  [<repo>/target/release/disksynth]
@@ -26,6 +28,7 @@ Output: a table on stdout and in $BENCH_OUT/tls.md.
 """
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -65,15 +68,26 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def seq_read(server, uri, conns):
-    """(MiB/s, server CPU seconds per GiB) of one whole read."""
+    """(MiB/s, server CPU s/GiB, client CPU s/GiB, client busy fraction) of one whole read.
+
+    The client's CPU (nbdcopy decrypting with GnuTLS) is what bounds the throughput when it
+    nears one core: its busy fraction (CPU seconds / wall seconds) says how close it is."""
     cmd = CLIENT_CPU + ["nbdcopy", "--no-extents", f"--connections={conns}", uri, "null:"]
     c0 = cpu_seconds(server.proc.pid)
+    k0 = children_cpu()
     t = time.perf_counter()
     subprocess.run(cmd, check=True, timeout=600)
     dt = time.perf_counter() - t
     cpu = cpu_seconds(server.proc.pid) - c0
-    return SIZE / (1 << 20) / dt, cpu / (SIZE / (1 << 30))
+    client = children_cpu() - k0
+    gib = SIZE / (1 << 30)
+    return SIZE / (1 << 20) / dt, cpu / gib, client / gib, client / dt
 
 
 def main():
@@ -107,26 +121,31 @@ def main():
                     got[name] = seq_read(servers[name], uris[name], conns)
                     res.setdefault((name, conns, "mib"), []).append(got[name][0])
                     res.setdefault((name, conns, "cpu"), []).append(got[name][1])
+                    res.setdefault((name, conns, "client"), []).append(got[name][2])
+                    res.setdefault((name, conns, "busy"), []).append(got[name][3])
                 res.setdefault(("ratio", conns), []).append(
                     got["disksynth"][0] / got["nbdkit"][0])
                 log(f"rep {rep} conns {conns}: " + ", ".join(
-                    f"{n} {v[0]:.0f} MiB/s {v[1]:.2f} CPU s/GiB" for n, v in got.items()))
+                    f"{n} {v[0]:.0f} MiB/s {v[1]:.2f} CPU s/GiB (client {v[2]:.2f}, "
+                    f"busy {v[3]:.0%})" for n, v in got.items()))
     finally:
         for s in servers.values():
             s.stop()
     lines = [
         "| sequential read, 256 KiB requests | server | MiB/s | server CPU s/GiB | "
-        "disksynth / nbdkit (median of paired runs) |",
-        "|---|---|---:|---:|---:|",
+        "client CPU s/GiB | client busy | disksynth / nbdkit (median of paired runs) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for conns in (1, 4):
         for name in ("disksynth", "nbdkit", "disksynth, no TLS"):
             mib = statistics.median(res[(name, conns, "mib")])
             cpu = statistics.median(res[(name, conns, "cpu")])
+            client = statistics.median(res[(name, conns, "client")])
+            busy = statistics.median(res[(name, conns, "busy")])
             ratio = (f"{statistics.median(res[('ratio', conns)]):.2f}×"
                      if name == "disksynth" else "")
             lines.append(f"| {conns} connection{'s' if conns > 1 else ''} | {name} | {mib:.0f} "
-                         f"| {cpu:.2f} | {ratio} |")
+                         f"| {cpu:.2f} | {client:.2f} | {busy:.0%} | {ratio} |")
     table = "\n".join(lines)
     note = (f"\nMedian of {REPS} runs; {SIZE >> 20} MiB file in the page cache; Unix sockets; "
             f"TLS 1.3, ECDSA P-256 certificates; nproc={os.cpu_count()}, client on the same "
