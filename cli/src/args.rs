@@ -28,6 +28,38 @@ pub struct Cli {
     /// What the disk is made from.
     #[command(subcommand)]
     pub source: Source,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Logging and progress, for every subcommand (before or after it).
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log errors only, and no progress bar (RUST_LOG still overrides the level).
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+    /// Log lines as text (with timestamps, except under journald) or as JSON objects, one per
+    /// line: {"time","level","target","message"}.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Append log lines to FILE instead of stderr.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub log_file: Option<PathBuf>,
+    /// Show progress also when stderr is not a terminal (a line every 2 s with an ETA).
+    #[arg(long, global = true, conflicts_with = "no_progress")]
+    pub progress: bool,
+    /// Never show progress.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `2026-01-02T03:04:05.678Z WARN message`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Sources.

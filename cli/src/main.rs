@@ -7,13 +7,14 @@ mod exports;
 mod generators;
 mod inspect;
 mod interrupt;
+mod logging;
+mod progress;
 mod remote;
 mod serve;
 mod service;
 mod spec;
 mod tmpdisk;
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use synth::{BlockDev, Export};
 
 use crate::args::{Cli, ExportArgs, Source, TlsArg};
 use crate::interrupt::{target_of, Interrupt};
+use crate::progress::{Progress, ProgressMode};
 use crate::serve::{serve, systemd_listener, tcp_endpoint, Endpoint};
 use synth::size::Size;
 
@@ -99,21 +101,12 @@ fn open_job(job: &spec::Job) -> Result<Arc<dyn BlockDev>> {
 /// line, no temp file left); a closed pipe on stdout ends it quietly (141).
 fn output(dev: &dyn BlockDev, path: &Path) -> Result<ExitCode> {
     let size = dev.size();
-    let bar = if std::io::stderr().is_terminal() && path.as_os_str() != "-" {
-        let b = indicatif::ProgressBar::new(size);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
-    let mut progress = |pos: u64| {
-        if let Some(b) = &bar {
-            b.set_position(pos);
+    // Not for standard output: the consumer shows its own (pv).
+    let mut progress = (path.as_os_str() != "-")
+        .then(|| Progress::for_image(&format!("writing {}", path.display()), dev));
+    let mut on_progress = |pos: u64| {
+        if let Some(p) = &mut progress {
+            p.set(pos);
         }
     };
     let target = if path.as_os_str() == "-" {
@@ -122,9 +115,9 @@ fn output(dev: &dyn BlockDev, path: &Path) -> Result<ExitCode> {
         RawOutput::File(path)
     };
     let interrupt = Interrupt::catch(target_of(path, nbd_export::temp_prefix))?;
-    let result = write_raw_until(dev, target, interrupt.stop(), &mut progress);
-    if let Some(b) = bar {
-        b.finish_and_clear();
+    let result = write_raw_until(dev, target, interrupt.stop(), &mut on_progress);
+    if let Some(p) = progress {
+        p.finish();
     }
     let stats = match result {
         Ok(stats) => stats,
@@ -396,29 +389,17 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn main() -> ExitCode {
     serve::inherited_fds_close_on_exec();
     let cli = Cli::parse();
-    let level = match verbosity(&cli.source) {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Info,
-        2 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    env_logger::Builder::new()
-        .filter_level(level)
-        // rustls warns of what clients do that the server copes with (libnbd
-        // and qemu send an IP address as SNI, which RFC 6066 §3 forbids): a
-        // line per connection that helps no one; the server logs the
-        // failures that matter itself. Shown from -vv.
-        .filter_module(
-            "rustls",
-            if level >= log::LevelFilter::Debug {
-                level
-            } else {
-                log::LevelFilter::Error
-            },
-        )
-        .format_timestamp(None)
-        .format_target(false)
-        .init();
+    progress::set_mode(if cli.log.quiet || cli.log.no_progress {
+        ProgressMode::Off
+    } else if cli.log.progress {
+        ProgressMode::On
+    } else {
+        ProgressMode::Auto
+    });
+    if let Err(e) = logging::init(&cli.log, verbosity(&cli.source)) {
+        eprintln!("disksynth: error: {}", error_chain(&e));
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -359,23 +359,8 @@ pub(crate) fn pack(
         let t = meta.file_type();
         (!(t.is_fifo() || t.is_char_device() || t.is_socket())).then_some(meta.len())
     };
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let (b, template) = match size {
-            Some(size) => (
-                indicatif::ProgressBar::new(size),
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ),
-            None => (
-                indicatif::ProgressBar::no_length(),
-                "{spinner} {bytes} {bytes_per_sec}",
-            ),
-        };
-        b.set_style(
-            indicatif::ProgressStyle::with_template(template)
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
+    let mut progress =
+        crate::progress::Progress::new(&format!("packing {}", name(input, "standard input")), size);
     // Past `disksynth xz`'s default --max-block, the file is served only
     // with --allow-big-blocks (pack_with refuses past what it serves at all).
     let max_block = XzOptions::default().max_block;
@@ -412,13 +397,9 @@ pub(crate) fn pack(
     let interrupt = Interrupt::catch(target)?;
     let t0 = std::time::Instant::now();
     let result = formats::xz::pack_with(pin, pout, &opts, interrupt.stop(), &mut |pos| {
-        if let Some(b) = &bar {
-            b.set_position(pos);
-        }
+        progress.set(pos)
     });
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    progress.finish();
     let stats = match result {
         Ok(stats) => stats,
         Err(_) if interrupt.signalled() => return Ok(interrupt.report()),

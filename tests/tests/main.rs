@@ -19,6 +19,7 @@ mod http;
 mod inspect_nbd;
 mod iso;
 mod iso_boot;
+mod logging;
 mod nbdcopy;
 mod nbdinfo;
 mod nbdinfo_map;

@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use disksynth_tests::generator::cmp_files;
 use disksynth_tests::nginx::Nginx;
@@ -439,10 +440,9 @@ fn corrupt_l2_entry_fails_that_read_only() {
         good.describe()
     );
     assert!(server.is_running());
+    // Logged by the worker that answered; wait for it rather than race it.
     assert!(
-        server
-            .stderr_text()
-            .contains("past the end of the image file"),
+        server.wait_stderr_contains("past the end of the image file", Duration::from_secs(5)),
         "{}",
         server.stderr_text()
     );

@@ -187,7 +187,12 @@ fn disk_usage_returns_to_zero_after_disconnect() {
         0,
         "the disk outlived its client"
     );
-    assert!(server.stderr_text().contains("disk deleted"));
+    // The line is written after the file is gone: wait for it rather than race it.
+    assert!(
+        server.wait_stderr_contains("disk deleted", Duration::from_secs(5)),
+        "{}",
+        server.stderr_text()
+    );
 }
 
 #[test]
