@@ -4,8 +4,11 @@
 //! Alone, it serves until SIGINT/SIGTERM or until the `--run` command
 //! exits, then unmounts. A mount still in use then (a loop device left
 //! attached, a reader holding the file open) is detached: it leaves the
-//! namespace at once, and this process keeps serving its users until they
-//! let go; a second signal stops at once (they get errors).
+//! namespace at once. After a signal this process keeps serving its users
+//! until they let go (a second signal stops at once: they get errors);
+//! after `--run`, whose command's end is the disk's end, it waits
+//! [`RUN_GRACE`] at most, so a script that left a loop device attached
+//! does not hang.
 //! Beside an NBD server (`-U`, `--serve`) it is one more client of the same
 //! export, unmounted when the server stops.
 
@@ -22,6 +25,9 @@ use synth::{Admission, Caps, Client, Export};
 
 use crate::args::ExportArgs;
 use crate::service::{self, PidFile};
+
+/// How long a mount still in use after `--run` ended is served.
+const RUN_GRACE: Duration = Duration::from_secs(5);
 
 /// A mount and what its client holds; the mount goes first when dropped.
 #[derive(Debug)]
@@ -166,9 +172,14 @@ pub fn serve_alone(
 
     let mut code = ExitCode::SUCCESS;
     let mut status = None;
-    // Until something says stop.
+    // Until something says stop; after a signal, the users of a busy mount
+    // are served until they let go.
+    let mut patient = false;
     match rx.recv() {
-        Ok(Event::Signal(s)) => log::info!("signal {s}: unmounting {}", fuse.file().display()),
+        Ok(Event::Signal(s)) => {
+            log::info!("signal {s}: unmounting {}", fuse.file().display());
+            patient = true;
+        }
         Ok(Event::Exited(st)) => status = Some(st),
         Ok(Event::Ended) => log::warn!(
             "{} was unmounted from outside; stopping",
@@ -199,16 +210,30 @@ pub fn serve_alone(
         code = exit_code(st.context("waiting for the command")?);
     }
     match fuse.mount.unmount() {
-        Ok(Unmounted::Detached) => log::warn!(
+        Ok(Unmounted::Detached) if patient => log::warn!(
             "{} is in use (a loop device? an open file?): detached; serving its users until \
              they close it (signal again to stop now)",
             fuse.file().display()
         ),
+        Ok(Unmounted::Detached) => log::warn!(
+            "{} is still in use after the command ended (a loop device left attached?): \
+             detached; serving its users {}s more",
+            fuse.file().display(),
+            RUN_GRACE.as_secs()
+        ),
         Ok(_) => {}
         Err(e) => return Err(e).context("--fuse"),
     }
+    let deadline = std::time::Instant::now() + RUN_GRACE;
     while !fuse.mount.ended() {
-        match rx.recv_timeout(Duration::from_secs(1)) {
+        if !patient && std::time::Instant::now() >= deadline {
+            log::warn!(
+                "stopping: users of the detached {} get errors from now on",
+                fuse.file().display()
+            );
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(Event::Signal(_)) => {
                 log::warn!("second signal: stopping; users of the detached file get errors");
                 break;

@@ -154,7 +154,7 @@ impl DiskFs {
     pub(crate) fn read_exact(&self, buf: &mut [u8], offset: u64) -> synth::Result<()> {
         let len = buf.len() as u64;
         let m = self.minimum;
-        if offset % m == 0 && (len % m == 0 || offset + len == self.size) {
+        if offset.is_multiple_of(m) && (len.is_multiple_of(m) || offset + len == self.size) {
             let mut done = 0usize;
             while done < buf.len() {
                 let n = (buf.len() - done).min(self.maximum as usize);
@@ -177,7 +177,7 @@ impl DiskFs {
     pub(crate) fn write_exact(&self, data: &[u8], offset: u64) -> synth::Result<()> {
         let len = data.len() as u64;
         let m = self.minimum;
-        if offset % m == 0 && (len % m == 0 || offset + len == self.size) {
+        if offset.is_multiple_of(m) && (len.is_multiple_of(m) || offset + len == self.size) {
             let _shared = self.rmw.read().unwrap_or_else(|p| p.into_inner());
             let mut done = 0usize;
             while done < data.len() {

@@ -310,15 +310,17 @@ impl FuseMount {
 impl Drop for FuseMount {
     fn drop(&mut self) {
         match self.unmount() {
+            // The loops end at once; bounded all the same.
+            Ok(Unmounted::Done) => {
+                let _ = self.wait(Some(Duration::from_secs(5)));
+            }
             Ok(Unmounted::Detached) => log::warn!(
                 "{} was in use: detached; its users lose it when this process exits",
                 self.mountpoint.display()
             ),
-            Ok(_) => {}
+            Ok(Unmounted::Gone) => {}
             Err(e) => log::warn!("{e}: {}", e.source_text()),
         }
-        // Bounded: a detached mount may be held open for long.
-        let _ = self.wait(Some(Duration::from_secs(5)));
     }
 }
 

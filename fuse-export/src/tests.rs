@@ -21,7 +21,8 @@ fn holey() -> Arc<dyn BlockDev> {
 fn seek_data_and_hole_follow_the_extents() {
     let fs = DiskFs::new(holey(), "disk".into(), false);
     // (offset, SEEK_DATA answer, SEEK_HOLE answer)
-    let cases: &[(u64, Result<u64, Errno>, Result<u64, Errno>)] = &[
+    type Answer = Result<u64, Errno>;
+    let cases: &[(u64, Answer, Answer)] = &[
         (0,      Ok(0),                Ok(4096)),
         (4095,   Ok(4095),             Ok(4096)),
         (4096,   Ok(12288),            Ok(4096)),
@@ -78,8 +79,8 @@ struct Strict(Arc<dyn BlockDev>);
 
 impl Strict {
     fn check(&self, len: usize, offset: u64) -> synth::Result<()> {
-        if offset % 512 != 0
-            || (len % 512 != 0 && offset + len as u64 != self.0.size())
+        if !offset.is_multiple_of(512)
+            || (!len.is_multiple_of(512) && offset + len as u64 != self.0.size())
             || len > 4096
         {
             return Err(Error::new(
