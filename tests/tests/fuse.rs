@@ -423,6 +423,8 @@ fn reads_at_the_limits_are_whole_or_short_at_the_end_and_seek_past_it_is_enxio()
     // A read-only disk refuses to be opened for writing.
     let e = OpenOptions::new().write(true).open(&disk.file).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(Errno::ROFS.raw_os_error()), "{e}");
+    let e = File::create(disk.mnt.join("new")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(Errno::ROFS.raw_os_error()), "{e}");
 }
 
 #[test]
@@ -480,6 +482,16 @@ fn writes_at_the_limits_land_exactly_and_the_size_is_fixed() {
     let e = f.set_len(size / 2).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(Errno::PERM.raw_os_error()), "{e}");
     assert_eq!(fs::metadata(&disk.file).unwrap().len(), size);
+    // The directory holds the disk only: no new names, the disk stays.
+    for e in [
+        File::create(disk.mnt.join("new")).unwrap_err(),
+        fs::create_dir(disk.mnt.join("d")).unwrap_err(),
+        fs::remove_file(&disk.file).unwrap_err(),
+        fs::rename(&disk.file, disk.mnt.join("other")).unwrap_err(),
+    ] {
+        assert_eq!(e.raw_os_error(), Some(Errno::PERM.raw_os_error()), "{e}");
+    }
+    assert!(disk.file.exists());
 }
 
 #[test]
