@@ -63,6 +63,9 @@ pub enum FuseError {
     /// The mountpoint is not a directory.
     #[error("{0}: not a directory (the mountpoint must be one)")]
     NotADirectory(PathBuf),
+    /// A FUSE mount whose server died (killed with SIGKILL) is still there.
+    #[error("{0}: a dead FUSE mount is there (its server was killed?): unmount it first (umount {0}, or fusermount3 -u {0})")]
+    DeadMount(PathBuf),
     /// The mountpoint could not be looked at.
     #[error("{path}: cannot use it as a mountpoint")]
     Mountpoint {
@@ -147,6 +150,9 @@ pub fn mount(
         Ok(_) => return Err(FuseError::NotADirectory(mountpoint.to_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(FuseError::NoMountpoint(mountpoint.to_owned()))
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()) => {
+            return Err(FuseError::DeadMount(mountpoint.to_owned()))
         }
         Err(e) => {
             return Err(FuseError::Mountpoint {

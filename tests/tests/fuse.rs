@@ -656,3 +656,27 @@ fn fuse_refuses_bad_mountpoints_names_and_combinations() {
     );
     fails(&["pattern", "1M", "--fuse-name", "x", "-U", "s"], "--fuse");
 }
+
+#[test]
+fn a_dead_mount_left_by_sigkill_is_named_with_the_fix() {
+    if !fuse_ready() {
+        return;
+    }
+    let mut disk = FuseDisk::start(&["pattern", "1M"]);
+    disk.server.signal(Signal::KILL);
+    assert!(disk.server.wait_exit(Duration::from_secs(10)).is_some());
+    // SIGKILL cannot unmount: the mount stays, dead (ENOTCONN).
+    assert!(mounted(&disk.mnt));
+    let out = run(
+        disksynth().args(["pattern", "1M", "--fuse"]).arg(&disk.mnt),
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("a dead FUSE mount is there")
+            && out.stderr_str().contains("umount"),
+        "{}",
+        out.describe()
+    );
+    // FuseDisk's drop unmounts it.
+}
