@@ -255,6 +255,32 @@ impl DiskFs {
     }
 }
 
+thread_local! {
+    /// Each request loop's read buffer, reused: a fresh 1 MiB buffer per
+    /// request would be zeroed (or page-faulted in) every time.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on a buffer of `len` bytes (contents unspecified: the caller
+/// fills all of it): this thread's reused one up to [`MAX_IO`], a
+/// temporary one beyond (never kept, so one odd request does not pin
+/// memory).
+fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    if len > MAX_IO as usize {
+        return f(&mut vec![0u8; len]);
+    }
+    READ_BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        // Never nested; if it were, a temporary buffer is still right.
+        Err(_) => f(&mut vec![0u8; len]),
+    })
+}
+
 /// Bytes the device stores data for, from its extents (`st_blocks`, which
 /// `du` shows and `cp --sparse=auto` uses to decide whether to look for
 /// holes). At most [`BLOCKS_CALLS`] calls: whatever is left counts as data.
@@ -471,14 +497,13 @@ impl Filesystem for DiskFs {
         if len > MAX_REQUEST {
             return reply.error(Errno::EINVAL);
         }
-        let mut buf = vec![0u8; len as usize];
-        match self.read_exact(&mut buf, offset) {
-            Ok(()) => reply.data(&buf),
+        with_buffer(len as usize, |buf| match self.read_exact(buf, offset) {
+            Ok(()) => reply.data(buf),
             Err(e) => {
                 log::warn!("read of {len} bytes at {offset}: {e:#}");
                 reply.error(errno_of(&e));
             }
-        }
+        });
     }
 
     fn write(
