@@ -552,6 +552,7 @@ fn run_gets_the_file_as_fuse_and_unmounts_when_it_exits() {
     fs::write(&src, random_bytes(8, 2 * MIB as usize + 5)).unwrap();
     let mnt = dir.path().join("m");
     fs::create_dir(&mnt).unwrap();
+    let _guard = UnmountGuard(&mnt);
     let captive = |cmd: &str, extra: &[&str]| {
         let out = run(
             disksynth()
@@ -594,6 +595,7 @@ fn a_command_that_leaves_a_loop_device_attached_does_not_hang_the_unmount() {
     let dir = tempdir();
     let mnt = dir.path().join("m");
     fs::create_dir(&mnt).unwrap();
+    let _guard = UnmountGuard(&mnt);
     let mut cmd = disksynth();
     cmd.args(["pattern", "4M", "--fuse"])
         .arg(&mnt)
@@ -679,4 +681,48 @@ fn a_dead_mount_left_by_sigkill_is_named_with_the_fix() {
         out.describe()
     );
     // FuseDisk's drop unmounts it.
+}
+
+/// Unmounts DIR lazily on drop if it is still mounted (for tests that mount without
+/// [`FuseDisk`]).
+struct UnmountGuard<'a>(&'a Path);
+
+impl Drop for UnmountGuard<'_> {
+    fn drop(&mut self) {
+        if mounted(self.0) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+}
+
+#[test]
+fn an_unprivileged_user_mounts_through_fusermount3() {
+    require_tool!("runuser", "fusermount3");
+    if !fuse_ready() || !is_root() {
+        return;
+    }
+    let dir = tempdir();
+    chmod(dir.path(), 0o755);
+    let mnt = dir.path().join("m");
+    fs::create_dir(&mnt).unwrap();
+    let nobody = rustix::process::Uid::from_raw(65534);
+    let nogroup = rustix::process::Gid::from_raw(65534);
+    rustix::fs::chown(&mnt, Some(nobody), Some(nogroup)).unwrap();
+    let _guard = UnmountGuard(&mnt);
+    let out = run(
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(disksynth_tests::disksynth_bin())
+            .args(["pattern", "1M", "--fuse"])
+            .arg(&mnt)
+            .arg("--run")
+            .arg(r#"stat -c '%U %s' "$fuse" && grep -F "$(dirname "$fuse") fuse.disksynth" /proc/mounts"#),
+        CMD_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let text = out.stdout_str();
+    assert!(text.starts_with("nobody 1048576\n"), "{}", out.describe());
+    // Mounted by fusermount3 on behalf of uid 65534, not by root.
+    assert!(text.contains("user_id=65534"), "{}", out.describe());
+    assert!(!mounted(&mnt), "still mounted after --run");
 }
