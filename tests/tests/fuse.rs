@@ -726,3 +726,27 @@ fn an_unprivileged_user_mounts_through_fusermount3() {
     assert!(text.contains("user_id=65534"), "{}", out.describe());
     assert!(!mounted(&mnt), "still mounted after --run");
 }
+
+#[test]
+fn a_host_file_changed_under_the_disk_reads_as_eio_not_as_other_bytes() {
+    if !fuse_ready() {
+        return;
+    }
+    let dir = tempdir();
+    let tree = dir.path().join("tree");
+    build_tree(&tree);
+    let disk = FuseDisk::start(&["ext4", tree.to_str().unwrap()]);
+    // The file the image was planned around changes size and bytes.
+    fs::write(
+        tree.join("big/one-mib-plus-three"),
+        random_bytes(10, 3 * MIB as usize),
+    )
+    .unwrap();
+    let e = fs::read(&disk.file).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(Errno::IO.raw_os_error()), "{e}");
+    // The server is still there and still serves the rest.
+    let f = File::open(&disk.file).unwrap();
+    let mut sb = [0u8; 2];
+    f.read_exact_at(&mut sb, 1024 + 0x38).unwrap();
+    assert_eq!(sb, [0x53, 0xef], "the ext4 superblock magic");
+}
