@@ -23,7 +23,7 @@ use fuse_export::{FuseMount, Options, Unmounted};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use synth::{Admission, Caps, Client, Export};
 
-use crate::args::ExportArgs;
+use crate::args::{ExportArgs, TlsArg};
 use crate::service::{self, PidFile};
 
 /// How long a mount still in use after `--run` ended is served.
@@ -105,6 +105,7 @@ pub fn serve_alone(
     readonly: bool,
     run: Option<&str>,
 ) -> Result<ExitCode> {
+    refuse_nbd_only(a)?;
     let (tx, rx) = mpsc::channel();
     // Caught before mounting, so that none is lost in between.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
@@ -246,6 +247,24 @@ pub fn serve_alone(
         let _ = service::notify(s, "STOPPING=1");
     }
     Ok(code)
+}
+
+/// Options that only the NBD server uses would be ignored without one:
+/// refused, saying how to get the server.
+fn refuse_nbd_only(a: &ExportArgs) -> Result<()> {
+    let tls = a.tls != TlsArg::Off || a.tls_certificates.is_some() || a.tls_cert.is_some();
+    for (given, name) in [
+        (tls, "--tls"),
+        (a.exit_last, "--exit-last"),
+        (a.max_connections.is_some(), "--max-connections"),
+    ] {
+        if given {
+            anyhow::bail!(
+                "{name} is for the NBD server, and --fuse alone starts none: add -U PATH or --serve"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A command's status as ours: its code, or 128 + the signal that ended it.

@@ -657,6 +657,16 @@ fn fuse_refuses_bad_mountpoints_names_and_combinations() {
         "not --fuse and -o",
     );
     fails(&["pattern", "1M", "--fuse-name", "x", "-U", "s"], "--fuse");
+    // Options of the NBD server alone would be ignored: refused, before anything is mounted.
+    for opt in [
+        &["--tls", "require"][..],
+        &["--exit-last"],
+        &["--max-connections", "2"],
+    ] {
+        let mut args = vec!["pattern", "1M", "--fuse", d];
+        args.extend_from_slice(opt);
+        fails(&args, "add -U PATH or --serve");
+    }
 }
 
 #[test]
