@@ -495,7 +495,7 @@ fn writes_at_the_limits_land_exactly_and_the_size_is_fixed() {
 }
 
 #[test]
-fn sigterm_and_sigint_unmount_and_exit_zero() {
+fn sigterm_sigint_and_an_outside_umount_stop_it_and_exit_zero() {
     if !fuse_ready() {
         return;
     }
@@ -510,6 +510,16 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
         );
         assert!(!mounted(&disk.mnt), "{sig:?}: still mounted");
     }
+    // Unmounted from outside: the server notices and exits.
+    let mut disk = FuseDisk::start(&["pattern", "1M"]);
+    run_ok(Command::new("umount").arg(&disk.mnt));
+    let st = disk.server.wait_exit(Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{st:?}\n{}",
+        disk.server.stderr_text()
+    );
+    assert!(disk.server.stderr_text().contains("unmounted from outside"));
 }
 
 #[test]
