@@ -45,10 +45,12 @@ impl Fuse {
 
 /// Mount `export` (one client: opened once) as `a.fuse`/`a.fuse_name`;
 /// writable when the export is and neither `-r` nor `readonly` says no.
+/// `beside`: an NBD server serves the same export.
 fn mount(
     export: &Arc<dyn Export>,
     a: &ExportArgs,
     readonly: bool,
+    beside: bool,
     on_end: Box<dyn FnOnce() + Send>,
 ) -> Result<Option<Fuse>> {
     let Some(dir) = &a.fuse else {
@@ -62,10 +64,13 @@ fn mount(
     let dev = export
         .open_client(&client, &|| false)
         .with_context(|| format!("--fuse {}: opening the disk", dir.display()))?;
+    let writable = export.caps().contains(Caps::WRITE) && !a.readonly && !readonly;
     let opts = Options {
         name: a.fuse_name.clone(),
-        writable: export.caps().contains(Caps::WRITE) && !a.readonly && !readonly,
+        writable,
         threads: usize::from(a.threads).min(32),
+        // NBD clients' writes must not hide behind this file's page cache.
+        uncached: writable && beside,
     };
     let m = fuse_export::mount(dev, dir, &opts, on_end)
         .with_context(|| format!("--fuse {}", dir.display()))?;
@@ -86,7 +91,7 @@ fn mount(
 
 /// `--fuse` beside an NBD server: the mount, unmounted when dropped.
 pub fn beside(export: &Arc<dyn Export>, a: &ExportArgs, readonly: bool) -> Result<Option<Fuse>> {
-    mount(export, a, readonly, Box::new(|| {}))
+    mount(export, a, readonly, true, Box::new(|| {}))
 }
 
 /// What the waiting loop hears.
@@ -138,7 +143,7 @@ pub fn serve_alone(
     let on_end = Box::new(move || {
         let _ = ended.send(Event::Ended);
     });
-    let mut fuse = mount(&export, a, readonly, on_end)?.context("--fuse is not set")?;
+    let mut fuse = mount(&export, a, readonly, false, on_end)?.context("--fuse is not set")?;
     let _pid_file = a.pid_file.as_deref().map(PidFile::write).transpose()?;
     if let Some(s) = &notify_socket {
         let ready = format!("READY=1\nMAINPID={}", std::process::id());

@@ -67,6 +67,8 @@ pub(crate) struct DiskFs {
     size: u64,
     name: OsString,
     writable: bool,
+    /// Open with `FOPEN_DIRECT_IO` (see `Options::uncached`).
+    uncached: bool,
     uid: u32,
     gid: u32,
     /// The file's times: when it was mounted.
@@ -85,7 +87,12 @@ pub(crate) struct DiskFs {
 }
 
 impl DiskFs {
-    pub(crate) fn new(dev: Arc<dyn BlockDev>, name: OsString, writable: bool) -> Self {
+    pub(crate) fn new(
+        dev: Arc<dyn BlockDev>,
+        name: OsString,
+        writable: bool,
+        uncached: bool,
+    ) -> Self {
         let size = dev.size();
         let bs = dev.block_size();
         let minimum = u64::from(bs.minimum.max(1));
@@ -97,6 +104,7 @@ impl DiskFs {
             size,
             name,
             writable,
+            uncached,
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
             time: SystemTime::now(),
@@ -463,11 +471,13 @@ impl Filesystem for DiskFs {
             return reply.error(Errno::EROFS);
         }
         // A read-only disk never changes under the page cache: keep it
-        // across opens. A writable one may also be written over NBD
-        // (--fuse with -U), so every open starts with a fresh cache; direct
-        // writes to it may run in parallel (the device takes concurrent
-        // writes).
-        let f = if self.writable {
+        // across opens. A writable one changes only through this mount,
+        // whose writes the cache sees, unless another exporter writes it
+        // too: then no cache at all. Direct writes may run in parallel (the
+        // device takes concurrent writes).
+        let f = if self.uncached {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        } else if self.writable {
             FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
         } else {
             FopenFlags::FOPEN_KEEP_CACHE

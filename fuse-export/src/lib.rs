@@ -42,6 +42,10 @@ pub struct Options {
     pub writable: bool,
     /// Request loops: requests served at once.
     pub threads: usize,
+    /// Every read goes to the device, past the page cache (`FOPEN_DIRECT_IO`):
+    /// for a writable disk that another exporter (NBD) writes too, whose
+    /// writes the kernel's cache of this file would not see.
+    pub uncached: bool,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             name: DEFAULT_NAME.into(),
             writable: false,
             threads: 8,
+            uncached: false,
         }
     }
 }
@@ -185,7 +190,7 @@ pub fn mount(
     config.acl = SessionACL::Owner;
     config.n_threads = Some(opts.threads.clamp(1, 64));
     config.clone_fd = true;
-    let fs = fs::DiskFs::new(dev, opts.name.clone(), opts.writable);
+    let fs = fs::DiskFs::new(dev, opts.name.clone(), opts.writable, opts.uncached);
     let mut session = Session::new(fs, &mountpoint, &config).map_err(|e| FuseError::Mount {
         hint: if e.kind() == io::ErrorKind::NotFound {
             " (no /dev/fuse, or no fusermount3: load the fuse module or install fuse3)"

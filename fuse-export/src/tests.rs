@@ -19,7 +19,7 @@ fn holey() -> Arc<dyn BlockDev> {
 #[rustfmt::skip]
 #[test]
 fn seek_data_and_hole_follow_the_extents() {
-    let fs = DiskFs::new(holey(), "disk".into(), false);
+    let fs = DiskFs::new(holey(), "disk".into(), false, false);
     // (offset, SEEK_DATA answer, SEEK_HOLE answer)
     type Answer = Result<u64, Errno>;
     let cases: &[(u64, Answer, Answer)] = &[
@@ -44,7 +44,7 @@ fn seek_data_and_hole_follow_the_extents() {
 fn a_disk_without_holes_has_its_hole_at_the_end() {
     let mut b = RegionMapBuilder::new();
     b.push_bytes("a", vec![7u8; 1000]).unwrap();
-    let fs = DiskFs::new(Arc::new(b.finish()), "disk".into(), false);
+    let fs = DiskFs::new(Arc::new(b.finish()), "disk".into(), false, false);
     assert_eq!(fs.seek(10, true), Ok(1000));
     assert_eq!(fs.seek(999, false), Ok(999));
 }
@@ -121,7 +121,12 @@ fn unaligned_and_large_requests_reach_the_device_in_its_units() {
     let bytes: Vec<u8> = (0..20000u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut b = RegionMapBuilder::new();
     b.push_bytes("a", bytes.clone()).unwrap();
-    let fs = DiskFs::new(Arc::new(Strict(Arc::new(b.finish()))), "disk".into(), false);
+    let fs = DiskFs::new(
+        Arc::new(Strict(Arc::new(b.finish()))),
+        "disk".into(),
+        false,
+        false,
+    );
     // (offset, length): unaligned both ways, one byte, across the 4 KiB
     // maximum, up to the (unaligned) end.
     for (off, len) in [

@@ -65,8 +65,10 @@ impl FuseDisk {
         fs::create_dir(&mnt).expect("creating the mountpoint");
         let mut cmd = disksynth();
         cmd.args(args).arg("--fuse").arg(&mnt).args(after);
+        // Stdout line 1: the file's path, or with -U/--serve the NBD URI (printed after the
+        // mount, so the file is there either way).
         let server = Server::spawn(cmd);
-        let file = PathBuf::from(server.uri());
+        let file = mnt.join("disk");
         FuseDisk {
             server,
             mnt,
@@ -202,7 +204,11 @@ fn ext4_through_fuse_loop_mounts_as_the_host_tree_and_equals_the_image() {
     build_image("ext4", &tree, &img, &[]);
 
     let disk = FuseDisk::start(&["ext4", tree.to_str().unwrap()]);
-    assert_eq!(disk.file, disk.mnt.join("disk"));
+    assert_eq!(
+        Path::new(disk.server.uri()),
+        disk.file,
+        "stdout line 1 is the file"
+    );
     assert!(mounted(&disk.mnt));
     let meta = fs::metadata(&disk.file).unwrap();
     assert_eq!(meta.len(), fs::metadata(&img).unwrap().len());
@@ -769,4 +775,37 @@ fn a_host_file_changed_under_the_disk_reads_as_eio_not_as_other_bytes() {
     let mut sb = [0u8; 2];
     f.read_exact_at(&mut sb, 1024 + 0x38).unwrap();
     assert_eq!(sb, [0x53, 0xef], "the ext4 superblock magic");
+}
+
+#[test]
+fn beside_an_nbd_server_each_exporter_reads_what_the_other_wrote() {
+    require_tool!("qemu-io");
+    if !fuse_ready() {
+        return;
+    }
+    let dir = tempdir();
+    let sock = dir.path().join("sock");
+    let disk = FuseDisk::start(&["memory", "8M", "-U", sock.to_str().unwrap()]);
+    let uri = disk.server.uri().to_string();
+    assert!(uri.starts_with("nbd+unix://"), "{uri}");
+    // Held open throughout: its reads must not come from a page cache the NBD writes bypass.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk.file)
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    f.read_exact_at(&mut buf, MIB).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    disksynth_tests::qemu_io(&uri, &["write -P 0xab 1M 4k"]);
+    f.read_exact_at(&mut buf, MIB).unwrap();
+    assert!(
+        buf[..4096].iter().all(|&b| b == 0xab),
+        "the NBD write is read through FUSE"
+    );
+    assert!(buf[4096..].iter().all(|&b| b == 0));
+    // And the other way.
+    f.write_all_at(&[0xcd; 4096], 2 * MIB).unwrap();
+    f.sync_all().unwrap();
+    disksynth_tests::qemu_io(&uri, &["read -P 0xcd 2M 4k", "read -P 0 0 1M"]);
 }
