@@ -502,6 +502,7 @@ fn writes_at_the_limits_land_exactly_and_the_size_is_fixed() {
 
 #[test]
 fn sigterm_sigint_and_an_outside_umount_stop_it_and_exit_zero() {
+    require_tool!("umount");
     if !fuse_ready() {
         return;
     }
