@@ -770,6 +770,14 @@ pub struct ExportArgs {
     /// Write the whole disk as a sparse raw image; `-` streams to stdout.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Mount a FUSE filesystem on DIR holding one file, DIR/disk, whose bytes are the disk
+    /// (read-only unless --rw): for loop mounts, qemu-img, cp without an NBD client. Alone it
+    /// serves until SIGINT/SIGTERM; with -U/--serve both serve the disk; --run gets $fuse.
+    #[arg(long, value_name = "DIR")]
+    pub fuse: Option<PathBuf>,
+    /// The file's name under --fuse.
+    #[arg(long, value_name = "NAME", default_value = "disk", requires = "fuse")]
+    pub fuse_name: std::ffi::OsString,
     /// Export name clients ask for (the empty name always works too).
     #[arg(
         short = 'e',

@@ -4,6 +4,7 @@
 mod args;
 mod build;
 mod exports;
+mod fuse;
 mod generators;
 mod inspect;
 mod interrupt;
@@ -35,6 +36,8 @@ use synth::size::Size;
 enum Mode {
     Serve(Endpoint),
     Output(std::path::PathBuf),
+    /// `--fuse` without an NBD endpoint: only the FUSE file (and `--run`).
+    Fuse(Option<String>),
 }
 
 fn mode_of(a: &ExportArgs, systemd: bool) -> Result<Mode> {
@@ -56,6 +59,13 @@ fn mode_of(a: &ExportArgs, systemd: bool) -> Result<Mode> {
     }
     if a.run.is_some() && a.output.is_some() {
         bail!("choose one way to export the disk, not --run and -o");
+    }
+    if a.fuse.is_some() && a.output.is_some() {
+        bail!("choose one way to export the disk, not --fuse and -o");
+    }
+    // --fuse with -U/--serve: both (the file is mounted beside the server).
+    if a.fuse.is_some() && !tcp && a.unix.is_none() {
+        return Ok(Mode::Fuse(a.run.clone()));
     }
     // Where to listen; --run then uses that socket (else a private one).
     let listen = if tcp {
@@ -185,7 +195,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Mode::Output(_) => {
                 bail!("-o writes one disk; `serve` has several: use -U, -p or --run")
             }
+            Mode::Fuse(run) => {
+                // The default export (the one the empty name reaches).
+                let e = catalog.default_entry();
+                fuse::serve_alone(e.export.clone(), a, e.readonly, run.as_deref())
+            }
             Mode::Serve(endpoint) => {
+                let e = catalog.default_entry();
+                let _fuse = fuse::beside(&e.export, a, e.readonly)?;
                 let fds = nbd_export::raise_fd_limit();
                 let opts = server_options(a, fds)?;
                 serve::serve_catalog(catalog, endpoint, opts, a, systemd, fds)
@@ -200,7 +217,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let dev = export.open()?;
             output(&*dev, &path)
         }
+        Mode::Fuse(run) => fuse::serve_alone(export, a, false, run.as_deref()),
         Mode::Serve(endpoint) => {
+            let _fuse = fuse::beside(&export, a, false)?;
             let fds = nbd_export::raise_fd_limit();
             let opts = server_options(a, fds)?;
             serve(export, endpoint, opts, a, systemd, fds)

@@ -523,6 +523,10 @@ pub fn serve_catalog(
                 TlsMode::On => "1",
                 TlsMode::Require => "2",
             },
+            fuse: a
+                .fuse
+                .as_ref()
+                .and_then(|d| std::path::absolute(d.join(&a.fuse_name)).ok()),
         };
         run_captive(&server, listener, cmd, &env, fds.raised_from)?
     } else {
@@ -559,6 +563,8 @@ struct RunEnv<'a> {
     port: Option<u16>,
     /// nbdkit's `$tls`: 0 off, 1 on, 2 require.
     tls: &'static str,
+    /// `--fuse`'s file, mounted beside the server.
+    fuse: Option<PathBuf>,
 }
 
 /// SIGHUP re-reads the TLS certificate, key and CA files (a renewed
@@ -655,6 +661,7 @@ fn run_captive(
         )
         .env("port", env.port.map(|p| p.to_string()).unwrap_or_default())
         .env("tls", env.tls)
+        .envs(env.fuse.iter().map(|f| ("fuse", f)))
         .spawn()
         .with_context(|| format!("cannot run {cmd:?} with /bin/sh"))?;
     let pid = child.id();

@@ -12,6 +12,7 @@ mod filters_data;
 mod filters_service;
 mod fio;
 mod floppy;
+mod fuse;
 mod harness;
 mod hostile_clients;
 mod hostile_origin;
