@@ -30,6 +30,26 @@ impl Connection {
         sc: &mut Scratch,
         payload: Option<BudgetGuard<'_>>,
     ) -> io::Result<()> {
+        // -vv: a line per request (a level check otherwise: one atomic load).
+        if !log::log_enabled!(log::Level::Debug) {
+            return self.serve(req, sc, payload);
+        }
+        let t0 = Instant::now();
+        let r = self.serve(req, sc, payload);
+        let took = t0.elapsed();
+        match &r {
+            Ok(()) => log::debug!("{}: {req}: replied in {took:.1?}", self.peer),
+            Err(e) => log::debug!("{}: {req}: sending the reply failed: {e}", self.peer),
+        }
+        r
+    }
+
+    fn serve(
+        &self,
+        req: &Request,
+        sc: &mut Scratch,
+        payload: Option<BudgetGuard<'_>>,
+    ) -> io::Result<()> {
         if let Err((errno, msg)) = self.validate(req) {
             return self.send_error(req, errno, msg, sc);
         }
