@@ -240,9 +240,8 @@ impl View {
             json!(w.collector.name),
             map.size()
         );
-        let mut listed = 0usize;
         let mut more = false;
-        for (i, p) in map.overlapping(offset, length) {
+        for (listed, (i, p)) in map.overlapping(offset, length).enumerate() {
             if listed == limit {
                 more = true;
                 break;
@@ -268,7 +267,6 @@ impl View {
                 }
             }
             buf.push_str(&v.to_string());
-            listed += 1;
             if buf.len() > 64 * 1024 {
                 out.body(buf.as_bytes())?;
                 buf.clear();
