@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use synth::{BlockDev, Export};
-use web_view::WebView;
+use web_view::{figures, WebView};
 
 use crate::args::Source;
 
@@ -40,5 +40,60 @@ pub fn watch(
         Source::Tmpdisk { .. } => None,
         _ => Some(export.open().context("--web: opening the disk to map it")?),
     };
-    Ok(web.watch(name, export, shared.as_deref(), None)?)
+    Ok(web.watch(name, export, shared.as_deref())?)
+}
+
+/// Show an xz view's cache figures in the web view (if one runs).
+pub fn xz_figures(dev: &Arc<formats::xz::XzDev>) {
+    let weak = Arc::downgrade(dev);
+    figures::register(
+        "xz",
+        Box::new(move || {
+            let s = weak.upgrade()?.stats();
+            let mut v = vec![
+                ("cache_hits", s.cache_hits),
+                ("blocks_decoded", s.decodes),
+                ("cached_bytes", s.cached_bytes),
+            ];
+            v.extend(figures::hit_pct(s.cache_hits, s.decodes).map(|p| ("cache_hit_pct", p)));
+            Some(v)
+        }),
+    );
+}
+
+/// Show a qcow2 view's cache and file figures in the web view.
+pub fn qcow2_figures(dev: &Arc<formats::qcow2::QcowDev>) {
+    let weak = Arc::downgrade(dev);
+    figures::register(
+        "qcow2",
+        Box::new(move || {
+            let s = weak.upgrade()?.stats();
+            let misses = s.l2_loads + s.decompressions;
+            let mut v = vec![
+                ("cache_hits", s.cache_hits),
+                ("file_bytes", s.file_bytes),
+                ("cached_bytes", s.cached_bytes),
+            ];
+            v.extend(figures::hit_pct(s.cache_hits, misses).map(|p| ("cache_hit_pct", p)));
+            Some(v)
+        }),
+    );
+}
+
+/// Show what an HTTP origin sent in the web view.
+pub fn http_figures(dev: &Arc<sources::http::HttpDev>) {
+    let weak = Arc::downgrade(dev);
+    figures::register(
+        "http",
+        Box::new(move || {
+            let s = weak.upgrade()?.stats();
+            Some(vec![
+                ("origin_bytes", s.bytes),
+                ("origin_requests", s.requests),
+                ("retries", s.retries),
+                ("readahead_hits", s.readahead_hits),
+                ("readahead_wasted_bytes", s.readahead_wasted),
+            ])
+        }),
+    );
 }

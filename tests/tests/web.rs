@@ -256,7 +256,12 @@ fn hostile_http_clients_get_4xx_and_never_stop_the_disk() {
     assert_eq!(read.stdout_str().trim(), "512");
     drop(idle);
 
-    // Freed, the view serves again, and counted the read.
+    // Freed (each slot as soon as its thread sees the close), the view serves again, and
+    // counted the read.
+    let start = Instant::now();
+    while get(addr, "/api/stats").0 == 503 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let st = stats_when(addr, |s| s["ops"]["read"]["bytes"] == 512);
     assert_eq!(st["ops"]["read"]["bytes"], 512, "{st}");
 }
@@ -299,4 +304,37 @@ fn serve_watches_every_export_and_the_page_picks_one() {
     );
     assert!(!out.status.success());
     assert!(out.stderr_str().contains("--web"), "{}", out.describe());
+}
+
+#[test]
+fn an_xz_views_cache_figures_are_shown() {
+    require_tool!("python3-nbd");
+    let dir = tempdir();
+    let raw_img = dir.path().join("disk.img");
+    std::fs::write(&raw_img, random_bytes(20, 3 << 20)).unwrap();
+    let xz = dir.path().join("disk.img.xz");
+    run_ok(disksynth_tests::disksynth().args([
+        "pack",
+        raw_img.to_str().unwrap(),
+        xz.to_str().unwrap(),
+        "--block-size",
+        "1M",
+    ]));
+    let server = Server::disksynth_unix(
+        dir.path(),
+        &["xz", xz.to_str().unwrap(), "--web", "127.0.0.1:0"],
+    );
+    let addr = web_addr(&server);
+    // The same block twice: one decode, then a cache hit.
+    run_ok(std::process::Command::new("/usr/bin/python3").args([
+        "-c",
+        "import nbd, sys; h = nbd.NBD(); h.connect_uri(sys.argv[1]); \
+         h.pread(4096, 0); h.pread(4096, 8192)",
+        server.uri(),
+    ]));
+    let st = stats_when(addr, |s| s["ops"]["read"]["requests"] == 2);
+    let dev = &st["device"];
+    assert!(dev["xz.blocks_decoded"].as_u64().unwrap() >= 1, "{st}");
+    assert!(dev["xz.cache_hits"].as_u64().unwrap() >= 1, "{st}");
+    assert!(dev["xz.cache_hit_pct"].as_u64().unwrap() <= 100, "{st}");
 }

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const COLS = 64;
+const COLS = 128;
 const KIND_COLOUR = { f: "#5c8fd6", m: "#e8a33d", z: "#e4e4e4", u: "#9e9e9e" };
 const KIND_NAME = { f: "file data", m: "metadata", z: "free", u: "unknown" };
 const WRITTEN = "#ab47bc";
@@ -54,7 +54,7 @@ function geometry() {
   const n = cells ? cells.kinds.length : 0;
   const rowsN = Math.max(1, Math.ceil(n / COLS));
   const w = canvas.width / COLS;
-  const h = Math.max(4, Math.min(w, 512 / rowsN));
+  const h = Math.max(4, Math.min(w, 256 / rowsN));
   canvas.height = Math.ceil(rowsN * h);
   return { w, h };
 }

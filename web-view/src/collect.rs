@@ -170,13 +170,7 @@ pub struct Collector {
     /// Connections so far.
     pub connections: AtomicU64,
     live: Mutex<Vec<Weak<Conn>>>,
-    /// Figures the device itself keeps (cache hits, origin bytes), asked
-    /// by the web threads only.
-    pub device_figures: Option<DeviceFigures>,
 }
-
-/// A device's own figures, by name (`cache_hits`, `origin_bytes`, …).
-pub type DeviceFigures = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 impl fmt::Debug for Collector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -202,7 +196,6 @@ impl Collector {
             pieces,
             connections: AtomicU64::new(0),
             live: Mutex::new(Vec::new()),
-            device_figures: None,
         }
     }
 

@@ -23,6 +23,7 @@
 //! time-bounded.
 
 pub mod collect;
+pub mod figures;
 pub mod http;
 pub mod map;
 pub mod stats;
@@ -34,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use synth::{BlockDev, Export, FilteredExport};
 
-use crate::collect::{Collector, DeviceFigures, WatchFactory};
+use crate::collect::{Collector, WatchFactory};
 use crate::http::{Answer, Request};
 use crate::map::{DiskMap, Kind};
 use crate::stats::Sampler;
@@ -100,21 +101,19 @@ impl WebView {
     /// counting layer on top. `map_of` is the device whose layout the map
     /// shows (the shared device every client reads), `None` for exports
     /// opening a disk per client: their map is one unknown piece.
-    /// `figures` reads the device's own counters (cache hits, origin bytes).
+    /// The devices' own figures (cache hits, origin bytes) come from
+    /// [`figures`], where they are registered as they are opened.
     pub fn watch(
         &mut self,
         name: &str,
         export: Arc<dyn Export>,
         map_of: Option<&dyn BlockDev>,
-        figures: Option<DeviceFigures>,
     ) -> Result<Arc<dyn Export>, WebError> {
         let map = match map_of {
             Some(dev) => DiskMap::of(dev),
             None => DiskMap::from_named(export.size(), &[]),
         };
-        let mut collector = Collector::new(name, map);
-        collector.device_figures = figures;
-        let collector = Arc::new(collector);
+        let collector = Arc::new(Collector::new(name, map));
         let factory = Arc::new(WatchFactory {
             collector: collector.clone(),
         });

@@ -214,11 +214,10 @@ impl Sampler {
             .filter(|(_, k)| k.written.load(Ordering::Relaxed) > 0)
             .map(|(i, _)| i)
             .collect();
-        let device: serde_json::Map<String, Value> = c
-            .device_figures
-            .as_ref()
-            .map(|f| f().into_iter().map(|(k, v)| (k, json!(v))).collect())
-            .unwrap_or_default();
+        let device: serde_json::Map<String, Value> = crate::figures::current()
+            .into_iter()
+            .map(|(k, v)| (k, json!(v)))
+            .collect();
         json!({
             "export": c.name,
             "exports": exports,
