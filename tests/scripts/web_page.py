@@ -7,7 +7,7 @@ seconds after the read.
 
 usage: web_page.py CHROMIUM PAGE_URL NBD_URI --offset N --length N --text T
                    [--selector '#recent'] [--timeout 2] [--screenshot PNG]
-                   [--keep-reading SECONDS]
+                   [--keep-reading SECONDS] [--point-at TEXT]
 Prints `live_after=S`, `read_bytes=N`, `found_after=S` (or `found_after=none`),
 `element=TEXT` (the element's text, one line) and, with --screenshot,
 `screenshot=PATH`.
@@ -37,6 +37,7 @@ ap.add_argument("--selector", default="#recent")
 ap.add_argument("--timeout", type=float, default=2.0)
 ap.add_argument("--screenshot")
 ap.add_argument("--keep-reading", type=float, default=0.0)
+ap.add_argument("--point-at", help="before the screenshot, point at the cell naming this")
 args = ap.parse_args()
 
 
@@ -166,16 +167,30 @@ try:
     print("element=" + " ".join(text.split()))
 
     if args.screenshot:
-        # Keep a client reading (the whole disk, round and round) so the
-        # picture shows cells lit and the graphs moving.
+        # Keep a client reading files, as a booting guest does, so the
+        # picture shows cells lit, files listed and the graphs moving.
+        import random
+        import urllib.request
+
+        base = args.url.rstrip("/")
+        with urllib.request.urlopen(base + "/api/map", timeout=10) as r:
+            regions = [x for x in json.load(r)["regions"] if x["kind"] != "free"]
+        rng = random.Random(18)
         until = time.monotonic() + args.keep_reading
-        size = h.get_size()
-        pos = 0
         while time.monotonic() < until:
-            n = min(1 << 20, size - pos)
-            h.pread(n, pos)
-            pos = (pos + n) % size
-            time.sleep(0.02)
+            x = rng.choice(regions)
+            n = min(x["length"], 1 << 20)
+            h.pread(n, x["offset"])
+            time.sleep(0.01)
+        if args.point_at:
+            # Point at (and click) the cell holding a file, as a person would.
+            at = browser.eval(f"JSON.stringify(window.cellPoint({json.dumps(args.point_at)}))")
+            p = json.loads(at) if at else None
+            if p:
+                for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+                    browser.call("Input.dispatchMouseEvent", {
+                        "type": kind, "x": p["x"], "y": p["y"], "button": "left", "clickCount": 1})
+                time.sleep(0.5)
         shot = browser.call("Page.captureScreenshot", {"format": "png"})
         with open(args.screenshot, "wb") as f:
             f.write(base64.b64decode(shot["data"]))

@@ -91,6 +91,18 @@ function cellAt(ev) {
   return cells && i >= 0 && i < cells.kinds.length ? i : null;
 }
 
+// Where on the page the first cell mostly holding `text` is (for scripts
+// driving the page: a screenshot pointing at a file).
+window.cellPoint = (text) => {
+  if (!cells) return null;
+  const i = cells.names.findIndex((n) => n.includes(text));
+  if (i < 0) return null;
+  const canvas = $("map");
+  const rect = canvas.getBoundingClientRect();
+  const sx = rect.width / canvas.width, sy = rect.height / canvas.height;
+  return { x: rect.left + ((i % COLS) + 0.5) * canvas.geo.w * sx, y: rect.top + (Math.floor(i / COLS) + 0.5) * canvas.geo.h * sy };
+};
+
 function describeCell(i) {
   const start = i * cells.cell_size;
   const end = Math.min(start + cells.cell_size, cells.size);
@@ -123,7 +135,7 @@ async function loadCells() {
 // ---- figures ----------------------------------------------------------
 
 function fileList(ol, list, key) {
-  ol.replaceChildren(...list.map((f) => {
+  ol.replaceChildren(...list.slice(0, 10).map((f) => {
     const li = text("li", f.path + " ");
     li.append(text("span", key === "ago" ? f.read_s_ago + " s ago, " + bytes(f.read_bytes) : bytes(f.read_bytes), "n"));
     return li;
