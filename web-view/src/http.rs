@@ -242,14 +242,27 @@ impl Answer<'_> {
         self.raw(b)
     }
 
-    fn raw(&mut self, b: &[u8]) -> io::Result<()> {
-        if Instant::now() > self.deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "answer took too long",
-            ));
+    /// Write all of `b` by the deadline: each `write` may wait at most
+    /// [`WRITE_TIME`] (or what is left), so a client reading a byte now and
+    /// then cannot hold the thread past the deadline.
+    fn raw(&mut self, mut b: &[u8]) -> io::Result<()> {
+        while !b.is_empty() {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "answer took too long",
+                ));
+            }
+            self.stream.set_write_timeout(Some(left.min(WRITE_TIME)))?;
+            match self.stream.write(b) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => b = &b[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        self.stream.write_all(b)
+        Ok(())
     }
 
     /// A whole answer.
