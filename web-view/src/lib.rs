@@ -290,10 +290,17 @@ fn cells_json(c: &Collector) -> String {
             Kind::Unknown => 'u',
         })
         .collect();
-    let names: Vec<&str> = map
+    // The piece's name, in its partition if it lies in one.
+    let names: Vec<String> = map
         .cells()
         .iter()
-        .map(|cell| map.pieces().get(cell.main).map_or("", |p| &p.name))
+        .map(|cell| match map.pieces().get(cell.main) {
+            Some(p) => match &p.within {
+                Some(w) => format!("{w}: {}", p.name),
+                None => p.name.to_string(),
+            },
+            None => String::new(),
+        })
         .collect();
     json!({
         "export": c.name,
