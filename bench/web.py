@@ -11,7 +11,8 @@ once: it holds the event stream (`/api/events`) open, reading every event, and p
 `nbdcopy --no-extents URI null:`, 1 connection, with nbdcopy's default 256 KiB requests and with
 4 KiB requests (where a per-request cost shows most). Plain and watched are read back to back
 (order alternating) and the cost is the median of those pairs' ratios, which cancels the drift
-of a shared machine. Issue 18: collecting costs at most 2 %.
+of a shared machine; the servers' CPU seconds per GiB (all threads, the web view's included) say
+what the collecting costs where throughput is noisy. Issue 18: collecting costs at most 2 %.
 
 Environment knobs (defaults in brackets):
   DISKSYNTH_BIN   disksynth binary                  [<repo>/target/release/disksynth]
@@ -19,6 +20,7 @@ Environment knobs (defaults in brackets):
   BENCH_PASSES    whole reads per measurement       [4]
   BENCH_DATA      directory for the 1 GiB file      [/tmp/filtersbench]
   BENCH_OUT       output directory                  [<repo>/bench/out]
+  BENCH_PIN       1: servers on CPU 1, nbdcopy on CPU 0 (taskset)
 Output: a table on stdout and in $BENCH_OUT/web.md.
 """
 
@@ -52,14 +54,32 @@ def free_port():
         return s.getsockname()[1]
 
 
-def seq_read(uri, request_size):
-    """MiB/s of PASSES whole reads (one read of 1 GiB takes well under a second)."""
-    cmd = ["nbdcopy", "--no-extents", "--connections=1", f"--request-size={request_size}",
-           uri, "null:"]
+TICK = os.sysconf("SC_CLK_TCK")
+PIN = os.environ.get("BENCH_PIN") == "1"
+SERVER_CPU = ["taskset", "-c", "1"] if PIN else []
+CLIENT_CPU = ["taskset", "-c", "0"] if PIN else []
+
+
+def cpu_seconds(pid):
+    """User + system time of the whole process (all threads: the web view's too),
+    /proc/PID/stat fields 14-15."""
+    with open(f"/proc/{pid}/stat") as st:
+        fields = st.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def seq_read(server, request_size):
+    """(MiB/s, server CPU seconds per GiB) of PASSES whole reads (one read of 1 GiB takes
+    well under a second)."""
+    cmd = CLIENT_CPU + ["nbdcopy", "--no-extents", "--connections=1",
+                        f"--request-size={request_size}", server.uri, "null:"]
+    c0 = cpu_seconds(server.proc.pid)
     t = time.perf_counter()
     for _ in range(PASSES):
         subprocess.run(cmd, check=True, timeout=600)
-    return PASSES * SIZE / (1 << 20) / (time.perf_counter() - t)
+    dt = time.perf_counter() - t
+    cpu = cpu_seconds(server.proc.pid) - c0
+    return PASSES * SIZE / (1 << 20) / dt, cpu / PASSES
 
 
 class Viewer:
@@ -111,10 +131,11 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "disksynth"], cwd=ROOT, check=True)
     f = warm_random_file(DATA, SIZE)
     port = free_port()
-    plain = Server("plain", [DS, "file", f, "-r", "-U", "@SOCK@"], LOGS)
-    web = Server("web", [DS, "file", f, "-r", "-U", "@SOCK@", "--web", f"127.0.0.1:{port}"], LOGS)
+    plain = Server("plain", SERVER_CPU + [DS, "file", f, "-r", "-U", "@SOCK@"], LOGS)
+    web = Server("web", SERVER_CPU + [DS, "file", f, "-r", "-U", "@SOCK@",
+                                      "--web", f"127.0.0.1:{port}"], LOGS)
     viewer = Viewer(port)
-    uris = {"plain": plain.uri, "web": web.uri}
+    servers = {"plain": plain, "web": web}
     workloads = [("256 KiB requests", 256 << 10), ("4 KiB requests", 4096)]
     res = {}
     try:
@@ -122,11 +143,14 @@ def main():
             for wname, rsize in workloads:
                 # Back to back, the order alternating: a pair sees the same machine.
                 order = ["plain", "web"] if rep % 2 == 0 else ["web", "plain"]
-                got = {n: seq_read(uris[n], rsize) for n in order}
-                for n, v in got.items():
+                got = {n: seq_read(servers[n], rsize) for n in order}
+                for n, (v, cpu) in got.items():
                     res.setdefault((n, wname), []).append(v)
-                res.setdefault(("ratio", wname), []).append(got["web"] / got["plain"])
-                log(f"{wname}: plain {got['plain']:.0f} MiB/s, web {got['web']:.0f} MiB/s")
+                    res.setdefault((n, "cpu", wname), []).append(cpu)
+                res.setdefault(("ratio", wname), []).append(got["web"][0] / got["plain"][0])
+                res.setdefault(("cpu ratio", wname), []).append(got["web"][1] / got["plain"][1])
+                log(f"{wname}: plain {got['plain'][0]:.0f} MiB/s {got['plain'][1]:.3f} s/GiB, "
+                    f"web {got['web'][0]:.0f} MiB/s {got['web'][1]:.3f} s/GiB")
     finally:
         viewer.close()
         plain.stop()
@@ -135,18 +159,25 @@ def main():
     expected = REPS * len(workloads) * PASSES * SIZE
     lines = [
         "| sequential read, 1 connection | plain (MiB/s) | --web, view open (MiB/s) "
-        "| cost (median of paired runs) |",
-        "|---|---:|---:|---:|",
+        "| throughput cost | server CPU s/GiB plain | with --web | CPU cost |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for wname, _ in workloads:
         p = statistics.median(res[("plain", wname)])
         w = statistics.median(res[("web", wname)])
         cost = (1 - statistics.median(res[("ratio", wname)])) * 100
-        lines.append(f"| {wname} | {p:.1f} | {w:.1f} | {cost:+.1f} % |")
+        pc = statistics.median(res[("plain", "cpu", wname)])
+        wc = statistics.median(res[("web", "cpu", wname)])
+        cpu_cost = (statistics.median(res[("cpu ratio", wname)]) - 1) * 100
+        lines.append(f"| {wname} | {p:.1f} | {w:.1f} | {cost:+.1f} % | {pc:.3f} | {wc:.3f} "
+                     f"| {cpu_cost:+.1f} % |")
     table = "\n".join(lines)
     note = (f"\nMedian of {REPS} runs of {PASSES} whole reads; 1 GiB file in the page cache; each "
-            "pair read back to back. cost = 1 - web/plain of each pair, median over the pairs "
-            f"(negative: noise). The viewer read {viewer.events} events and polled /api/stats "
+            "pair read back to back. throughput cost = 1 - web/plain of each pair, CPU cost = "
+            "web/plain - 1 of the server's CPU seconds (user + system, all threads, the web "
+            "view's included) per GiB; medians over the pairs (negative: noise)"
+            + ("; servers pinned to CPU 1, nbdcopy to CPU 0" if PIN else "") + ". "
+            f"The viewer read {viewer.events} events and polled /api/stats "
             f"{viewer.polls} times; the view counted {read / (1 << 30):.0f} GiB read of "
             f"{expected / (1 << 30):.0f} GiB.\n")
     print(table + note)

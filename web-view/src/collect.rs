@@ -227,8 +227,19 @@ impl Collector {
         c
     }
 
-    /// Count one request: `len` bytes at `offset`, its outcome and time.
-    fn record(&self, conn: &Conn, op: Op, offset: u64, len: u64, ok: bool, took: Duration) {
+    /// Count one request: `len` bytes at `offset`, started at `start`, its
+    /// outcome and how long it took (no clock is read here).
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        conn: &Conn,
+        op: Op,
+        offset: u64,
+        len: u64,
+        ok: bool,
+        start: Instant,
+        took: Duration,
+    ) {
         let o = &self.ops[op as usize];
         o.requests.fetch_add(1, Ordering::Relaxed);
         o.hist[bucket(took)].fetch_add(1, Ordering::Relaxed);
@@ -268,7 +279,7 @@ impl Collector {
         if op == Op::Read {
             // The pieces it read: as many as lie in the range (a large read
             // over small files touches each once).
-            let now = self.started.elapsed().as_millis() as u64 + 1;
+            let now = (start.saturating_duration_since(self.started) + took).as_millis() as u64 + 1;
             for (i, p) in self.map.overlapping(offset, end - offset.min(end)) {
                 let n = p.end().min(end) - p.offset.max(offset);
                 if let Some(counts) = self.pieces.get(i) {
@@ -298,8 +309,9 @@ impl Watch {
     ) -> Result<T> {
         let start = Instant::now();
         let r = call();
+        let took = start.elapsed();
         self.collector
-            .record(&self.conn, op, offset, len, r.is_ok(), start.elapsed());
+            .record(&self.conn, op, offset, len, r.is_ok(), start, took);
         r
     }
 }
@@ -361,6 +373,7 @@ impl Filter for Watch {
                 offset,
                 len,
                 r.is_ok(),
+                start,
                 start.elapsed(),
             );
         }
