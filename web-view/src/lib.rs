@@ -155,12 +155,22 @@ impl WebView {
         for s in &mut samplers {
             s.tick(&names);
         }
+        let clocks: Vec<Arc<Collector>> =
+            self.exports.iter().map(|w| w.collector.clone()).collect();
+        let steps = (stats::TICK.as_millis() / collect::CLOCK_STEP.as_millis()).max(1);
         std::thread::Builder::new()
             .name("web-sampler".into())
-            .spawn(move || loop {
-                std::thread::sleep(stats::TICK);
-                for s in &mut samplers {
-                    s.tick(&names);
+            .spawn(move || {
+                for step in 1u128.. {
+                    std::thread::sleep(collect::CLOCK_STEP);
+                    for c in &clocks {
+                        c.set_clock();
+                    }
+                    if step % steps == 0 {
+                        for s in &mut samplers {
+                            s.tick(&names);
+                        }
+                    }
                 }
             })
             .map_err(WebError::Thread)?;

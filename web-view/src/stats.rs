@@ -50,7 +50,7 @@ pub struct Sampler {
 }
 
 fn hist_of(c: &Collector, op: Op) -> [u64; BUCKETS] {
-    std::array::from_fn(|b| c.ops[op as usize].hist[b].load(Ordering::Relaxed))
+    c.op(op).hist
 }
 
 fn percentiles(h: &[u64; BUCKETS]) -> Value {
@@ -72,7 +72,7 @@ fn rate(bytes: u64, secs: f64) -> u64 {
 impl Sampler {
     /// A sampler for `collector`; `latest` is where its figures go.
     pub fn new(collector: Arc<Collector>, latest: Arc<Mutex<Arc<String>>>) -> Self {
-        let cells = vec![(0, 0, 0); collector.cells.len()];
+        let cells = vec![(0, 0, 0); collector.cell_count()];
         Sampler {
             collector,
             history: VecDeque::with_capacity(HISTORY + 1),
@@ -94,19 +94,9 @@ impl Sampler {
         let live = c.live();
         let sample = Sample {
             t: now,
-            read: c.ops[Op::Read as usize].bytes.load(Ordering::Relaxed),
-            written: c.ops[Op::Write as usize].bytes.load(Ordering::Relaxed)
-                + c.ops[Op::Zero as usize].bytes.load(Ordering::Relaxed),
-            conns: live
-                .iter()
-                .map(|k| {
-                    (
-                        k.id,
-                        k.read.load(Ordering::Relaxed),
-                        k.written.load(Ordering::Relaxed),
-                    )
-                })
-                .collect(),
+            read: c.op(Op::Read).bytes,
+            written: c.op(Op::Write).bytes + c.op(Op::Zero).bytes,
+            conns: live.iter().map(|k| (k.id, k.read(), k.written())).collect(),
             hist_read: hist_of(c, Op::Read),
             hist_write: hist_of(c, Op::Write),
         };
@@ -136,14 +126,14 @@ impl Sampler {
         let connections: Vec<Value> = live
             .iter()
             .map(|k| {
-                let read = k.read.load(Ordering::Relaxed);
-                let written = k.written.load(Ordering::Relaxed);
+                let read = k.read();
+                let written = k.written();
                 let (rbps, wbps) = conn_rate(k.id, read, written);
                 json!({
                     "id": k.id,
                     "peer": k.peer,
                     "connected_s": (now - k.since.as_secs_f64()).max(0.0),
-                    "requests": k.requests.load(Ordering::Relaxed),
+                    "requests": k.requests(),
                     "read_bytes": read,
                     "written_bytes": written,
                     "read_bps": rbps,
@@ -193,13 +183,13 @@ impl Sampler {
 
         let mut ops = serde_json::Map::new();
         for op in Op::ALL {
-            let o = &c.ops[op as usize];
+            let o = c.op(op);
             let mut v = json!({
-                "requests": o.requests.load(Ordering::Relaxed),
-                "errors": o.errors.load(Ordering::Relaxed),
-                "bytes": o.bytes.load(Ordering::Relaxed),
+                "requests": o.requests,
+                "errors": o.errors,
+                "bytes": o.bytes,
             });
-            if let (Value::Object(m), Value::Object(p)) = (&mut v, percentiles(&hist_of(c, op))) {
+            if let (Value::Object(m), Value::Object(p)) = (&mut v, percentiles(&o.hist)) {
                 m.extend(p);
             }
             ops.insert(op.name().into(), v);
@@ -207,11 +197,11 @@ impl Sampler {
 
         let (recent_files, top_files) = self.files(now);
         let cells = self.cell_changes();
-        let written: Vec<usize> = c
+        let written: Vec<usize> = self
             .cells
             .iter()
             .enumerate()
-            .filter(|(_, k)| k.written.load(Ordering::Relaxed) > 0)
+            .filter(|(_, k)| k.1 > 0)
             .map(|(i, _)| i)
             .collect();
         let device: serde_json::Map<String, Value> = crate::figures::current()
@@ -280,18 +270,9 @@ impl Sampler {
     /// `[cell, read, written, trimmed]` bytes in the tick.
     fn cell_changes(&mut self) -> Vec<[u64; 4]> {
         let mut out = Vec::new();
-        for (i, (k, prev)) in self
-            .collector
-            .cells
-            .iter()
-            .zip(self.cells.iter_mut())
-            .enumerate()
-        {
-            let now = (
-                k.read.load(Ordering::Relaxed),
-                k.written.load(Ordering::Relaxed),
-                k.trimmed.load(Ordering::Relaxed),
-            );
+        let c = self.collector.clone();
+        for (i, prev) in self.cells.iter_mut().enumerate() {
+            let now = c.cell(i);
             if now != *prev {
                 out.push([
                     i as u64,
