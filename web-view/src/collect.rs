@@ -364,6 +364,17 @@ impl Collector {
         c
     }
 
+    /// Whether to time the calling thread's next request of `op`: one in
+    /// [`TIME_ONE_IN`], and every one until the thread's shard has counted a
+    /// few (so a short session has percentiles too).
+    fn should_time(&self, op: Op) -> bool {
+        let early = self
+            .ops
+            .get(shard())
+            .is_some_and(|s| s.0[op as usize].requests.load(Ordering::Relaxed) < 64);
+        timed_now() || early
+    }
+
     /// Count one request: `len` bytes at `offset`, its outcome and, when it
     /// was timed, how long it took (no clock is read here).
     fn record(&self, conn: &Conn, op: Op, offset: u64, len: u64, ok: bool, took: Option<Duration>) {
@@ -445,7 +456,7 @@ impl Watch {
         len: u64,
         call: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        let start = timed_now().then(Instant::now);
+        let start = self.collector.should_time(op).then(Instant::now);
         let r = call();
         let took = start.map(|s| s.elapsed());
         self.collector
@@ -502,7 +513,7 @@ impl Filter for Watch {
         len: u64,
         out: &mut Vec<ReadChunk>,
     ) -> Result<bool> {
-        let start = timed_now().then(Instant::now);
+        let start = self.collector.should_time(Op::Read).then(Instant::now);
         let r = next.read_chunks(offset, len, out);
         if !matches!(r, Ok(false)) {
             self.collector.record(
@@ -593,8 +604,8 @@ mod tests {
         assert_eq!(read.requests, 2);
         assert_eq!(read.errors, 1);
         assert_eq!(read.bytes, 6000);
-        // The thread's first request is timed; one in TIME_ONE_IN after it.
-        assert_eq!(read.hist.iter().sum::<u64>(), 1);
+        // The first requests are all timed.
+        assert_eq!(read.hist.iter().sum::<u64>(), 2);
         // The superblock piece and the free piece were read, and when.
         assert_eq!(collector.pieces[0].read.load(Ordering::Relaxed), 3996);
         assert_eq!(collector.pieces[1].read.load(Ordering::Relaxed), 2004);
