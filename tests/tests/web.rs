@@ -362,3 +362,35 @@ fn an_xz_views_cache_figures_are_shown() {
     assert!(dev["xz.cache_hits"].as_u64().unwrap() >= 1, "{st}");
     assert!(dev["xz.cache_hit_pct"].as_u64().unwrap() <= 100, "{st}");
 }
+
+#[test]
+fn writes_light_the_cells_they_touch_as_written() {
+    require_tool!("python3-nbd");
+    let dir = tempdir();
+    let server = Server::disksynth_unix(dir.path(), &["memory", "16M", "--web", "127.0.0.1:0"]);
+    let addr = web_addr(&server);
+    let cells = get_json(addr, "/api/cells");
+    let cell = cells["cell_size"].as_u64().unwrap();
+    assert_eq!(
+        cells["kinds"].as_str().unwrap().len() as u64,
+        (16 << 20) / cell
+    );
+    run_ok(std::process::Command::new("/usr/bin/python3").args([
+        "-c",
+        "import nbd, sys; h = nbd.NBD(); h.connect_uri(sys.argv[1]); \
+         h.pwrite(b'x' * 65536, 1 << 20); h.trim(65536, 8 << 20)",
+        server.uri(),
+    ]));
+    let st = stats_when(addr, |s| s["ops"]["trim"]["requests"] == 1);
+    assert_eq!(st["ops"]["write"]["bytes"], 65536, "{st}");
+    assert_eq!(st["ops"]["trim"]["bytes"], 65536, "{st}");
+    let written: Vec<u64> = st["written_cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let first = (1 << 20) / cell;
+    let last = ((1 << 20) + 65535) / cell;
+    assert_eq!(written, (first..=last).collect::<Vec<_>>(), "{st}");
+}

@@ -106,8 +106,9 @@ window.cellPoint = (text) => {
 function describeCell(i) {
   const start = i * cells.cell_size;
   const end = Math.min(start + cells.cell_size, cells.size);
+  const off = cells.file_offsets[i];
   return "cell " + i + " [" + start + ", " + end + "): mostly " + KIND_NAME[cells.kinds[i]] +
-    ": " + cells.names[i] + (written.has(i) ? " (written by a client)" : "");
+    ": " + cells.names[i] + (off === null ? "" : " @ " + off) + (written.has(i) ? " (written by a client)" : "");
 }
 
 async function showCell(i) {

@@ -287,7 +287,8 @@ impl View {
 }
 
 /// The cells: their size and, per cell, the kind that holds most of it
-/// (one letter: f file, m metadata, z free, u unknown) and that piece's name.
+/// (one letter: f file, m metadata, z free, u unknown), that piece's name
+/// and, for a file, the offset in it.
 fn cells_json(c: &Collector) -> String {
     let map = &c.map;
     let kinds: String = map
@@ -312,12 +313,25 @@ fn cells_json(c: &Collector) -> String {
             None => String::new(),
         })
         .collect();
+    // For a cell mostly holding a file: the offset in the file at the
+    // cell's start (or where the file's piece begins in the cell).
+    let file_offsets: Vec<Option<u64>> = map
+        .cells()
+        .iter()
+        .enumerate()
+        .map(|(i, cell)| {
+            let p = map.pieces().get(cell.main)?;
+            let start = i as u64 * map.cell_size();
+            (p.kind == Kind::File).then(|| p.file_offset + start.saturating_sub(p.offset))
+        })
+        .collect();
     json!({
         "export": c.name,
         "size": map.size(),
         "cell_size": map.cell_size(),
         "kinds": kinds,
         "names": names,
+        "file_offsets": file_offsets,
     })
     .to_string()
 }
