@@ -540,6 +540,20 @@ mod tests {
     }
 
     #[test]
+    fn a_window_describes_its_part_at_its_own_offsets() {
+        let (map, _) = sample();
+        let map: Arc<dyn BlockDev> = Arc::new(map);
+        // Bytes 1000..1100 of the map: the end of the padding, the file's start.
+        let w = crate::view::SliceDev::window(map, 1000, 100).unwrap();
+        let mut out = Vec::new();
+        w.describe(0, 100, &mut out).unwrap();
+        let spans: Vec<(u64, u64)> = out.iter().map(|p| (p.offset, p.len)).collect();
+        assert_eq!(spans, vec![(0, 24), (24, 76)]);
+        assert_eq!(out[1].holds, Holds::Structure("file".into()));
+        assert!(w.describe(50, 51, &mut out).is_err());
+    }
+
+    #[test]
     fn bytes_length_mismatch_is_rejected() {
         let mut b = RegionMapBuilder::new();
         let err = b
