@@ -181,7 +181,7 @@ impl WebView {
             .name("web-accept".into())
             .spawn(move || http::serve(listener, view))
             .map_err(WebError::Thread)?;
-        log::info!("web view on http://{bound}/");
+        // The caller says where (the cli prints it, as it prints the NBD URI).
         Ok(bound)
     }
 }
