@@ -16,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 QEMU_PACKAGES=(qemu-utils qemu-system-x86 qemu-block-extra)
 PACKAGES=(qemu-utils qemu-system-x86 qemu-block-extra libnbd-bin python3-libnbd nbdkit fio dosfstools mtools e2fsprogs diffutils
   xorriso genisoimage p7zip-full gdisk fdisk isolinux syslinux-common ovmf grub-efi-amd64-bin xz-utils nginx openssl
-  attr acl libcap2-bin mount debootstrap fuse3 util-linux)
+  attr acl libcap2-bin mount debootstrap fuse3 util-linux chromium)
 # tool -> package that provides it
 declare -A PROVIDES=(
   [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
@@ -31,6 +31,7 @@ declare -A PROVIDES=(
   [sgdisk]=gdisk [sfdisk]=fdisk [xz]=xz-utils [nginx]=nginx [openssl]=openssl
   [setfattr]=attr [getfattr]=attr [setfacl]=acl [getfacl]=acl [setcap]=libcap2-bin [getcap]=libcap2-bin
   [mount]=mount [umount]=mount [debootstrap]=debootstrap [fusermount3]=fuse3 [losetup]=mount [runuser]=util-linux
+  [chromium]=chromium
 )
 # data files -> package that provides them
 declare -A PROVIDES_FILE=(

@@ -808,6 +808,11 @@ pub struct ExportArgs {
     /// Copy file data through memory instead of sendfile (for measurements).
     #[arg(long, hide = true)]
     pub no_sendfile: bool,
+    /// Serve a live web view of the disk on ADDR:PORT (e.g. 127.0.0.1:8080): a map of the
+    /// disk lit by reads and writes, the files read, throughput and latency; JSON at
+    /// /api/stats and /api/map. Read-only; a non-loopback address is warned about.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub web: Option<String>,
     /// Log to stderr: -v connections, -vv requests.
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,

@@ -143,6 +143,10 @@ fn check_source_args(a: &ExportArgs) -> Result<()> {
         (a.pid_file.is_some(), "--pid-file"),
         (a.exit_last, "--exit-last"),
         (a.exit_with_parent, "--exit-with-parent"),
+        (
+            a.web.is_some(),
+            "--web (one view on `serve` shows every export)",
+        ),
     ];
     let given: Vec<&str> = misplaced
         .iter()
@@ -161,7 +165,7 @@ fn check_source_args(a: &ExportArgs) -> Result<()> {
 /// Open one export: its source parsed as a command line and opened as
 /// `disksynth SUBCOMMAND` would, `serve`'s filters outermost, then the
 /// export's own, then the source's `--filter`s.
-fn open(w: &Wanted, outer: &[String]) -> Result<CatalogEntry> {
+fn open(w: &Wanted, outer: &[String], web: Option<&mut web_view::WebView>) -> Result<CatalogEntry> {
     let argv: Vec<std::ffi::OsString> = match &w.from {
         From::Source(words) => std::iter::once("disksynth".into())
             .chain(words.iter().map(Into::into))
@@ -191,6 +195,10 @@ fn open(w: &Wanted, outer: &[String]) -> Result<CatalogEntry> {
     check_source_args(a)?;
     let texts: Vec<String> = outer.iter().chain(&w.filters).cloned().collect();
     let (export, a) = crate::open_source(&cli.source, &texts)?;
+    let export = match web {
+        Some(web) => crate::web::watch(web, &w.name, export, &cli.source)?,
+        None => export,
+    };
     Ok(CatalogEntry {
         name: w.name.clone(),
         description: w.description.clone(),
@@ -202,7 +210,13 @@ fn open(w: &Wanted, outer: &[String]) -> Result<CatalogEntry> {
 /// The exports `serve` was given: the file's, then the `--export` flags'.
 /// `serve`'s own `--filter`s go over every export (each its own layer:
 /// a `limit:clients=N` limits each export, not the server).
-pub fn catalog(file: Option<&Path>, flags: &[String], a: &ExportArgs) -> Result<Catalog> {
+/// With `web`, every export is watched by the web view.
+pub fn catalog(
+    file: Option<&Path>,
+    flags: &[String],
+    a: &ExportArgs,
+    mut web: Option<&mut web_view::WebView>,
+) -> Result<Catalog> {
     if !a.export_name.is_empty() {
         bail!("-e names the one export of a subcommand; with `serve`, each export has its name");
     }
@@ -228,7 +242,7 @@ pub fn catalog(file: Option<&Path>, flags: &[String], a: &ExportArgs) -> Result<
     }
     let mut entries = Vec::with_capacity(wanted.len());
     for w in &wanted {
-        entries.push(open(w, filters).with_context(|| w.origin.clone())?);
+        entries.push(open(w, filters, web.as_deref_mut()).with_context(|| w.origin.clone())?);
     }
     Ok(Catalog::new(entries)?)
 }
@@ -319,27 +333,27 @@ readonly = true
     #[test]
     fn sources_open_as_on_the_command_line_and_serving_flags_are_refused() {
         let w = from_flag("pat=pattern 64K -r").unwrap();
-        let e = open(&w, &[]).unwrap();
+        let e = open(&w, &[], None).unwrap();
         assert_eq!(e.name, "pat");
         assert_eq!(e.export.size(), 64 << 10);
         assert!(e.readonly, "-r in a source makes that export read-only");
         assert_eq!(e.description(), e.export.description());
 
         let w = from_flag("pat=pattern 64K -U /tmp/x").unwrap();
-        let msg = format!("{:#}", open(&w, &[]).unwrap_err());
+        let msg = format!("{:#}", open(&w, &[], None).unwrap_err());
         assert!(
             msg.contains("-U") && msg.contains("serving options"),
             "{msg}"
         );
         let w = from_flag("pat=pattern").unwrap();
-        let msg = format!("{:#}", open(&w, &[]).unwrap_err());
+        let msg = format!("{:#}", open(&w, &[], None).unwrap_err());
         assert!(msg.contains("required") && !msg.contains('\n'), "{msg}");
         let w = from_flag("x=pattern 1M --help").unwrap();
-        assert!(format!("{:#}", open(&w, &[]).unwrap_err()).contains("no place in a source"));
+        assert!(format!("{:#}", open(&w, &[], None).unwrap_err()).contains("no place in a source"));
         let w = from_flag("x=inspect disk.img").unwrap();
-        assert!(format!("{:#}", open(&w, &[]).unwrap_err()).contains("exports no disk"));
+        assert!(format!("{:#}", open(&w, &[], None).unwrap_err()).contains("exports no disk"));
         let w = from_flag("x=serve --export 'y=pattern 1M'").unwrap();
-        assert!(format!("{:#}", open(&w, &[]).unwrap_err()).contains("cannot be an export"));
+        assert!(format!("{:#}", open(&w, &[], None).unwrap_err()).contains("cannot be an export"));
     }
 
     /// `serve`'s own export options from its flags.
@@ -354,7 +368,7 @@ readonly = true
     #[test]
     fn serves_filters_go_over_every_export_and_e_is_refused() {
         let flags = ["a=pattern 4K".to_string(), "b=zero 8K".to_string()];
-        let c = catalog(None, &flags, &serve_args(&["--filter", "nofilter"])).unwrap();
+        let c = catalog(None, &flags, &serve_args(&["--filter", "nofilter"]), None).unwrap();
         for e in c.entries() {
             assert!(
                 format!("{:?}", e.export).contains("stack: [NoFilter]"),
@@ -364,7 +378,7 @@ readonly = true
         }
         let msg = format!(
             "{:#}",
-            catalog(None, &flags, &serve_args(&["--filter", "nosuch"])).unwrap_err()
+            catalog(None, &flags, &serve_args(&["--filter", "nosuch"]), None).unwrap_err()
         );
         assert!(
             msg.contains("--export \"a=pattern 4K\"") && msg.contains("nosuch"),
@@ -372,7 +386,7 @@ readonly = true
         );
         let msg = format!(
             "{:#}",
-            catalog(None, &flags, &serve_args(&["-e", "x"])).unwrap_err()
+            catalog(None, &flags, &serve_args(&["-e", "x"]), None).unwrap_err()
         );
         assert!(msg.contains("each export has its name"), "{msg}");
     }
@@ -381,10 +395,10 @@ readonly = true
     fn a_catalog_refuses_duplicate_names_and_nothing() {
         let flags = ["a=pattern 4K".to_string(), "a=zero 4K".to_string()];
         let a = serve_args(&[]);
-        let msg = format!("{:#}", catalog(None, &flags, &a).unwrap_err());
+        let msg = format!("{:#}", catalog(None, &flags, &a, None).unwrap_err());
         assert!(msg.contains("two exports are named \"a\""), "{msg}");
-        assert!(format!("{:#}", catalog(None, &[], &a).unwrap_err()).contains("no exports"));
-        let c = catalog(None, &["a=pattern 4K".into(), "b=zero 8K".into()], &a).unwrap();
+        assert!(format!("{:#}", catalog(None, &[], &a, None).unwrap_err()).contains("no exports"));
+        let c = catalog(None, &["a=pattern 4K".into(), "b=zero 8K".into()], &a, None).unwrap();
         assert_eq!(c.lookup("").unwrap().name, "a");
         assert_eq!(c.lookup("b").unwrap().export.size(), 8192);
     }

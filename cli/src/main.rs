@@ -15,6 +15,7 @@ mod serve;
 mod service;
 mod spec;
 mod tmpdisk;
+mod web;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -190,7 +191,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         export: a,
     } = &cli.source
     {
-        let catalog = exports::catalog(file.as_deref(), exports, a)?;
+        let mut view = web_view(a)?;
+        let catalog = exports::catalog(file.as_deref(), exports, a, view.as_mut())?;
         return match mode_of(a, systemd.is_some())? {
             Mode::Output(_) => {
                 bail!("-o writes one disk; `serve` has several: use -U, -p or --run")
@@ -198,11 +200,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Mode::Fuse(run) => {
                 // The default export (the one the empty name reaches).
                 let e = catalog.default_entry();
-                fuse::serve_alone(e.export.clone(), a, e.readonly, run.as_deref())
+                let export = e.export.clone();
+                start_web(view, a)?;
+                fuse::serve_alone(export, a, e.readonly, run.as_deref())
             }
             Mode::Serve(endpoint) => {
                 let e = catalog.default_entry();
                 let _fuse = fuse::beside(&e.export, a, e.readonly)?;
+                start_web(view, a)?;
                 let fds = nbd_export::raise_fd_limit();
                 let opts = server_options(a, fds)?;
                 serve::serve_catalog(catalog, endpoint, opts, a, systemd, fds)
@@ -211,6 +216,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     let (export, a) = open_source(&cli.source, &[])?;
     let mode = mode_of(a, systemd.is_some())?;
+    let export = match (web_view(a)?, &mode) {
+        (Some(_), Mode::Output(_)) => {
+            bail!("--web watches a served disk; -o writes one: use -U, -p or --run")
+        }
+        (Some(mut view), Mode::Serve(_) | Mode::Fuse(_)) => {
+            let export = web::watch(&mut view, &a.export_name, export, &cli.source)?;
+            start_web(Some(view), a)?;
+            export
+        }
+        (None, _) => export,
+    };
     match mode {
         Mode::Output(path) => {
             // For tmpdisk: one fresh disk, e.g. an empty filesystem image.
@@ -225,6 +241,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             serve(export, endpoint, opts, a, systemd, fds)
         }
     }
+}
+
+/// A web view to watch exports with, if `--web` asks for one.
+fn web_view(a: &ExportArgs) -> Result<Option<web_view::WebView>> {
+    Ok(a.web.as_ref().map(|_| web_view::WebView::new()))
+}
+
+/// Start serving the view `--web` asked for, once its exports are watched.
+fn start_web(view: Option<web_view::WebView>, a: &ExportArgs) -> Result<()> {
+    if let (Some(view), Some(text)) = (view, &a.web) {
+        let bound = view.start(web::address(text)?)?;
+        // On stderr as the URI is: where to point the browser.
+        eprintln!("disksynth: web view on http://{bound}/");
+    }
+    Ok(())
 }
 
 /// The export a subcommand describes, with its layers: `outer` (the

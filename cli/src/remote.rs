@@ -95,7 +95,9 @@ pub(crate) fn http(url: &str, a: &HttpArgs) -> Result<Arc<dyn BlockDev>> {
         Size(dev.size()),
         t0.elapsed().as_millis()
     );
-    Ok(Arc::new(dev))
+    let dev = Arc::new(dev);
+    crate::web::http_figures(&dev);
+    Ok(dev)
 }
 
 /// `disksynth xz FILE|URL`: random access into a block-indexed .xz, one
@@ -126,7 +128,9 @@ pub(crate) fn xz(source: &str, x: &XzArgs, h: &HttpArgs) -> Result<Arc<dyn Block
         t0.elapsed().as_millis(),
         Size(index.heap_bytes() as u64)
     );
-    Ok(Arc::new(dev))
+    let dev = Arc::new(dev);
+    crate::web::xz_figures(&dev);
+    Ok(dev)
 }
 
 /// The bytes of a local path or an http(s) URL as a read-only device
@@ -143,9 +147,12 @@ pub(crate) fn open_bytes(
         if !readahead {
             opts.readahead = 0;
         }
-        let dev = HttpDev::open(source, &opts)
-            .with_context(|| format!("opening the remote {what} {}", redacted(source)))?;
-        Ok(Arc::new(dev))
+        let dev = Arc::new(
+            HttpDev::open(source, &opts)
+                .with_context(|| format!("opening the remote {what} {}", redacted(source)))?,
+        );
+        crate::web::http_figures(&dev);
+        Ok(dev)
     } else {
         let dev = sources::FileDev::open(Path::new(source), false)
             .with_context(|| format!("opening {source}"))?;
@@ -199,8 +206,10 @@ pub(crate) fn image(
                 readahead: !x.no_readahead,
                 max_index: x.max_index.0,
             };
-            let dev: Arc<dyn BlockDev> =
+            let xz =
                 Arc::new(XzDev::open(bytes, &opts).with_context(|| format!("reading {shown}"))?);
+            crate::web::xz_figures(&xz);
+            let dev: Arc<dyn BlockDev> = xz;
             let inner = probe(&dev).with_context(|| format!("decoding the start of {shown}"))?;
             match inner {
                 ImageFormat::Qcow2 => {
@@ -330,7 +339,9 @@ fn qcow2_over(
         Size(i.file_size),
         t0.elapsed().as_millis()
     );
-    Ok(Arc::new(dev))
+    let dev = Arc::new(dev);
+    crate::web::qcow2_figures(&dev);
+    Ok(dev)
 }
 
 /// `disksynth pack IN OUT`: a block-indexed .xz, multithreaded. `-` as IN

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
 
 use bitflags::bitflags;
@@ -107,6 +108,40 @@ impl ReadChunk {
     }
 }
 
+/// What a range of a device holds, as [`BlockDev::describe`] tells it to
+/// people (the web view, `/api/map`): never used to read or write bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// Where the range starts on the device asked.
+    pub offset: u64,
+    /// Its length in bytes (never zero).
+    pub len: u64,
+    /// What it holds.
+    pub holds: Holds,
+    /// The component of a composed disk the range lies in (a partition's
+    /// region name, "ESP"), when the range belongs to a device inside it.
+    pub within: Option<Arc<str>>,
+}
+
+/// What lives in a [`Named`] range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holds {
+    /// Bytes of a host file, from `offset` in it.
+    File {
+        /// The host file's path.
+        path: Arc<Path>,
+        /// Offset in the file of the range's first byte.
+        offset: u64,
+    },
+    /// Something a generator made, by the name it gave it ("boot sector",
+    /// "FAT 1", "inode table group 3", "directory /etc").
+    Structure(Arc<str>),
+    /// Zeros nothing lives in (free space, padding), by its region's name.
+    Free(Arc<str>),
+    /// The device does not say (a raw image, a remote disk).
+    Unknown,
+}
+
 /// A virtual block device. Offsets and lengths are bytes.
 ///
 /// All methods take `&self`: devices are shared between connections and
@@ -174,6 +209,25 @@ pub trait BlockDev: Send + Sync + fmt::Debug {
         Ok(false)
     }
 
+    /// Say what lives in the `len` bytes at `offset` (within the device),
+    /// for people: push pieces covering the range in order, offsets on this
+    /// device. Reads nothing and has no side effects. Default: one
+    /// [`Holds::Unknown`] piece. A [`RegionMap`](crate::RegionMap) names
+    /// its regions and asks its inner devices; layers and the overlay ask
+    /// the device beneath.
+    fn describe(&self, offset: u64, len: u64, out: &mut Vec<Named>) -> Result<()> {
+        crate::error::check_range(offset, len, self.size())?;
+        if len > 0 {
+            out.push(Named {
+                offset,
+                len,
+                holds: Holds::Unknown,
+                within: None,
+            });
+        }
+        Ok(())
+    }
+
     /// What the device can do.
     fn caps(&self) -> Caps {
         Caps::empty()
@@ -224,6 +278,9 @@ impl<D: BlockDev + ?Sized> BlockDev for Arc<D> {
     }
     fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
         (**self).read_chunks(offset, len, out)
+    }
+    fn describe(&self, offset: u64, len: u64, out: &mut Vec<Named>) -> Result<()> {
+        (**self).describe(offset, len, out)
     }
     fn caps(&self) -> Caps {
         (**self).caps()

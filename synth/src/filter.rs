@@ -16,7 +16,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::dev::{BlockDev, BlockSize, Caps, Export, ReadChunk, ZeroFlags};
+use crate::dev::{BlockDev, BlockSize, Caps, Export, Holds, Named, ReadChunk, ZeroFlags};
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent::ExtentList;
 
@@ -78,6 +78,31 @@ pub trait Filter: Send + Sync + fmt::Debug {
         out: &mut Vec<ReadChunk>,
     ) -> Result<bool> {
         next.read_chunks(offset, len, out)
+    }
+    /// What lives in a range (see [`BlockDev::describe`]). By default the
+    /// device beneath says, for the part of the range it has (a layer that
+    /// makes the disk longer adds what it does not know); a filter that
+    /// moves offsets ([`crate::Window`]) translates them.
+    fn describe(
+        &self,
+        next: &dyn BlockDev,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Named>,
+    ) -> Result<()> {
+        let below = next.size().saturating_sub(offset).min(len);
+        if below > 0 {
+            next.describe(offset, below, out)?;
+        }
+        if len > below {
+            out.push(Named {
+                offset: offset + below,
+                len: len - below,
+                holds: Holds::Unknown,
+                within: None,
+            });
+        }
+        Ok(())
     }
     /// What the device can do.
     fn caps(&self, next: &dyn BlockDev) -> Caps {
@@ -148,6 +173,10 @@ impl<F: Filter> BlockDev for Layer<F> {
     }
     fn read_chunks(&self, offset: u64, len: u64, out: &mut Vec<ReadChunk>) -> Result<bool> {
         self.filter.read_chunks(&*self.next, offset, len, out)
+    }
+    fn describe(&self, offset: u64, len: u64, out: &mut Vec<Named>) -> Result<()> {
+        crate::error::check_range(offset, len, self.size())?;
+        self.filter.describe(&*self.next, offset, len, out)
     }
     fn caps(&self) -> Caps {
         self.filter.caps(&*self.next)

@@ -42,7 +42,8 @@ pub mod testing;
 pub mod view;
 
 pub use dev::{
-    write_zero_buffers, BlockDev, BlockSize, Caps, Export, ReadChunk, SharedExport, ZeroFlags,
+    write_zero_buffers, BlockDev, BlockSize, Caps, Export, Holds, Named, ReadChunk, SharedExport,
+    ZeroFlags,
 };
 pub use error::{check_range, Error, ErrorKind, Result};
 pub use extent::{Extent, ExtentKind, ExtentList};

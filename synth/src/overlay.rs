@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::dev::{BlockDev, BlockSize, Caps, ReadChunk, ZeroFlags};
+use crate::dev::{BlockDev, BlockSize, Caps, Holds, Named, ReadChunk, ZeroFlags};
 use crate::error::{check_range, Error, ErrorKind, Result};
 use crate::extent::{ExtentKind, ExtentList};
 
@@ -699,6 +699,27 @@ impl BlockDev for CowOverlay {
             }
         }
         Ok(())
+    }
+
+    /// What the device beneath holds: the overlay's written pages are
+    /// what clients wrote, which a watcher of the writes knows better (the
+    /// web view counts them as they happen, without this lock).
+    fn describe(&self, offset: u64, len: u64, out: &mut Vec<Named>) -> Result<()> {
+        check_range(offset, len, self.size)?;
+        match &self.inner {
+            Some(inner) => inner.describe(offset, len, out),
+            None => {
+                if len > 0 {
+                    out.push(Named {
+                        offset,
+                        len,
+                        holds: Holds::Free("blank disk".into()),
+                        within: None,
+                    });
+                }
+                Ok(())
+            }
+        }
     }
 
     fn caps(&self) -> Caps {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::dev::{BlockDev, Caps, ReadChunk};
+use crate::dev::{BlockDev, Caps, Holds, Named, ReadChunk};
 use crate::error::{check_range, Error, ErrorKind, Result};
 use crate::extent::{ExtentKind, ExtentList};
 use crate::host::HostFile;
@@ -384,6 +384,39 @@ impl BlockDev for RegionMap {
         Ok(true)
     }
 
+    /// Each region by its name (a host file by its path); an inner
+    /// device's own pieces, moved to this map's offsets and marked as
+    /// lying within the region (a partition, a component).
+    fn describe(&self, offset: u64, len: u64, out: &mut Vec<Named>) -> Result<()> {
+        self.for_each(offset, len, |r, inner, n| {
+            let at = r.start + inner;
+            let holds = match &r.backing {
+                Backing::Zero => Holds::Free(r.name.clone()),
+                Backing::Bytes(_) | Backing::File { .. } => Holds::Structure(r.name.clone()),
+                Backing::Host { file, offset: base } => Holds::File {
+                    path: file.path().into(),
+                    offset: base + inner,
+                },
+                Backing::Dev { dev, offset: base } => {
+                    let mark = out.len();
+                    dev.describe(base + inner, n, out)?;
+                    for piece in &mut out[mark..] {
+                        piece.offset = (piece.offset.saturating_sub(base + inner) + at).min(at + n);
+                        piece.within.get_or_insert_with(|| r.name.clone());
+                    }
+                    return Ok(true);
+                }
+            };
+            out.push(Named {
+                offset: at,
+                len: n,
+                holds,
+                within: None,
+            });
+            Ok(true)
+        })
+    }
+
     fn cache(&self, offset: u64, len: u64) -> Result<()> {
         self.for_each(offset, len, |r, inner, n| {
             if let Backing::Dev { dev, offset: base } = &r.backing {
@@ -462,6 +495,62 @@ mod tests {
                 (5224, ExtentKind::Hole)
             ]
         );
+    }
+
+    #[test]
+    fn describe_names_regions_and_inner_devices_at_map_offsets() {
+        let (map, _) = sample();
+        let mut out = Vec::new();
+        map.describe(0, map.size(), &mut out).unwrap();
+        let pieces: Vec<(u64, u64, String, Option<&str>)> = out
+            .iter()
+            .map(|p| {
+                let what = match &p.holds {
+                    Holds::Structure(n) => format!("structure {n}"),
+                    Holds::Free(n) => format!("free {n}"),
+                    Holds::File { path, offset } => format!("file {} @{offset}", path.display()),
+                    Holds::Unknown => "unknown".into(),
+                };
+                (p.offset, p.len, what, p.within.as_deref())
+            })
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![
+                (0, 512, "structure header".into(), None),
+                (512, 512, "free padding".into(), None),
+                (1024, 4000, "structure file".into(), None),
+                // The inner map from its byte 100: 200 bytes of "inner",
+                // then its padding, at this map's offsets.
+                (5024, 200, "structure inner".into(), Some("dev")),
+                (5224, 400, "free padding".into(), Some("dev")),
+                (5624, 3, "free tail".into(), None),
+            ]
+        );
+        // A range inside one region is that region's part only.
+        let mut out = Vec::new();
+        map.describe(5100, 200, &mut out).unwrap();
+        let spans: Vec<(u64, u64)> = out.iter().map(|p| (p.offset, p.len)).collect();
+        assert_eq!(spans, vec![(5100, 124), (5224, 76)]);
+        // Past the end: out of bounds, as a read.
+        let err = map
+            .describe(map.size() - 1, 2, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::OutOfBounds);
+    }
+
+    #[test]
+    fn a_window_describes_its_part_at_its_own_offsets() {
+        let (map, _) = sample();
+        let map: Arc<dyn BlockDev> = Arc::new(map);
+        // Bytes 1000..1100 of the map: the end of the padding, the file's start.
+        let w = crate::view::SliceDev::window(map, 1000, 100).unwrap();
+        let mut out = Vec::new();
+        w.describe(0, 100, &mut out).unwrap();
+        let spans: Vec<(u64, u64)> = out.iter().map(|p| (p.offset, p.len)).collect();
+        assert_eq!(spans, vec![(0, 24), (24, 76)]);
+        assert_eq!(out[1].holds, Holds::Structure("file".into()));
+        assert!(w.describe(50, 51, &mut out).is_err());
     }
 
     #[test]

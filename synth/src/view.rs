@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::dev::{BlockDev, ReadChunk, ZeroFlags};
+use crate::dev::{BlockDev, Named, ReadChunk, ZeroFlags};
 use crate::error::{check_range, Error, ErrorKind, Result};
 use crate::extent::ExtentList;
 use crate::filter::{Filter, Layer};
@@ -69,6 +69,21 @@ impl Layer<Window> {
 impl Filter for Window {
     fn size(&self, _next: &dyn BlockDev) -> u64 {
         self.len
+    }
+    fn describe(
+        &self,
+        next: &dyn BlockDev,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Named>,
+    ) -> Result<()> {
+        let at = self.map(offset, len)?;
+        let mark = out.len();
+        next.describe(at, len, out)?;
+        for n in &mut out[mark..] {
+            n.offset = n.offset.saturating_sub(self.offset);
+        }
+        Ok(())
     }
     fn read_at(&self, next: &dyn BlockDev, buf: &mut [u8], offset: u64) -> Result<()> {
         let at = self.map(offset, buf.len() as u64)?;

@@ -37,4 +37,5 @@ mod socket_activation;
 mod tls;
 mod tmpdisk;
 mod trust;
+mod web;
 mod xz;

@@ -324,6 +324,9 @@ fn region_map(plan: &Plan, sealed: &Sealed, pool: &Arc<FilePool>) -> Result<Regi
             .map_err(|why| Ext4Error::Internal(format!("{}: {why}", e.node.path.display())))?;
     }
     pieces.sort_unstable_by_key(|p| p.start);
+    // Names for the metadata runs, read back from their bytes.
+    let spans = super::names::spans(&Recorded(&pieces));
+    let mut cursor = 0usize;
     let mut b = RegionMapBuilder::new();
     // Zeros waiting to be pushed, so neighbouring zero pieces (a file's
     // last-block tail and the free space after it) become one hole.
@@ -347,13 +350,15 @@ fn region_map(plan: &Plan, sealed: &Sealed, pool: &Arc<FilePool>) -> Result<Regi
         match p.what {
             PieceKind::Bytes(mut v) => {
                 v.shrink_to_fit();
-                b.push("ext4 metadata", p.len, Backing::Bytes(Bytes::from(v)))?
+                push_named(&mut b, Bytes::from(v), p.start, &spans, &mut cursor)?;
             }
-            PieceKind::Zero => b.push("free or zero", p.len, Backing::Zero)?,
+            PieceKind::Zero => {
+                b.push("free or zero", p.len, Backing::Zero)?;
+            }
             PieceKind::Host { file, offset } => {
-                b.push("file data", p.len, Backing::Host { file, offset })?
+                b.push("file data", p.len, Backing::Host { file, offset })?;
             }
-        };
+        }
     }
     b.push("free or zero", zeros, Backing::Zero)?;
     let size = sealed.layout.image_len();
@@ -364,6 +369,49 @@ fn region_map(plan: &Plan, sealed: &Sealed, pool: &Arc<FilePool>) -> Result<Regi
         )));
     }
     Ok(b.finish())
+}
+
+/// The recorded pieces, sorted, as the bytes names are read from.
+struct Recorded<'a>(&'a [Piece]);
+
+impl super::names::Bytes for Recorded<'_> {
+    fn at(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let i = self.0.partition_point(|p| p.start + p.len <= offset);
+        let p = self.0.get(i)?;
+        let PieceKind::Bytes(v) = &p.what else {
+            return None;
+        };
+        let from = usize::try_from(offset.checked_sub(p.start)?).ok()?;
+        v.get(from..from.checked_add(usize::try_from(len).ok()?)?)
+    }
+}
+
+/// Push a run of metadata at `start`, split where the named `spans` (sorted,
+/// `cursor` the first that may still matter) begin and end; what no span
+/// covers is "ext4 metadata". The bytes are the same, only named.
+fn push_named(
+    b: &mut RegionMapBuilder,
+    bytes: Bytes,
+    start: u64,
+    spans: &[super::names::Span],
+    cursor: &mut usize,
+) -> synth::Result<()> {
+    let end = start + bytes.len() as u64;
+    let mut pos = start;
+    while pos < end {
+        while spans.get(*cursor).is_some_and(|s| s.1 <= pos) {
+            *cursor += 1;
+        }
+        let (upto, name) = match spans.get(*cursor) {
+            Some((s, e, name)) if *s <= pos => ((*e).min(end), name.as_str()),
+            Some((s, _, _)) => ((*s).min(end), "ext4 metadata"),
+            None => (end, "ext4 metadata"),
+        };
+        let piece = bytes.slice((pos - start) as usize..(upto - start) as usize);
+        b.push_bytes(name, piece)?;
+        pos = upto;
+    }
+    Ok(())
 }
 
 /// Add the pieces of one file: each extent `(image offset, bytes)` takes

@@ -36,6 +36,7 @@
 
 mod image;
 pub mod layout;
+mod names;
 mod plan;
 mod xattr;
 

@@ -106,7 +106,29 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         reserved[6 * 512..7 * 512].copy_from_slice(&boot);
         reserved[7 * 512..8 * 512].copy_from_slice(&fsinfo);
     }
-    b.push_bytes("reserved sectors", reserved)?;
+    // Named sector by sector for people (the web view); the same bytes.
+    let reserved = Bytes::from(reserved);
+    let named: &[(usize, &str)] = if g.fat_type == FatType::Fat32 {
+        &[
+            (0, "boot sector"),
+            (1, "FSInfo sector"),
+            (2, "reserved sectors"),
+            (6, "backup boot sector"),
+            (7, "backup FSInfo sector"),
+            (8, "reserved sectors"),
+        ]
+    } else {
+        &[(0, "boot sector"), (1, "reserved sectors")]
+    };
+    for (i, &(first, name)) in named.iter().enumerate() {
+        let end = named
+            .get(i + 1)
+            .map_or(reserved.len(), |n| n.0 * SECTOR as usize);
+        let start = first * SECTOR as usize;
+        if start < end && end <= reserved.len() {
+            b.push_bytes(name, reserved.slice(start..end))?;
+        }
+    }
 
     // Two identical FATs; only the used prefix is in memory.
     let fat = Bytes::from(fat_table(&plan));
@@ -114,7 +136,9 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         debug_assert_eq!(b.position(), g.fat_start(n) * SECTOR);
         let name = if n == 0 { "FAT 1" } else { "FAT 2" };
         b.push(name, fat.len() as u64, Backing::Bytes(fat.clone()))?;
-        b.pad_to(g.fat_start(n + 1) * SECTOR)?;
+        // The rest of the FAT: entries of free clusters, zeros.
+        let unused = (g.fat_start(n + 1) * SECTOR).saturating_sub(b.position());
+        b.push(&format!("{name} (free entries)"), unused, Backing::Zero)?;
     }
 
     // Directories.
@@ -134,7 +158,18 @@ pub fn build(tree: &Tree, opts: &FatOptions) -> Result<FatImage, FatError> {
         }
         debug_assert_eq!(b.position(), g.cluster_offset(d.cluster));
         bytes.resize((u64::from(d.clusters) * cs) as usize, 0);
-        b.push_bytes(&format!("directory {}", d.node.path.display()), bytes)?;
+        // Named by its path in the image, as people look for it.
+        let inside = d
+            .node
+            .path
+            .strip_prefix(&tree.root.path)
+            .unwrap_or(&d.node.path);
+        let name = if inside.as_os_str().is_empty() {
+            "root directory".to_string()
+        } else {
+            format!("directory /{}", inside.display())
+        };
+        b.push_bytes(&name, bytes)?;
     }
     for f in &plan.files {
         if f.clusters == 0 {

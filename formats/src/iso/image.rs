@@ -182,7 +182,9 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
             backup_gpt = Some(gpt.backup()?);
         }
     }
-    b.pad_to(SYSTEM_AREA * SECTOR)?;
+    // The system area (§6.2.1), unused without a hybrid MBR or GPT.
+    let unused = (SYSTEM_AREA * SECTOR).saturating_sub(b.position());
+    b.push("system area (unused)", unused, Backing::Zero)?;
     let desc = |joliet: bool, ns: &Namespace, tables: (u64, u64), id: &str| {
         let root = &ns.dirs[0];
         Descriptor {
@@ -227,15 +229,15 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
         b.push_bytes("El Torito boot catalog", catalog)?;
     }
     debug_assert_eq!(b.position(), iso_tables.0 * SECTOR);
-    push_path_tables(&mut b, &iso)?;
+    push_path_tables(&mut b, &iso, false)?;
     if let Some((ns, _)) = &joliet {
-        push_path_tables(&mut b, ns)?;
+        push_path_tables(&mut b, ns, true)?;
     }
     debug_assert_eq!(b.position(), ce_start * SECTOR);
     b.push_bytes("Rock Ridge continuation areas", ce.into_bytes())?;
-    push_dirs(&mut b, "ISO 9660 directories", &iso, &flat, &file_extent)?;
+    push_dirs(&mut b, "directory", &iso, &flat, &file_extent)?;
     if let Some((ns, _)) = &joliet {
-        push_dirs(&mut b, "Joliet directories", ns, &flat, &file_extent)?;
+        push_dirs(&mut b, "Joliet directory", ns, &flat, &file_extent)?;
     }
 
     let pool = FilePool::new(opts.max_open_files);
@@ -277,7 +279,11 @@ pub fn build(tree: &Tree, opts: &IsoOptions) -> Result<IsoImage, IsoError> {
 }
 
 /// The type L and type M path tables of `ns` (§9.4), each whole sectors.
-fn push_path_tables(b: &mut RegionMapBuilder, ns: &Namespace<'_>) -> Result<(), IsoError> {
+fn push_path_tables(
+    b: &mut RegionMapBuilder,
+    ns: &Namespace<'_>,
+    joliet: bool,
+) -> Result<(), IsoError> {
     for big_endian in [false, true] {
         let mut t = Vec::with_capacity(ns.path_table_size as usize);
         encode_path_record(&mut t, &[0], ns.dirs[0].extent, 1, big_endian);
@@ -298,17 +304,19 @@ fn push_path_tables(b: &mut RegionMapBuilder, ns: &Namespace<'_>) -> Result<(), 
         // this is the path table order.
         debug_assert_eq!(t.len(), ns.path_table_size as usize);
         t.resize(t.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
-        let name = if big_endian {
-            "path table (M)"
-        } else {
-            "path table (L)"
+        let name = match (joliet, big_endian) {
+            (false, false) => "path table (L)",
+            (false, true) => "path table (M)",
+            (true, false) => "Joliet path table (L)",
+            (true, true) => "Joliet path table (M)",
         };
         b.push_bytes(name, t)?;
     }
     Ok(())
 }
 
-/// Every directory of `ns`, in placement order, as one region.
+/// Every directory of `ns`, in placement order, a region each named
+/// `NAME /path`.
 fn push_dirs(
     b: &mut RegionMapBuilder,
     name: &str,
@@ -318,11 +326,19 @@ fn push_dirs(
 ) -> Result<(), IsoError> {
     debug_assert_eq!(b.position(), u64::from(ns.dirs[0].extent) * SECTOR);
     let dirs = par_map(&ns.order, |_, &d| dir_bytes(ns, d, flat, file_extent));
-    let mut all = Vec::with_capacity(dirs.iter().map(Vec::len).sum());
-    for d in dirs {
-        all.extend_from_slice(&d);
+    // One region per directory, named by its path in the image for people
+    // (the web view); the same bytes, in the same order.
+    let root = &flat.dirs[0].node.path;
+    for (&d, bytes) in ns.order.iter().zip(dirs) {
+        let host = &flat.dirs[d].node.path;
+        let inside = host.strip_prefix(root).unwrap_or(host);
+        let label = if inside.as_os_str().is_empty() {
+            format!("{name} / (root)")
+        } else {
+            format!("{name} /{}", inside.display())
+        };
+        b.push_bytes(&label, bytes)?;
     }
-    b.push_bytes(name, all)?;
     Ok(())
 }
 

@@ -346,12 +346,22 @@ pub fn build(opts: &DiskOptions, parts: Vec<PartitionSpec>) -> Result<Disk, Part
 
     let mut b = RegionMapBuilder::new();
     if let Some(m) = mbr_sector {
-        b.push_bytes("MBR", Bytes::copy_from_slice(&m))?;
+        let name = match opts.table {
+            TableKind::Gpt => "protective MBR",
+            TableKind::Hybrid => "hybrid MBR",
+            _ => "MBR",
+        };
+        b.push_bytes(name, Bytes::copy_from_slice(&m))?;
         b.pad_to(ss)?;
     }
     let mut backup = None;
     if let Some(t) = &table {
-        b.push_bytes("GPT header and entries", t.primary()?)?;
+        // Header sector, then the entry array (UEFI §5.3.1); named apart for
+        // people (the web view), the same bytes.
+        let primary = Bytes::from(t.primary()?);
+        let head = (ss as usize).min(primary.len());
+        b.push_bytes("GPT header", primary.slice(..head))?;
+        b.push_bytes("GPT partition entries", primary.slice(head..))?;
         backup = Some(t.backup()?);
     }
     for (i, (p, &start)) in parts.iter().zip(&plan.starts).enumerate() {
@@ -369,7 +379,11 @@ pub fn build(opts: &DiskOptions, parts: Vec<PartitionSpec>) -> Result<Disk, Part
     }
     if let Some(bk) = backup {
         b.pad_to(plan.disk_size - bk.len() as u64)?;
-        b.push_bytes("backup GPT entries and header", bk)?;
+        // The entry array, then the header in the last sector.
+        let bk = Bytes::from(bk);
+        let split = bk.len().saturating_sub(ss as usize);
+        b.push_bytes("backup GPT partition entries", bk.slice(..split))?;
+        b.push_bytes("backup GPT header", bk.slice(split..))?;
     }
     b.pad_to(plan.disk_size)?;
     let map = b.finish();
