@@ -28,50 +28,7 @@ use crate::map::DiskMap;
 /// in microseconds, `[2^(b-1), 2^b)`; the last takes anything longer.
 pub const BUCKETS: usize = 40;
 
-/// The ops the view counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// `read_at` or a zero-copy read.
-    Read,
-    /// `write_at`.
-    Write,
-    /// `trim`.
-    Trim,
-    /// `write_zeroes`.
-    Zero,
-    /// `flush`.
-    Flush,
-    /// `cache`.
-    Cache,
-    /// `extents` (block status).
-    Extents,
-}
-
-impl Op {
-    /// Every op, in table order.
-    pub const ALL: [Op; 7] = [
-        Op::Read,
-        Op::Write,
-        Op::Trim,
-        Op::Zero,
-        Op::Flush,
-        Op::Cache,
-        Op::Extents,
-    ];
-
-    /// Its name in the JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Read => "read",
-            Op::Write => "write",
-            Op::Trim => "trim",
-            Op::Zero => "zero",
-            Op::Flush => "flush",
-            Op::Cache => "cache",
-            Op::Extents => "extents",
-        }
-    }
-}
+pub use synth::Op;
 
 /// One op's counters.
 #[derive(Debug)]
