@@ -146,6 +146,36 @@ fn shrink_loop(path: PathBuf, fill: u8, stop: Arc<AtomicBool>) -> std::thread::J
     })
 }
 
+/// `shrink_reads.py URI --style STYLE` over the run of `len` bytes of 0x5A at `at`, in a thread.
+fn shrink_reads(
+    uri: String,
+    style: &'static str,
+    at: u64,
+    len: usize,
+    seconds: u32,
+) -> std::thread::JoinHandle<disksynth_tests::Output> {
+    std::thread::spawn(move || {
+        run(
+            python_script("shrink_reads.py").args([
+                &uri,
+                "--style",
+                style,
+                "--offset",
+                &at.to_string(),
+                "--len",
+                &len.to_string(),
+                "--byte",
+                "0x5a",
+                "--count",
+                "3000",
+                "--seconds",
+                &seconds.to_string(),
+            ]),
+            Duration::from_secs(90),
+        )
+    })
+}
+
 fn counts(text: &str) -> (u64, u64, u64) {
     let line = text
         .lines()
@@ -187,31 +217,8 @@ fn a_shrinking_host_file_never_reads_as_zeros() {
         })
     };
 
-    let py = |style: &'static str| {
-        let uri = server.uri().to_string();
-        std::thread::spawn(move || {
-            run(
-                python_script("shrink_reads.py").args([
-                    &uri,
-                    "--style",
-                    style,
-                    "--offset",
-                    &at.to_string(),
-                    "--len",
-                    &len.to_string(),
-                    "--byte",
-                    "0x5a",
-                    "--count",
-                    "3000",
-                    "--seconds",
-                    "20",
-                ]),
-                Duration::from_secs(90),
-            )
-        })
-    };
-    let simple = py("simple");
-    let structured = py("structured");
+    let simple = shrink_reads(server.uri().to_string(), "simple", at, len, 20);
+    let structured = shrink_reads(server.uri().to_string(), "structured", at, len, 20);
     // qemu 10 negotiates extended headers; qemu-io checks the pattern of every read.
     let mut cmds = Vec::new();
     let mut x = 7u64;
@@ -326,31 +333,8 @@ fn a_shrinking_host_file_never_reads_as_zeros_over_tls() {
             shrink_loop(path, 0x5A, stop).join().unwrap()
         })
     };
-    let py = |style: &'static str| {
-        let uri = uri.clone();
-        std::thread::spawn(move || {
-            run(
-                python_script("shrink_reads.py").args([
-                    &uri,
-                    "--style",
-                    style,
-                    "--offset",
-                    &at.to_string(),
-                    "--len",
-                    &len.to_string(),
-                    "--byte",
-                    "0x5a",
-                    "--count",
-                    "3000",
-                    "--seconds",
-                    "15",
-                ]),
-                Duration::from_secs(60),
-            )
-        })
-    };
-    let simple = py("simple");
-    let structured = py("structured");
+    let simple = shrink_reads(uri.clone(), "simple", at, len, 15);
+    let structured = shrink_reads(uri, "structured", at, len, 15);
     let simple = simple.join().unwrap();
     let structured = structured.join().unwrap();
     stop.store(true, Ordering::Relaxed);
