@@ -145,6 +145,10 @@ struct State {
     kept: u64,
     /// `[start, end)` of windows being fetched.
     pending: Vec<(u64, u64)>,
+    /// `[start, end)` of reads gone to the origin without a window and not
+    /// yet answered: a window started meanwhile stops where one begins, so
+    /// no byte is asked for twice.
+    direct: Vec<(u64, u64)>,
     /// Least recently continued first.
     streams: VecDeque<Stream>,
     next_id: u64,
@@ -314,8 +318,16 @@ impl ReadAhead {
         let start_window =
             (sequential || done > 0) && rest_len < DIRECT_READ && st.pending.len() < MAX_PENDING;
         if !start_window {
+            st.direct.push((pos, end));
             drop(st);
-            fill(pos, rest)?;
+            let result = fill(pos, rest);
+            {
+                let mut st = self.lock();
+                if let Some(i) = st.direct.iter().position(|&p| p == (pos, end)) {
+                    st.direct.swap_remove(i);
+                }
+            }
+            result?;
             // Reads of DIRECT_READ exactly are kept too: the Linux page
             // cache's own read-ahead unit, which a boot's firmware and
             // loader stages re-read. Reads of a stream are not: a
@@ -332,7 +344,19 @@ impl ReadAhead {
             size = s.window.clamp(rest_len, self.window.max(rest_len));
             s.window = size.saturating_mul(2).min(self.window);
         }
-        let wend = (pos + size).min(self.size);
+        // Stop where bytes already asked for begin (a window or a direct
+        // read in flight further on: a pipelining client's later reads can
+        // reach the origin before the read that continues the stream), but
+        // never short of this read.
+        let asked = st
+            .pending
+            .iter()
+            .chain(&st.direct)
+            .map(|&(s, _)| s)
+            .filter(|&s| s > pos)
+            .min()
+            .unwrap_or(u64::MAX);
+        let wend = (pos + size).min(self.size).min(asked.max(end));
         st.pending.push((pos, wend));
         drop(st);
 
@@ -683,6 +707,55 @@ mod tests {
         ra.read(&mut buf, 512, &counting).unwrap();
         check(&buf, 512);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_window_stops_where_a_direct_read_in_flight_begins() {
+        // A pipelining client: the read at 24 KiB reaches the origin while
+        // the stream is still short (it continues nothing: it goes direct),
+        // then the stream's reads catch up and the window they start would
+        // cover it. The window must not ask for bytes already asked for.
+        let ra = ReadAhead::new(M, 4 * M);
+        let origin = Origin::default();
+        let fill = origin.fill();
+        let mut buf = vec![0u8; 4 * K as usize];
+        ra.read(&mut buf, 0, &fill).unwrap();
+        ra.read(&mut buf, 4 * K, &fill).unwrap(); // a window of 4 KiB; next one 8 KiB
+        let (entered, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        let held = |off: u64, b: &mut [u8]| {
+            entered.wait();
+            release.wait();
+            fill(off, b)
+        };
+        std::thread::scope(|s| {
+            let ra = &ra;
+            let far = s.spawn(move || {
+                let mut far = vec![0u8; 4 * K as usize];
+                ra.read(&mut far, 24 * K, &held).unwrap();
+                check(&far, 24 * K);
+            });
+            entered.wait(); // the direct read of [24K, 28K) is in flight
+            let mut near = vec![0u8; 4 * K as usize];
+            for off in [8 * K, 12 * K, 16 * K, 20 * K] {
+                ra.read(&mut near, off, &fill).unwrap();
+                check(&near, off);
+            }
+            release.wait();
+            far.join().unwrap();
+        });
+        let fetches = origin.fetches.lock().unwrap().clone();
+        // The window at 16 KiB would be 16 KiB long; it stops at 24 KiB.
+        assert_eq!(
+            fetches,
+            [
+                (0, 4 * K),
+                (4 * K, 4 * K),
+                (8 * K, 8 * K),
+                (16 * K, 8 * K),
+                (24 * K, 4 * K)
+            ],
+            "{fetches:?}"
+        );
     }
 
     #[test]
