@@ -30,7 +30,7 @@ declare -A PROVIDES=(
   [xorriso]=xorriso [isoinfo]=genisoimage [7z]=p7zip-full
   [sgdisk]=gdisk [sfdisk]=fdisk [xz]=xz-utils [nginx]=nginx [openssl]=openssl
   [setfattr]=attr [getfattr]=attr [setfacl]=acl [getfacl]=acl [setcap]=libcap2-bin [getcap]=libcap2-bin
-  [mount]=mount [umount]=mount [debootstrap]=debootstrap [fusermount3]=fuse3 [losetup]=mount [runuser]=util-linux
+  [mount]=mount [umount]=mount [debootstrap]=debootstrap [fusermount3]=fuse3 [losetup]=mount [runuser]=util-linux [unshare]=util-linux
   [chromium]=chromium
 )
 # data files -> package that provides them

@@ -194,6 +194,12 @@ pub fn mount(
     let mut session = Session::new(fs, &mountpoint, &config).map_err(|e| FuseError::Mount {
         hint: if e.kind() == io::ErrorKind::NotFound {
             " (no /dev/fuse, or no fusermount3: load the fuse module or install fuse3)"
+        } else if e.kind() == io::ErrorKind::PermissionDenied && dev_fuse_refused() {
+            // fusermount3 opens the device with the user's own rights too
+            // (libfuse util/fusermount.c drops to the user's fsuid first),
+            // so its mode is the system's word on who may use FUSE.
+            " (/dev/fuse is closed to this user: FUSE is for root only on this system; run as root, \
+             or open the device to users as udev's default rule does: chmod 0666 /dev/fuse)"
         } else if e.kind() == io::ErrorKind::PermissionDenied {
             " (not allowed: run as root, or install fuse3 for fusermount3)"
         } else {
@@ -227,6 +233,16 @@ pub fn mount(
         thread: Some(thread),
         unmounted: false,
     })
+}
+
+/// Whether this process, not root, may not open `/dev/fuse`.
+fn dev_fuse_refused() -> bool {
+    !rustix::process::geteuid().is_root()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied)
 }
 
 /// One path component: not empty, no `/` or NUL, not `.` or `..`, at most

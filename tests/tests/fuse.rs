@@ -14,7 +14,7 @@ use disksynth_tests::generator::{build_image, cmp_files, qemu_img_identical};
 use disksynth_tests::trees::{chmod, diff_snapshots, is_root, set_mtime, snapshot, write_file};
 use disksynth_tests::{
     disksynth, random_bytes, require_tool, run, run_ok, seek_map, tempdir, write_sparse_file,
-    Server, Signal, CMD_TIMEOUT, MIB,
+    Output, Server, Signal, CMD_TIMEOUT, MIB,
 };
 use rustix::fs::{seek, SeekFrom};
 use rustix::io::Errno;
@@ -722,12 +722,13 @@ impl Drop for UnmountGuard<'_> {
     }
 }
 
-#[test]
-fn an_unprivileged_user_mounts_through_fusermount3() {
-    require_tool!("runuser", "fusermount3");
-    if !fuse_ready() || !is_root() {
-        return;
-    }
+/// Runs `disksynth pattern 1M --fuse MNT --run SCRIPT` as user nobody in a private mount
+/// namespace whose /dev/fuse is a node of `mode`: whether unprivileged FUSE is allowed is the
+/// device's mode (fusermount3 opens it with the user's own rights), and containers differ (a
+/// device passed through 0600; udev's default rule makes it 0666). The host's /dev/fuse is
+/// left as it is, and the namespace's mounts end with it. `SCRIPT` runs in the namespace, and
+/// after it disksynth's exit status and whether MNT is still mounted there are printed.
+fn fuse_as_nobody(mode: u32, script: &str) -> Output {
     let dir = tempdir();
     chmod(dir.path(), 0o755);
     let mnt = dir.path().join("m");
@@ -735,23 +736,71 @@ fn an_unprivileged_user_mounts_through_fusermount3() {
     let nobody = rustix::process::Uid::from_raw(65534);
     let nogroup = rustix::process::Gid::from_raw(65534);
     rustix::fs::chown(&mnt, Some(nobody), Some(nogroup)).unwrap();
-    let _guard = UnmountGuard(&mnt);
-    let out = run(
-        Command::new("runuser")
-            .args(["-u", "nobody", "--"])
-            .arg(disksynth_tests::disksynth_bin())
-            .args(["pattern", "1M", "--fuse"])
-            .arg(&mnt)
-            .arg("--run")
-            .arg(r#"stat -c '%U %s' "$fuse" && grep -F "$(dirname "$fuse") fuse.disksynth" /proc/mounts"#),
+    let node = dir.path().join("fuse");
+    // Every path is ours (tempdir), so single quotes need no escaping; checked anyway.
+    let quote = |p: &Path| {
+        let p = p.to_str().unwrap();
+        assert!(!p.contains('\''), "{p}");
+        format!("'{p}'")
+    };
+    let outer = format!(
+        "set -e; mknod -m {mode:o} {node} c 10 229; mount --bind {node} /dev/fuse; \
+         set +e; runuser -u nobody -- {bin} pattern 1M --fuse {mnt} --run \"$0\"; \
+         echo \"exit=$?\"; grep -c ' {mnt_raw} ' /proc/mounts || true",
+        node = quote(&node),
+        bin = quote(&disksynth_tests::disksynth_bin()),
+        mnt = quote(&mnt),
+        mnt_raw = mnt.display(),
+    );
+    run(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(outer)
+            .arg(script),
         CMD_TIMEOUT,
+    )
+}
+
+#[test]
+fn an_unprivileged_user_mounts_through_fusermount3() {
+    require_tool!("runuser", "fusermount3", "unshare", "mknod");
+    if !fuse_ready() || !is_root() {
+        return;
+    }
+    let out = fuse_as_nobody(
+        0o666,
+        r#"stat -c '%U %s' "$fuse" && grep -F "$(dirname "$fuse") fuse.disksynth" /proc/mounts"#,
     );
     assert!(out.status.success(), "{}", out.describe());
     let text = out.stdout_str();
     assert!(text.starts_with("nobody 1048576\n"), "{}", out.describe());
     // Mounted by fusermount3 on behalf of uid 65534, not by root.
     assert!(text.contains("user_id=65534"), "{}", out.describe());
-    assert!(!mounted(&mnt), "still mounted after --run");
+    assert!(text.contains("exit=0\n"), "{}", out.describe());
+    assert!(
+        text.ends_with("\n0\n"),
+        "still mounted after --run: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_system_that_keeps_fuse_for_root_is_named_in_the_error() {
+    require_tool!("runuser", "fusermount3", "unshare", "mknod");
+    if !fuse_ready() || !is_root() {
+        return;
+    }
+    let out = fuse_as_nobody(0o600, "echo ran");
+    let text = out.stdout_str();
+    assert!(!text.contains("ran"), "{}", out.describe());
+    assert!(text.contains("exit=1\n"), "{}", out.describe());
+    assert!(text.ends_with("\n0\n"), "{}", out.describe());
+    assert!(
+        out.stderr_str()
+            .contains("/dev/fuse is closed to this user: FUSE is for root only on this system"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
