@@ -185,7 +185,8 @@ function show(st) {
     $("pick-label").hidden = false;
   }
   $("summary").textContent = (st.export ? "export " + st.export + ": " : "") + bytes(st.size) + " disk, up " +
-    Math.round(st.uptime_s) + " s, " + st.connections.open.length + " open connections (" + st.connections.total + " so far)";
+    Math.round(st.uptime_s) + " s, " + st.connections.open.length + " open connection" +
+    (st.connections.open.length === 1 ? "" : "s") + " (" + st.connections.total + " so far)";
   $("rate").textContent = "read " + bytes(st.throughput.read_bps) + "/s, write " + bytes(st.throughput.write_bps) + "/s";
   fileList($("recent"), st.recent_files, "ago");
   fileList($("top"), st.top_files, "bytes");
