@@ -146,9 +146,11 @@ struct State {
     /// `[start, end)` of windows being fetched.
     pending: Vec<(u64, u64)>,
     /// `[start, end)` of reads gone to the origin without a window and not
-    /// yet answered: a window started meanwhile stops where one begins, so
-    /// no byte is asked for twice.
-    direct: Vec<(u64, u64)>,
+    /// yet answered, and whether they will be kept: a window started
+    /// meanwhile stops where one begins, and a read of bytes one will keep
+    /// waits for it, so no byte is asked for twice (two clients booting the
+    /// same image read the same sectors at the same moment).
+    direct: Vec<(u64, u64, bool)>,
     /// Least recently continued first.
     streams: VecDeque<Stream>,
     next_id: u64,
@@ -304,7 +306,12 @@ impl ReadAhead {
                 }
                 continue;
             }
-            if st.pending.iter().any(|&(s, e)| s <= pos && pos < e) {
+            if st.pending.iter().any(|&(s, e)| s <= pos && pos < e)
+                || st
+                    .direct
+                    .iter()
+                    .any(|&(s, e, kept)| kept && s <= pos && pos < e)
+            {
                 st = self.fetched.wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
@@ -318,26 +325,28 @@ impl ReadAhead {
         let start_window =
             (sequential || done > 0) && rest_len < DIRECT_READ && st.pending.len() < MAX_PENDING;
         if !start_window {
-            st.direct.push((pos, end));
-            drop(st);
-            let result = fill(pos, rest);
-            {
-                let mut st = self.lock();
-                if let Some(i) = st.direct.iter().position(|&p| p == (pos, end)) {
-                    st.direct.swap_remove(i);
-                }
-            }
-            result?;
             // Reads of DIRECT_READ exactly are kept too: the Linux page
             // cache's own read-ahead unit, which a boot's firmware and
             // loader stages re-read. Reads of a stream are not: a
             // sequential reader does not come back, and its pieces would
             // push out the windows it is reading.
-            if rest_len <= DIRECT_READ && !sequential {
-                let mut st = self.lock();
-                st.keep(Entry::new(pos, rest.to_vec(), None), self.budget());
+            let kept = rest_len <= DIRECT_READ && !sequential;
+            st.direct.push((pos, end, kept));
+            drop(st);
+            let result = fill(pos, rest);
+            let mut st = self.lock();
+            if let Some(i) = st.direct.iter().position(|&d| d == (pos, end, kept)) {
+                st.direct.swap_remove(i);
             }
-            return Ok(());
+            if kept {
+                if result.is_ok() {
+                    st.keep(Entry::new(pos, rest.to_vec(), None), self.budget());
+                }
+                drop(st);
+                // Waiters find the bytes kept, or (failed) fetch them.
+                self.fetched.notify_all();
+            }
+            return result;
         }
         let mut size = rest_len;
         if let Some(s) = st.stream_mut(stream) {
@@ -351,8 +360,9 @@ impl ReadAhead {
         let asked = st
             .pending
             .iter()
-            .chain(&st.direct)
-            .map(|&(s, _)| s)
+            .copied()
+            .chain(st.direct.iter().map(|&(s, e, _)| (s, e)))
+            .map(|(s, _)| s)
             .filter(|&s| s > pos)
             .min()
             .unwrap_or(u64::MAX);
@@ -756,6 +766,51 @@ mod tests {
             ],
             "{fetches:?}"
         );
+    }
+
+    #[test]
+    fn the_same_small_read_at_once_is_fetched_once() {
+        // Two clients booting one image read its GPT at the same moment:
+        // the second waits for the first's bytes instead of asking again.
+        let ra = ReadAhead::new(M, 4 * M);
+        let origin = Origin::default();
+        let fill = origin.fill();
+        let (entered, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        let held = |off: u64, b: &mut [u8]| {
+            entered.wait();
+            release.wait();
+            fill(off, b)
+        };
+        std::thread::scope(|s| {
+            let ra = &ra;
+            let first = s.spawn(move || {
+                let mut b = vec![0u8; 16 * K as usize];
+                ra.read(&mut b, 512, &held).unwrap();
+                check(&b, 512);
+            });
+            entered.wait(); // the first read is at the origin
+            let fill = &fill;
+            let second = s.spawn(move || {
+                // Starts inside the first read: served from its bytes, and
+                // the part past them from the origin.
+                let mut b = vec![0u8; 16 * K as usize];
+                ra.read(&mut b, 4608, fill).unwrap();
+                check(&b, 4608);
+            });
+            // Let the second read reach its wait before the first ends (if
+            // it came later it would find the bytes kept: the same fetches).
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            release.wait();
+            first.join().unwrap();
+            second.join().unwrap();
+        });
+        let fetches = origin.fetches.lock().unwrap().clone();
+        assert_eq!(
+            fetches,
+            [(512, 16 * K), (512 + 16 * K, 4 * K)],
+            "{fetches:?}"
+        );
+        assert_eq!(ra.stats().hits, 0);
     }
 
     #[test]
