@@ -23,8 +23,9 @@
 //!   directories) again and again, and a re-read served from memory is a
 //!   request saved.
 //!
-//! Reads arriving while a window that covers them is being fetched wait for
-//! it instead of asking for the same bytes. Reads of [`DIRECT_READ`] or more
+//! Reads arriving while a window (or a small read that will be kept) that
+//! covers them is being fetched wait for it instead of asking for the same
+//! bytes, and a window stops where a read in flight begins. Reads of [`DIRECT_READ`] or more
 //! go straight to the origin (without a window). Memory is bounded per device whatever the
 //! number of clients: at most [`KEEP_WINDOWS`] times the cap kept (in at
 //! most [`MAX_ENTRIES`] pieces) plus [`MAX_PENDING`] windows being fetched.
