@@ -452,6 +452,42 @@ mod tests {
         }
     }
 
+    /// A [`Fill`] several threads may call.
+    type SyncFill<'a> = dyn Fn(u64, &mut [u8]) -> Result<(), HttpError> + Sync + 'a;
+
+    /// A read on its own thread, and the gate that lets its fetch go.
+    type HeldRead<'scope> = (
+        std::thread::ScopedJoinHandle<'scope, ()>,
+        Arc<std::sync::Barrier>,
+    );
+
+    /// Starts a read of `len` bytes at `off` on a thread of `scope` whose
+    /// fetch from `fill` is held until the returned gate opens, and returns
+    /// once that fetch is at the origin (so the test knows it is in flight).
+    fn read_held<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        ra: &'env ReadAhead,
+        fill: &'env SyncFill<'env>,
+        off: u64,
+        len: u64,
+    ) -> HeldRead<'scope> {
+        let entered = Arc::new(std::sync::Barrier::new(2));
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let (e, r) = (entered.clone(), release.clone());
+        let reader = scope.spawn(move || {
+            let held = |o: u64, b: &mut [u8]| {
+                e.wait();
+                r.wait();
+                fill(o, b)
+            };
+            let mut buf = vec![0u8; len as usize];
+            ra.read(&mut buf, off, &held).unwrap();
+            check(&buf, off);
+        });
+        entered.wait();
+        (reader, release)
+    }
+
     const K: u64 = 1 << 10;
     const M: u64 = 1 << 20;
 
@@ -732,20 +768,9 @@ mod tests {
         let mut buf = vec![0u8; 4 * K as usize];
         ra.read(&mut buf, 0, &fill).unwrap();
         ra.read(&mut buf, 4 * K, &fill).unwrap(); // a window of 4 KiB; next one 8 KiB
-        let (entered, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
-        let held = |off: u64, b: &mut [u8]| {
-            entered.wait();
-            release.wait();
-            fill(off, b)
-        };
         std::thread::scope(|s| {
-            let ra = &ra;
-            let far = s.spawn(move || {
-                let mut far = vec![0u8; 4 * K as usize];
-                ra.read(&mut far, 24 * K, &held).unwrap();
-                check(&far, 24 * K);
-            });
-            entered.wait(); // the direct read of [24K, 28K) is in flight
+            // The direct read of [24K, 28K) is in flight.
+            let (far, release) = read_held(s, &ra, &fill, 24 * K, 4 * K);
             let mut near = vec![0u8; 4 * K as usize];
             for off in [8 * K, 12 * K, 16 * K, 20 * K] {
                 ra.read(&mut near, off, &fill).unwrap();
@@ -776,21 +801,10 @@ mod tests {
         let ra = ReadAhead::new(M, 4 * M);
         let origin = Origin::default();
         let fill = origin.fill();
-        let (entered, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
-        let held = |off: u64, b: &mut [u8]| {
-            entered.wait();
-            release.wait();
-            fill(off, b)
-        };
         std::thread::scope(|s| {
-            let ra = &ra;
-            let first = s.spawn(move || {
-                let mut b = vec![0u8; 16 * K as usize];
-                ra.read(&mut b, 512, &held).unwrap();
-                check(&b, 512);
-            });
-            entered.wait(); // the first read is at the origin
-            let fill = &fill;
+            // The first read is at the origin.
+            let (first, release) = read_held(s, &ra, &fill, 512, 16 * K);
+            let (ra, fill) = (&ra, &fill);
             let second = s.spawn(move || {
                 // Starts inside the first read: served from its bytes, and
                 // the part past them from the origin.
