@@ -16,6 +16,16 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def terminate(proc, grace=10):
+    """SIGTERM `proc` and wait `grace` seconds for it to end, then SIGKILL it."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def warm_random_file(directory, size):
     """`directory`/disk.img: `size` random bytes (written once, kept while its size is right),
     read once so that every measurement reads it from the page cache."""
@@ -83,12 +93,7 @@ class Server:
         return total
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.err.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -163,9 +168,4 @@ http {{ access_log {w}/access.log; client_body_temp_path {w}/tmp; proxy_temp_pat
         return n, b
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, 5)

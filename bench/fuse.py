@@ -30,14 +30,13 @@ Output: a table on stdout and in $BENCH_OUT/fuse.md.
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchlib import Server, log, warm_random_file
+from benchlib import Server, log, terminate, warm_random_file
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,12 +75,7 @@ class Mount:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
         if mounted(self.dir):
             subprocess.run(["umount", "-l", self.dir], check=False)
         self.err.close()

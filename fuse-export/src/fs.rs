@@ -47,6 +47,19 @@ const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 /// make at mount time before it counts the rest as data.
 const BLOCKS_CALLS: usize = 64;
 
+/// Answers a request that returns nothing: OK, or the error's errno (the
+/// kernel passes on only the number, so the error is logged, named by
+/// `what`).
+fn answer(reply: ReplyEmpty, result: synth::Result<()>, what: impl FnOnce() -> String) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            log::warn!("{}: {e:#}", what());
+            reply.error(errno_of(&e));
+        }
+    }
+}
+
 /// The errno a device error becomes.
 pub fn errno_of(e: &synth::Error) -> Errno {
     match e.kind() {
@@ -560,13 +573,7 @@ impl Filesystem for DiskFs {
     ) {
         // On every close(): only when something was written since, so that
         // readers' closes cost nothing.
-        match self.flush_if_dirty() {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                log::warn!("flush: {e:#}");
-                reply.error(errno_of(&e));
-            }
-        }
+        answer(reply, self.flush_if_dirty(), || "flush".into());
     }
 
     fn fsync(
@@ -581,14 +588,11 @@ impl Filesystem for DiskFs {
             return reply.ok();
         }
         self.dirty.store(false, Ordering::Release);
-        match self.dev.flush() {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.dirty.store(true, Ordering::Release);
-                log::warn!("fsync: {e:#}");
-                reply.error(errno_of(&e));
-            }
+        let result = self.dev.flush();
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Release);
         }
+        answer(reply, result, || "fsync".into());
     }
 
     fn readdir(
@@ -689,13 +693,9 @@ impl Filesystem for DiskFs {
             return reply.error(Errno::EROFS);
         }
         self.dirty.store(true, Ordering::Release);
-        match self.dev.write_zeroes(offset, length, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                log::warn!("fallocate({mode:#x}) of {length} bytes at {offset}: {e:#}");
-                reply.error(errno_of(&e));
-            }
-        }
+        answer(reply, self.dev.write_zeroes(offset, length, flags), || {
+            format!("fallocate({mode:#x}) of {length} bytes at {offset}")
+        });
     }
 
     fn lseek(

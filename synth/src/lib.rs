@@ -35,6 +35,7 @@ pub mod error;
 pub mod extent;
 pub mod filter;
 pub mod host;
+pub mod latency;
 pub mod op;
 pub mod overlay;
 pub mod region;

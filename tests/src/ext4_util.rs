@@ -438,10 +438,13 @@ pub fn ext4_xattr_len(name: &[u8], value: &[u8]) -> usize {
         .sum::<usize>()
 }
 
-/// A read-only loop mount of an image, unmounted on drop.
+/// A loop mount of an image (read-only unless made with [`LoopMount::new_rw`]), unmounted on
+/// drop.
 pub struct LoopMount {
     /// Where the image is mounted.
     pub dir: PathBuf,
+    /// Still to be unmounted on drop.
+    mounted: bool,
     _tmp: tempfile::TempDir,
 }
 
@@ -450,6 +453,15 @@ impl LoopMount {
     /// not root, or no loop devices. Under CI=true, where the tests run as root on a kernel with
     /// ext4 and loop devices, a failure to mount is a test failure.
     pub fn new(img: &Path) -> Option<LoopMount> {
+        Self::mount(img, "loop,ro")
+    }
+
+    /// `mount -o loop IMG DIR`: read-write, as [`LoopMount::new`] otherwise.
+    pub fn new_rw(img: &Path) -> Option<LoopMount> {
+        Self::mount(img, "loop")
+    }
+
+    fn mount(img: &Path, options: &str) -> Option<LoopMount> {
         if !crate::trees::is_root() {
             eprintln!("SKIPPED: loop-mounting an image needs root");
             return None;
@@ -459,7 +471,7 @@ impl LoopMount {
         fs::create_dir(&dir).expect("creating the mount point");
         let out = run(
             Command::new("mount")
-                .args(["-t", "ext4", "-o", "loop,ro"])
+                .args(["-t", "ext4", "-o", options])
                 .arg(img)
                 .arg(&dir),
             CMD_TIMEOUT,
@@ -473,7 +485,18 @@ impl LoopMount {
             eprintln!("SKIPPED: cannot loop-mount here\n{}", out.describe());
             return None;
         }
-        Some(LoopMount { dir, _tmp: tmp })
+        Some(LoopMount {
+            dir,
+            mounted: true,
+            _tmp: tmp,
+        })
+    }
+
+    /// Unmount now (flushing a read-write mount's writes to the image); panics if umount
+    /// fails.
+    pub fn unmount(mut self) {
+        crate::run_ok(Command::new("umount").arg(&self.dir));
+        self.mounted = false;
     }
 }
 
@@ -481,6 +504,9 @@ impl Drop for LoopMount {
     fn drop(&mut self) {
         // A lazy unmount if something still holds it, so the temp directory never goes away
         // with an image still mounted on it (the loop device is freed with the last user).
+        if !self.mounted {
+            return;
+        }
         let ok = Command::new("umount")
             .arg(&self.dir)
             .status()

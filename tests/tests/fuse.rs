@@ -92,45 +92,6 @@ impl Drop for FuseDisk {
     }
 }
 
-/// A read-write loop mount, unmounted on drop (lazily if busy).
-struct RwLoop {
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl RwLoop {
-    fn new(img: &Path) -> RwLoop {
-        let tmp = tempdir();
-        let dir = tmp.path().join("rw");
-        fs::create_dir(&dir).unwrap();
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "ext4", "-o", "loop"])
-                .arg(img)
-                .arg(&dir),
-        );
-        RwLoop { dir, _tmp: tmp }
-    }
-
-    /// Unmount now (flushing everything to the image); panics if umount fails.
-    fn unmount(self) {
-        run_ok(Command::new("umount").arg(&self.dir));
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for RwLoop {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
-
 /// A small tree with awkward sizes, modes and mtimes (nanoseconds too).
 fn build_tree(root: &Path) {
     fs::create_dir(root).unwrap();
@@ -248,7 +209,9 @@ fn rw_through_fuse_takes_a_loop_mounted_writer_and_stays_fsck_clean() {
 
     let new = random_bytes(9, 300_001);
     {
-        let rw = RwLoop::new(&disk.file);
+        let Some(rw) = LoopMount::new_rw(&disk.file) else {
+            return;
+        };
         fs::write(rw.dir.join("new.bin"), &new).unwrap();
         fs::create_dir(rw.dir.join("newdir")).unwrap();
         fs::remove_file(rw.dir.join("a.txt")).unwrap();

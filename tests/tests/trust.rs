@@ -118,10 +118,17 @@ fn req_one_walk_of_a_written_tmpdisk_disk_tells_the_truth() {
 
 // ---- 2. a host file that shrinks while it is read ----------------------------------------------
 
-/// Truncates `path` to random shorter lengths and restores its bytes (byte `fill`) and mtime, in
-/// a loop, until `stop`. The inode stays the same, so reads race with the shrink itself.
-fn shrink_loop(path: PathBuf, fill: u8, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+/// After `delay`, truncates `path` to random shorter lengths and restores its bytes (byte `fill`)
+/// and mtime, in a loop, until `stop`. The inode stays the same, so reads race with the shrink
+/// itself.
+fn shrink_loop(
+    path: PathBuf,
+    fill: u8,
+    stop: Arc<AtomicBool>,
+    delay: Duration,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
+        std::thread::sleep(delay);
         let meta = fs::metadata(&path).unwrap();
         let size = meta.len();
         let mtime = meta.modified().unwrap();
@@ -208,14 +215,12 @@ fn a_shrinking_host_file_never_reads_as_zeros() {
     let stop = Arc::new(AtomicBool::new(false));
     // The clients start on the intact file; the shrinking starts under them. (Once the file has
     // changed, every later read fails at once: its change time is no longer the scanned one.)
-    let shrinker = {
-        let stop = stop.clone();
-        let path = tree.join("data/big.bin");
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(700));
-            shrink_loop(path, 0x5A, stop).join().unwrap()
-        })
-    };
+    let shrinker = shrink_loop(
+        tree.join("data/big.bin"),
+        0x5A,
+        stop.clone(),
+        Duration::from_millis(700),
+    );
 
     let simple = shrink_reads(server.uri().to_string(), "simple", at, len, 20);
     let structured = shrink_reads(server.uri().to_string(), "structured", at, len, 20);
@@ -325,14 +330,12 @@ fn a_shrinking_host_file_never_reads_as_zeros_over_tls() {
         dir.path().join("sock").display()
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let shrinker = {
-        let stop = stop.clone();
-        let path = tree.join("data/big.bin");
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(700));
-            shrink_loop(path, 0x5A, stop).join().unwrap()
-        })
-    };
+    let shrinker = shrink_loop(
+        tree.join("data/big.bin"),
+        0x5A,
+        stop.clone(),
+        Duration::from_millis(700),
+    );
     let simple = shrink_reads(uri.clone(), "simple", at, len, 15);
     let structured = shrink_reads(uri, "structured", at, len, 15);
     let simple = simple.join().unwrap();

@@ -24,10 +24,7 @@ use synth::{
 
 use crate::map::DiskMap;
 
-/// Latency histogram buckets: bucket `b` holds latencies needing `b` bits
-/// in microseconds, `[2^(b-1), 2^b)`; the last takes anything longer.
-pub const BUCKETS: usize = 40;
-
+pub use synth::latency::{percentile, BUCKETS};
 pub use synth::Op;
 
 /// One op's counters.
@@ -56,27 +53,7 @@ impl Default for OpCounts {
 
 /// The histogram bucket of a latency.
 fn bucket(took: Duration) -> usize {
-    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-    ((u64::BITS - us.leading_zeros()) as usize).min(BUCKETS - 1)
-}
-
-/// The latency (µs, the bucket's upper bound) under which a fraction `p` of
-/// the requests counted in `hist` completed: within a factor of two, what
-/// a log2 histogram can say.
-pub fn percentile(hist: &[u64; BUCKETS], p: f64) -> Option<u64> {
-    let total: u64 = hist.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let want = ((total as f64) * p).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (b, &n) in hist.iter().enumerate() {
-        seen += n;
-        if seen >= want {
-            return Some(1u64 << b);
-        }
-    }
-    Some(1u64 << (BUCKETS - 1))
+    synth::latency::bucket(u64::try_from(took.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Copies of the counters many threads add to (see the module's comment).
@@ -573,16 +550,5 @@ mod tests {
         assert_eq!(live[0].written(), 4096);
         drop((top, live));
         assert!(collector.live().is_empty());
-    }
-
-    #[test]
-    fn percentiles_read_off_the_histogram() {
-        let mut h = [0u64; BUCKETS];
-        assert_eq!(percentile(&h, 0.5), None);
-        h[3] = 90; // [4, 8) µs
-        h[10] = 10; // [512, 1024) µs
-        assert_eq!(percentile(&h, 0.5), Some(8));
-        assert_eq!(percentile(&h, 0.9), Some(8));
-        assert_eq!(percentile(&h, 0.99), Some(1024));
     }
 }

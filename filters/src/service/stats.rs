@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use synth::latency::{bucket, bucket_limit, percentile, BUCKETS};
 use synth::{BlockDev, Client, Error, Layer, LayerFactory, Peer, Result};
 
 use super::{rfc3339, Op, Req, Watch, Watched};
@@ -29,11 +30,6 @@ pub(crate) const ENTRY: Entry = Entry {
     about: "count requests, bytes and latency per op; print at exit and on SIGUSR1",
     build,
 };
-
-/// Histogram buckets: bucket `b` holds latencies needing `b` bits in
-/// microseconds, `[2^(b-1), 2^b)` (bucket 0: under 1 µs). 40 reach past
-/// six days; anything longer lands in the last.
-const BUCKETS: usize = 40;
 
 /// One op's counters.
 #[derive(Debug)]
@@ -59,15 +55,6 @@ impl Default for OpStats {
     }
 }
 
-fn bucket(us: u64) -> usize {
-    ((u64::BITS - us.leading_zeros()) as usize).min(BUCKETS - 1)
-}
-
-/// The upper bound (µs, exclusive) of bucket `b`.
-fn bucket_limit(b: usize) -> u64 {
-    1u64 << b
-}
-
 impl OpStats {
     fn record(&self, len: u64, ok: bool, took: Duration) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
@@ -85,25 +72,6 @@ impl OpStats {
     fn hist(&self) -> [u64; BUCKETS] {
         std::array::from_fn(|b| self.hist[b].load(Ordering::Relaxed))
     }
-}
-
-/// The latency under which a fraction `p` of the requests in `hist`
-/// completed, as the upper bound of its bucket (µs): an estimate within a
-/// factor of two, which is what a log2 histogram can say.
-fn percentile(hist: &[u64; BUCKETS], p: f64) -> Option<u64> {
-    let total: u64 = hist.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let want = ((total as f64) * p).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (b, &n) in hist.iter().enumerate() {
-        seen += n;
-        if seen >= want {
-            return Some(bucket_limit(b));
-        }
-    }
-    Some(bucket_limit(BUCKETS - 1))
 }
 
 /// One open connection's counters.
@@ -420,24 +388,6 @@ mod tests {
             },
             export: "pat".into(),
         }
-    }
-
-    #[test]
-    fn buckets_and_percentiles() {
-        assert_eq!(bucket(0), 0);
-        assert_eq!(bucket(1), 1);
-        assert_eq!(bucket(3), 2);
-        assert_eq!(bucket(4), 3);
-        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
-        let mut h = [0u64; BUCKETS];
-        h[bucket(5)] = 90; // [4, 8)
-        h[bucket(100)] = 9; // [64, 128)
-        h[bucket(5000)] = 1; // [4096, 8192)
-        assert_eq!(percentile(&h, 0.5), Some(8));
-        assert_eq!(percentile(&h, 0.9), Some(8));
-        assert_eq!(percentile(&h, 0.99), Some(128));
-        assert_eq!(percentile(&h, 1.0), Some(8192));
-        assert_eq!(percentile(&[0; BUCKETS], 0.5), None);
     }
 
     #[test]
