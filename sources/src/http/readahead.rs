@@ -455,9 +455,10 @@ mod tests {
     /// A [`Fill`] several threads may call.
     type SyncFill<'a> = dyn Fn(u64, &mut [u8]) -> Result<(), HttpError> + Sync + 'a;
 
-    /// A read on its own thread, and the gate that lets its fetch go.
+    /// A read on its own thread (its result; bytes checked when it
+    /// succeeded), and the gate that lets its fetch go.
     type HeldRead<'scope> = (
-        std::thread::ScopedJoinHandle<'scope, ()>,
+        std::thread::ScopedJoinHandle<'scope, Result<(), HttpError>>,
         Arc<std::sync::Barrier>,
     );
 
@@ -481,8 +482,9 @@ mod tests {
                 fill(o, b)
             };
             let mut buf = vec![0u8; len as usize];
-            ra.read(&mut buf, off, &held).unwrap();
+            ra.read(&mut buf, off, &held)?;
             check(&buf, off);
+            Ok(())
         });
         entered.wait();
         (reader, release)
@@ -777,7 +779,7 @@ mod tests {
                 check(&near, off);
             }
             release.wait();
-            far.join().unwrap();
+            far.join().unwrap().unwrap();
         });
         let fetches = origin.fetches.lock().unwrap().clone();
         // The window at 16 KiB would be 16 KiB long; it stops at 24 KiB.
@@ -816,7 +818,7 @@ mod tests {
             // it came later it would find the bytes kept: the same fetches).
             std::thread::sleep(std::time::Duration::from_millis(100));
             release.wait();
-            first.join().unwrap();
+            first.join().unwrap().unwrap();
             second.join().unwrap();
         });
         let fetches = origin.fetches.lock().unwrap().clone();
@@ -826,6 +828,36 @@ mod tests {
             "{fetches:?}"
         );
         assert_eq!(ra.stats().hits, 0);
+    }
+
+    #[test]
+    fn a_read_waiting_on_a_failed_fetch_asks_for_itself() {
+        // The origin fails the first read while a second waits for its
+        // bytes: the first gets the error, the second fetches and succeeds.
+        let ra = ReadAhead::new(M, 4 * M);
+        let origin = Origin::default();
+        let fill = origin.fill();
+        let failing = |_: u64, _: &mut [u8]| {
+            Err(HttpError::NoSize {
+                url: "http://x/".into(),
+            })
+        };
+        std::thread::scope(|s| {
+            let (first, release) = read_held(s, &ra, &failing, 0, 8 * K);
+            let (ra, fill) = (&ra, &fill);
+            let second = s.spawn(move || {
+                let mut b = vec![0u8; 4 * K as usize];
+                ra.read(&mut b, 4 * K, fill).unwrap();
+                check(&b, 4 * K);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            release.wait();
+            assert!(first.join().unwrap().is_err());
+            second.join().unwrap();
+        });
+        assert_eq!(*origin.fetches.lock().unwrap(), [(4 * K, 4 * K)]);
+        // Nothing of the failed read was kept.
+        assert_eq!(ra.memory().0, 4 * K);
     }
 
     #[test]
